@@ -1,0 +1,290 @@
+"""One client's conversation with the bridge, independent of the transport that carries it.
+
+A :class:`Session` takes the text of each message and answers through a ``send`` callable; the LAN WebSocket
+server wraps it today and the cloud uplink can wrap it tomorrow.  It checks, in this order: JSON, envelope
+shape, authentication (``hello`` first), signature, freshness and replay, rights, then runs the op.  A refusal
+at any step changes nothing and answers with a stable error code (docs/protocol.md, "Errors").
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+
+from bridge import __version__
+from bridge.api import signing
+from bridge.config import BridgeConfig, ClientConfig
+from bridge.core.journal import Event
+from bridge.core.payments import PaymentService
+from bridge.errors import BridgeError
+
+SUBPROTOCOL = "terminal-bridge.v1"
+PROTOCOL_VERSION = 1
+
+Send = Callable[[dict[str, Any]], None]
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` messages a second, bursts of up to ``burst``."""
+
+    def __init__(self, clock: Any, rate: float, burst: Optional[float] = None) -> None:
+        self._clock = clock
+        self._rate = rate
+        self._burst = burst if burst is not None else max(rate, 1.0)
+        self._tokens = self._burst
+        self._last = clock.seconds()
+
+    def allow(self) -> bool:
+        now = self._clock.seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+class Bridge:
+    """What every session shares: configuration, the payment service, the clock, the seen-ids memory."""
+
+    def __init__(self, config: BridgeConfig, payments: PaymentService, clock: Any,
+                 fingerprint: Optional[str] = None) -> None:
+        self.config = config
+        self.payments = payments
+        self.clock = clock
+        self.fingerprint = fingerprint
+        self._seen: dict[tuple[str, str], float] = {}
+
+    def remember(self, client_id: str, message_id: str, ts: float) -> bool:
+        """Record a command id; False if it was already seen inside the freshness window (a replay)."""
+        now = self.clock.seconds()
+        horizon = now - 2 * self.config.clock_skew
+        if len(self._seen) > 10000 or (self._seen and min(self._seen.values()) < horizon):
+            self._seen = {k: t for k, t in self._seen.items() if t >= horizon}
+        key = (client_id, message_id)
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        return True
+
+
+class Session:
+    log = Logger()
+
+    def __init__(self, bridge: Bridge, send: Send, peer: str) -> None:
+        self.bridge = bridge
+        self._send = send
+        self.peer = peer
+        self.client: Optional[ClientConfig] = None
+        self._limiter = RateLimiter(bridge.clock, bridge.config.messages_per_second,
+                                    burst=2 * bridge.config.messages_per_second)
+        self._sent_seq = 0
+        self._streaming = False
+        self._closed = False
+
+    # -- transport side -------------------------------------------------------------------------
+
+    def message_received(self, text: str) -> None:
+        if not self._limiter.allow():
+            self._reply_error(None, BridgeError("rate_limited", "Too many messages; slow down."))
+            return
+        try:
+            message = json.loads(text)
+        except ValueError:
+            self._reply_error(None, BridgeError("bad_json", "The message is not valid JSON."))
+            return
+        if not isinstance(message, dict):
+            self._reply_error(None, BridgeError("bad_message", "A message must be a JSON object."))
+            return
+        message_id = message.get("id")
+        try:
+            op, args = self._check(message)
+        except BridgeError as e:
+            self._reply_error(message_id if isinstance(message_id, str) else None, e)
+            return
+        d = maybeDeferred(self._dispatch, op, message_id, args)
+        d.addCallbacks(lambda result: self._reply(message_id, result),
+                       lambda f: self._reply_failure(message_id, op, f))
+
+    def oversize(self) -> None:
+        self.refuse(BridgeError("message_too_large",
+                                f"The message is larger than {self.bridge.config.max_message_bytes} bytes."))
+
+    def refuse(self, error: BridgeError) -> None:
+        """Answer a message the transport could not even hand over (binary, not UTF-8, too large)."""
+        self._reply_error(None, error)
+
+    def connection_lost(self) -> None:
+        self._closed = True
+        self.bridge.payments.unsubscribe(self._on_event)
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    def _check(self, message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        message_id, op, ts, args = (message.get(k) for k in ("id", "op", "ts", "args"))
+        if not isinstance(message_id, str) or not 0 < len(message_id) <= 128:
+            raise BridgeError("bad_message", "Every command needs an 'id': a string of 1 to 128 characters.")
+        if not isinstance(op, str):
+            raise BridgeError("bad_message", "Every command needs an 'op' naming the operation.")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise BridgeError("bad_message", "'args' must be a JSON object.")
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            raise BridgeError("bad_message", "Every command needs 'ts': the Unix time in seconds.")
+        if op not in OPS:
+            raise BridgeError("unknown_op", f"The bridge does not know the operation {op!r}.")
+
+        client = self.client
+        if op == "hello":
+            client = self.bridge.config.client_by_id(args.get("client"))
+            if client is None:
+                raise BridgeError("unknown_client", "This client is not known to the bridge. "
+                                                    "Ask store IT to add it with 'terminal-bridge client add'.")
+        elif client is None:
+            raise BridgeError("not_authenticated", "Say 'hello' first.")
+
+        if not signing.verify(message, client.secret_in, client.algorithm):
+            self.log.warn("Bad signature from {peer} for client {client}", peer=self.peer, client=client.id)
+            raise BridgeError("bad_signature", "The message signature does not match. Check the client's "
+                                               "inbound secret.")
+        skew = abs(self.bridge.clock.seconds() - ts)
+        if skew > self.bridge.config.clock_skew:
+            raise BridgeError("stale_timestamp", f"The message time is {int(skew)} s away from the bridge's "
+                                                 "clock. Check the clocks of both machines.")
+        # payment.start with a known id is answered with the payment it started: idempotency, not a replay.
+        if op != "payment.start" and not self.bridge.remember(client.id, message_id, ts):
+            raise BridgeError("replayed", "This command id was already used. Use a new id for each command.")
+        right = OPS[op][1]
+        if right is not None and right not in client.rights and "admin" not in client.rights:
+            raise BridgeError("forbidden", f"This client may not do {op!r} (it needs the {right!r} right).")
+        if op == "hello":
+            self.client = client
+        return op, args
+
+    # -- replies --------------------------------------------------------------------------------
+
+    def _out(self, message: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        if self.client is not None:
+            message = signing.signed(message, self.client.secret_out, self.client.algorithm)
+        self._send(message)
+
+    def _reply(self, message_id: str, result: Any) -> None:
+        self._out({"re": message_id, "ok": True, "result": result})
+
+    def _reply_error(self, message_id: Optional[str], error: BridgeError) -> None:
+        self._out({"re": message_id, "ok": False, "error": error.as_dict()})
+
+    def _reply_failure(self, message_id: str, op: str, failure: Any) -> None:
+        if failure.check(BridgeError):
+            self._reply_error(message_id, failure.value)
+            return
+        self.log.failure("Operation {op} failed", failure, op=op)
+        self._reply_error(message_id, BridgeError("internal_error", "The bridge hit an internal error; "
+                                                                    "it has been logged."))
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _start_events(self, after: int) -> None:
+        assert self.client is not None
+        if not self._streaming:
+            self.bridge.payments.subscribe(self._on_event)
+            self._streaming = True
+        self._sent_seq = after
+        for event in self.bridge.payments.journal.events_after(self.client.id, after, limit=10**9):
+            self._send_event(event)
+
+    def _on_event(self, event: Event) -> None:
+        if self.client is not None and event.client_id == self.client.id:
+            self._send_event(event)
+
+    def _send_event(self, event: Event) -> None:
+        if event.seq <= self._sent_seq:
+            return  # already sent by a resume that read it from the journal
+        self._sent_seq = event.seq
+        body = dict(event.body)
+        body["seq"] = event.seq
+        self._out(body)
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def _dispatch(self, op: str, message_id: str, args: dict[str, Any]) -> Any:
+        return OPS[op][0](self, message_id, args)
+
+    def op_hello(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        assert self.client is not None
+        journal = self.bridge.payments.journal
+        acked = journal.acked(self.client.id)
+        self.log.info("Client {client} connected from {peer}", client=self.client.id, peer=self.peer)
+        # Events start flowing from the last acknowledged one; events.resume can move the starting point.
+        self._start_events(acked)
+        return {"bridge": self.bridge.config.name, "version": __version__, "protocol": SUBPROTOCOL,
+                "client": self.client.id, "rights": sorted(self.client.rights), "acked_seq": acked,
+                "last_seq": journal.last_seq()}
+
+    def op_bridge_info(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        return {"bridge": self.bridge.config.name, "version": __version__, "protocol": SUBPROTOCOL,
+                "time": self.bridge.clock.seconds(), "fingerprint": self.bridge.fingerprint,
+                "terminals": self.bridge.payments.registry.names()}
+
+    def op_terminal_list(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        registry = self.bridge.payments.registry
+        return {"terminals": [registry.status(name) for name in registry.names()]}
+
+    def op_terminal_status(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        return self.bridge.payments.registry.status(args.get("terminal"))
+
+    def op_payment_start(self, message_id: str, args: dict[str, Any]) -> Deferred:
+        assert self.client is not None
+        return self.bridge.payments.start(self.client.id, message_id, args)
+
+    def op_payment_get(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        payments = self.bridge.payments
+        if "payment_id" in args:
+            view = payments.get(args["payment_id"])
+        elif isinstance(args.get("command_id"), str):
+            view = payments.get_by_command(args["command_id"])
+            if view is None:
+                raise BridgeError("unknown_payment", "No payment was started with that command id.")
+        else:
+            raise BridgeError("bad_request", "Name the payment with 'payment_id' or 'command_id'.")
+        self._check_owner(view)
+        return view
+
+    def op_events_resume(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        after = args.get("after", 0)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise BridgeError("bad_request", "'after' must be the last event seq you received (0 for all).")
+        self._start_events(after)
+        return {"resumed_after": after}
+
+    def op_events_ack(self, message_id: str, args: dict[str, Any]) -> Deferred:
+        assert self.client is not None
+        seq = args.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise BridgeError("bad_request", "'seq' must be the seq of the last event you handled.")
+        return self.bridge.payments.journal.ack(self.client.id, seq).addCallback(lambda _: {"acked": seq})
+
+    def _check_owner(self, view: dict[str, Any]) -> None:
+        assert self.client is not None
+        record = self.bridge.payments.journal.get(view["id"])
+        if record is not None and record.client_id != self.client.id and "admin" not in self.client.rights:
+            raise BridgeError("unknown_payment", "There is no such payment for this client.")
+
+
+#: op -> (handler, right needed or None)
+OPS: dict[str, tuple[Callable[[Session, str, dict[str, Any]], Any], Optional[str]]] = {
+    "hello": (Session.op_hello, None),
+    "bridge.info": (Session.op_bridge_info, "read"),
+    "terminal.list": (Session.op_terminal_list, "read"),
+    "terminal.status": (Session.op_terminal_status, "read"),
+    "payment.start": (Session.op_payment_start, "pay"),
+    "payment.get": (Session.op_payment_get, "read"),
+    "events.resume": (Session.op_events_resume, "read"),
+    "events.ack": (Session.op_events_ack, "read"),
+}

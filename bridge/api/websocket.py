@@ -1,0 +1,73 @@
+"""The LAN listener: an autobahn WebSocket server (over TLS) that hands each text message to a Session."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+
+from bridge.api.session import SUBPROTOCOL, Bridge, Session
+from bridge.errors import BridgeError
+
+#: Close code for "message too large".  RFC 6455's 1009 is reserved to the WebSocket layer itself; an
+#: application may only send 1000 or 3000-4999, so the bridge uses 4009 (docs/protocol.md).
+CLOSE_TOO_BIG = 4009
+
+
+class CommandProtocol(WebSocketServerProtocol):
+    log = Logger()
+    factory: "CommandFactory"
+
+    def onConnect(self, request: Any) -> str:
+        if SUBPROTOCOL not in request.protocols:
+            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST,
+                                 f"offer the WebSocket subprotocol {SUBPROTOCOL}")
+        self.session = Session(self.factory.bridge, self._send_json, peer=request.peer)
+        return SUBPROTOCOL
+
+    def _send_json(self, message: dict[str, Any]) -> None:
+        self.sendMessage(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if len(payload) > self.factory.bridge.config.max_message_bytes:
+            self.session.oversize()
+            self.sendClose(CLOSE_TOO_BIG, "message too large")
+            return
+        if isBinary:
+            self.session.refuse(BridgeError("bad_message", "Messages are JSON text, not binary frames."))
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self.session.refuse(BridgeError("bad_json", "The message is not valid UTF-8 text."))
+            return
+        self.session.message_received(text)
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        session = getattr(self, "session", None)
+        if session is not None:
+            session.connection_lost()
+
+
+class CommandFactory(WebSocketServerFactory):
+    protocol = CommandProtocol
+
+    def __init__(self, bridge: Bridge, url: str) -> None:
+        super().__init__(url, protocols=[SUBPROTOCOL])
+        self.bridge = bridge
+        limit = bridge.config.max_message_bytes
+        # autobahn's own cap drops the connection without a word; ours (in onMessage) answers with
+        # message_too_large first.  So autobahn's is set above ours, as the hard backstop.
+        self.setProtocolOptions(
+            maxMessagePayloadSize=4 * limit,
+            maxFramePayloadSize=4 * limit,
+            maxConnections=bridge.config.max_connections,
+            openHandshakeTimeout=5,
+            closeHandshakeTimeout=2,
+            autoPingInterval=30,
+            autoPingTimeout=60,
+            perMessageCompressionAccept=lambda offers: None,
+        )

@@ -1,0 +1,238 @@
+"""The sub-commands of `terminal-bridge`, each a small function taking the parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from typing import Any
+
+from bridge.config import DEFAULT_RIGHTS, RIGHTS, ConfigError, add_client, load
+
+EX_CONFIG = 78  # sysexits.h: configuration error; systemd shows it, Restart=on-failure won't loop fast
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("run", help="run the bridge in the foreground",
+                       description="Run the bridge in the foreground until stopped (SIGTERM or Ctrl-C). Logs go "
+                                   "to the journal under systemd, to standard output otherwise.")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("check-config", help="check the configuration and name every problem",
+                       description="Read the configuration and the clients file and report every problem with "
+                                   "its file, section and key. Exit status 0 when all is well, 78 otherwise.")
+    p.set_defaults(handler=cmd_check_config)
+
+    p = sub.add_parser("client", help="manage the clients allowed to send commands")
+    client_sub = p.add_subparsers(dest="client_command", metavar="ACTION")
+    add = client_sub.add_parser(
+        "add", help="create a client and its secrets", formatter_class=formatter,
+        description="Create a client: a random id, an inbound secret (the client signs its commands with it) and "
+                    "an outbound secret (the bridge signs its replies with it). The secrets are printed once and "
+                    "stored in the clients file with mode 0600. Restart the bridge to let the client in.")
+    add.add_argument("name", help="a name for the client, e.g. pos-1 or odoo")
+    add.add_argument("--rights", default=",".join(DEFAULT_RIGHTS),
+                     help=f"comma-separated rights among {', '.join(RIGHTS)} (default: %(default)s)")
+    add.add_argument("--algorithm", choices=("sha256", "sha512"), default="sha256",
+                     help="HMAC hash for signatures (default: %(default)s)")
+    add.add_argument("--write-credentials", metavar="FILE",
+                     help="also write the client's credentials as JSON to FILE (mode 0600), for `pay`")
+    add.add_argument("--url", help="the bridge's wss:// address to put into the credentials file")
+    add.set_defaults(handler=cmd_client_add)
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+    p = sub.add_parser(
+        "pay", help="make a payment through a running bridge (a test client)", formatter_class=formatter,
+        description="Connect to a bridge over TLS WebSocket, start a payment and follow it to its end.",
+        epilog="Exit status: 0 approved, 1 declined, cancelled or failed, 3 unknown (check the terminal's "
+               "receipt), 2 the command could not be sent.")
+    p.add_argument("--terminal", required=True, help="the terminal's name in the bridge's configuration")
+    p.add_argument("--amount", required=True, help="the amount in major units, e.g. 12.34")
+    p.add_argument("--currency", default="EUR", help="ISO 4217 code (default: %(default)s)")
+    p.add_argument("--refund", action="store_true", help="a refund (credit) instead of a payment")
+    p.add_argument("--cheque", action="store_true", help="pay by cheque (Caisse-AP terminals with a printer)")
+    p.add_argument("--credentials", metavar="FILE", help="the JSON file written by `client add --write-credentials`")
+    p.add_argument("--url", help="the bridge's address, wss://HOST:PORT (default: from the credentials file)")
+    p.add_argument("--fingerprint", help="the SHA-256 fingerprint of the bridge's certificate to pin "
+                                         "(default: from the credentials file)")
+    p.add_argument("--cafile", help="trust this CA or certificate file instead of pinning a fingerprint")
+    p.add_argument("--command-id", help="the command id (default: a new random one); re-use it to retry safely")
+    p.add_argument("--timeout", type=float, default=240.0, help="give up waiting after this many seconds")
+    p.set_defaults(handler=cmd_pay)
+
+    p = sub.add_parser("payments", help="list recent payments from the journal (for store IT)",
+                       description="List recent payments and their states, newest first, read from the "
+                                   "journal on this machine.")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--terminal")
+    p.add_argument("--state")
+    p.set_defaults(handler=cmd_payments)
+
+    p = sub.add_parser("simulate", help="run a simulated terminal (for demos and tests)")
+    sim_sub = p.add_subparsers(dest="simulator", metavar="KIND")
+    from bridge.terminals.caisse_ap.simulator import add_simulator_arguments
+
+    sim = sim_sub.add_parser("caisse-ap", help="a Caisse-AP terminal over TCP", formatter_class=formatter,
+                             description="Answer Caisse-AP requests like a real terminal, with scripted outcomes.")
+    add_simulator_arguments(sim)
+    sim.set_defaults(handler=cmd_simulate_caisse_ap)
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+    p = sub.add_parser("demo", help="run a demo bridge with simulated terminals (used by `make run`)",
+                       description="Write a demo configuration under DIR (a self-signed certificate, one client, "
+                                   "simulated Caisse-AP terminals), start the simulators and the bridge in the "
+                                   "foreground, and print the command that makes a test payment.")
+    p.add_argument("--dir", default="demo", help="where to keep the demo's files (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8443, help="the bridge's port (default: %(default)s)")
+    p.add_argument("--terminal-port", type=int, default=18888,
+                   help="first port of the simulated terminals (default: %(default)s)")
+    p.set_defaults(handler=cmd_demo)
+
+
+def _load_config(args: argparse.Namespace):
+    from bridge.terminals.catalogue import VALIDATORS
+
+    return load(args.config, VALIDATORS)
+
+
+def _report_config_error(error: ConfigError) -> int:
+    print(f"The configuration has {len(error.problems)} problem(s):", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return EX_CONFIG
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load_config(args)
+    except ConfigError as e:
+        return _report_config_error(e)
+    print(f"{args.config}: OK - {len(config.terminals)} terminal(s), {len(config.clients)} client(s), "
+          f"listening on {config.listen_host}:{config.listen_port}, state in {config.state_dir}")
+    if not config.clients:
+        print("Note: no clients yet; add one with `terminal-bridge client add NAME`.")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load_config(args)
+    except ConfigError as e:
+        return _report_config_error(e)
+    from bridge.service.run import run_daemon
+
+    return run_daemon(config)
+
+
+def cmd_client_add(args: argparse.Namespace) -> int:
+    from bridge.api.signing import new_secret
+
+    rights = tuple(r.strip() for r in args.rights.split(",") if r.strip())
+    bad = [r for r in rights if r not in RIGHTS]
+    if bad:
+        print(f"Unknown right(s): {', '.join(bad)}. Choose among {', '.join(RIGHTS)}.", file=sys.stderr)
+        return 2
+    clients_file = _clients_file(args.config)
+    client_id = "cl_" + uuid.uuid4().hex[:16]
+    secret_in, secret_out = new_secret(), new_secret()
+    try:
+        add_client(clients_file, args.name, client_id, secret_in, secret_out, rights, args.algorithm)
+    except (ValueError, OSError) as e:
+        print(f"Could not add the client: {e}", file=sys.stderr)
+        return 2
+    print(f"Client {args.name!r} added to {clients_file}. Restart the bridge to let it in.")
+    print("Give these to the client; the secrets are not shown again:")
+    print(f"  client id:       {client_id}")
+    print(f"  inbound secret:  {secret_in}   (the client signs commands with it)")
+    print(f"  outbound secret: {secret_out}   (the client checks the bridge's replies with it)")
+    print(f"  algorithm:       HMAC-{args.algorithm.upper()}")
+    if args.write_credentials:
+        data: dict[str, Any] = {"client_id": client_id, "secret_in": secret_in, "secret_out": secret_out,
+                                "algorithm": args.algorithm}
+        if args.url:
+            data["url"] = args.url
+        fingerprint = _bridge_fingerprint(args.config)
+        if fingerprint:
+            data["fingerprint"] = fingerprint
+        write_private_json(args.write_credentials, data)
+        print(f"Credentials written to {args.write_credentials} (mode 0600).")
+    return 0
+
+
+def _clients_file(config_path: str) -> str:
+    """Where the clients file is, even when the main configuration has other problems."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(config_path, encoding="utf-8")
+    except configparser.Error:
+        pass
+    name = parser.get("bridge", "clients_file", fallback="") or "clients.conf"
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), name)
+
+
+def _bridge_fingerprint(config_path: str) -> str | None:
+    try:
+        config = load(config_path, {})
+    except ConfigError:
+        return None
+    from bridge.api.tls import fingerprint_of_pem
+
+    try:
+        with open(config.tls_certificate, "rb") as f:
+            return fingerprint_of_pem(f.read())
+    except OSError:
+        return None
+
+
+def write_private_json(path: str, data: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def cmd_pay(args: argparse.Namespace) -> int:
+    from bridge.cli.pay import run_pay
+
+    return run_pay(args)
+
+
+def cmd_payments(args: argparse.Namespace) -> int:
+    try:
+        config = _load_config(args)
+    except ConfigError as e:
+        return _report_config_error(e)
+    from bridge.cli.payments import list_payments
+
+    return list_payments(config, args)
+
+
+def cmd_simulate_caisse_ap(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+
+    from bridge.terminals.caisse_ap.simulator import start_simulator
+
+    def started(port: Any) -> None:
+        address = port.getHost()
+        print(f"Caisse-AP simulator listening on {address.host}:{address.port} "
+              f"(outcome: {args.outcome}). Ctrl-C stops it.", flush=True)
+
+    def failed(failure: Any) -> None:
+        print(f"The simulator could not start: {failure.getErrorMessage()}", file=sys.stderr)
+        reactor.stop()
+
+    start_simulator(reactor, args).addCallbacks(started, failed)
+    reactor.run()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge.cli.demo import run_demo
+
+    return run_demo(args)

@@ -1,0 +1,448 @@
+"""The journal: every payment, every transition and every event, on disk before anyone is told.
+
+SQLite in WAL mode with ``synchronous=FULL``: a commit is fsync'd.  Writes go through one writer (a thread of
+its own in the daemon, inline in unit tests) that commits everything queued so far in one transaction, so that
+durability costs one fsync per batch, not one per transition (group commit).  Each write's Deferred fires only
+after its batch is on disk.  Reads use a second connection; in WAL mode they see committed data and never
+wait for the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+
+from bridge.core.states import check_transition
+from bridge.errors import BridgeError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS payments (
+    id TEXT PRIMARY KEY,
+    command_id TEXT NOT NULL UNIQUE,
+    client_id TEXT NOT NULL,
+    terminal TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    method TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    args_digest TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason_code TEXT,
+    reason_message TEXT,
+    details TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payments_state ON payments (state);
+CREATE INDEX IF NOT EXISTS payments_terminal_created ON payments (terminal, created);
+CREATE INDEX IF NOT EXISTS payments_created ON payments (created);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    payment_id TEXT NOT NULL REFERENCES payments (id),
+    state TEXT NOT NULL,
+    reason_code TEXT,
+    reason_message TEXT,
+    details TEXT NOT NULL DEFAULT '{}',
+    actor TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_payment ON transitions (payment_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id TEXT NOT NULL,
+    payment_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_client ON events (client_id, seq);
+CREATE TABLE IF NOT EXISTS acks (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class PaymentRecord:
+    """One payment as the journal holds it."""
+
+    id: str
+    command_id: str
+    client_id: str
+    terminal: str
+    kind: str
+    method: str
+    amount: int
+    currency: str
+    args_digest: str
+    state: str
+    reason_code: Optional[str] = None
+    reason_message: Optional[str] = None
+    details: dict[str, Any] = field(default_factory=dict)
+    created: float = 0.0
+    updated: float = 0.0
+
+    def moved_to(self, state: str, code: Optional[str], message: Optional[str],
+                 details: Optional[dict[str, Any]], at: float) -> "PaymentRecord":
+        check_transition(self.state, state)
+        merged = dict(self.details)
+        merged.update(details or {})
+        return replace(self, state=state, reason_code=code, reason_message=message, details=merged,
+                       updated=at)
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    client_id: str
+    payment_id: str
+    body: dict[str, Any]
+
+
+_PAYMENT_COLUMNS = ("id, command_id, client_id, terminal, kind, method, amount, currency, args_digest, state, "
+                    "reason_code, reason_message, details, created, updated")
+
+
+def _record_from_row(row: tuple) -> PaymentRecord:
+    values = list(row)
+    values[12] = json.loads(values[12])
+    return PaymentRecord(*values)
+
+
+def _unavailable(reason: str) -> BridgeError:
+    return BridgeError(
+        "journal_unavailable",
+        "The bridge cannot record payments right now (" + reason + "). No payment was started; "
+        "ask store IT to check the bridge's disk.",
+    )
+
+
+Operation = Callable[[sqlite3.Connection], Any]
+
+
+class _Writer:
+    """Runs write operations in batches, one transaction and one fsync per batch."""
+
+    def __init__(self, path: str, deliver: Callable[[Callable[[], None]], None], threaded: bool) -> None:
+        self._path = path
+        self._deliver = deliver
+        self._threaded = threaded
+        self._conn: Optional[sqlite3.Connection] = None
+        self._queue: "queue.Queue[Optional[tuple[Operation, Deferred]]]" = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+
+    def open(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._conn = conn
+        if self._threaded:
+            self._thread = threading.Thread(target=self._loop, name="journal-writer", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def submit(self, op: Operation) -> Deferred:
+        d: Deferred = Deferred()
+        if self._conn is None:
+            return fail(_unavailable("the journal is closed"))
+        if self._threaded:
+            self._queue.put((op, d))
+        else:
+            self._run_batch([(op, d)])
+        return d
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[tuple[Operation, Deferred]]) -> None:
+        conn = self._conn
+        assert conn is not None
+        results: list[tuple[Deferred, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, d in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op(conn)
+                except BridgeError as e:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((d, False, e))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((d, True, value))
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            error = _unavailable(_describe_sqlite_error(e))
+            results = [(d, False, error) for _, d in batch]
+        self._deliver(lambda: _fire(results))
+
+
+def _fire(results: list[tuple[Deferred, bool, Any]]) -> None:
+    for d, ok, value in results:
+        if ok:
+            d.callback(value)
+        else:
+            d.errback(value)
+
+
+def _describe_sqlite_error(e: sqlite3.Error) -> str:
+    text = str(e).lower()
+    if "full" in text:
+        return "the disk is full"
+    if "readonly" in text or "read-only" in text:
+        return "the disk is read-only"
+    if "malformed" in text or "not a database" in text:
+        return "the journal file is damaged"
+    return "the journal could not be written"
+
+
+class Journal:
+    """The bridge's durable record.  Create with :meth:`open`."""
+
+    log = Logger()
+
+    def __init__(self, path: str, writer: _Writer, reader: sqlite3.Connection,
+                 now: Callable[[], float]) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._now = now
+
+    @classmethod
+    def open(cls, path: str, reactor: Any = None, threaded: bool = True,
+             now: Callable[[], float] = time.time) -> "Journal":
+        """Open (creating if needed) the journal at ``path``.
+
+        ``threaded`` commits on a writer thread and delivers results through ``reactor.callFromThread``;
+        without it every write commits inline (unit tests).  Raises :class:`BridgeError`
+        ``journal_unavailable`` when the file cannot be opened, migrated or fails its integrity check.
+        """
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            _migrate(path)
+            reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            reader.execute("PRAGMA query_only=ON")
+        except (OSError, sqlite3.Error) as e:
+            reason = _describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else e.strerror or str(e)
+            raise _unavailable(reason) from e
+        if threaded:
+            deliver = reactor.callFromThread
+        else:
+            deliver = lambda f: f()  # noqa: E731
+        writer = _Writer(path, deliver, threaded)
+        writer.open()
+        return cls(path, writer, reader, now)
+
+    @classmethod
+    def open_readonly(cls, path: str) -> "Journal":
+        """The journal for reading only (the `payments` command), safe beside a running bridge."""
+        try:
+            reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                     check_same_thread=False)
+            reader.execute("SELECT 1 FROM payments LIMIT 1")
+        except sqlite3.Error as e:
+            raise _unavailable(_describe_sqlite_error(e)) from e
+        return cls(path, _Writer(path, lambda f: f(), threaded=False), reader, time.time)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reader.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def create(self, record: PaymentRecord, event_body: dict[str, Any], actor: str) -> "Deferred[Event]":
+        """Journal a new payment, its first transition and its first event, in one commit."""
+
+        def op(conn: sqlite3.Connection) -> Event:
+            try:
+                conn.execute(
+                    f"INSERT INTO payments ({_PAYMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (record.id, record.command_id, record.client_id, record.terminal, record.kind,
+                     record.method, record.amount, record.currency, record.args_digest, record.state,
+                     record.reason_code, record.reason_message, json.dumps(record.details),
+                     record.created, record.updated),
+                )
+            except sqlite3.IntegrityError:
+                raise BridgeError("duplicate_command", "This command id was already used.") from None
+            _insert_transition(conn, record, actor)
+            return _insert_event(conn, record, event_body)
+
+        return self._writer.submit(op)
+
+    def transition(self, record: PaymentRecord, event_body: dict[str, Any], actor: str) -> "Deferred[Event]":
+        """Journal ``record``'s new state (already applied to it), with its transition and event."""
+
+        def op(conn: sqlite3.Connection) -> Event:
+            conn.execute(
+                "UPDATE payments SET state=?, reason_code=?, reason_message=?, details=?, updated=? WHERE id=?",
+                (record.state, record.reason_code, record.reason_message, json.dumps(record.details),
+                 record.updated, record.id),
+            )
+            _insert_transition(conn, record, actor)
+            return _insert_event(conn, record, event_body)
+
+        return self._writer.submit(op)
+
+    def ack(self, client_id: str, seq: int) -> Deferred:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO acks (client_id, seq) VALUES (?, ?) "
+                "ON CONFLICT (client_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+                (client_id, seq),
+            )
+
+        return self._writer.submit(op)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get(self, payment_id: str) -> Optional[PaymentRecord]:
+        row = self._reader.execute(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id=?", (payment_id,)).fetchone()
+        return _record_from_row(row) if row else None
+
+    def get_by_command(self, command_id: str) -> Optional[PaymentRecord]:
+        row = self._reader.execute(
+            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE command_id=?", (command_id,)).fetchone()
+        return _record_from_row(row) if row else None
+
+    def in_flight(self) -> list[PaymentRecord]:
+        rows = self._reader.execute(
+            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE state IN ('accepted', 'in_progress') ORDER BY created"
+        ).fetchall()
+        return [_record_from_row(r) for r in rows]
+
+    def list(self, terminal: Optional[str] = None, state: Optional[str] = None,
+             since: Optional[float] = None, until: Optional[float] = None,
+             limit: int = 50, before: Optional[tuple[float, str]] = None) -> list[PaymentRecord]:
+        """Payments newest first, filtered; ``before`` is the (created, id) of the last row of a previous page."""
+        where, args = [], []
+        for column, value in (("terminal", terminal), ("state", state)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("created >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("created < ?")
+            args.append(until)
+        if before is not None:
+            where.append("(created, id) < (?, ?)")
+            args.extend(before)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = self._reader.execute(
+            f"SELECT {_PAYMENT_COLUMNS} FROM payments {clause} ORDER BY created DESC, id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [_record_from_row(r) for r in rows]
+
+    def transitions(self, payment_id: str) -> list[dict[str, Any]]:
+        rows = self._reader.execute(
+            "SELECT state, reason_code, reason_message, actor, at FROM transitions WHERE payment_id=? ORDER BY id",
+            (payment_id,),
+        ).fetchall()
+        return [dict(zip(("state", "code", "message", "actor", "at"), r)) for r in rows]
+
+    def events_after(self, client_id: str, seq: int, limit: int = 500) -> list[Event]:
+        rows = self._reader.execute(
+            "SELECT seq, client_id, payment_id, body FROM events WHERE client_id=? AND seq>? ORDER BY seq LIMIT ?",
+            (client_id, seq, limit),
+        ).fetchall()
+        return [Event(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def acked(self, client_id: str) -> int:
+        row = self._reader.execute("SELECT seq FROM acks WHERE client_id=?", (client_id,)).fetchone()
+        return row[0] if row else 0
+
+    def last_seq(self) -> int:
+        row = self._reader.execute("SELECT max(seq) FROM events").fetchone()
+        return row[0] or 0
+
+
+def _insert_transition(conn: sqlite3.Connection, record: PaymentRecord, actor: str) -> None:
+    conn.execute(
+        "INSERT INTO transitions (payment_id, state, reason_code, reason_message, details, actor, at) "
+        "VALUES (?,?,?,?,?,?,?)",
+        (record.id, record.state, record.reason_code, record.reason_message, json.dumps(record.details), actor,
+         record.updated),
+    )
+
+
+def _insert_event(conn: sqlite3.Connection, record: PaymentRecord, body: dict[str, Any]) -> Event:
+    cursor = conn.execute(
+        "INSERT INTO events (client_id, payment_id, body, created) VALUES (?,?,?,?)",
+        (record.client_id, record.id, json.dumps(body, sort_keys=True), record.updated),
+    )
+    return Event(cursor.lastrowid, record.client_id, record.id, body)
+
+
+def _migrate(path: str) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed ({check})")
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"journal schema {version} is newer than this bridge understands ({SCHEMA_VERSION})")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS.get(target, ()):
+                conn.execute(statement)
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                     (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+#: Statements that bring a journal of version N-1 to version N.  Version 1 is the schema above.
+_MIGRATIONS: dict[int, Iterable[str]] = {1: ()}

@@ -1,0 +1,60 @@
+"""`terminal-bridge run`: logging, the reactor, the daemon, systemd notifications and a clean stop."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.logger import (FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate,
+                            globalLogBeginner)
+
+from bridge.config import BridgeConfig
+from bridge.errors import BridgeError
+from bridge.service.daemon import Daemon
+from bridge.service.journald import make_observer
+from bridge.service.sdnotify import WatchdogService, notify, watchdog_interval
+
+log = Logger()
+
+LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
+
+
+def start_logging(level: str) -> None:
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS.get(level, LogLevel.info))
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(make_observer(), [predicate])],
+                                     redirectStandardIO=False)
+
+
+def run_daemon(config: BridgeConfig) -> int:
+    from twisted.internet import reactor
+
+    start_logging(config.log_level)
+    daemon = Daemon(config, reactor, notify=notify)
+    watchdog = WatchdogService(reactor, notify=notify, interval=watchdog_interval())
+    exit_code = [0]
+
+    def started(_: Any) -> None:
+        watchdog.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", stopping)
+
+    def stopping() -> Any:
+        if watchdog.running:
+            watchdog.stopService()
+        return daemon.stop()
+
+    def failed(failure: Any) -> None:
+        if failure.check(BridgeError):
+            log.critical("The bridge cannot start: {message}", message=failure.value.message,
+                         code=failure.value.code)
+        else:
+            log.failure("The bridge cannot start", failure)
+        exit_code[0] = 1
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: daemon.start().addCallbacks(started, failed))
+    reactor.run()
+    return exit_code[0]
+
+
+if __name__ == "__main__":
+    sys.exit("use `terminal-bridge run`")

@@ -1,0 +1,94 @@
+"""Fakes and builders shared by the tests (the real parts are used wherever the test is about them)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from bridge.api.signing import new_secret
+from bridge.config import add_client, load
+from bridge.terminals.base import ITerminalDriver, Outcome, PaymentRequest
+from bridge.terminals.catalogue import VALIDATORS
+
+
+@implementer(ITerminalDriver)
+class RecordingDriver:
+    """A driver that records what would have gone to the terminal and ends when the test says so."""
+
+    kind = "recording"
+
+    def __init__(self, name: str = "till-1") -> None:
+        self.name = name
+        self.sent: list[PaymentRequest] = []
+        self.runs: list[tuple[PaymentRequest, Deferred]] = []
+        self.refuse_link = False  # True: behave like a terminal that cannot be reached
+        self.connecting = False  # True: never get as far as sending (a connection that hangs)
+
+    def pay(self, request: PaymentRequest, before_send) -> Deferred:
+        result: Deferred = Deferred()
+        self.runs.append((request, result))
+        if self.refuse_link:
+            return succeed(Outcome("failed", "terminal_unreachable", "The terminal could not be reached."))
+        if self.connecting:
+            return result
+
+        def send(_: Any) -> Deferred:
+            self.sent.append(request)
+            return result
+
+        def not_sent(failure: Any) -> Outcome:
+            code = getattr(failure.value, "code", "journal_unavailable")
+            return Outcome("failed", code, "Not sent.")
+
+        return before_send().addCallbacks(send, not_sent)
+
+    def finish(self, outcome: Outcome, index: int = -1) -> None:
+        self.runs[index][1].callback(outcome)
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "idle", "detail": "recording"}
+
+
+APPROVED = Outcome("approved", "approved", "The payment was approved.", {"authorisation": "123456"})
+DECLINED = Outcome("declined", "card_declined", "The card was declined by the bank.")
+LINK_LOST = Outcome("unknown", "link_lost", "The link was lost after the request went out.")
+
+
+def write_config(directory: str, terminals: dict[str, str], port: int = 0,
+                 extra: str = "") -> str:
+    """A bridge.conf under ``directory`` with Caisse-AP TCP terminals {name: "host:port"}."""
+    lines = ["[bridge]", f"listen = 127.0.0.1:{port}", "state_dir = state", "clients_file = clients.conf", extra]
+    for name, address in terminals.items():
+        lines += [f"[terminal:{name}]", "type = caisse-ap-tcp", f"address = {address}",
+                  "connect_timeout = 2", "answer_timeout = 5", "quiet_period = 0.05"]
+    path = os.path.join(directory, "bridge.conf")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def add_test_client(config_path: str, name: str = "pos", rights: tuple[str, ...] = ("pay", "read"),
+                    algorithm: str = "sha256") -> dict[str, str]:
+    client = {"client_id": f"cl_{name}", "secret_in": new_secret(), "secret_out": new_secret(),
+              "algorithm": algorithm}
+    add_client(os.path.join(os.path.dirname(config_path), "clients.conf"), name, client["client_id"],
+               client["secret_in"], client["secret_out"], rights, algorithm)
+    return client
+
+
+def load_config(path: str, **overrides: Any):
+    from dataclasses import replace
+
+    config = load(path, VALIDATORS)
+    return replace(config, **overrides) if overrides else config
+
+
+def port_of(listening: Any) -> int:
+    return listening.getHost().port
+
+
+def maybe(value: Optional[Any], default: Any) -> Any:
+    return default if value is None else value

@@ -1,0 +1,170 @@
+import os
+import sqlite3
+
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from bridge.core import states
+from bridge.core.journal import SCHEMA_VERSION, Journal, PaymentRecord
+from bridge.core.states import IllegalTransition
+from bridge.errors import BridgeError
+
+
+def record(n: int = 1, **kw) -> PaymentRecord:
+    values = dict(id=f"pay_{n}", command_id=f"cmd_{n}", client_id="cl_a", terminal="till-1", kind="debit",
+                  method="card", amount=1234, currency="EUR", args_digest="d", state=states.ACCEPTED,
+                  created=1000.0 + n, updated=1000.0 + n)
+    values.update(kw)
+    return PaymentRecord(**values)
+
+
+class InlineJournalTests(SynchronousTestCase):
+    def setUp(self):
+        self.path = os.path.join(self.mktemp(), "journal.sqlite3")
+        self.journal = Journal.open(self.path, threaded=False)
+        self.addCleanup(self.journal.close)
+
+    def test_create_then_read_back(self):
+        event = self.successResultOf(self.journal.create(record(), {"event": "payment.state"}, actor="cl_a"))
+        self.assertEqual((event.seq, event.client_id, event.payment_id), (1, "cl_a", "pay_1"))
+        self.assertEqual(self.journal.get("pay_1"), record())
+        self.assertEqual(self.journal.get_by_command("cmd_1").id, "pay_1")
+        self.assertIsNone(self.journal.get("pay_2"))
+
+    def test_every_transition_is_kept_with_its_actor(self):
+        r = record()
+        self.successResultOf(self.journal.create(r, {}, actor="cl_a"))
+        r = r.moved_to(states.IN_PROGRESS, None, None, None, 1002.0)
+        self.successResultOf(self.journal.transition(r, {}, actor="bridge"))
+        r = r.moved_to(states.APPROVED, "approved", "ok", {"authorisation": "1"}, 1003.0)
+        self.successResultOf(self.journal.transition(r, {}, actor="terminal"))
+        self.assertEqual([(t["state"], t["actor"]) for t in self.journal.transitions("pay_1")],
+                         [("accepted", "cl_a"), ("in_progress", "bridge"), ("approved", "terminal")])
+        self.assertEqual(self.journal.get("pay_1").details, {"authorisation": "1"})
+
+    def test_a_duplicate_command_id_is_refused_and_changes_nothing(self):
+        self.successResultOf(self.journal.create(record(1), {}, actor="x"))
+        failure = self.failureResultOf(self.journal.create(record(2, command_id="cmd_1"), {}, actor="x"),
+                                       BridgeError)
+        self.assertEqual(failure.value.code, "duplicate_command")
+        self.assertIsNone(self.journal.get("pay_2"))
+        self.assertEqual(self.journal.last_seq(), 1)
+
+    def test_illegal_transitions_are_programming_errors(self):
+        self.assertRaises(IllegalTransition, record().moved_to, states.APPROVED, "x", "y", None, 1.0)
+        done = record(state=states.APPROVED)
+        self.assertRaises(IllegalTransition, done.moved_to, states.UNKNOWN, "x", "y", None, 1.0)
+
+    def test_events_after_a_sequence_are_per_client_and_in_order(self):
+        self.successResultOf(self.journal.create(record(1), {"n": 1}, actor="x"))
+        self.successResultOf(self.journal.create(record(2, client_id="cl_b"), {"n": 2}, actor="x"))
+        self.successResultOf(self.journal.create(record(3), {"n": 3}, actor="x"))
+        self.assertEqual([e.body["n"] for e in self.journal.events_after("cl_a", 0)], [1, 3])
+        self.assertEqual([e.seq for e in self.journal.events_after("cl_a", 1)], [3])
+
+    def test_acks_only_move_forward(self):
+        self.successResultOf(self.journal.ack("cl_a", 5))
+        self.successResultOf(self.journal.ack("cl_a", 3))
+        self.assertEqual(self.journal.acked("cl_a"), 5)
+        self.assertEqual(self.journal.acked("cl_b"), 0)
+
+    def test_in_flight_lists_accepted_and_in_progress_only(self):
+        self.successResultOf(self.journal.create(record(1), {}, actor="x"))
+        self.successResultOf(self.journal.create(record(2, state=states.IN_PROGRESS), {}, actor="x"))
+        self.successResultOf(self.journal.create(record(3, state=states.FAILED), {}, actor="x"))
+        self.assertEqual([r.id for r in self.journal.in_flight()], ["pay_1", "pay_2"])
+
+    def test_list_filters_and_pages_newest_first(self):
+        for n in range(1, 6):
+            self.successResultOf(self.journal.create(record(n, terminal="t1" if n % 2 else "t2"), {}, actor="x"))
+        self.assertEqual([r.id for r in self.journal.list(terminal="t1")], ["pay_5", "pay_3", "pay_1"])
+        first = self.journal.list(limit=2)
+        second = self.journal.list(limit=2, before=(first[-1].created, first[-1].id))
+        self.assertEqual([r.id for r in first + second], ["pay_5", "pay_4", "pay_3", "pay_2"])
+
+    def test_schema_version_is_recorded_and_reopening_keeps_data(self):
+        self.successResultOf(self.journal.create(record(), {}, actor="x"))
+        self.journal.close()
+        again = Journal.open(self.path, threaded=False)
+        self.addCleanup(again.close)
+        self.assertEqual(again.get("pay_1").amount, 1234)
+        version = sqlite3.connect(self.path).execute("SELECT value FROM meta WHERE key='schema_version'")
+        self.assertEqual(version.fetchone()[0], str(SCHEMA_VERSION))
+
+    def test_the_journal_file_is_private(self):
+        self.assertEqual(os.stat(self.path).st_mode & 0o077, 0)
+
+
+class JournalFaultTests(SynchronousTestCase):
+    def test_a_newer_schema_is_refused(self):
+        path = os.path.join(self.mktemp(), "j.sqlite3")
+        Journal.open(path, threaded=False).close()
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+        conn.commit()
+        conn.close()
+        error = self.assertRaises(BridgeError, Journal.open, path, threaded=False)
+        self.assertEqual(error.code, "journal_unavailable")
+
+    def test_a_damaged_file_is_refused_with_a_clear_reason(self):
+        path = os.path.join(self.mktemp(), "j.sqlite3")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "wb") as f:
+            f.write(b"this is not a database" * 100)
+        error = self.assertRaises(BridgeError, Journal.open, path, threaded=False)
+        self.assertEqual(error.code, "journal_unavailable")
+        self.assertIn("damaged", error.message)
+
+    def test_a_write_that_fails_is_refused_and_leaves_no_trace(self):
+        path = os.path.join(self.mktemp(), "j.sqlite3")
+        journal = Journal.open(path, threaded=False)
+        self.addCleanup(journal.close)
+        journal._writer._conn.execute("PRAGMA max_page_count=1")  # the disk is "full"
+        failure = self.failureResultOf(journal.create(record(), {"pad": "x" * 20000}, actor="x"), BridgeError)
+        self.assertEqual(failure.value.code, "journal_unavailable")
+        self.assertIn("full", failure.value.message)
+        self.assertIsNone(journal.get("pay_1"))
+
+    def test_a_closed_journal_refuses_writes(self):
+        journal = Journal.open(os.path.join(self.mktemp(), "j.sqlite3"), threaded=False)
+        journal.close()
+        self.assertEqual(self.failureResultOf(journal.create(record(), {}, actor="x")).value.code,
+                         "journal_unavailable")
+
+
+class ThreadedJournalTests(TestCase):
+    """The daemon's configuration: a writer thread, results delivered on the reactor thread."""
+
+    def setUp(self):
+        self.journal = Journal.open(os.path.join(self.mktemp(), "j.sqlite3"), reactor=reactor)
+        self.addCleanup(self.journal.close)
+
+    async def _many(self, n):
+        from twisted.internet.defer import gatherResults
+
+        return await gatherResults([self.journal.create(record(i), {"i": i}, actor="x") for i in range(n)])
+
+    def test_concurrent_writes_all_commit_in_order(self):
+        from twisted.internet.defer import Deferred
+
+        d = Deferred.fromCoroutine(self._many(200))
+
+        def check(events):
+            self.assertEqual(sorted(e.seq for e in events), list(range(1, 201)))
+            self.assertEqual(len(self.journal.events_after("cl_a", 0)), 200)
+
+        return d.addCallback(check)
+
+    def test_one_bad_write_does_not_spoil_its_batch(self):
+        from twisted.internet.defer import DeferredList
+
+        writes = [self.journal.create(record(1), {}, actor="x"),
+                  self.journal.create(record(2, command_id="cmd_1"), {}, actor="x"),
+                  self.journal.create(record(3), {}, actor="x")]
+
+        def check(results):
+            self.assertEqual([ok for ok, _ in results], [True, False, True])
+            self.assertEqual(results[1][1].value.code, "duplicate_command")
+            self.assertIsNotNone(self.journal.get("pay_3"))
+
+        return DeferredList(writes, consumeErrors=True).addCallback(check)

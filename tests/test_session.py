@@ -1,0 +1,185 @@
+"""The command protocol's checks and ops, transport aside (the WebSocket itself: test_end_to_end.py)."""
+
+import json
+import os
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge.api import signing
+from bridge.api.session import Bridge, Session
+from bridge.core.journal import Journal
+from bridge.core.payments import PaymentService
+from bridge.core.registry import TerminalRegistry
+from tests.support import APPROVED, RecordingDriver, add_test_client, load_config, write_config
+
+NOW = 1_700_000_000
+
+
+class SessionTests(SynchronousTestCase):
+    def setUp(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = write_config(directory, {"till-1": "127.0.0.1:9"})
+        self.client = add_test_client(path, "pos")
+        self.reader = add_test_client(path, "reader", rights=("read",))
+        self.config = load_config(path, messages_per_second=1000)
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.journal = Journal.open(os.path.join(directory, "j.sqlite3"), threaded=False)
+        self.addCleanup(self.journal.close)
+        self.driver = RecordingDriver("till-1")
+        self.payments = PaymentService(self.journal, TerminalRegistry([self.driver]), self.clock)
+        self.bridge = Bridge(self.config, self.payments, self.clock, fingerprint="AA")
+        self.sent = []
+        self.session = Session(self.bridge, self.sent.append, peer="test")
+        self.counter = 0
+
+    def command(self, op, args=None, client=None, ts=NOW, message_id=None, session=None, **changes):
+        client = client or self.client
+        self.counter += 1
+        message = {"id": f"m{self.counter}" if message_id is None else message_id, "op": op, "ts": ts, "args": args or {}}
+        message = signing.signed(message, client["secret_in"], client["algorithm"])
+        message.update(changes)
+        (session or self.session).message_received(json.dumps(message))
+        return self.sent[-1]
+
+    def hello(self, client=None, session=None):
+        reply = self.command("hello", {"client": (client or self.client)["client_id"]}, client=client,
+                             session=session)
+        self.assertTrue(reply["ok"], reply)
+        return reply
+
+    def assert_error(self, reply, code):
+        self.assertFalse(reply["ok"], reply)
+        self.assertEqual(reply["error"]["code"], code)
+        self.assertTrue(reply["error"]["message"])
+
+    def test_replies_are_signed_with_the_outbound_secret(self):
+        reply = self.hello()
+        self.assertTrue(signing.verify(reply, self.client["secret_out"]))
+        self.assertFalse(signing.verify(reply, self.client["secret_in"]))
+        self.assertEqual(reply["result"]["client"], "cl_pos")
+
+    def test_malformed_json_is_refused(self):
+        for text in ("{", "", "[1,2]", '"hello"', "null"):
+            self.session.message_received(text)
+            self.assertIn(self.sent[-1]["error"]["code"], ("bad_json", "bad_message"))
+        self.assertEqual(self.journal.list(), [])
+
+    def test_envelope_problems_are_named(self):
+        self.assert_error(self.command("hello", message_id=""), "bad_message")
+        self.assert_error(self.command("hello", ts="yesterday"), "bad_message")
+        self.session.message_received(json.dumps(signing.signed(
+            {"id": "x", "op": "hello", "ts": NOW, "args": [1]}, self.client["secret_in"])))
+        self.assert_error(self.sent[-1], "bad_message")
+        self.assert_error(self.command("payment.steal"), "unknown_op")
+
+    def test_commands_before_hello_are_refused(self):
+        self.assert_error(self.command("terminal.list"), "not_authenticated")
+
+    def test_unknown_client(self):
+        self.assert_error(self.command("hello", {"client": "cl_nobody"}), "unknown_client")
+
+    def test_bad_signature_is_refused_and_does_not_authenticate(self):
+        self.assert_error(self.command("hello", {"client": "cl_pos"}, sig="0" * 64), "bad_signature")
+        self.assert_error(self.command("terminal.list"), "not_authenticated")
+        # signed with the outbound secret instead of the inbound one
+        wrong = dict(self.client, secret_in=self.client["secret_out"])
+        self.assert_error(self.command("hello", {"client": "cl_pos"}, client=wrong), "bad_signature")
+
+    def test_a_payment_with_a_bad_signature_sends_nothing(self):
+        self.hello()
+        reply = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"},
+                             sig="f" * 64)
+        self.assert_error(reply, "bad_signature")
+        self.assertEqual((self.driver.sent, self.journal.list()), ([], []))
+
+    def test_stale_and_future_timestamps_are_refused(self):
+        self.assert_error(self.command("hello", {"client": "cl_pos"}, ts=NOW - 3600), "stale_timestamp")
+        self.assert_error(self.command("hello", {"client": "cl_pos"}, ts=NOW + 3600), "stale_timestamp")
+        self.hello()
+
+    def test_a_replayed_command_is_refused(self):
+        self.hello()
+        self.assertTrue(self.command("terminal.list", message_id="same")["ok"])
+        self.assert_error(self.command("terminal.list", message_id="same"), "replayed")
+
+    def test_a_repeated_payment_start_returns_the_same_payment(self):
+        self.hello()
+        args = {"terminal": "till-1", "amount": 100, "currency": "EUR"}
+        first = self.command("payment.start", args, message_id="pay-1")
+        again = self.command("payment.start", args, message_id="pay-1")
+        self.assertEqual(first["result"]["id"], again["result"]["id"])
+        self.assertEqual(len(self.driver.sent), 1)
+
+    def test_rights_are_enforced(self):
+        self.hello(self.reader)
+        reply = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"},
+                             client=self.reader)
+        self.assert_error(reply, "forbidden")
+        self.assertTrue(self.command("terminal.list", client=self.reader)["ok"])
+
+    def test_too_many_messages_are_refused(self):
+        from dataclasses import replace
+
+        self.bridge.config = replace(self.config, messages_per_second=2)
+        session = Session(self.bridge, self.sent.append, peer="flood")
+        for _ in range(5):  # a burst of twice the rate passes, the next is refused
+            session.message_received("{}")
+        self.assert_error(self.sent[-1], "rate_limited")
+        self.clock.advance(2)
+        session.message_received("{}")
+        self.assertNotEqual(self.sent[-1]["error"]["code"], "rate_limited")
+
+    def test_terminal_list_and_status(self):
+        self.hello()
+        terminals = self.command("terminal.list")["result"]["terminals"]
+        self.assertEqual([(t["name"], t["state"]) for t in terminals], [("till-1", "idle")])
+        self.assertEqual(self.command("terminal.status", {"terminal": "till-1"})["result"]["type"], "recording")
+        self.assert_error(self.command("terminal.status", {"terminal": "x"}), "unknown_terminal")
+
+    def test_events_reach_the_client_that_started_the_payment_signed(self):
+        self.hello()
+        other_sent = []
+        other = Session(self.bridge, other_sent.append, peer="other")
+        self.hello(self.reader, session=other)
+        reply = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"})
+        self.driver.finish(APPROVED)
+        events = [m for m in self.sent if "seq" in m]
+        self.assertEqual([e["payment"]["state"] for e in events], ["accepted", "in_progress", "approved"])
+        self.assertTrue(all(signing.verify(e, self.client["secret_out"]) for e in events))
+        self.assertEqual(events[-1]["payment"]["id"], reply["result"]["id"])
+        self.assertEqual([m for m in other_sent if "seq" in m], [])
+
+    def test_missed_events_are_resent_after_reconnect_until_acknowledged(self):
+        self.hello()
+        self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"})
+        self.session.connection_lost()
+        self.driver.finish(APPROVED)  # while the client is away
+        sent = []
+        again = Session(self.bridge, sent.append, peer="back")
+        self.hello(session=again)
+        states = [m["payment"]["state"] for m in sent if "seq" in m]
+        self.assertEqual(states, ["accepted", "in_progress", "approved"])
+        last = [m for m in sent if "seq" in m][-1]["seq"]
+        self.command("events.ack", {"seq": last}, session=again)
+        self.assertTrue(sent[-1]["ok"])
+        sent2 = []
+        third = Session(self.bridge, sent2.append, peer="third")
+        self.hello(session=third)
+        self.assertEqual([m for m in sent2 if "seq" in m], [])
+        self.command("events.resume", {"after": 0}, session=third)
+        self.assertEqual(len([m for m in sent2 if "seq" in m]), 3)
+
+    def test_payment_get_by_id_or_command_and_only_ones_own(self):
+        self.hello()
+        started = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"},
+                               message_id="p-1")["result"]
+        self.assertEqual(self.command("payment.get", {"payment_id": started["id"]})["result"]["id"], started["id"])
+        self.assertEqual(self.command("payment.get", {"command_id": "p-1"})["result"]["id"], started["id"])
+        self.assert_error(self.command("payment.get", {"payment_id": "pay_x"}), "unknown_payment")
+        self.assert_error(self.command("payment.get", {}), "bad_request")
+        self.hello(self.reader)
+        self.assert_error(self.command("payment.get", {"payment_id": started["id"]}, client=self.reader),
+                          "unknown_payment")
