@@ -1,0 +1,301 @@
+"""A Caisse-AP terminal on TCP for the demo and the tests: it answers like a real one, with scripted outcomes.
+
+Like a terminal, it reads bytes until they parse as a whole request (a trailing CR/LF is tolerated), checks
+the mandatory tags (``AF=09`` when one is missing or badly formed), the action (``AF=12``) and the currency
+(``AF=13``), then answers with every request tag echoed and its own tags added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bridge.core.money import CURRENCIES
+from bridge.terminals.caisse_ap.codec import (
+    ACTION_DEBIT,
+    ACTION_REFUND,
+    APPLICATION_CHEQUE,
+    MANDATORY_TAGS,
+    STATUS_DONE,
+    STATUS_NOT_DONE,
+    AnswerParser,
+    MalformedAnswer,
+    encode_fields,
+)
+
+APPROVE = "approve"
+DECLINE = "decline"
+ABANDON = "abandon"
+NEVER = "never"
+OUTCOMES = (APPROVE, DECLINE, ABANDON, NEVER)
+
+#: ISO 4217 numeric codes the simulated terminal accepts: every currency the bridge knows.
+SUPPORTED_CURRENCIES = frozenset(cur.numeric for cur in CURRENCIES.values())
+SUPPORTED_ACTIONS = frozenset({ACTION_DEBIT, ACTION_REFUND})
+
+#: What the terminal answers to ``garbage``: a length that is not digits, then a byte that is not ASCII.
+GARBAGE = b"CZ0040300AE0X10\xfe\r\n"
+
+_FORMATS = {
+    "CZ": re.compile(r"\d{4}\Z"),
+    "CJ": re.compile(r"\d{12}\Z"),
+    "CA": re.compile(r"\d{2}\Z"),
+    "CB": re.compile(r"\d{2,12}\Z"),
+    "CD": re.compile(r".\Z"),
+    "CE": re.compile(r"\d{3}\Z"),
+}
+_AF_FORMAT_ERROR = "09"
+_AF_UNKNOWN_ACTION = "12"
+_AF_UNSUPPORTED_CURRENCY = "13"
+_AF_OPERATOR_ABANDON = "11"
+
+
+@dataclass(frozen=True)
+class SimulatorScript:
+    """How the simulated terminal behaves on every request."""
+
+    outcome: str = APPROVE  # approve | decline | abandon | never (keep silent)
+    af: str = "04"  # the AF code of a decline
+    delay: float = 0.0  # seconds between the request and the answer
+    split: int = 1  # write the answer in this many pieces ...
+    split_gap: float = 0.02  # ... this many seconds apart
+    keep_open: bool = False  # keep the connection open after answering
+    garbage: bool = False  # answer with bytes that are no Caisse-AP message
+    cheque: bool = False  # print a cheque: CC=00C, no card tags
+    disconnect: bool = False  # drop the connection instead of answering
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {self.outcome!r}")
+        if not re.fullmatch(r"\d\d", self.af):
+            raise ValueError(f"af must be two digits, not {self.af!r}")
+        if self.delay < 0 or self.split_gap < 0:
+            raise ValueError("delay and split_gap cannot be negative")
+        if self.split < 1:
+            raise ValueError("split must be at least 1")
+
+
+def answer_fields(
+    request: list[tuple[str, str]],
+    script: SimulatorScript,
+    authorisation: str = "123456",
+    currencies: frozenset[str] = SUPPORTED_CURRENCIES,
+) -> list[tuple[str, str]] | None:
+    """The answer a terminal following ``script`` gives to ``request``, or None when it stays silent."""
+    fields = dict(request)
+    answer = dict(request)  # a terminal echoes the request's tags
+    answer.setdefault("CZ", "0300")
+
+    def refuse(af: str) -> list[tuple[str, str]]:
+        answer.update(AE=STATUS_NOT_DONE, AF=af)
+        return list(answer.items())
+
+    if any(tag not in fields or not _FORMATS[tag].match(fields[tag]) for tag in MANDATORY_TAGS):
+        return refuse(_AF_FORMAT_ERROR)
+    if fields["CD"] not in SUPPORTED_ACTIONS:
+        return refuse(_AF_UNKNOWN_ACTION)
+    if fields["CE"] not in currencies:
+        return refuse(_AF_UNSUPPORTED_CURRENCY)
+    if fields.get("BA") == "1":  # immediate mode: only "request taken into account"
+        answer["AE"] = "11"
+        return list(answer.items())
+    if script.outcome == NEVER:
+        return None
+    if script.outcome == DECLINE:
+        return refuse(script.af)
+    if script.outcome == ABANDON:
+        answer["CB"] = "0" * len(fields["CB"])  # a red-button cancel carries no real amount (Desk/5000)
+        return refuse(_AF_OPERATOR_ABANDON)
+    answer["AE"] = STATUS_DONE
+    if script.cheque or fields.get("CC") == APPLICATION_CHEQUE:
+        answer["CC"] = APPLICATION_CHEQUE
+    else:
+        answer.update(CC="001", CI="1", AC=authorisation, AA="497010######1234", AB="2812", AI="A0000000421010")
+    return list(answer.items())
+
+
+class _SimulatedTerminal(Protocol):
+    _log = Logger()
+
+    def __init__(self, factory: SimulatorFactory) -> None:
+        self._factory = factory
+        self._parser = AnswerParser()
+        self._received = bytearray()
+        self._answered = False
+        self._calls: list[IDelayedCall] = []
+        self._gone: list[Deferred[None]] = []
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        self._factory.connections.add(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._answered:
+            return
+        self._received += data
+        try:
+            self._parser.feed(data)
+        except MalformedAnswer as error:
+            self._log.info("Simulated terminal: malformed request ({reason}), answering AF=09", reason=error.reason)
+            self._answered = True
+            self._reply(encode_fields([("CZ", "0300"), ("AE", STATUS_NOT_DONE), ("AF", _AF_FORMAT_ERROR)]))
+            return
+        if self._parser.complete:
+            self._answered = True
+            self._factory.record(bytes(self._received).rstrip(b"\r\n"))
+            self._respond(self._parser.fields)
+
+    def _respond(self, request: list[tuple[str, str]]) -> None:
+        script = self._factory.script
+        if script.disconnect:
+            self._later(script.delay, self.transport.loseConnection)
+            return
+        if script.garbage:
+            self._reply(GARBAGE)
+            return
+        authorisation = f"{100000 + len(self._factory.requests):06d}"
+        answer = answer_fields(request, script, authorisation, self._factory.currencies)
+        if answer is None:
+            self._log.info("Simulated terminal: request received, staying silent")
+            return
+        reply = dict(answer)
+        self._log.info(
+            "Simulated terminal: answering AE={ae} AF={af} in {delay} s",
+            ae=reply["AE"], af=reply.get("AF", "-"), delay=script.delay,
+        )
+        self._reply(encode_fields(answer))
+
+    def _reply(self, answer: bytes) -> None:
+        script = self._factory.script
+        size = -(-len(answer) // script.split)  # ceiling division
+        pieces = [answer[i : i + size] for i in range(0, len(answer), size)]
+        for index, piece in enumerate(pieces):
+            self._later(script.delay + index * script.split_gap, self.transport.write, piece)
+        if not script.keep_open:
+            self._later(script.delay + (len(pieces) - 1) * script.split_gap, self.transport.loseConnection)
+
+    def _later(self, delay: float, function: Callable[..., Any], *args: Any) -> None:
+        self._calls.append(self._factory.clock.callLater(delay, function, *args))
+
+    def drop(self) -> Deferred[None]:
+        """Close the connection now; the Deferred fires once it is gone."""
+        if self.lost:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._gone.append(waiter)
+        self.transport.loseConnection()
+        return waiter
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self._factory.connections.discard(self)
+        for call in self._calls:
+            if call.active():
+                call.cancel()
+        waiters, self._gone = self._gone, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
+class SimulatorFactory(Factory):
+    """Makes simulated terminals; keeps every complete request received in :attr:`requests`."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        script: SimulatorScript = SimulatorScript(),
+        record_path: str | None = None,
+        currencies: frozenset[str] = SUPPORTED_CURRENCIES,
+    ) -> None:
+        self.clock = clock
+        self.script = script
+        self.record_path = record_path
+        self.currencies = currencies
+        self.requests: list[bytes] = []
+        self.connections: set[_SimulatedTerminal] = set()
+
+    def buildProtocol(self, addr: Any) -> _SimulatedTerminal:
+        return _SimulatedTerminal(self)
+
+    def record(self, request: bytes) -> None:
+        self.requests.append(request)
+        if self.record_path:
+            with open(self.record_path, "ab") as file:
+                file.write(request + b"\n")
+
+    def drop_connections(self) -> Deferred[Any]:
+        """Close every open connection; fires once all are gone (tests use it to leave a clean reactor)."""
+        return gatherResults([conn.drop() for conn in list(self.connections)])
+
+
+def _af(text: str) -> str:
+    if not re.fullmatch(r"\d\d", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a two-digit AF code")
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds of at least 0")
+    return value
+
+
+def _pieces(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``terminal-bridge simulate caisse-ap``."""
+    parser.add_argument(
+        "--listen", default="tcp:8888", metavar="ENDPOINT",
+        help="where to listen, as a Twisted endpoint string (default: tcp:8888; e.g. tcp:8888:interface=127.0.0.1)",
+    )
+    parser.add_argument(
+        "--outcome", choices=OUTCOMES, default=APPROVE,
+        help="how every payment ends: approve, decline (with --af), abandon (customer pressed the red button, "
+        "AF=11) or never (keep silent until the till gives up) (default: approve)",
+    )
+    parser.add_argument("--af", type=_af, default="04", help="AF code of a decline: 04 refused, 05 forbidden, "
+                        "02 call the issuer, 08 input timeout... (default: 04)")
+    parser.add_argument("--delay", type=_seconds, default=0.0, metavar="SECONDS",
+                        help="wait this long before answering, like a customer typing a PIN (default: 0)")
+    parser.add_argument("--split", type=_pieces, default=1, metavar="N",
+                        help="write the answer in N pieces, 20 ms apart (default: 1)")
+    parser.add_argument("--keep-open", action="store_true",
+                        help="keep the connection open after answering (default: close it)")
+    parser.add_argument("--garbage", action="store_true", help="answer with bytes that are not a Caisse-AP message")
+    parser.add_argument("--cheque", action="store_true", help="answer as a cheque printer (CC=00C, no card details)")
+    parser.add_argument("--disconnect", action="store_true",
+                        help="drop the connection after receiving the request, without answering")
+    parser.add_argument("--record", metavar="FILE", help="append every request received to FILE, one per line")
+
+
+def script_from_arguments(args: argparse.Namespace) -> SimulatorScript:
+    return SimulatorScript(
+        outcome=args.outcome, af=args.af, delay=args.delay, split=args.split, keep_open=args.keep_open,
+        garbage=args.garbage, cheque=args.cheque, disconnect=args.disconnect,
+    )
+
+
+def start_simulator(reactor: Any, args: argparse.Namespace) -> Deferred[IListeningPort]:
+    """Listen as a Caisse-AP terminal following the options from :func:`add_simulator_arguments`."""
+    factory = SimulatorFactory(reactor, script_from_arguments(args), record_path=args.record)
+    return serverFromString(reactor, args.listen).listen(factory)

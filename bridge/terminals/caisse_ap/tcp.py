@@ -1,0 +1,361 @@
+"""Caisse-AP over TCP: the terminal listens (port 8888 by default); one connection per payment.
+
+The wire has no terminator, so the answer is over when the bytes parse as a whole message and then either the
+line stays quiet for ``quiet_period`` seconds or the terminal closes.  Once the request is written, any trouble
+(link lost, timeout, unreadable answer) ends the payment as ``unknown``: the customer may have paid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from bridge.core import states
+from bridge.errors import BridgeError
+from bridge.terminals.base import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.terminals.caisse_ap.codec import (
+    IDENTITY_FIELDS,
+    AnswerParser,
+    MalformedAnswer,
+    encode_request,
+    identity_problem,
+    outcome_from_answer,
+)
+
+DEFAULT_PORT = 8888
+
+_MAY_HAVE_PAID = "The customer may have been charged: check the terminal's receipt before trying again."
+_MESSAGES = {
+    "terminal_busy": "The payment terminal is busy with another payment. Wait for it to finish.",
+    "terminal_unreachable": (
+        "The payment terminal could not be reached. Check that it is switched on and connected."
+    ),
+    "link_lost": f"The connection to the payment terminal was lost after the payment was sent. {_MAY_HAVE_PAID}",
+    "answer_timeout": f"The payment terminal did not answer in time. {_MAY_HAVE_PAID}",
+    "malformed_answer": f"The payment terminal's answer could not be read. {_MAY_HAVE_PAID}",
+    "journal_unavailable": "The bridge could not record the payment, so nothing was sent to the terminal.",
+    "invalid_request": "The bridge could not build a request for this terminal. Check the terminal's settings.",
+    "internal_error": "Something went wrong in the bridge during the payment.",
+}
+#: Codes that say something about the link to the terminal; ``status()`` shows the last one.
+_LINK_PROBLEMS = frozenset(
+    {"terminal_unreachable", "link_lost", "answer_timeout", "malformed_answer", "internal_error"}
+)
+
+
+def _outcome(state: str, code: str, extra: str = "", **details: Any) -> Outcome:
+    message = _MESSAGES[code] + (f" {extra}" if extra else "")
+    return Outcome(state, code, message, details)
+
+
+_Answer = dict[str, str] | Outcome
+
+
+class _AnswerReader(Protocol):
+    """Writes one request and reads its answer.
+
+    ``answer`` fires with the answer's fields, or with an ``unknown`` Outcome when no readable answer came.
+    Bytes before the request is written are ignored: a terminal does not speak first.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime, answer_timeout: float, quiet_period: float) -> None:
+        self.answer: Deferred[_Answer] = Deferred()
+        self.lost = False
+        self._clock = clock
+        self._answer_timeout = answer_timeout
+        self._quiet_period = quiet_period
+        self._parser = AnswerParser()
+        self._sent = False
+        self._quiet: IDelayedCall | None = None
+        self._deadline: IDelayedCall | None = None
+        self._close_waiters: list[Deferred[None]] = []
+
+    def send(self, payload: bytes) -> None:
+        self._sent = True
+        self._deadline = self._clock.callLater(self._answer_timeout, self._timed_out)
+        self.transport.write(payload)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._sent:
+            self._log.warn("Ignoring {size} bytes the terminal sent before the request", size=len(data))
+            return
+        if self.answer.called:
+            return
+        try:
+            self._parser.feed(data)
+        except MalformedAnswer as error:
+            self._finish(_outcome(states.UNKNOWN, "malformed_answer", reason=error.reason))
+            return
+        self._cancel_quiet()
+        if self._parser.complete:
+            self._quiet = self._clock.callLater(self._quiet_period, self._take)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        if self._sent and not self.answer.called:
+            if self._parser.complete:
+                self._take()
+            else:
+                self._finish(_outcome(states.UNKNOWN, "link_lost"))
+        waiters, self._close_waiters = self._close_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def close(self) -> Deferred[None]:
+        """Close the connection; the Deferred fires once it is gone."""
+        if self.lost:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._close_waiters.append(waiter)
+        self.transport.loseConnection()
+        return waiter
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self._parser.complete:  # the answer is here; only the quiet period was still running
+            self._take()
+        else:
+            self._finish(_outcome(states.UNKNOWN, "answer_timeout"))
+
+    def _take(self) -> None:
+        self._finish(self._parser.as_dict())
+
+    def _cancel_quiet(self) -> None:
+        if self._quiet is not None and self._quiet.active():
+            self._quiet.cancel()
+        self._quiet = None
+
+    def _finish(self, result: _Answer) -> None:
+        self._cancel_quiet()
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self.answer.callback(result)
+
+
+class _OneConnection(Factory):
+    """Hands out the one reader of a payment (``connectProtocol`` would log "Starting factory" every time)."""
+
+    noisy = False
+
+    def __init__(self, reader: _AnswerReader) -> None:
+        self._reader = reader
+
+    def buildProtocol(self, addr: Any) -> _AnswerReader:
+        return self._reader
+
+
+@implementer(ITerminalDriver)
+class CaisseAPTCPDriver:
+    """A Caisse-AP terminal reached over TCP.  One payment at a time."""
+
+    kind = "caisse-ap-tcp"
+    _log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        reactor: Any,
+        host: str,
+        port: int = DEFAULT_PORT,
+        connect_timeout: float = 10.0,
+        answer_timeout: float = 180.0,
+        quiet_period: float = 0.3,
+        pos_number: str = "01",
+        protocol_version: str = "0300",
+        cash_register_id: str = "012345678901",
+    ) -> None:
+        self.name = name
+        self._reactor = reactor
+        self._host = host
+        self._port = port
+        self._connect_timeout = connect_timeout
+        self._answer_timeout = answer_timeout
+        self._quiet_period = quiet_period
+        self._identity = {
+            "pos_number": pos_number,
+            "protocol_version": protocol_version,
+            "cash_register_id": cash_register_id,
+        }
+        for option, value in self._identity.items():
+            problem = identity_problem(option, value)
+            if problem:
+                raise ValueError(f"{option} {value!r} {problem}")
+        self._payment_id: str | None = None
+        self._sent = False
+        self._last_error: str | None = None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self._host}]" if isIPv6Address(self._host) else self._host
+        return f"{host}:{self._port}"
+
+    def status(self) -> Mapping[str, Any]:
+        if self._payment_id is None:
+            state, detail = "idle", "Ready."
+        else:
+            state, detail = "busy", f"Payment {self._payment_id} in progress."
+        return {"state": state, "detail": detail, "address": self.address, "last_error": self._last_error}
+
+    def pay(self, request: PaymentRequest, before_send: BeforeSend) -> Deferred[Outcome]:
+        if self._payment_id is not None:
+            self._log.warn(
+                "Terminal {terminal} busy with {busy_with}; refused payment {payment_id}",
+                terminal=self.name, busy_with=self._payment_id, payment_id=request.payment_id,
+                state=states.FAILED,
+            )
+            return succeed(_outcome(states.FAILED, "terminal_busy"))
+        self._payment_id = request.payment_id
+        self._sent = False
+        d: Deferred[Outcome] = self._pay(request, before_send)
+        d.addErrback(self._crashed, request)
+        d.addCallback(self._done, request)
+        return d
+
+    def _endpoint(self) -> IStreamClientEndpoint:
+        kind = TCP6ClientEndpoint if isIPv6Address(self._host) else TCP4ClientEndpoint
+        return kind(self._reactor, self._host, self._port, timeout=self._connect_timeout)
+
+    @inlineCallbacks
+    def _pay(self, request: PaymentRequest, before_send: BeforeSend) -> Any:
+        try:
+            payload = encode_request(request, **self._identity)
+        except BridgeError as error:
+            return Outcome(states.FAILED, error.code, error.message)
+        except ValueError:
+            return _outcome(states.FAILED, "invalid_request")
+
+        reader = _AnswerReader(self._reactor, self._answer_timeout, self._quiet_period)
+        try:
+            yield self._endpoint().connect(_OneConnection(reader))
+        except Exception as error:
+            self._log.info(
+                "Terminal {terminal} at {address} unreachable: {error}",
+                terminal=self.name, address=self.address, error=str(error), payment_id=request.payment_id,
+            )
+            return _outcome(states.FAILED, "terminal_unreachable")
+
+        try:
+            yield maybeDeferred(before_send)
+        except Exception as error:
+            yield reader.close()
+            if isinstance(error, BridgeError):
+                return Outcome(states.FAILED, error.code, error.message)
+            self._log.failure(
+                "before_send failed for payment {payment_id}", Failure(error),
+                payment_id=request.payment_id, terminal=self.name,
+            )
+            return _outcome(states.FAILED, "journal_unavailable")
+        if reader.lost:
+            return _outcome(states.FAILED, "terminal_unreachable")
+
+        self._sent = True
+        reader.send(payload)
+        self._log.info(
+            "Sent payment {payment_id} to terminal {terminal}",
+            payment_id=request.payment_id, terminal=self.name, state=states.IN_PROGRESS,
+            amount=request.amount, currency=request.currency.code,
+        )
+        answer = yield reader.answer
+        yield reader.close()
+        if isinstance(answer, Outcome):
+            return answer
+        return outcome_from_answer(request, answer, self._identity["pos_number"])
+
+    def _crashed(self, failure: Failure, request: PaymentRequest) -> Outcome:
+        self._log.failure(
+            "Driver error during payment {payment_id}", failure, payment_id=request.payment_id, terminal=self.name
+        )
+        if self._sent:
+            return _outcome(states.UNKNOWN, "internal_error", _MAY_HAVE_PAID)
+        return _outcome(states.FAILED, "internal_error", "Nothing was charged.")
+
+    def _done(self, outcome: Outcome, request: PaymentRequest) -> Outcome:
+        self._payment_id = None
+        if outcome.code in _LINK_PROBLEMS:
+            self._last_error = outcome.code
+        elif self._sent:
+            self._last_error = None
+        self._log.info(
+            "Payment {payment_id} on terminal {terminal}: {state} ({code})",
+            payment_id=request.payment_id, terminal=self.name, state=outcome.state, code=outcome.code,
+            amount=request.amount, currency=request.currency.code,
+        )
+        return outcome
+
+
+def _positive_number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def _address(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not isIPv6Address(host) or (rest and not rest.startswith(":")):
+            raise ValueError(text)
+        port_text = rest[1:] if rest else ""
+    elif text.count(":") > 1:
+        if not isIPv6Address(text):
+            raise ValueError(text)
+        host, port_text = text, ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not host or any(ch.isspace() for ch in host) or (port_text and not port_text.isdigit()):
+        raise ValueError(text)
+    port = int(port_text) if port_text else DEFAULT_PORT
+    if not 1 <= port <= 65535:
+        raise ValueError(text)
+    return host, port
+
+
+_TIMING_OPTIONS = ("connect_timeout", "answer_timeout", "quiet_period")
+
+
+def parse_tcp_options(options: Mapping[str, str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Check a terminal's configuration section: ``(constructor keyword arguments, [(key, problem)])``.
+
+    The keyword arguments are those of :class:`CaisseAPTCPDriver` besides ``name`` and ``reactor``.
+    """
+    kwargs: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    known = {"type", "address", *_TIMING_OPTIONS, *IDENTITY_FIELDS}
+    for key in options:
+        if key not in known:
+            problems.append((key, f"is not a setting of a Caisse-AP TCP terminal (known: {', '.join(sorted(known))})"))
+    if "address" not in options:
+        problems.append(("address", "is missing: give the terminal's IP address, e.g. 192.168.1.50:8888"))
+    else:
+        try:
+            kwargs["host"], kwargs["port"] = _address(options["address"])
+        except ValueError:
+            problems.append(("address", f"{options['address']!r} is not host or host:port (port 1 to 65535)"))
+    for key in _TIMING_OPTIONS:
+        if key in options:
+            try:
+                kwargs[key] = _positive_number(options[key])
+            except ValueError:
+                problems.append((key, f"{options[key]!r} is not a number of seconds above zero"))
+    for key in IDENTITY_FIELDS:
+        if key in options:
+            problem = identity_problem(key, options[key])
+            if problem:
+                problems.append((key, f"{options[key]!r} {problem}"))
+            else:
+                kwargs[key] = options[key]
+    return kwargs, problems
