@@ -1,0 +1,266 @@
+#!/bin/bash
+# Build the .deb, install it with apt on this machine (Debian bookworm, root)
+# and check the installed result: the command, the default config, the system
+# user, where files went, the unit, and the daemon's start under a fake
+# NOTIFY_SOCKET until READY=1, then its stop. Then remove and purge, checking
+# what each keeps. Does not need systemd as PID 1.
+#
+#   .ci/deb-check.sh                        full run
+#   DEB_BUILD_OPTIONS=nocheck .ci/deb-check.sh   without the test suite at build
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export DEBIAN_FRONTEND=noninteractive
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export LC_ALL=C.UTF-8
+user=_terminal-bridge
+failures=0
+
+step() { printf '\n==> %s\n' "$*"; }
+ok() { printf '    ok: %s\n' "$*"; }
+fail() { printf '    FAIL: %s\n' "$*"; failures=$((failures + 1)); }
+check() { # check DESCRIPTION COMMAND...
+    local what=$1; shift
+    if "$@"; then ok "$what"; else fail "$what"; fi
+}
+
+step "build"
+"$repo/packaging/build-deb.sh"
+deb=$(ls "$repo"/out/terminal-bridge_*_all.deb)
+version=$(dpkg-deb -f "$deb" Version)
+
+step "install $deb with apt"
+if [ -d /run/systemd/system ]; then
+    echo "    systemd is running: the postinst will also start the service"
+else
+    echo "    systemd is not running: the postinst must succeed without it"
+fi
+apt-get install -y -q --no-install-recommends --reinstall "$deb"
+check "dpkg reports the package installed" \
+    test "$(dpkg-query -W -f='${db:Status-Status} ${Version}' terminal-bridge)" = "installed $version"
+
+step "the command"
+out=$(terminal-bridge --version)
+echo "    $out"
+check "--version says $version" test "$out" = "terminal-bridge $version"
+check "check-config accepts the installed default config" terminal-bridge check-config
+if terminal-bridge --help | grep -qw doctor; then
+    check "doctor runs against the default config" terminal-bridge doctor
+fi
+
+step "the system user"
+entry=$(getent passwd "$user" || true)
+echo "    $entry"
+check "$user exists" test -n "$entry"
+check "$user's home is /var/lib/terminal-bridge" test "$(echo "$entry" | cut -d: -f6)" = /var/lib/terminal-bridge
+check "$user has no login shell" test "$(echo "$entry" | cut -d: -f7)" = /usr/sbin/nologin
+check "$user is a system user (uid < 1000)" test "$(id -u "$user")" -lt 1000
+check "$user is in group dialout" bash -c "id -nG '$user' | tr ' ' '\n' | grep -qx dialout"
+
+step "files"
+check "the bridge package is private, in /usr/share/terminal-bridge" \
+    test -f /usr/share/terminal-bridge/bridge/__init__.py
+check "its bytecode was compiled at install" \
+    test -f /usr/share/terminal-bridge/bridge/__pycache__/__init__.cpython-311.pyc
+check "no bridge package in any dist-packages" \
+    bash -c '! ls -d /usr/lib/python3*/dist-packages/bridge /usr/local/lib/python3*/dist-packages/bridge 2>/dev/null | grep -q .'
+check "Debian's python3 cannot import bridge by itself" \
+    bash -c 'cd / && ! /usr/bin/python3 -I -c "import bridge" 2>/dev/null'
+check "/usr/bin/terminal-bridge is the launcher" \
+    grep -q '^sys.path.insert(0, "/usr/share/terminal-bridge")' /usr/bin/terminal-bridge
+check "the unit is installed" test -f /lib/systemd/system/terminal-bridge.service
+check "the unit is enabled" test -L /etc/systemd/system/multi-user.target.wants/terminal-bridge.service
+check "the man page is installed" test -f /usr/share/man/man8/terminal-bridge.8.gz
+check "bridge.conf is a conffile" \
+    bash -c "dpkg-query -W -f='\${Conffiles}' terminal-bridge | grep -q ' /etc/terminal-bridge/bridge.conf '"
+check "/var/lib/terminal-bridge is owned by $user, mode 750" \
+    test "$(stat -c '%U %a' /var/lib/terminal-bridge)" = "$user 750"
+
+step "systemd-analyze verify"
+if command -v systemd-analyze >/dev/null; then
+    check "the installed unit verifies" systemd-analyze verify /lib/systemd/system/terminal-bridge.service
+    systemd-analyze security --offline=true /lib/systemd/system/terminal-bridge.service | tail -n 1 || true
+else
+    echo "    skipped: systemd-analyze is not installed"
+fi
+
+step "the daemon under a fake NOTIFY_SOCKET, as $user"
+run=$(mktemp -d /tmp/terminal-bridge-run.XXXXXX)
+trap 'rm -rf "$run"' EXIT
+port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat > "$run/bridge.conf" <<EOF
+[bridge]
+listen = 127.0.0.1:$port
+state_dir = $run/state
+EOF
+mkdir "$run/state"
+chown -R "$user:$user" "$run"
+check "check-config accepts the test config" terminal-bridge --config "$run/bridge.conf" check-config
+if /usr/bin/python3 - "$run" "$user" <<'EOF'
+"""Play systemd: start the daemon with NOTIFY_SOCKET and WATCHDOG_USEC set, wait
+for READY=1, see a WATCHDOG=1, send SIGTERM, and expect STOPPING=1 and exit 0.
+Where no journald runs, also play journald: bind its native socket, set
+JOURNAL_STREAM to the daemon's stdout, and expect structured log entries."""
+import os
+import pwd
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+run, user = sys.argv[1], sys.argv[2]
+account = pwd.getpwnam(user)
+address = os.path.join(run, "notify")
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(address)
+os.chown(address, account.pw_uid, account.pw_gid)
+
+environ = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "NOTIFY_SOCKET": address,
+    "WATCHDOG_USEC": "2000000",  # ping expected every second
+}
+command = [
+    "setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups",
+    "/usr/bin/terminal-bridge", "--config", os.path.join(run, "bridge.conf"), "run",
+]
+output = open(os.path.join(run, "daemon.log"), "w+")
+
+JOURNAL = "/run/systemd/journal/socket"
+journal = None
+made_directory = False
+if not os.path.exists(JOURNAL):
+    made_directory = not os.path.isdir(os.path.dirname(JOURNAL))
+    os.makedirs(os.path.dirname(JOURNAL), mode=0o755, exist_ok=True)
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(JOURNAL)
+    os.chmod(JOURNAL, 0o666)
+    status = os.fstat(output.fileno())
+    environ["JOURNAL_STREAM"] = f"{status.st_dev}:{status.st_ino}"
+
+daemon = subprocess.Popen(command, env=environ, stdout=output, stderr=subprocess.STDOUT)
+received = []
+
+
+def journal_entries():
+    """Decode the datagrams of journald's native protocol sent so far."""
+    entries = []
+    journal.setblocking(False)
+    while True:
+        try:
+            data = journal.recv(65536)
+        except BlockingIOError:
+            return entries
+        fields, i = {}, 0
+        while i < len(data):
+            end = data.index(b"\n", i)
+            name, eq, value = data[i:end].partition(b"=")
+            if eq:
+                i = end + 1
+            else:  # NAME\n, 64-bit little-endian size, value, \n
+                size = int.from_bytes(data[end + 1:end + 9], "little")
+                value = data[end + 9:end + 9 + size]
+                i = end + 9 + size + 1
+            fields[name.decode()] = value.decode()
+        entries.append(fields)
+
+
+def wait_for(prefix, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([sock], [], [], 0.2)[0]:
+            message = sock.recv(4096).decode()
+            received.append(message)
+            if any(line.startswith(prefix) for line in message.splitlines()):
+                return True
+        elif daemon.poll() is not None:
+            return False
+    return False
+
+
+def finish(problem):
+    if daemon.poll() is None:
+        daemon.kill()
+        daemon.wait()
+    if journal is not None:
+        journal.close()
+        os.unlink(JOURNAL)
+        if made_directory:
+            os.rmdir(os.path.dirname(JOURNAL))
+    output.seek(0)
+    print("    datagrams:", received)
+    print("    daemon output:\n" + "".join("      " + line for line in output))
+    if problem:
+        print("    FAIL:", problem)
+        sys.exit(1)
+
+
+started = time.monotonic()
+if not wait_for("READY=1", 20):
+    finish(f"no READY=1 within 20 s (exit status {daemon.poll()})")
+print(f"    ok: READY=1 after {time.monotonic() - started:.1f} s")
+if not wait_for("WATCHDOG=1", 3):
+    finish("no WATCHDOG=1 within 3 s with WATCHDOG_USEC=2000000")
+print("    ok: WATCHDOG=1")
+daemon.send_signal(signal.SIGTERM)
+try:
+    status = daemon.wait(timeout=15)
+except subprocess.TimeoutExpired:
+    finish("still running 15 s after SIGTERM")
+wait_for("STOPPING=1", 1)
+if not any("STOPPING=1" in message for message in received):
+    finish("no STOPPING=1")
+if status != 0:
+    finish(f"exit status {status} after SIGTERM")
+print("    ok: STOPPING=1, exit status 0 after SIGTERM")
+if journal is not None:
+    entries = journal_entries()
+    for entry in entries[:3]:
+        print("    journal entry:", entry)
+    ours = [e for e in entries if e.get("SYSLOG_IDENTIFIER") == "terminal-bridge"]
+    if not ours or not all(e.get("PRIORITY", "").isdigit() and e.get("MESSAGE") for e in ours):
+        finish(f"no structured journal entries from the daemon ({len(entries)} received)")
+    print(f"    ok: {len(ours)} journal entries with MESSAGE, PRIORITY, SYSLOG_IDENTIFIER=terminal-bridge")
+else:
+    print("    (a journald runs here: the journald observer was not checked)")
+finish(None)
+EOF
+then ok "the daemon started, said READY=1, pinged the watchdog and stopped on SIGTERM"
+else fail "the daemon under a fake NOTIFY_SOCKET"
+fi
+check "the first start created a TLS key and certificate owned by $user" \
+    test "$(stat -c %U "$run/state/tls/bridge.key" 2>/dev/null)" = "$user" -a -f "$run/state/tls/bridge.crt"
+
+step "a client added by root is readable by the service"
+# The installer's flow: `sudo terminal-bridge client add NAME`, then the
+# service, running as $user, must read the clients file it wrote.
+terminal-bridge --config "$run/bridge.conf" client add deb-check >/dev/null
+echo "    clients file: $(stat -c '%U:%G %a' "$run/clients.conf")"
+check "check-config as $user accepts the clients file written by root" \
+    setpriv --reuid="$user" --regid="$user" --init-groups \
+    terminal-bridge --config "$run/bridge.conf" check-config
+
+step "remove keeps config and state; purge removes them"
+echo "# a local change" >> /etc/terminal-bridge/bridge.conf
+touch /var/lib/terminal-bridge/.deb-check
+apt-get remove -y -q terminal-bridge
+check "remove keeps the changed config" grep -q '^# a local change' /etc/terminal-bridge/bridge.conf
+check "remove keeps the state" test -e /var/lib/terminal-bridge/.deb-check
+apt-get install -y -q --no-install-recommends "$deb"
+check "reinstalling keeps the changed config (a conffile)" grep -q '^# a local change' /etc/terminal-bridge/bridge.conf
+apt-get purge -y -q terminal-bridge
+check "purge removes the state" test ! -e /var/lib/terminal-bridge
+check "purge removes the config" test ! -e /etc/terminal-bridge
+check "purge keeps the system user" getent passwd "$user" >/dev/null
+apt-get install -y -q --no-install-recommends "$deb"
+check "a fresh install after purge has the pristine config" \
+    bash -c "! grep -q '^# a local change' /etc/terminal-bridge/bridge.conf"
+
+if [ "$failures" -ne 0 ]; then
+    step "$failures check(s) failed"
+    exit 1
+fi
+step "all checks passed"
