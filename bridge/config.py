@@ -68,6 +68,7 @@ class BridgeConfig:
     messages_per_second: float
     max_connections: int
     log_level: str
+    retention_days: float
     clients: Mapping[str, ClientConfig]
     terminals: Mapping[str, TerminalConfig]
 
@@ -99,7 +100,8 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
 
     bridge = parser["bridge"] if parser.has_section("bridge") else {}
     known_bridge_keys = {"name", "listen", "state_dir", "tls_certificate", "tls_key", "clients_file",
-                         "max_message_bytes", "clock_skew", "messages_per_second", "max_connections", "log_level"}
+                         "max_message_bytes", "clock_skew", "messages_per_second", "max_connections", "log_level",
+                         "retention_days"}
     for key in bridge:
         if key not in known_bridge_keys:
             problems.append(Problem(where("bridge", key), "unknown setting (check the spelling)"))
@@ -140,6 +142,7 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
     skew = number("clock_skew", 120, 5, 3600)
     rate = number("messages_per_second", 50, 1, 10000)
     max_connections = number("max_connections", 64, 1, 10000, integer=True)
+    retention_days = number("retention_days", 90, 1, 3650)
     log_level = bridge.get("log_level", "info") or "info"
     if log_level not in ("debug", "info", "warn", "error"):
         problems.append(Problem(where("bridge", "log_level"), "must be debug, info, warn or error"))
@@ -169,7 +172,7 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
         path=path, name=bridge.get("name", "") or os.uname().nodename, listen_host=host, listen_port=port,
         state_dir=state_dir, tls_certificate=os.path.join(base, cert), tls_key=os.path.join(base, key),
         clients_file=clients_file, max_message_bytes=max_message, clock_skew=skew, messages_per_second=rate,
-        max_connections=max_connections, log_level=log_level, clients=clients, terminals=terminals,
+        max_connections=max_connections, log_level=log_level, retention_days=retention_days, clients=clients, terminals=terminals,
     )
 
 
@@ -250,8 +253,10 @@ def _host_port(text: str, default_port: int) -> tuple[str, Optional[int]]:
 
 
 def add_client(path: str, name: str, client_id: str, secret_in: str, secret_out: str,
-               rights: tuple[str, ...] = DEFAULT_RIGHTS, algorithm: str = "sha256") -> None:
-    """Append a client to the clients file, creating it with mode 0600."""
+               rights: tuple[str, ...] = DEFAULT_RIGHTS, algorithm: str = "sha256",
+               owner: Optional[tuple[int, int]] = None) -> None:
+    """Append a client to the clients file, creating it with mode 0600 (owned by ``owner`` if given: the
+    account the bridge runs as must be able to read it)."""
     parser = configparser.ConfigParser(interpolation=None, default_section="__no_defaults__")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -269,4 +274,6 @@ def add_client(path: str, name: str, client_id: str, secret_in: str, secret_out:
         parser.write(f)
         f.flush()
         os.fsync(f.fileno())
+    if owner is not None:
+        os.chown(tmp, *owner)
     os.replace(tmp, path)

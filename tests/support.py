@@ -24,12 +24,14 @@ class RecordingDriver:
         self.name = name
         self.sent: list[PaymentRequest] = []
         self.runs: list[tuple[PaymentRequest, Deferred]] = []
+        self.hooks: dict[str, Any] = {}
         self.refuse_link = False  # True: behave like a terminal that cannot be reached
         self.connecting = False  # True: never get as far as sending (a connection that hangs)
 
     def pay(self, request: PaymentRequest, before_send) -> Deferred:
         result: Deferred = Deferred()
         self.runs.append((request, result))
+        self.hooks[request.payment_id] = before_send
         if self.refuse_link:
             return succeed(Outcome("failed", "terminal_unreachable", "The terminal could not be reached."))
         if self.connecting:

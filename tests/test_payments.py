@@ -7,6 +7,7 @@ from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
+from bridge.terminals.base import Outcome
 from tests.support import APPROVED, DECLINED, LINK_LOST, RecordingDriver
 
 ARGS = {"terminal": "till-1", "amount": 1234, "currency": "EUR"}
@@ -145,3 +146,87 @@ class PaymentServiceTests(SynchronousTestCase):
         self.assertEqual({r.id: r.state for r in settled}, {unsent["id"]: "failed", sent["id"]: "unknown"})
         self.assertEqual(self.journal.get(sent["id"]).reason_code, "bridge_restarted")
         self.assertEqual(self.successResultOf(restarted.recover()), [])
+
+
+class CancelResolveListPruneTests(PaymentServiceTests):
+    def test_cancel_before_sending_is_certain_and_sends_nothing(self):
+        self.driver.connecting = True  # the driver is still connecting to the terminal
+        view = self.successResultOf(self.start())
+        answer = self.successResultOf(self.service.cancel(view["id"], actor="cl_a"))
+        self.assertEqual(answer["cancel"], "before_send")
+        self.assertEqual(self.journal.get(view["id"]).state, "accepted")
+        # The link comes up and the driver asks to send: the bridge refuses, the driver reports it.
+        refusals = []
+        self.service._running[view["id"]]  # the payment is still running
+        before_send_refused = self._before_send_of(view["id"]).addErrback(lambda f: refusals.append(f.value.code))
+        self.assertEqual(self.successResultOf(before_send_refused), None)
+        self.assertEqual(refusals, ["cancelled_before_send"])
+        self.driver.finish(Outcome("failed", "cancelled_before_send", "Not sent."))
+        record = self.journal.get(view["id"])
+        self.assertEqual((record.state, record.details["cancel_requested_by"]), ("cancelled", "cl_a"))
+        self.assertEqual(self.driver.sent, [])
+
+    def _before_send_of(self, payment_id):
+        """Call the before_send hook the service gave the driver for this payment."""
+        return self.driver.hooks[payment_id]()
+
+    def test_cancel_after_sending_waits_for_the_terminal(self):
+        view = self.successResultOf(self.start())
+        answer = self.successResultOf(self.service.cancel(view["id"], actor="cl_a"))
+        self.assertEqual(answer["cancel"], "on_terminal")
+        self.assertEqual(self.journal.get(view["id"]).state, "in_progress")  # nothing claimed yet
+        self.driver.finish(APPROVED)  # the customer was faster than the cashier
+        self.assertEqual(self.journal.get(view["id"]).state, "approved")
+        failure = self.failureResultOf(self.service.cancel(view["id"], actor="cl_a"), BridgeError)
+        self.assertEqual(failure.value.code, "payment_final")
+
+    def test_a_driver_with_a_cancel_is_asked(self):
+        self.driver.cancel = lambda payment_id: "Press the red button."
+        view = self.successResultOf(self.start())
+        answer = self.successResultOf(self.service.cancel(view["id"], actor="cl_a"))
+        self.assertEqual((answer["cancel"], answer["message"]), ("requested", "Press the red button."))
+
+    def test_resolve_settles_only_unknown_payments_and_records_who(self):
+        view = self.successResultOf(self.start())
+        self.assertEqual(self.error_code(self.service.resolve(view["id"], "approved", "cl_boss", "receipt")),
+                         "not_unknown")
+        self.driver.finish(LINK_LOST)
+        self.assertEqual(self.error_code(self.service.resolve(view["id"], "unknown", "cl_boss", "x")), "bad_request")
+        self.assertEqual(self.error_code(self.service.resolve(view["id"], "approved", "cl_boss", " ")), "bad_request")
+        resolved = self.successResultOf(self.service.resolve(view["id"], "approved", "cl_boss", "receipt 123456",
+                                                             {"authorisation": "123456"}))
+        self.assertEqual((resolved["state"], resolved["details"]["resolved_by"]), ("approved", "cl_boss"))
+        self.assertEqual(self.journal.transitions(view["id"])[-1]["actor"], "cl_boss")
+        self.assertEqual(self.error_code(self.service.resolve(view["id"], "declined", "cl_boss", "again")),
+                         "not_unknown")
+
+    def test_list_pages_through_a_clients_payments(self):
+        ids = []
+        for n in range(5):
+            ids.append(self.successResultOf(self.start(f"c{n}"))["id"])
+            self.driver.finish(DECLINED)
+            self.clock.advance(1)
+        self.successResultOf(self.start("other", client="cl_b"))
+        page = self.service.list("cl_a", limit=3)
+        self.assertEqual([p["id"] for p in page["payments"]], ids[::-1][:3])
+        rest = self.service.list("cl_a", limit=3, cursor=page["next_cursor"])
+        self.assertEqual([p["id"] for p in rest["payments"]], ids[::-1][3:])
+        self.assertIsNone(rest["next_cursor"])
+        self.assertEqual(len(self.service.list(None, limit=50)["payments"]), 6)
+        self.assertEqual(self.service.list("cl_a", state="approved")["payments"], [])
+        self.assertRaises(BridgeError, self.service.list, "cl_a", cursor="garbage")
+
+    def test_prune_forgets_old_final_payments_but_never_unknown_ones(self):
+        old_final = self.successResultOf(self.start("a"))
+        self.driver.finish(DECLINED)
+        old_unknown = self.successResultOf(self.start("b"))
+        self.driver.finish(LINK_LOST)
+        self.clock.advance(100 * 86400)
+        recent = self.successResultOf(self.start("c"))
+        self.driver.finish(APPROVED)
+        removed = self.successResultOf(self.service.prune(90 * 86400))
+        self.assertEqual(removed, 1)
+        self.assertIsNone(self.journal.get(old_final["id"]))
+        self.assertEqual(self.journal.transitions(old_final["id"]), [])
+        self.assertIsNotNone(self.journal.get(old_unknown["id"]))
+        self.assertIsNotNone(self.journal.get(recent["id"]))

@@ -256,6 +256,40 @@ class Session:
         self._check_owner(view)
         return view
 
+    def op_payment_list(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        assert self.client is not None
+        limit = args.get("limit", 50)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
+            raise BridgeError("bad_request", "'limit' must be a whole number from 1 to 200.")
+        filters: dict[str, Any] = {}
+        for key in ("terminal", "state", "cursor"):
+            if args.get(key) is not None:
+                if not isinstance(args[key], str):
+                    raise BridgeError("bad_request", f"'{key}' must be a string.")
+                filters[key] = args[key]
+        for key in ("since", "until"):
+            value = args.get(key)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise BridgeError("bad_request", f"'{key}' must be a Unix time in seconds.")
+                filters[key] = float(value)
+        owner = None if "admin" in self.client.rights else self.client.id
+        return self.bridge.payments.list(owner, limit=limit, **filters)
+
+    def op_payment_cancel(self, message_id: str, args: dict[str, Any]) -> Deferred:
+        assert self.client is not None
+        self._check_owner(self.bridge.payments.get(args.get("payment_id")))
+        return self.bridge.payments.cancel(args["payment_id"], actor=self.client.id)
+
+    def op_payment_resolve(self, message_id: str, args: dict[str, Any]) -> Deferred:
+        assert self.client is not None
+        self._check_owner(self.bridge.payments.get(args.get("payment_id")))
+        details = {}
+        if isinstance(args.get("authorisation"), str):
+            details["authorisation"] = args["authorisation"][:32]
+        return self.bridge.payments.resolve(args["payment_id"], args.get("outcome"), actor=self.client.id,
+                                            note=args.get("note"), details=details)
+
     def op_events_resume(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
         after = args.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
@@ -285,6 +319,9 @@ OPS: dict[str, tuple[Callable[[Session, str, dict[str, Any]], Any], Optional[str
     "terminal.status": (Session.op_terminal_status, "read"),
     "payment.start": (Session.op_payment_start, "pay"),
     "payment.get": (Session.op_payment_get, "read"),
+    "payment.list": (Session.op_payment_list, "read"),
+    "payment.cancel": (Session.op_payment_cancel, "pay"),
+    "payment.resolve": (Session.op_payment_resolve, "resolve"),
     "events.resume": (Session.op_events_resume, "read"),
     "events.ack": (Session.op_events_ack, "read"),
 }

@@ -136,11 +136,17 @@ def cmd_client_add(args: argparse.Namespace) -> int:
     if bad:
         print(f"Unknown right(s): {', '.join(bad)}. Choose among {', '.join(RIGHTS)}.", file=sys.stderr)
         return 2
-    clients_file = _clients_file(args.config)
+    clients_file, state_dir = _clients_file_and_state_dir(args.config)
     client_id = "cl_" + uuid.uuid4().hex[:16]
     secret_in, secret_out = new_secret(), new_secret()
+    # Run as root (sudo), the file must still be readable by the account the bridge runs as: the owner of
+    # its state directory (the .deb's _terminal-bridge).
+    owner = None
+    if os.geteuid() == 0 and os.path.isdir(state_dir):
+        st = os.stat(state_dir)
+        owner = (st.st_uid, st.st_gid)
     try:
-        add_client(clients_file, args.name, client_id, secret_in, secret_out, rights, args.algorithm)
+        add_client(clients_file, args.name, client_id, secret_in, secret_out, rights, args.algorithm, owner)
     except (ValueError, OSError) as e:
         print(f"Could not add the client: {e}", file=sys.stderr)
         return 2
@@ -163,17 +169,21 @@ def cmd_client_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clients_file(config_path: str) -> str:
-    """Where the clients file is, even when the main configuration has other problems."""
+def _clients_file_and_state_dir(config_path: str) -> tuple[str, str]:
+    """Where the clients file and the state directory are, even when the configuration has other problems."""
     import configparser
+
+    from bridge.config import DEFAULT_STATE_DIR
 
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(config_path, encoding="utf-8")
     except configparser.Error:
         pass
+    base = os.path.dirname(os.path.abspath(config_path))
     name = parser.get("bridge", "clients_file", fallback="") or "clients.conf"
-    return os.path.join(os.path.dirname(os.path.abspath(config_path)), name)
+    state_dir = parser.get("bridge", "state_dir", fallback="") or DEFAULT_STATE_DIR
+    return os.path.join(base, name), os.path.join(base, state_dir)
 
 
 def _bridge_fingerprint(config_path: str) -> str | None:

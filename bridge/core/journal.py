@@ -336,6 +336,20 @@ class Journal:
 
         return self._writer.submit(op)
 
+    def prune(self, before: float) -> "Deferred[int]":
+        """Delete final payments (never ``unknown``) last changed before ``before``, with their transitions and
+        events.  Fires with the number of payments removed."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            doomed = "SELECT id FROM payments WHERE updated < ? AND state IN ('approved','declined','cancelled','failed')"
+            conn.execute(f"DELETE FROM transitions WHERE payment_id IN ({doomed})", (before,))
+            conn.execute(f"DELETE FROM events WHERE payment_id IN ({doomed})", (before,))
+            return conn.execute(
+                "DELETE FROM payments WHERE updated < ? AND state IN ('approved','declined','cancelled','failed')",
+                (before,)).rowcount
+
+        return self._writer.submit(op)
+
     # -- reads ----------------------------------------------------------------------------------
 
     def get(self, payment_id: str) -> Optional[PaymentRecord]:
@@ -355,10 +369,11 @@ class Journal:
 
     def list(self, terminal: Optional[str] = None, state: Optional[str] = None,
              since: Optional[float] = None, until: Optional[float] = None,
-             limit: int = 50, before: Optional[tuple[float, str]] = None) -> list[PaymentRecord]:
+             limit: int = 50, before: Optional[tuple[float, str]] = None,
+             client_id: Optional[str] = None) -> list[PaymentRecord]:
         """Payments newest first, filtered; ``before`` is the (created, id) of the last row of a previous page."""
         where, args = [], []
-        for column, value in (("terminal", terminal), ("state", state)):
+        for column, value in (("terminal", terminal), ("state", state), ("client_id", client_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)

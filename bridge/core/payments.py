@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from bridge.core import states
@@ -162,15 +162,19 @@ class PaymentService:
         self._publish(event)
 
         request = PaymentRequest(payment_id=record.id, kind=kind, amount=amount, currency=cur, method=method)
-        state = {"record": record}
+        running = _Running(record, driver)
+        self._running[record.id] = running
 
         def before_send() -> Deferred:
-            moved = state["record"].moved_to(states.IN_PROGRESS, None, None, None, self._clock.seconds())
-            return self._transition(moved, actor="bridge").addCallback(lambda r: state.update(record=r))
+            if running.cancel_requested_by:
+                return fail(BridgeError(CANCELLED_BEFORE_SEND, "The payment was cancelled before it reached "
+                                                               "the terminal. Nothing was charged."))
+            moved = running.record.moved_to(states.IN_PROGRESS, None, None, None, self._clock.seconds())
+            return self._transition(moved, actor="bridge").addCallback(running.update)
 
         run = driver.pay(request, before_send)
-        self._running[record.id] = run
-        run.addCallback(lambda outcome: self._finish(state["record"], outcome))
+        running.finished = run
+        run.addCallback(lambda outcome: self._finish(running, outcome))
         run.addErrback(lambda f: self.log.failure("Payment {payment_id} could not be finished", f,
                                                   payment_id=record.id))
         run.addBoth(lambda _: self._done(terminal, record.id))
@@ -180,15 +184,21 @@ class PaymentService:
         self.registry.release(terminal, payment_id)
         self._running.pop(payment_id, None)
 
-    def _finish(self, record: PaymentRecord, outcome: Outcome) -> "Deferred[PaymentRecord]":
-        state = outcome.state
-        if record.state == states.ACCEPTED and state not in (states.FAILED,):
+    def _finish(self, running: "_Running", outcome: Outcome) -> "Deferred[PaymentRecord]":
+        record, state, code, message = running.record, outcome.state, outcome.code, outcome.message
+        if record.state == states.ACCEPTED:
             # The driver never asked to send, so the terminal never saw the request: whatever the driver
             # says, nothing can have been charged.
-            self.log.error("Driver reported {state} without sending; recording failed", state=state,
-                           payment_id=record.id)
-            state = states.FAILED
-        moved = record.moved_to(state, outcome.code, outcome.message, dict(outcome.details), self._clock.seconds())
+            if code == CANCELLED_BEFORE_SEND:
+                state = states.CANCELLED
+            elif state != states.FAILED:
+                self.log.error("Driver reported {state} without sending; recording failed", state=state,
+                               payment_id=record.id)
+                state = states.FAILED
+        details = dict(outcome.details)
+        if running.cancel_requested_by:
+            details["cancel_requested_by"] = running.cancel_requested_by
+        moved = record.moved_to(state, code, message, details, self._clock.seconds())
         return self._transition(moved, actor="terminal")
 
     def _transition(self, record: PaymentRecord, actor: str) -> "Deferred[PaymentRecord]":
@@ -201,11 +211,84 @@ class PaymentService:
 
         return self.journal.transition(record, body, actor).addCallback(journaled)
 
-    def get(self, payment_id: object) -> dict[str, Any]:
+    def record(self, payment_id: object) -> PaymentRecord:
         record = self.journal.get(payment_id) if isinstance(payment_id, str) else None
         if record is None:
             raise BridgeError("unknown_payment", f"There is no payment {payment_id!r} on this bridge.")
-        return payment_view(record)
+        return record
+
+    def get(self, payment_id: object) -> dict[str, Any]:
+        return payment_view(self.record(payment_id))
+
+    def cancel(self, payment_id: str, actor: str) -> "Deferred[dict[str, Any]]":
+        """Ask for a payment to be cancelled.
+
+        Before the request reached the terminal, the bridge simply does not send it (``cancelled``, certain).
+        After, only the terminal can cancel: the driver is asked to (a Caisse-AP terminal needs the cashier to
+        press its red button), and the payment ends with whatever the terminal then answers.  A cancellation
+        is never reported before the terminal confirmed it.
+        """
+        try:
+            record = self.record(payment_id)
+        except BridgeError as e:
+            return fail(e)
+        running = self._running.get(record.id)
+        if states.is_final(record.state) or running is None:
+            return fail(BridgeError("payment_final",
+                                    f"The payment is already {record.state}; it cannot be cancelled."))
+        running.cancel_requested_by = actor
+        self.log.info("Cancel of payment {payment_id} requested by {client}", payment_id=record.id, client=actor,
+                      terminal=record.terminal, state=record.state)
+        if running.record.state == states.ACCEPTED:
+            return succeed({"payment": payment_view(running.record), "cancel": "before_send",
+                            "message": "The payment will not be sent to the terminal."})
+        cancel = getattr(running.driver, "cancel", None)
+        if cancel is None:
+            message = "Cancel the payment on the terminal itself; the bridge reports what the terminal answers."
+            return succeed({"payment": payment_view(running.record), "cancel": "on_terminal", "message": message})
+        return maybeDeferred(cancel, record.id).addCallback(
+            lambda message: {"payment": payment_view(running.record), "cancel": "requested", "message": message})
+
+    def resolve(self, payment_id: object, outcome: object, actor: str, note: object,
+                details: Optional[dict[str, Any]] = None) -> "Deferred[dict[str, Any]]":
+        """Settle an ``unknown`` payment with what the terminal's receipt shows; journaled with who and when."""
+        try:
+            record = self.record(payment_id)
+        except BridgeError as e:
+            return fail(e)
+        if record.state != states.UNKNOWN:
+            return fail(BridgeError("not_unknown", f"Only a payment in state unknown can be resolved; this one is "
+                                                   f"{record.state}."))
+        if outcome not in states.RESOLVED_STATES:
+            return fail(BridgeError("bad_request", "'outcome' must be approved, declined, cancelled or failed."))
+        if not isinstance(note, str) or not note.strip() or len(note) > 500:
+            return fail(BridgeError("bad_request", "Say in 'note' what the resolution is based on (e.g. "
+                                                   "'receipt shows approved, auth 123456'), 500 characters at most."))
+        extra = {"resolved_by": actor, "resolution_note": note.strip(),
+                 "resolved_from": {"code": record.reason_code, "message": record.reason_message}}
+        extra.update(details or {})
+        words = {states.APPROVED: "Resolved as approved from the terminal's receipt.",
+                 states.DECLINED: "Resolved as declined from the terminal's receipt.",
+                 states.CANCELLED: "Resolved as cancelled from the terminal's receipt.",
+                 states.FAILED: "Resolved as not charged from the terminal's receipt."}
+        moved = record.moved_to(str(outcome), "resolved", words[str(outcome)], extra, self._clock.seconds())
+        return self._transition(moved, actor=actor).addCallback(payment_view)
+
+    def list(self, client_id: Optional[str], terminal: Optional[str] = None, state: Optional[str] = None,
+             since: Optional[float] = None, until: Optional[float] = None, limit: int = 50,
+             cursor: Optional[str] = None) -> dict[str, Any]:
+        """A page of payments, newest first.  ``client_id`` None lists every client's."""
+        before = _parse_cursor(cursor) if cursor else None
+        records = self.journal.list(terminal=terminal, state=state, since=since, until=until, limit=limit + 1,
+                                    before=before, client_id=client_id)
+        page = records[:limit]
+        more = len(records) > limit
+        return {"payments": [payment_view(r) for r in page],
+                "next_cursor": f"{page[-1].created!r}|{page[-1].id}" if more and page else None}
+
+    def prune(self, retention_seconds: float) -> "Deferred[int]":
+        """Forget final payments older than the retention time; ``unknown`` ones are always kept."""
+        return self.journal.prune(self._clock.seconds() - retention_seconds)
 
     def get_by_command(self, command_id: str) -> Optional[dict[str, Any]]:
         record = self.journal.get_by_command(command_id)
@@ -236,9 +319,7 @@ class PaymentService:
 
     def wait_idle(self) -> Deferred:
         """A Deferred that fires when every payment running now has been journaled (used at shutdown)."""
-        from twisted.internet.defer import DeferredList
-
-        return DeferredList([_wait(d) for d in self._running.values()])
+        return DeferredList([_wait(r.finished) for r in self._running.values() if r.finished is not None])
 
     def _log_state(self, record: PaymentRecord, client_id: str) -> None:
         self.log.info(
@@ -247,6 +328,32 @@ class PaymentService:
             currency=record.currency, client=client_id, code=record.reason_code,
             reason=f" - {record.reason_message}" if record.reason_message else "",
         )
+
+
+CANCELLED_BEFORE_SEND = "cancelled_before_send"
+
+
+class _Running:
+    """A payment between "accepted" and its final state, as the service tracks it."""
+
+    def __init__(self, record: PaymentRecord, driver: Any) -> None:
+        self.record = record
+        self.driver = driver
+        self.finished: Optional[Deferred] = None
+        self.cancel_requested_by: Optional[str] = None
+
+    def update(self, record: PaymentRecord) -> PaymentRecord:
+        self.record = record
+        return record
+
+
+def _parse_cursor(cursor: object) -> tuple[float, str]:
+    try:
+        assert isinstance(cursor, str)
+        created, payment_id = cursor.split("|", 1)
+        return float(created), payment_id
+    except (AssertionError, ValueError):
+        raise BridgeError("bad_request", "'cursor' must be a next_cursor from a previous payment.list.") from None
 
 
 def _wait(d: Deferred) -> Deferred:

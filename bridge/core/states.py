@@ -3,7 +3,7 @@
 ::
 
     accepted --> in_progress --> approved | declined | cancelled | failed | unknown
-        \\-----------------------> failed               (never reached the terminal)
+        \\-----------------------> failed | cancelled   (never reached the terminal)
                                    unknown --> approved | declined | cancelled | failed   (resolve)
 
 ``accepted``: journaled, nothing sent yet.  ``in_progress``: the request may have reached the terminal, so from
@@ -28,7 +28,7 @@ FINAL_STATES = frozenset({APPROVED, DECLINED, CANCELLED, FAILED, UNKNOWN})
 RESOLVED_STATES = frozenset({APPROVED, DECLINED, CANCELLED, FAILED})
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    ACCEPTED: frozenset({IN_PROGRESS, FAILED}),
+    ACCEPTED: frozenset({IN_PROGRESS, FAILED, CANCELLED}),
     IN_PROGRESS: frozenset({APPROVED, DECLINED, CANCELLED, FAILED, UNKNOWN}),
     UNKNOWN: RESOLVED_STATES,
     APPROVED: frozenset(),

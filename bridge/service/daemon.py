@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from bridge.api.session import Bridge
@@ -17,6 +18,10 @@ from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
 from bridge.terminals.catalogue import build_driver
+
+
+#: How often old payments are pruned from the journal.
+PRUNE_INTERVAL = 6 * 3600
 
 
 class Daemon:
@@ -31,6 +36,7 @@ class Daemon:
         self.payments: Optional[PaymentService] = None
         self.port: Any = None
         self.fingerprint: Optional[str] = None
+        self._pruning: Optional[LoopingCall] = None
 
     @inlineCallbacks
     def start(self):
@@ -52,6 +58,10 @@ class Daemon:
             self.log.warn("Payment {payment_id} was in flight at the last stop; now {state}",
                           payment_id=record.id, state=record.state, terminal=record.terminal)
 
+        self._pruning = LoopingCall(self._prune)
+        self._pruning.clock = self.reactor
+        self._pruning.start(PRUNE_INTERVAL, now=True)
+
         bridge = Bridge(config, self.payments, self.reactor, self.fingerprint)
         # autobahn wants a URL for its headers; port 0 (any free port, in tests) is not a valid one.
         factory = CommandFactory(bridge, f"wss://{config.listen_host}:{config.listen_port or 443}")
@@ -66,10 +76,25 @@ class Daemon:
         self._notify(f"READY=1\nSTATUS=Serving {len(config.terminals)} terminal(s) on port {address.port}")
         return self.port
 
+    def _prune(self) -> Deferred:
+        assert self.payments is not None
+
+        def pruned(count: int) -> None:
+            if count:
+                self.log.info("Forgot {count} payment(s) older than {days} days", count=count,
+                              days=self.config.retention_days)
+
+        d = self.payments.prune(self.config.retention_days * 86400)
+        d.addCallbacks(pruned, lambda f: self.log.warn("Could not prune old payments: {error}",
+                                                       error=f.getErrorMessage()))
+        return d
+
     @inlineCallbacks
     def stop(self, grace: float = 10.0):
         """Stop listening, give running payments ``grace`` seconds to be journaled, close the journal."""
         self._notify("STOPPING=1")
+        if self._pruning is not None and self._pruning.running:
+            self._pruning.stop()
         if self.port is not None:
             yield self.port.stopListening()
         if self.payments is not None:
