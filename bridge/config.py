@@ -17,7 +17,7 @@ DEFAULT_CONFIG_PATH = "/etc/terminal-bridge/bridge.conf"
 DEFAULT_STATE_DIR = "/var/lib/terminal-bridge"
 DEFAULT_PORT = 8443
 
-RIGHTS = ("pay", "read", "resolve", "admin")
+RIGHTS = ("pay", "read", "refund", "resolve", "admin")
 DEFAULT_RIGHTS = ("pay", "read")
 
 

@@ -1,5 +1,7 @@
 import os
 
+from twisted.internet.defer import Deferred
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -230,3 +232,71 @@ class CancelResolveListPruneTests(PaymentServiceTests):
         self.assertEqual(self.journal.transitions(old_final["id"]), [])
         self.assertIsNotNone(self.journal.get(old_unknown["id"]))
         self.assertIsNotNone(self.journal.get(recent["id"]))
+
+
+class RefundAndProviderRecoveryTests(PaymentServiceTests):
+    def approved(self, command_id="pay-1", amount=1234):
+        view = self.successResultOf(self.start(command_id, dict(ARGS, amount=amount)))
+        self.driver.finish(APPROVED)
+        return view
+
+    def refund(self, command_id, **args):
+        return self.service.refund("cl_a", command_id, args)
+
+    def test_a_refund_goes_to_the_terminal_with_the_original_payment(self):
+        original = self.approved()
+        refund = self.successResultOf(self.refund("r-1", payment_id=original["id"], amount=234))
+        self.assertEqual((refund["kind"], refund["amount"], refund["details"]["refund_of"]),
+                         ("refund", 234, original["id"]))
+        request = self.driver.sent[-1]
+        self.assertEqual((request.kind, request.amount, request.original["payment_id"]),
+                         ("refund", 234, original["id"]))
+        self.assertEqual(request.original["details"], {"authorisation": "123456"})
+
+    def test_refunds_cannot_exceed_what_was_paid_and_repeat_idempotently(self):
+        original = self.approved()
+        self.successResultOf(self.refund("r-1", payment_id=original["id"], amount=1000))
+        again = self.successResultOf(self.refund("r-1", payment_id=original["id"], amount=1000))
+        self.assertEqual(len([r for r in self.driver.sent if r.kind == "refund"]), 1)
+        self.driver.finish(APPROVED)
+        self.assertEqual(self.error_code(self.refund("r-2", payment_id=original["id"], amount=235)),
+                         "refund_too_large")
+        self.successResultOf(self.refund("r-3", payment_id=original["id"], amount=234))
+        self.assertEqual(again["id"], self.journal.get_by_command("r-1").id)
+
+    def test_only_approved_debits_of_ones_own_can_be_refunded(self):
+        view = self.successResultOf(self.start("d-1"))
+        self.driver.finish(DECLINED)
+        self.assertEqual(self.error_code(self.refund("r-1", payment_id=view["id"])), "not_refundable")
+        self.assertEqual(self.error_code(self.refund("r-2", payment_id="pay_none")), "unknown_payment")
+        approved = self.approved("d-2")
+        self.assertEqual(self.error_code(self.service.refund("cl_b", "r-3", {"payment_id": approved["id"]})),
+                         "unknown_payment")
+        self.assertEqual(self.error_code(self.refund("r-4", payment_id=approved["id"], amount=0)), "invalid_amount")
+
+    def test_recovery_asks_a_provider_that_can_tell(self):
+        answers = {}
+        self.driver.recover = lambda payment_id, details: answers.get(payment_id)
+        sent = self.successResultOf(self.start("cmd-1"))
+        answers[sent["id"]] = APPROVED
+        restarted = self._service(self.journal)
+        restarted.registry = TerminalRegistry([self.driver])
+        settled = self.successResultOf(restarted.recover())
+        self.assertEqual([(r.id, r.state) for r in settled], [(sent["id"], "approved")])
+
+    def test_recovery_keeps_unknown_when_the_provider_cannot_say_or_fails(self):
+        def broken(payment_id, details):
+            raise RuntimeError("provider down")
+
+        self.driver.recover = broken
+        sent = self.successResultOf(self.start("cmd-1"))
+        settled = self.successResultOf(self._service(self.journal).recover())
+        self.assertEqual([r.state for r in settled], ["unknown"])
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(self.journal.get(sent["id"]).state, "unknown")
+
+    def test_details_given_before_sending_are_journaled(self):
+        self.driver.pay = lambda request, before_send: before_send({"payment_intent": "pi_1"}).addCallback(
+            lambda _: Deferred())
+        view = self.successResultOf(self.start())
+        self.assertEqual(self.journal.get(view["id"]).details, {"payment_intent": "pi_1"})

@@ -155,8 +155,8 @@ class Session:
         if skew > self.bridge.config.clock_skew:
             raise BridgeError("stale_timestamp", f"The message time is {int(skew)} s away from the bridge's "
                                                  "clock. Check the clocks of both machines.")
-        # payment.start with a known id is answered with the payment it started: idempotency, not a replay.
-        if op != "payment.start" and not self.bridge.remember(client.id, message_id, ts):
+        # payment.start/refund with a known id is answered with the payment it started: idempotency, not a replay.
+        if op not in ("payment.start", "payment.refund") and not self.bridge.remember(client.id, message_id, ts):
             raise BridgeError("replayed", "This command id was already used. Use a new id for each command.")
         right = OPS[op][1]
         if right is not None and right not in client.rights and "admin" not in client.rights:
@@ -243,6 +243,10 @@ class Session:
         assert self.client is not None
         return self.bridge.payments.start(self.client.id, message_id, args)
 
+    def op_payment_refund(self, message_id: str, args: dict[str, Any]) -> Deferred:
+        assert self.client is not None
+        return self.bridge.payments.refund(self.client.id, message_id, args, see_all="admin" in self.client.rights)
+
     def op_payment_get(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
         payments = self.bridge.payments
         if "payment_id" in args:
@@ -321,6 +325,7 @@ OPS: dict[str, tuple[Callable[[Session, str, dict[str, Any]], Any], Optional[str
     "payment.get": (Session.op_payment_get, "read"),
     "payment.list": (Session.op_payment_list, "read"),
     "payment.cancel": (Session.op_payment_cancel, "pay"),
+    "payment.refund": (Session.op_payment_refund, "refund"),
     "payment.resolve": (Session.op_payment_resolve, "resolve"),
     "events.resume": (Session.op_events_resume, "read"),
     "events.ack": (Session.op_events_ack, "read"),

@@ -393,6 +393,14 @@ class Journal:
         ).fetchall()
         return [_record_from_row(r) for r in rows]
 
+    def refunded_amount(self, payment_id: str) -> int:
+        """What refunds of ``payment_id`` have taken or may have taken (approved, running or unknown)."""
+        row = self._reader.execute(
+            "SELECT coalesce(sum(amount), 0) FROM payments WHERE kind='refund' "
+            "AND json_extract(details, '$.refund_of')=? AND state NOT IN ('declined','cancelled','failed')",
+            (payment_id,)).fetchone()
+        return row[0]
+
     def transitions(self, payment_id: str) -> list[dict[str, Any]]:
         rows = self._reader.execute(
             "SELECT state, reason_code, reason_message, actor, at FROM transitions WHERE payment_id=? ORDER BY id",

@@ -102,13 +102,39 @@ class PaymentService:
         try:
             request = self._validate(command_id, args)
         except BridgeError as e:
-            d: Deferred = Deferred()
-            d.errback(e)
-            return d
+            return fail(e)
         terminal, kind, method, amount, cur = request
         digest = args_digest(terminal, kind, method, amount, cur.code)
         assert isinstance(command_id, str)
-        return self._start(client_id, command_id, terminal, kind, method, amount, cur, digest)
+        return self._start(client_id, command_id, terminal, kind, method, amount, cur, digest, None)
+
+    def refund(self, client_id: str, command_id: object, args: dict[str, Any],
+               see_all: bool = False) -> "Deferred[dict[str, Any]]":
+        """Refund an approved payment, in full or in part, on the terminal (or provider) that took it."""
+        try:
+            if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_COMMAND_ID_LENGTH:
+                raise BridgeError("bad_request", "The command id must be a non-empty string of at most 128 "
+                                                 "characters.")
+            original = self.record(args.get("payment_id"))
+            if original.client_id != client_id and not see_all:
+                raise BridgeError("unknown_payment", "There is no such payment for this client.")
+            if original.kind != DEBIT or original.state != states.APPROVED:
+                raise BridgeError("not_refundable", "Only an approved payment can be refunded; this one is "
+                                                    f"{original.kind} {original.state}.")
+            amount = validate_amount(args.get("amount", original.amount))
+            cur = currency(original.currency)
+            digest = args_digest(original.terminal, REFUND, original.method, amount, cur.code) + ":" + original.id
+            existing = self.journal.get_by_command(command_id)
+            if existing is None:
+                refunded = self.journal.refunded_amount(original.id)
+                if amount > original.amount - refunded:
+                    raise BridgeError("refund_too_large", f"At most {original.amount - refunded} (minor units) "
+                                                          "of this payment is left to refund.")
+        except BridgeError as e:
+            return fail(e)
+        origin = {"payment_id": original.id, "amount": original.amount, "details": original.details}
+        return self._start(client_id, command_id, original.terminal, REFUND, original.method, amount, cur, digest,
+                           origin)
 
     def _validate(self, command_id: object, args: dict[str, Any]) -> tuple:
         if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_COMMAND_ID_LENGTH:
@@ -126,7 +152,7 @@ class PaymentService:
         return terminal, kind, method, amount, cur
 
     @inlineCallbacks
-    def _start(self, client_id, command_id, terminal, kind, method, amount, cur, digest):
+    def _start(self, client_id, command_id, terminal, kind, method, amount, cur, digest, original):
         pending = self._creating.get(command_id)
         if pending is not None:
             yield _wait(pending)
@@ -145,7 +171,7 @@ class PaymentService:
         record = PaymentRecord(
             id=payment_id, command_id=command_id, client_id=client_id, terminal=terminal, kind=kind,
             method=method, amount=amount, currency=cur.code, args_digest=digest, state=states.ACCEPTED,
-            created=now, updated=now,
+            details={"refund_of": original["payment_id"]} if original else {}, created=now, updated=now,
         )
         creating: Deferred = Deferred()
         self._creating[command_id] = creating
@@ -161,15 +187,16 @@ class PaymentService:
         self._log_state(record, client_id)
         self._publish(event)
 
-        request = PaymentRequest(payment_id=record.id, kind=kind, amount=amount, currency=cur, method=method)
+        request = PaymentRequest(payment_id=record.id, kind=kind, amount=amount, currency=cur, method=method,
+                                 original=original)
         running = _Running(record, driver)
         self._running[record.id] = running
 
-        def before_send() -> Deferred:
+        def before_send(details: Optional[dict[str, Any]] = None) -> Deferred:
             if running.cancel_requested_by:
                 return fail(BridgeError(CANCELLED_BEFORE_SEND, "The payment was cancelled before it reached "
                                                                "the terminal. Nothing was charged."))
-            moved = running.record.moved_to(states.IN_PROGRESS, None, None, None, self._clock.seconds())
+            moved = running.record.moved_to(states.IN_PROGRESS, None, None, details, self._clock.seconds())
             return self._transition(moved, actor="bridge").addCallback(running.update)
 
         run = driver.pay(request, before_send)
@@ -308,14 +335,38 @@ class PaymentService:
                     "The bridge restarted before the payment reached the terminal. Nothing was charged.",
                     None, now)
             else:
-                moved = record.moved_to(
-                    states.UNKNOWN, "bridge_restarted",
-                    "The bridge restarted while the terminal was handling this payment. Check the terminal's "
-                    "receipt to see whether the customer was charged.",
-                    None, now)
+                outcome = yield self._ask_provider(record)
+                if outcome is not None:
+                    moved = record.moved_to(outcome.state, outcome.code, outcome.message, dict(outcome.details),
+                                            self._clock.seconds())
+                else:
+                    moved = record.moved_to(
+                        states.UNKNOWN, "bridge_restarted",
+                        "The bridge restarted while the terminal was handling this payment. Check the terminal's "
+                        "receipt to see whether the customer was charged.",
+                        None, now)
             yield self._transition(moved, actor="recovery")
             settled.append(moved)
         return settled
+
+    @inlineCallbacks
+    def _ask_provider(self, record: PaymentRecord):
+        """What the terminal's provider says of a payment whose outcome the bridge lost, or None."""
+        try:
+            driver = self.registry.driver(record.terminal)
+        except BridgeError:
+            return None
+        recover = getattr(driver, "recover", None)
+        if recover is None:
+            return None
+        try:
+            outcome = yield maybeDeferred(recover, record.id, record.details)
+        except Exception:
+            self.log.failure("Could not ask the provider about payment {payment_id}", payment_id=record.id)
+            return None
+        if outcome is None or outcome.state not in states.FINAL_STATES:
+            return None
+        return outcome
 
     def wait_idle(self) -> Deferred:
         """A Deferred that fires when every payment running now has been journaled (used at shutdown)."""

@@ -7,7 +7,7 @@ A driver knows its wire protocol and nothing of clients, journals or WebSockets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -27,6 +27,9 @@ class PaymentRequest:
     amount: int  # minor units, > 0
     currency: Currency
     method: str = CARD  # CARD or CHEQUE
+    #: For a refund of an earlier payment (``payment.refund``): that payment's id, amount and the details its
+    #: driver recorded (e.g. a Stripe PaymentIntent id).  None for a plain refund or a debit.
+    original: Optional[Mapping[str, Any]] = None
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,9 @@ class Outcome:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-BeforeSend = Callable[[], "Deferred[None]"]
+#: ``before_send(details=None)``: journal the payment ``in_progress`` (with ``details`` the driver wants kept,
+#: e.g. a provider's own id, so that recovery can find the payment again) before anything reaches the terminal.
+BeforeSend = Callable[..., "Deferred[None]"]
 
 
 class ITerminalDriver(Interface):
@@ -65,3 +70,13 @@ class ITerminalDriver(Interface):
 
     def status() -> Mapping[str, Any]:
         """A small dict for ``terminal.status``: at least ``{"state": "idle"|"busy"|..., "detail": str}``."""
+
+
+# Optional driver methods; the core uses them when a driver has them.
+#
+# ``cancel(payment_id) -> str | Deferred[str]``: ask the terminal to cancel the payment now running; returns
+# what to tell the cashier.  It must not claim the cancellation: the payment ends with what ``pay`` reports.
+#
+# ``recover(payment_id, details) -> Deferred[Outcome | None]``: after a restart or for an ``unknown`` payment,
+# ask the provider what became of it (``details`` as journaled, e.g. the PaymentIntent id).  None when the
+# provider cannot say; the payment then stays ``unknown`` until a person resolves it.
