@@ -46,6 +46,13 @@ class ClientProtocol(WebSocketClientProtocol):
     log = Logger()
     factory: "ClientFactory"
 
+    def connectionMade(self) -> None:
+        # autobahn's tcpNoDelay option is read before it is copied from the factory, and the error is
+        # swallowed: without this, Nagle holds a message written right after another until the peer's
+        # delayed ACK, about 40 ms on Linux (docs/performance.md).
+        self.transport.setTcpNoDelay(True)
+        super().connectionMade()
+
     def onOpen(self) -> None:
         self._pending: dict[str, Deferred] = {}
         self.factory.opened.callback(self)
@@ -90,8 +97,13 @@ class ClientProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
         if not self.factory.opened.called:
-            self.factory.opened.errback(BridgeError("connection_failed", f"The bridge refused the connection: "
-                                                                         f"{reason or code}"))
+            if "certificate verify failed" in str(reason):
+                error = BridgeError("certificate_mismatch",
+                                    "The bridge's certificate is not the expected one. Compare the fingerprint "
+                                    "with the one `terminal-bridge doctor` shows on the bridge.")
+            else:
+                error = BridgeError("connection_failed", f"The bridge refused the connection: {reason or code}")
+            self.factory.opened.errback(error)
         for d in getattr(self, "_pending", {}).values():
             d.errback(BridgeError("connection_lost", "The connection to the bridge was lost."))
         self._pending = {}

@@ -1,0 +1,154 @@
+"""The `terminal-bridge` command as a user runs it: a real process, its output and its exit status."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bridge import __version__
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tb(*args, timeout=30, **kw):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, **kw)
+
+
+def test_version():
+    result = tb("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"terminal-bridge {__version__}")
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["check-config"], ["client", "add"], ["pay"], ["payments"],
+                                     ["simulate", "caisse-ap"], ["demo"]])
+def test_every_command_has_help(command):
+    result = tb(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: terminal-bridge" in result.stdout
+    assert len(result.stdout.splitlines()) > 3
+
+
+def test_no_command_prints_help_and_fails():
+    result = tb()
+    assert result.returncode == 2 and "check-config" in result.stdout
+
+
+def test_check_config_names_problems_and_exits_78(tmp_path):
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nlisten = nowhere:99999\n[terminal:t]\ntype = caisse-ap-tcp\n")
+    result = tb("-c", str(config), "check-config")
+    assert result.returncode == 78
+    assert "[bridge] listen" in result.stderr and "[terminal:t] address" in result.stderr
+
+
+def test_check_config_ok(tmp_path):
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\n[terminal:t]\ntype = caisse-ap-tcp\naddress = 127.0.0.1\n")
+    result = tb("-c", str(config), "check-config")
+    assert result.returncode == 0 and "OK" in result.stdout
+
+
+def test_run_refuses_a_bad_config_with_78(tmp_path):
+    assert tb("-c", str(tmp_path / "missing.conf"), "run").returncode == 78
+
+
+def test_client_add_prints_secrets_once_and_stores_them_privately(tmp_path):
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nstate_dir = state\n")
+    creds = tmp_path / "pos.json"
+    result = tb("-c", str(config), "client", "add", "pos-1", "--write-credentials", str(creds),
+                "--url", "wss://127.0.0.1:8443")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(creds.read_text())
+    assert data["secret_in"] in result.stdout and data["secret_out"] in result.stdout
+    assert data["url"] == "wss://127.0.0.1:8443"
+    clients = tmp_path / "clients.conf"
+    assert os.stat(clients).st_mode & 0o777 == 0o600 and os.stat(creds).st_mode & 0o777 == 0o600
+    assert data["client_id"] in clients.read_text()
+    assert tb("-c", str(config), "client", "add", "pos-1").returncode == 2  # the name is taken
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_client_add_as_root_gives_the_file_to_the_bridges_account(tmp_path):
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nstate_dir = state\n")
+    os.mkdir(tmp_path / "state")
+    os.chown(tmp_path / "state", 65534, 65534)
+    assert tb("-c", str(config), "client", "add", "pos-1").returncode == 0
+    st = os.stat(tmp_path / "clients.conf")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o600)
+
+
+def test_pay_without_credentials_explains(tmp_path):
+    result = tb("pay", "--terminal", "t", "--amount", "1")
+    assert result.returncode == 2 and "--credentials" in result.stderr
+
+
+def test_pay_refuses_a_bad_amount_before_connecting(tmp_path):
+    creds = tmp_path / "c.json"
+    creds.write_text(json.dumps({"client_id": "c", "secret_in": "a" * 64, "secret_out": "b" * 64,
+                                 "url": "wss://127.0.0.1:1"}))
+    result = tb("pay", "--credentials", str(creds), "--terminal", "t", "--amount", "12.345")
+    assert result.returncode == 2 and "decimal places" in result.stderr
+
+
+def test_run_and_pay_against_a_real_daemon(tmp_path):
+    """The daemon as systemd runs it, a simulator, and `pay` as a cashier would use it."""
+    import socket
+    import time
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    sim_port, port = free_port(), free_port()
+    config = tmp_path / "bridge.conf"
+    config.write_text(f"[bridge]\nlisten = 127.0.0.1:{port}\nstate_dir = state\n"
+                      f"[terminal:till]\ntype = caisse-ap-tcp\naddress = 127.0.0.1:{sim_port}\nquiet_period = 0.05\n")
+    creds = tmp_path / "pos.json"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    sim = subprocess.Popen([sys.executable, "-m", "bridge", "simulate", "caisse-ap", "--listen",
+                            f"tcp:{sim_port}:interface=127.0.0.1"], env=env, stdout=subprocess.PIPE, text=True)
+    daemon = None
+    try:
+        assert "listening" in sim.stdout.readline()
+        assert tb("-c", str(config), "client", "add", "pos", "--write-credentials", str(creds),
+                  "--url", f"wss://127.0.0.1:{port}").returncode == 0
+        daemon = subprocess.Popen([sys.executable, "-m", "bridge", "-c", str(config), "run"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        # `client add` ran before the first start, so the credentials carry no fingerprint: pass it.
+    except BaseException:
+        for process in (daemon, sim):
+            if process is not None:
+                process.kill()
+        raise
+    try:
+        from bridge.api.tls import fingerprint_of_pem
+
+        fingerprint = fingerprint_of_pem((tmp_path / "state" / "tls" / "bridge.crt").read_bytes())
+        result = tb("pay", "--credentials", str(creds), "--fingerprint", fingerprint, "--terminal", "till",
+                    "--amount", "12.34", "--currency", "EUR")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "APPROVED: 12.34 EUR" in result.stdout and "authorisation" in result.stdout
+        listing = tb("-c", str(config), "payments")
+        assert listing.returncode == 0 and "approved" in listing.stdout and "12.34 EUR" in listing.stdout
+        wrong = tb("pay", "--credentials", str(creds), "--fingerprint", "AB" * 32, "--terminal", "till",
+                   "--amount", "1", "--currency", "EUR")
+        assert wrong.returncode == 2 and "certificate_mismatch" in wrong.stderr
+    finally:
+        for process in (daemon, sim):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=15)
+    assert daemon.returncode == 0
