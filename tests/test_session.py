@@ -32,8 +32,14 @@ class SessionTests(SynchronousTestCase):
         self.payments = PaymentService(self.journal, TerminalRegistry([self.driver]), self.clock)
         self.bridge = Bridge(self.config, self.payments, self.clock, fingerprint="AA")
         self.sent = []
-        self.session = Session(self.bridge, self.sent.append, peer="test")
+        self.sinks = {}
+        self.session = self.new_session(self.sent)
         self.counter = 0
+
+    def new_session(self, sink):
+        session = Session(self.bridge, sink.append, peer="test")
+        self.sinks[session] = sink
+        return session
 
     def command(self, op, args=None, client=None, ts=NOW, message_id=None, session=None, **changes):
         client = client or self.client
@@ -41,8 +47,9 @@ class SessionTests(SynchronousTestCase):
         message = {"id": f"m{self.counter}" if message_id is None else message_id, "op": op, "ts": ts, "args": args or {}}
         message = signing.signed(message, client["secret_in"], client["algorithm"])
         message.update(changes)
-        (session or self.session).message_received(json.dumps(message))
-        return self.sent[-1]
+        session = session or self.session
+        session.message_received(json.dumps(message))
+        return [m for m in self.sinks[session] if "re" in m][-1]
 
     def hello(self, client=None, session=None):
         reply = self.command("hello", {"client": (client or self.client)["client_id"]}, client=client,
@@ -124,7 +131,7 @@ class SessionTests(SynchronousTestCase):
         from dataclasses import replace
 
         self.bridge.config = replace(self.config, messages_per_second=2)
-        session = Session(self.bridge, self.sent.append, peer="flood")
+        session = self.new_session(self.sent)
         for _ in range(5):  # a burst of twice the rate passes, the next is refused
             session.message_received("{}")
         self.assert_error(self.sent[-1], "rate_limited")
@@ -142,7 +149,7 @@ class SessionTests(SynchronousTestCase):
     def test_events_reach_the_client_that_started_the_payment_signed(self):
         self.hello()
         other_sent = []
-        other = Session(self.bridge, other_sent.append, peer="other")
+        other = self.new_session(other_sent)
         self.hello(self.reader, session=other)
         reply = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"})
         self.driver.finish(APPROVED)
@@ -158,7 +165,7 @@ class SessionTests(SynchronousTestCase):
         self.session.connection_lost()
         self.driver.finish(APPROVED)  # while the client is away
         sent = []
-        again = Session(self.bridge, sent.append, peer="back")
+        again = self.new_session(sent)
         self.hello(session=again)
         states = [m["payment"]["state"] for m in sent if "seq" in m]
         self.assertEqual(states, ["accepted", "in_progress", "approved"])
@@ -166,7 +173,7 @@ class SessionTests(SynchronousTestCase):
         self.command("events.ack", {"seq": last}, session=again)
         self.assertTrue(sent[-1]["ok"])
         sent2 = []
-        third = Session(self.bridge, sent2.append, peer="third")
+        third = self.new_session(sent2)
         self.hello(session=third)
         self.assertEqual([m for m in sent2 if "seq" in m], [])
         self.command("events.resume", {"after": 0}, session=third)
@@ -183,3 +190,21 @@ class SessionTests(SynchronousTestCase):
         self.hello(self.reader)
         self.assert_error(self.command("payment.get", {"payment_id": started["id"]}, client=self.reader),
                           "unknown_payment")
+
+    def test_a_long_backlog_is_sent_in_pages(self):
+        from bridge.api import session as session_module
+
+        self.patch(session_module, "REPLAY_LIMIT", 2)
+        self.hello()
+        self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"})
+        self.driver.finish(APPROVED)
+        sent = []
+        again = self.new_session(sent)
+        reply = self.hello(session=again)
+        self.assertTrue(reply["result"]["more_events"])
+        seqs = [m["seq"] for m in sent if "seq" in m]
+        self.assertEqual(len(seqs), 2)
+        self.command("events.resume", {"after": seqs[-1]}, session=again)
+        self.assertEqual([m["payment"]["state"] for m in sent if "seq" in m], ["accepted", "in_progress", "approved"])
+        resumed = [m for m in sent if m.get("re") is not None][-1]
+        self.assertFalse(resumed["result"]["more_events"])

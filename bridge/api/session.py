@@ -22,6 +22,8 @@ from bridge.core.payments import PaymentService
 from bridge.errors import BridgeError
 
 SUBPROTOCOL = "terminal-bridge.v1"
+#: Journaled events sent at once on hello or events.resume; the rest follow on the next events.resume.
+REPLAY_LIMIT = 1000
 PROTOCOL_VERSION = 1
 
 Send = Callable[[dict[str, Any]], None]
@@ -190,14 +192,18 @@ class Session:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _start_events(self, after: int) -> None:
+    def _start_events(self, after: int) -> bool:
+        """Send the journaled events after ``after`` (at most REPLAY_LIMIT), then live ones.  True if there
+        were more than that: the client asks for the rest with events.resume from the last seq it got."""
         assert self.client is not None
         if not self._streaming:
             self.bridge.payments.subscribe(self._on_event)
             self._streaming = True
         self._sent_seq = after
-        for event in self.bridge.payments.journal.events_after(self.client.id, after, limit=10**9):
+        events = self.bridge.payments.journal.events_after(self.client.id, after, limit=REPLAY_LIMIT + 1)
+        for event in events[:REPLAY_LIMIT]:
             self._send_event(event)
+        return len(events) > REPLAY_LIMIT
 
     def _on_event(self, event: Event) -> None:
         if self.client is not None and event.client_id == self.client.id:
@@ -222,10 +228,10 @@ class Session:
         acked = journal.acked(self.client.id)
         self.log.info("Client {client} connected from {peer}", client=self.client.id, peer=self.peer)
         # Events start flowing from the last acknowledged one; events.resume can move the starting point.
-        self._start_events(acked)
+        more = self._start_events(acked)
         return {"bridge": self.bridge.config.name, "version": __version__, "protocol": SUBPROTOCOL,
                 "client": self.client.id, "rights": sorted(self.client.rights), "acked_seq": acked,
-                "last_seq": journal.last_seq()}
+                "last_seq": journal.last_seq(), "more_events": more}
 
     def op_bridge_info(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
         return {"bridge": self.bridge.config.name, "version": __version__, "protocol": SUBPROTOCOL,
@@ -298,8 +304,8 @@ class Session:
         after = args.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise BridgeError("bad_request", "'after' must be the last event seq you received (0 for all).")
-        self._start_events(after)
-        return {"resumed_after": after}
+        more = self._start_events(after)
+        return {"resumed_after": after, "more_events": more}
 
     def op_events_ack(self, message_id: str, args: dict[str, Any]) -> Deferred:
         assert self.client is not None
