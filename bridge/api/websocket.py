@@ -21,6 +21,13 @@ class CommandProtocol(WebSocketServerProtocol):
     log = Logger()
     factory: "CommandFactory"
 
+    def connectionMade(self) -> None:
+        # autobahn's tcpNoDelay option is read before it is copied from the factory, and the error is
+        # swallowed: without this, Nagle holds a message written right after another until the peer's
+        # delayed ACK, about 40 ms on Linux (docs/performance.md).
+        self.transport.setTcpNoDelay(True)
+        super().connectionMade()
+
     def onConnect(self, request: Any) -> str:
         if SUBPROTOCOL not in request.protocols:
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST,

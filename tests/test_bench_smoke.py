@@ -1,0 +1,66 @@
+"""`make bench` still runs: bench/bench.py --quick end to end, checking that every figure is printed.
+
+No timing is asserted here (the figures of a smoke run on a busy test machine mean nothing); the targets are
+checked by `make bench` itself and recorded in docs/performance.md.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench", "bench.py")
+
+FIGURES = [
+    "1 terminal: direct round trip p50",
+    "1 terminal: direct round trip p99",
+    "1 terminal: through the bridge p50",
+    "1 terminal: through the bridge p99",
+    "1 terminal: added latency p50",
+    "1 terminal: added latency p99",
+    "50 terminals at once: direct round trip p50",
+    "50 terminals at once: direct round trip p99",
+    "50 terminals at once: through the bridge p50",
+    "50 terminals at once: through the bridge p99",
+    "50 terminals at once: added latency p50",
+    "50 terminals at once: added latency p99",
+    "throughput: payments per second",
+    "bridge resident memory after load",
+    "start to ready, first start (new TLS key)",
+    "start to ready, second start",
+    "start to first TCP accept, first start",
+    "start to first TCP accept, second start",
+]
+
+#: Figures with a target get a PASS or MISS verdict on their line.
+WITH_TARGET = [FIGURES[i] for i in (4, 5, 11, 12, 13, 14, 15)]
+
+
+class BenchSmokeTest(unittest.TestCase):
+    def test_quick_run_prints_every_figure(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        with tempfile.TemporaryDirectory() as tmp:
+            figures_path = os.path.join(tmp, "figures.json")
+            proc = subprocess.run([sys.executable, BENCH, "--quick", "--json", figures_path],
+                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  timeout=120, universal_newlines=True)
+            self.assertEqual(proc.returncode, 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}")
+            lines = proc.stdout.splitlines()
+            for label in FIGURES:
+                matching = [line for line in lines if line.startswith(label + " ")]
+                self.assertEqual(len(matching), 1, f"no line for {label!r} in:\n{proc.stdout}")
+                if label in WITH_TARGET:
+                    self.assertRegex(matching[0], r" (PASS|MISS)$")
+            self.assertIn("journal check:", proc.stdout)
+            with open(figures_path, encoding="utf-8") as f:
+                figures = json.load(f)["figures"]
+            self.assertGreater(figures["throughput_payments"], 0)
+            self.assertGreater(figures["rss"], 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
