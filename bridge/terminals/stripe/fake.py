@@ -1,0 +1,951 @@
+"""A small, stateful fake of Stripe's API for Terminal payments: the tests and the demo talk to it over HTTP.
+
+It follows §5 of ../shared/protocols/stripe-terminal.md (see docs/stripe.md for what it covers): form-encoded
+bodies as stripe-python 5.0 and 16.x send them, Bearer and Basic auth with test keys, locations, readers
+(simulated registration codes), PaymentIntents with manual capture, ``process_payment_intent``,
+``cancel_action``, refunds, the ``present_payment_method`` test helper with Stripe's test cards and test amounts,
+idempotency replay and mismatch errors, and Stripe's error bodies.
+
+Test knobs never sit under ``/v1``: call them on :class:`FakeStripe` directly, or ``POST /_fake/...`` with a
+JSON body from another process (``terminal-bridge simulate stripe``).  Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qsl
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+#: The version that introduced ``latest_charge`` in place of ``charges``.
+LATEST_CHARGE_VERSION = "2022-11-15"
+API_ERROR_VERSION = "2026-05-27"
+_GUIDE = ("Reference the integration guide at https://stripe.com/docs/terminal/payments/collect-payment"
+          "?terminal-sdk-platform=server-driven#handle-errors for details on how to handle this error.")
+_DOC = "https://stripe.com/docs/error-codes/"
+
+#: Minimum charge per currency (minor units), as Stripe enforces it.
+MINIMUMS = {"usd": 50, "eur": 50, "cad": 50, "aud": 50, "chf": 50, "nzd": 50, "sgd": 50, "gbp": 30, "dkk": 250,
+            "nok": 300, "sek": 300, "hkd": 400, "jpy": 50, "mxn": 1000}
+
+#: Test cards (docs.stripe.com/terminal/references/testing): number -> (brand, outcome code, decline code).
+TEST_CARDS = {
+    "4242424242424242": ("visa", None, None),
+    "5555555555554444": ("mastercard", None, None),
+    "4001007020000002": ("visa", None, None),  # offline PIN
+    "4001000360000005": ("visa", None, None),  # online PIN
+    "4000000000005126": ("visa", None, None),  # refunds fail asynchronously
+    "4000000000000002": ("visa", "card_declined", "generic_decline"),
+    "4000000000009995": ("visa", "card_declined", "insufficient_funds"),
+    "4000000000009987": ("visa", "card_declined", "lost_card"),
+    "4000000000009979": ("visa", "card_declined", "stolen_card"),
+    "4000000000000069": ("visa", "expired_card", "expired_card"),
+    "4000000000000119": ("visa", "processing_error", None),
+}
+#: Test amounts: the two right-most digits of the amount -> decline code (other endings approve).
+TEST_AMOUNTS = {1: "call_issuer", 2: "offline_pin_required", 3: "online_or_offline_pin_required",
+                5: "generic_decline", 55: "incorrect_pin", 65: "withdrawal_count_limit_exceeded",
+                75: "pin_try_exceeded"}
+_DECLINE_MESSAGES = {
+    "insufficient_funds": "Your card has insufficient funds.",
+    "lost_card": "Your card was declined.",
+    "stolen_card": "Your card was declined.",
+    "expired_card": "Your card has expired.",
+    "processing_error": "An error occurred while processing your card. Try again in a little bit.",
+    "incorrect_pin": "The PIN entered is incorrect.",
+    "pin_try_exceeded": "The allowable number of PIN tries has been exceeded.",
+}
+SIMULATED_CODES = {"simulated-wpe": "simulated_wisepos_e", "simulated-s700": "simulated_stripe_s700",
+                   "simulated-s710": "simulated_stripe_s710"}
+
+
+class ApiError(Exception):
+    """An error answer.  ``stored``: kept for idempotent replay (False for validation failures)."""
+
+    def __init__(self, status: int, message: str, code: Optional[str] = None, param: Optional[str] = None,
+                 type: str = "invalid_request_error", stored: bool = True, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.stored = stored
+        self.body: dict[str, Any] = {"type": type, "message": message}
+        if code:
+            self.body["code"] = code
+            self.body["doc_url"] = _DOC + code
+        if param:
+            self.body["param"] = param
+        self.body.update(extra)
+
+
+def _missing(name: str) -> ApiError:
+    return ApiError(400, f"Missing required param: {name}.", "parameter_missing", name, stored=False)
+
+
+def _no_such(kind: str, object_id: str, param: str = "id") -> ApiError:
+    return ApiError(404, f"No such {kind}: '{object_id}'", "resource_missing", param)
+
+
+def decode_form(text: str) -> dict[str, Any]:
+    """``a[b][0]=x&c[]=y&c[]=z`` -> ``{"a": {"b": ["x"]}, "c": ["y", "z"]}`` (values stay strings)."""
+    root: dict[str, Any] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        head, _, rest = key.partition("[")
+        parts = [head] + (re.findall(r"([^\[\]]*)\]", "[" + rest) if rest else [])
+        node: Any = root
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if part == "":  # a[] appends
+                node.setdefault("\0list", [])
+                if last:
+                    node["\0list"].append(value)
+                    break
+                node["\0list"].append({})
+                node = node["\0list"][-1]
+                continue
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+    return _listify(root)
+
+
+def _listify(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    if "\0list" in node:
+        return [_listify(v) for v in node["\0list"]]
+    if node and all(k.isdigit() for k in node):
+        return [_listify(node[k]) for k in sorted(node, key=int)]
+    return {k: _listify(v) for k, v in node.items()}
+
+
+def _bool(value: Any, name: str) -> bool:
+    if value in ("true", "True", True):
+        return True
+    if value in ("false", "False", False):
+        return False
+    raise ApiError(400, f"Invalid boolean: {value}", "parameter_invalid_boolean", name, stored=False)
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+        return int(value)
+    raise ApiError(400, f"Invalid integer: {value}", "parameter_invalid_integer", name, stored=False)
+
+
+def _check_params(params: dict[str, Any], allowed: set[str], required: tuple[str, ...] = ()) -> None:
+    for name in params:
+        if name not in allowed and name != "expand":
+            raise ApiError(400, f"Received unknown parameter: {name}", "parameter_unknown", name, stored=False)
+    for name in required:
+        if params.get(name) in (None, ""):
+            raise _missing(name)
+
+
+@dataclass
+class ReaderKnobs:
+    busy: int = 0  # answer terminal_reader_busy to this many commands
+    timeout: int = 0  # answer terminal_reader_timeout to this many commands, without doing them
+    timeout_false_negative: int = 0  # do the command, then answer terminal_reader_timeout, this many times
+    lose_completion: bool = False  # the action stays in_progress after the card (the missing-webhook case)
+    auth_latency: float = 0.0  # seconds the authorisation takes (cancel_action is busy meanwhile)
+    auto_present: Optional[str] = None  # a test card presented automatically after process_payment_intent ...
+    auto_present_delay: float = 1.0  # ... this many seconds later
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    params: dict[str, Any]
+    idempotency_key: Optional[str]
+    stripe_version: Optional[str]
+    authorization: Optional[str]
+
+
+@dataclass
+class _Stored:
+    method: str
+    path: str
+    params: Any
+    status: int = 0
+    body: bytes = b""
+    request_id: str = ""
+    created: float = 0.0
+    in_flight: bool = True
+
+
+@dataclass
+class _Failure:
+    count: int
+    status: int
+    match: Optional[str]
+    drop: bool = False
+
+
+class FakeStripe:
+    """The fake's state, its knobs, and its HTTP face (:meth:`resource`, :meth:`listen`)."""
+
+    log = Logger()
+
+    def __init__(self, clock: Any, keys: Optional[set[str]] = None, livemode_keys: bool = False) -> None:
+        self.clock = clock
+        self.keys = keys  # None: any sk_test_/rk_test_ key is accepted
+        self.livemode_keys = livemode_keys  # accept sk_live_/rk_live_ keys too (as a live account would)
+        self.forbidden_keys: set[str] = set()  # 403 on every call with these keys
+        self.requests: list[Recorded] = []
+        self.locations: dict[str, dict] = {}
+        self.readers: dict[str, dict] = {}
+        self.knobs: dict[str, ReaderKnobs] = {}
+        self.intents: dict[str, dict] = {}
+        self.charges: dict[str, dict] = {}
+        self.refunds: dict[str, dict] = {}
+        self.registration_codes: dict[str, tuple[str, str]] = {}  # code -> (device_type, serial): real readers
+        self.slow: float = 0.0  # seconds before every answer
+        self.allow_over_capture = False
+        self._failures: list[_Failure] = []
+        self._idempotency: dict[tuple[str, str], _Stored] = {}
+        self._calls: dict[str, Any] = {}  # delayed calls, cancelled by stop()
+        self._authorizing: set[str] = set()  # readers authorising a card now
+        self._wrapper: Optional[_TrackingFactory] = None
+        self._port: Any = None
+        self.last_stored: Optional[_Stored] = None  # the idempotent entry of the request being answered
+
+    # -- knobs ----------------------------------------------------------------------------------
+
+    def reader_knobs(self, reader_id: str) -> ReaderKnobs:
+        return self.knobs.setdefault(reader_id, ReaderKnobs())
+
+    def set_online(self, reader_id: str, online: bool) -> None:
+        self.readers[reader_id]["status"] = "online" if online else "offline"
+        if online:
+            self.readers[reader_id]["last_seen_at"] = int(self.clock.seconds() * 1000)
+
+    def fail_next(self, count: int = 1, status: int = 500, match: Optional[str] = None) -> None:
+        """Answer the next ``count`` requests (whose path contains ``match``) with ``status`` before doing
+        anything: 429 (rate limit) or 5xx from Stripe's edge.  Not stored for idempotency."""
+        self._failures.append(_Failure(count, status, match))
+
+    def drop_next(self, match: str) -> None:
+        """Do the next request whose path contains ``match``, keep its result, and drop the connection
+        instead of answering (the response lost after the commit)."""
+        self._failures.append(_Failure(1, 0, match, drop=True))
+
+    def add_location(self, display_name: str = "Shop", country: str = "FR") -> dict:
+        location = {"id": "tml_" + _rand(), "object": "terminal.location", "display_name": display_name,
+                    "address": {"country": country, "line1": "", "city": "", "postal_code": "", "state": ""},
+                    "metadata": {}, "livemode": False}
+        self.locations[location["id"]] = location
+        return location
+
+    def add_reader(self, serial: Optional[str] = None, device_type: str = "simulated_wisepos_e",
+                   label: str = "Reader", location: Optional[str] = None, livemode: bool = False) -> dict:
+        """A reader already registered to the account, as if through the Dashboard."""
+        if location is None:
+            location = next(iter(self.locations), None) or self.add_location()["id"]
+        reader = {"id": "tmr_" + _rand(), "object": "terminal.reader", "action": None,
+                  "device_sw_version": "2.30.0", "device_type": device_type, "ip_address": "0.0.0.0",
+                  "label": label, "last_seen_at": int(self.clock.seconds() * 1000), "livemode": livemode,
+                  "location": location, "metadata": {}, "serial_number": serial or str(uuid.uuid4()),
+                  "status": "online"}
+        self.readers[reader["id"]] = reader
+        return reader
+
+    def present(self, reader_id: str, card: str = "4242424242424242") -> dict:
+        """The test helper, from Python: the customer presents ``card`` on the reader."""
+        return self._present(self._reader(reader_id), {"card_present": {"number": card}})
+
+    def customer_cancel(self, reader_id: str) -> dict:
+        """The customer presses cancel on the reader (process_config[enable_customer_cancellation])."""
+        reader = self._reader(reader_id)
+        action = reader.get("action")
+        if not action or action["status"] != "in_progress":
+            raise ApiError(400, "This Reader does not have an in-progress action.")
+        self._cancel_later("present:" + reader_id)
+        action.update(status="failed", failure_code="customer_canceled",
+                      failure_message="This action could not be completed due to an error on the card reader.")
+        return reader
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    def resource(self) -> Resource:
+        return _FakeResource(self)
+
+    def listen(self, reactor: Any, description: str = "tcp:0:interface=127.0.0.1") -> "Deferred[Any]":
+        site = Site(self.resource())
+        site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]
+        self._wrapper = _TrackingFactory(site)
+        d = serverFromString(reactor, description).listen(self._wrapper)
+
+        def listening(port: Any) -> Any:
+            self._port = port
+            return port
+
+        return d.addCallback(listening)
+
+    @property
+    def url(self) -> str:
+        address = self._port.getHost()
+        return f"http://{address.host}:{address.port}"
+
+    def stop(self) -> "Deferred[None]":
+        """Stop listening, drop open connections, cancel pending timers; fires when all is closed."""
+        for call in self._calls.values():
+            if call.active():
+                call.cancel()
+        self._calls.clear()
+        d = self._port.stopListening() if self._port is not None else succeed(None)
+        self._port = None
+        wrapper = self._wrapper
+        if wrapper is None:
+            return d
+        return d.addCallback(lambda _: wrapper.close_all())
+
+    def _later(self, name: str, delay: float, function: Callable, *args: Any) -> None:
+        old = self._calls.pop(name, None)
+        if old is not None and old.active():
+            old.cancel()
+
+        def run() -> None:
+            self._calls.pop(name, None)
+            function(*args)
+
+        self._calls[name] = self.clock.callLater(delay, run)
+
+    def _cancel_later(self, name: str) -> None:
+        call = self._calls.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def handle(self, method: str, path: str, headers: dict[str, Optional[str]], body: bytes,
+               query: str) -> tuple[int, dict[str, str], bytes, bool]:
+        """One request -> (status, extra headers, body, drop the connection instead of answering)."""
+        text = body.decode("utf-8", "replace") if method == "POST" else query
+        try:
+            params = decode_form(text)
+        except ValueError:
+            params = {}
+        key_header = headers.get("idempotency-key")
+        version = headers.get("stripe-version")
+        self.requests.append(Recorded(method, path, params, key_header, version, headers.get("authorization")))
+        request_id = "req_" + _rand(14)
+        out_headers = {"Request-Id": request_id}
+        drop = False
+        for failure in list(self._failures):
+            if failure.match is None or failure.match in path:
+                failure.count -= 1
+                if failure.count <= 0:
+                    self._failures.remove(failure)
+                if failure.drop:
+                    drop = True
+                    break
+                if failure.status == 429:
+                    error = ApiError(429, "Too many requests hit the API too quickly.", "rate_limit",
+                                     stored=False)
+                else:
+                    error = ApiError(failure.status, "An unknown error occurred", None, type="api_error",
+                                     stored=False)
+                    out_headers["Stripe-Should-Retry"] = "true"
+                return failure.status, out_headers, _json({"error": error.body}), False
+        try:
+            api_key = self._authenticate(headers.get("authorization"))
+        except ApiError as error:
+            return error.status, out_headers, _json({"error": error.body}), False
+        livemode = "_live_" in api_key
+        stored: Optional[_Stored] = None
+        self.last_stored = None
+        if method == "POST" and key_header:
+            scope = (api_key, key_header)
+            stored = self._idempotency.get(scope)
+            if stored is not None and self.clock.seconds() - stored.created > 24 * 3600:
+                del self._idempotency[scope]
+                stored = None
+            if stored is not None:
+                if stored.in_flight:
+                    error = ApiError(409, "There is currently another in-progress request using this Idempotent "
+                                          "Key (that probably means you submitted twice, and the other request "
+                                          "is still going through).", "idempotency_key_in_use",
+                                     type="idempotency_error", stored=False)
+                    return 409, out_headers, _json({"error": error.body}), False
+                if (stored.method, stored.path, stored.params) != (method, path, params):
+                    error = ApiError(400, "Keys for idempotent requests can only be used with the same "
+                                          "parameters they were first used with. Try using a key other than "
+                                          f"'{key_header}' if you meant to execute a different request.",
+                                     type="idempotency_error", stored=False)
+                    return 400, out_headers, _json({"error": error.body}), False
+                out_headers.update({"Idempotent-Replayed": "true", "Original-Request": stored.request_id})
+                return stored.status, out_headers, stored.body, drop
+            stored = _Stored(method, path, params, request_id=request_id, created=self.clock.seconds())
+        try:
+            status, answer = 200, self._route(method, path, params, version, livemode)
+            payload = _json(answer)
+        except ApiError as error:
+            status, payload = error.status, _json({"error": error.body})
+            if not error.stored:
+                stored = None
+        if stored is not None:
+            # With slow answers, a duplicate arriving before this one is answered is "in flight" (409).
+            stored.status, stored.body, stored.in_flight = status, payload, self.slow > 0
+            self._idempotency[(api_key, key_header or "")] = stored
+            self.last_stored = stored
+        return status, out_headers, payload, drop
+
+    def _authenticate(self, header: Optional[str]) -> str:
+        key = None
+        if header and header.startswith("Bearer "):
+            key = header[7:].strip()
+        elif header and header.startswith("Basic "):
+            try:
+                key = base64.b64decode(header[6:]).decode().partition(":")[0]
+            except (ValueError, UnicodeDecodeError):
+                key = None
+        if not key:
+            raise ApiError(401, "You did not provide an API key. You need to provide your API key in the "
+                                "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
+                                "YOUR_SECRET_KEY').", stored=False)
+        prefixes = ("sk_test_", "rk_test_") + (("sk_live_", "rk_live_") if self.livemode_keys else ())
+        if (self.keys is not None and key not in self.keys) or not key.startswith(prefixes):
+            raise ApiError(401, f"Invalid API Key provided: {key[:8]}{'*' * 8}{key[-4:]}", stored=False)
+        if key in self.forbidden_keys:
+            raise ApiError(403, f"The provided key '{key[:8]}***{key[-4:]}' does not have the required "
+                                "permissions for this endpoint on account 'acct_fake'.", stored=False,
+                           type="invalid_request_error")
+        return key
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def _route(self, method: str, path: str, params: dict, version: Optional[str], livemode: bool) -> Any:
+        parts = path.strip("/").split("/")
+        if parts[:1] != ["v1"]:
+            raise ApiError(404, f"Unrecognized request URL ({method}: {path}).", stored=False)
+        rest = parts[1:]
+        shape = lambda pi: self._shape_intent(pi, version, params.get("expand") or [])  # noqa: E731
+        if rest == ["terminal", "locations"]:
+            return self._create_location(params) if method == "POST" else self._list(self.locations, params)
+        if rest[:2] == ["terminal", "locations"] and len(rest) == 3:
+            location = self.locations.get(rest[2]) or _raise(_no_such("terminal.location", rest[2]))
+            if method == "DELETE":
+                del self.locations[rest[2]]
+                return {"id": rest[2], "object": "terminal.location", "deleted": True}
+            if method == "POST":
+                _check_params(params, {"display_name", "metadata"})
+                location.update({k: v for k, v in params.items() if k != "expand"})
+            return location
+        if rest == ["terminal", "readers"]:
+            return self._register_reader(params, livemode) if method == "POST" else self._list_readers(params)
+        if rest[:2] == ["terminal", "readers"] and len(rest) >= 3:
+            reader = self._reader(rest[2])
+            if len(rest) == 3:
+                if method == "DELETE":
+                    del self.readers[reader["id"]]
+                    return {"id": reader["id"], "object": "terminal.reader", "deleted": True}
+                if method == "POST":
+                    _check_params(params, {"label", "metadata"})
+                    reader.update({k: v for k, v in params.items() if k != "expand"})
+                return self._shape_reader(reader, version, params.get("expand") or [])
+            command = rest[3] if len(rest) == 4 else ""
+            if method == "POST" and command == "process_payment_intent":
+                return self._shape_reader(self._process(reader, params), version, params.get("expand") or [])
+            if method == "POST" and command == "cancel_action":
+                _check_params(params, set())
+                return self._shape_reader(self._cancel_action(reader), version, [])
+            if method == "POST" and command == "set_reader_display":
+                return self._set_display(reader, params)
+        if rest[:3] == ["test_helpers", "terminal", "readers"] and len(rest) == 5 and method == "POST" \
+                and rest[4] == "present_payment_method":
+            reader = self._reader(rest[3])
+            if livemode or not reader["device_type"].startswith("simulated_"):
+                raise ApiError(400, "Test helpers only work with simulated readers in test mode.")
+            return self._shape_reader(self._present(reader, params), version, [])
+        if rest == ["payment_intents"]:
+            if method == "POST":
+                return shape(self._create_intent(params, livemode))
+            return self._list(self.intents, params, shape)
+        if rest[:1] == ["payment_intents"] and len(rest) in (2, 3):
+            intent = self.intents.get(rest[1]) or _raise(_no_such("payment_intent", rest[1], "intent"))
+            if len(rest) == 2:
+                if method == "POST":
+                    _check_params(params, {"metadata", "description"})
+                    intent.update({k: v for k, v in params.items() if k != "expand"})
+                return shape(intent)
+            if method == "POST" and rest[2] == "capture":
+                return shape(self._capture(intent, params))
+            if method == "POST" and rest[2] == "cancel":
+                return shape(self._cancel_intent(intent, params))
+        if rest == ["refunds"]:
+            if method == "POST":
+                return self._create_refund(params)
+            items = {k: v for k, v in self.refunds.items()
+                     if not params.get("payment_intent") or v["payment_intent"] == params["payment_intent"]}
+            return self._list(items, {k: v for k, v in params.items() if k != "payment_intent"})
+        if rest[:1] == ["refunds"] and len(rest) == 2:
+            return self.refunds.get(rest[1]) or _raise(_no_such("refund", rest[1]))
+        if rest == ["terminal", "connection_tokens"] and method == "POST":
+            return {"object": "terminal.connection_token", "secret": "pst_test_" + _rand(24)}
+        raise ApiError(404, f"Unrecognized request URL ({method}: {path}).", stored=False)
+
+    def _list(self, items: dict, params: dict, shape: Callable = lambda o: o) -> dict:
+        limit = _int(params.get("limit", "10"), "limit")
+        if not 1 <= limit <= 100:
+            raise ApiError(400, "Invalid limit: must be between 1 and 100", "parameter_invalid_integer",
+                           "limit", stored=False)
+        newest_first = list(reversed(list(items.values())))  # dicts keep insertion (creation) order
+        if params.get("starting_after"):
+            ids = [o["id"] for o in newest_first]
+            start = ids.index(params["starting_after"]) + 1 if params["starting_after"] in ids else 0
+            newest_first = newest_first[start:]
+        page = newest_first[:limit]
+        return {"object": "list", "data": [shape(o) for o in page], "has_more": len(newest_first) > limit,
+                "url": "/v1/..."}
+
+    def _reader(self, reader_id: str) -> dict:
+        return self.readers.get(reader_id) or _raise(_no_such("terminal.reader", reader_id))
+
+    def _create_location(self, params: dict) -> dict:
+        _check_params(params, {"display_name", "address", "metadata", "configuration_overrides"},
+                      ("display_name",))
+        address = params.get("address") or {}
+        if not isinstance(address, dict) or not address.get("country"):
+            raise _missing("address[country]")
+        location = self.add_location(params["display_name"], address["country"])
+        location["address"].update(address)
+        location["metadata"] = params.get("metadata") or {}
+        return location
+
+    def _register_reader(self, params: dict, livemode: bool) -> dict:
+        _check_params(params, {"registration_code", "location", "label", "metadata"}, ("registration_code",))
+        code = params["registration_code"]
+        location = params.get("location")
+        if location is not None and location not in self.locations:
+            raise _no_such("terminal.location", location, "location")
+        if code in SIMULATED_CODES and not livemode:
+            reader = self.add_reader(device_type=SIMULATED_CODES[code], label=params.get("label") or "Reader",
+                                     location=location)
+        elif code in self.registration_codes:
+            device_type, serial = self.registration_codes.pop(code)
+            reader = self.add_reader(serial, device_type, params.get("label") or serial, location, livemode)
+        else:
+            raise ApiError(400, "The registration code you provided is not valid. Please make sure you've "
+                                "entered the code shown on your reader.", None, "registration_code")
+        reader["metadata"] = params.get("metadata") or {}
+        return reader
+
+    def _list_readers(self, params: dict) -> dict:
+        _check_params(params, {"location", "status", "device_type", "serial_number", "limit", "starting_after",
+                               "ending_before"})
+        items = {k: r for k, r in self.readers.items()
+                 if all(not params.get(f) or r.get(f) == params[f]
+                        for f in ("location", "status", "device_type", "serial_number"))}
+        return self._list(items, {k: v for k, v in params.items() if k in ("limit", "starting_after")},
+                          lambda r: self._shape_reader(r, None, []))
+
+    def _shape_reader(self, reader: dict, version: Optional[str], expand: list) -> dict:
+        shaped = json.loads(json.dumps(reader))
+        action = shaped.get("action")
+        if action and (version is None or version < API_ERROR_VERSION):
+            action.pop("api_error", None)
+        if action and "action.process_payment_intent.payment_intent" in expand and \
+                action.get("process_payment_intent"):
+            pi = self.intents.get(action["process_payment_intent"]["payment_intent"])
+            if pi is not None:
+                action["process_payment_intent"]["payment_intent"] = self._shape_intent(pi, version, [])
+        return shaped
+
+    # -- readers --------------------------------------------------------------------------------
+
+    def _reader_gate(self, reader: dict) -> Optional[str]:
+        """The checks every reader command goes through; returns "false_negative" when the command must be
+        done and then reported as timed out."""
+        knobs = self.reader_knobs(reader["id"])
+        if reader["status"] != "online":
+            raise ApiError(400, "Reader is currently offline, please ensure the reader is powered on and "
+                                "connected to the internet before retrying your request. " + _GUIDE,
+                           "terminal_reader_offline")
+        if knobs.busy > 0 or reader["id"] in self._authorizing:
+            if knobs.busy > 0:
+                knobs.busy -= 1
+            raise ApiError(400, "Reader is currently busy processing another request, please reference the "
+                                "integration guide at https://stripe.com/docs/terminal/payments/collect-payment"
+                                "?terminal-sdk-platform=server-driven#handle-errors for details on how to handle "
+                                "this error.", "terminal_reader_busy")
+        if knobs.timeout > 0:
+            knobs.timeout -= 1
+            raise _timeout_error()
+        if knobs.timeout_false_negative > 0:
+            knobs.timeout_false_negative -= 1
+            return "false_negative"
+        return None
+
+    def _process(self, reader: dict, params: dict) -> dict:
+        _check_params(params, {"payment_intent", "process_config"}, ("payment_intent",))
+        gate = self._reader_gate(reader)
+        pi = self.intents.get(params["payment_intent"]) or _raise(
+            _no_such("payment_intent", params["payment_intent"], "payment_intent"))
+        if pi["status"] != "requires_payment_method":
+            raise ApiError(400, "Payment intent must be in the requires_payment_method state to be processed by "
+                                "a reader.", "intent_invalid_state")
+        config = params.get("process_config") or {}
+        if "enable_customer_cancellation" in config:
+            config["enable_customer_cancellation"] = _bool(config["enable_customer_cancellation"],
+                                                           "process_config[enable_customer_cancellation]")
+        if "skip_tipping" in config:
+            config["skip_tipping"] = _bool(config["skip_tipping"], "process_config[skip_tipping]")
+        action: dict[str, Any] = {"type": "process_payment_intent", "status": "in_progress",
+                                  "failure_code": None, "failure_message": None,
+                                  "process_payment_intent": {"payment_intent": pi["id"]}}
+        if config:
+            action["process_payment_intent"]["process_config"] = config
+        reader["action"] = action  # an in-progress action with no card yet is replaced
+        knobs = self.reader_knobs(reader["id"])
+        if knobs.auto_present:
+            self._later("present:" + reader["id"], knobs.auto_present_delay, self._auto_present, reader["id"],
+                        pi["id"], knobs.auto_present)
+        if gate == "false_negative":
+            raise _timeout_error()
+        return reader
+
+    def _auto_present(self, reader_id: str, pi_id: str, card: str) -> None:
+        reader = self.readers.get(reader_id)
+        action = reader and reader.get("action")
+        if action and action["status"] == "in_progress" and \
+                action.get("process_payment_intent", {}).get("payment_intent") == pi_id:
+            self._present(reader, {"card_present": {"number": card}})
+
+    def _cancel_action(self, reader: dict) -> dict:
+        self._reader_gate(reader)
+        self._cancel_later("present:" + reader["id"])
+        reader["action"] = None
+        return reader
+
+    def _set_display(self, reader: dict, params: dict) -> dict:
+        _check_params(params, {"type", "cart"}, ("type",))
+        if params["type"] != "cart" or not isinstance(params.get("cart"), dict):
+            raise _missing("cart")
+        self._reader_gate(reader)
+        reader["action"] = {"type": "set_reader_display", "status": "succeeded", "failure_code": None,
+                            "failure_message": None, "set_reader_display": {"type": "cart",
+                                                                            "cart": params["cart"]}}
+        return reader
+
+    def _present(self, reader: dict, params: dict) -> dict:
+        _check_params(params, {"type", "card_present", "interac_present", "amount_tip", "card"})
+        action = reader.get("action")
+        if not action or action["status"] != "in_progress" or action["type"] != "process_payment_intent":
+            raise ApiError(400, "This Reader does not have an in-progress action to present a payment method "
+                                "to.")
+        card = (params.get("card_present") or params.get("card") or {}).get("number") or "4242424242424242"
+        pi = self.intents[action["process_payment_intent"]["payment_intent"]]
+        latency = self.reader_knobs(reader["id"]).auth_latency
+        if latency > 0:
+            self._authorizing.add(reader["id"])
+            self._later("auth:" + reader["id"], latency, self._authorise, reader, pi, card)
+        else:
+            self._authorise(reader, pi, card)
+        return reader
+
+    def _authorise(self, reader: dict, pi: dict, card: str) -> None:
+        self._authorizing.discard(reader["id"])
+        brand, code, decline = TEST_CARDS.get(card, ("visa", None, None))
+        if code is None and pi["amount"] % 100 in TEST_AMOUNTS:
+            code, decline = "card_declined", TEST_AMOUNTS[pi["amount"] % 100]
+        action = reader["action"]
+        pm = {"id": "pm_" + _rand(), "object": "payment_method", "type": "card_present",
+              "card_present": {"brand": brand, "last4": card[-4:], "exp_month": 12, "exp_year": 2030,
+                               "read_method": "contact_emv", "network": brand}}
+        if code is not None:
+            message = _DECLINE_MESSAGES.get(decline or code, "Your card was declined.")
+            pi["last_payment_error"] = {"type": "card_error", "code": code, "decline_code": decline,
+                                        "message": message, "payment_method": pm}
+            pi["status"] = "requires_payment_method"
+            action.update(status="failed", failure_code=code, failure_message=message)
+            action["api_error"] = dict(pi["last_payment_error"], payment_intent=pi["id"])
+            return
+        charge = {"id": "ch_" + _rand(), "object": "charge", "amount": pi["amount"], "amount_captured": 0,
+                  "amount_refunded": 0, "captured": False, "currency": pi["currency"], "paid": True,
+                  "payment_intent": pi["id"], "payment_method": pm["id"], "refunded": False,
+                  "status": "succeeded", "created": int(self.clock.seconds()), "livemode": pi["livemode"],
+                  "payment_method_details": {"type": "card_present", "card_present": dict(
+                      pm["card_present"], receipt={"authorization_code": f"{secrets.randbelow(10**6):06d}",
+                                                   "application_preferred_name": brand.upper()})},
+                  "_card": card}
+        self.charges[charge["id"]] = charge
+        pi.update(payment_method=pm["id"], latest_charge=charge["id"], last_payment_error=None)
+        if pi["capture_method"] == "manual":
+            pi.update(status="requires_capture", amount_capturable=pi["amount"])
+        else:
+            pi.update(status="succeeded", amount_received=pi["amount"])
+            charge.update(captured=True, amount_captured=pi["amount"])
+        if not self.reader_knobs(reader["id"]).lose_completion:
+            action.update(status="succeeded")
+
+    # -- payment intents ------------------------------------------------------------------------
+
+    def _create_intent(self, params: dict, livemode: bool) -> dict:
+        _check_params(params, {"amount", "currency", "payment_method_types", "capture_method", "metadata",
+                               "description", "payment_method_options", "statement_descriptor"},
+                      ("amount", "currency"))
+        amount = _int(params["amount"], "amount")
+        currency = params["currency"].lower()
+        if amount < MINIMUMS.get(currency, 1):
+            raise ApiError(400, f"Amount must be at least {MINIMUMS[currency]} {currency} (minor units)",
+                           "amount_too_small", "amount")
+        if amount > 99999999:
+            raise ApiError(400, "Amount must be no more than 999,999.99", "amount_too_large", "amount")
+        types = params.get("payment_method_types") or ["card"]
+        capture = params.get("capture_method") or "automatic"
+        if capture not in ("automatic", "automatic_async", "manual"):
+            raise ApiError(400, f"Invalid capture_method: {capture}", "parameter_invalid_string",
+                           "capture_method", stored=False)
+        pi_id = "pi_" + _rand(24)
+        pi = {"id": pi_id, "object": "payment_intent", "amount": amount, "amount_capturable": 0,
+              "amount_received": 0, "currency": currency, "status": "requires_payment_method",
+              "capture_method": capture, "payment_method_types": types, "metadata": params.get("metadata") or {},
+              "description": params.get("description"), "client_secret": f"{pi_id}_secret_{_rand(24)}",
+              "created": int(self.clock.seconds()), "livemode": livemode, "last_payment_error": None,
+              "payment_method": None, "canceled_at": None, "cancellation_reason": None, "latest_charge": None}
+        self.intents[pi_id] = pi
+        return pi
+
+    def _capture(self, pi: dict, params: dict) -> dict:
+        _check_params(params, {"amount_to_capture", "metadata"})
+        if pi["status"] != "requires_capture":
+            raise ApiError(400, f"This PaymentIntent could not be captured because it has a status of "
+                                f"{pi['status']}. Only a PaymentIntent with one of the following statuses may be "
+                                "captured: requires_capture.", "payment_intent_unexpected_state",
+                           payment_intent=self._shape_intent(pi, None, []))
+        amount = _int(params.get("amount_to_capture", str(pi["amount_capturable"])), "amount_to_capture")
+        if amount > pi["amount_capturable"] and not self.allow_over_capture:
+            raise ApiError(400, "The amount to capture must be less than or equal to the amount capturable.",
+                           "amount_too_large", "amount_to_capture")
+        charge = self.charges[pi["latest_charge"]]
+        charge.update(captured=True, amount_captured=amount)
+        pi.update(status="succeeded", amount_received=amount, amount_capturable=0)
+        return pi
+
+    def _cancel_intent(self, pi: dict, params: dict) -> dict:
+        _check_params(params, {"cancellation_reason"})
+        if pi["status"] in ("succeeded", "canceled"):
+            raise ApiError(400, f"You cannot cancel this PaymentIntent because it has a status of "
+                                f"{pi['status']}. Only a PaymentIntent with one of the following statuses may be "
+                                "canceled: requires_payment_method, requires_capture, requires_confirmation, "
+                                "requires_action, processing.", "payment_intent_unexpected_state")
+        pi.update(status="canceled", canceled_at=int(self.clock.seconds()),
+                  cancellation_reason=params.get("cancellation_reason"), amount_capturable=0)
+        return pi
+
+    def _shape_intent(self, pi: dict, version: Optional[str], expand: list) -> dict:
+        shaped = {k: v for k, v in pi.items()}
+        charge = self.charges.get(pi["latest_charge"]) if pi["latest_charge"] else None
+        public = {k: v for k, v in charge.items() if not k.startswith("_")} if charge else None
+        if version is None or version < LATEST_CHARGE_VERSION:
+            del shaped["latest_charge"]
+            shaped["charges"] = {"object": "list", "data": [public] if public else [], "has_more": False,
+                                 "url": f"/v1/charges?payment_intent={pi['id']}"}
+        elif "latest_charge" in expand and public:
+            shaped["latest_charge"] = public
+        return json.loads(json.dumps(shaped))
+
+    # -- refunds --------------------------------------------------------------------------------
+
+    def _create_refund(self, params: dict) -> dict:
+        _check_params(params, {"payment_intent", "charge", "amount", "reason", "metadata"})
+        if params.get("payment_intent"):
+            pi = self.intents.get(params["payment_intent"]) or _raise(
+                _no_such("payment_intent", params["payment_intent"], "payment_intent"))
+            charge = self.charges.get(pi["latest_charge"] or "")
+        elif params.get("charge"):
+            charge = self.charges.get(params["charge"]) or _raise(_no_such("charge", params["charge"], "charge"))
+            pi = self.intents[charge["payment_intent"]]
+        else:
+            raise _missing("payment_intent")
+        if pi["status"] != "succeeded" or charge is None:
+            raise ApiError(400, "This PaymentIntent does not have a successful charge to refund.",
+                           "charge_not_refundable" if pi["status"] != "canceled" else "charge_already_refunded")
+        left = charge["amount_captured"] - charge["amount_refunded"]
+        amount = _int(params["amount"], "amount") if "amount" in params else left
+        if amount <= 0 or amount > left:
+            raise ApiError(400, f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left})",
+                           "amount_too_large", "amount")
+        refund = {"id": "re_" + _rand(), "object": "refund", "amount": amount, "charge": charge["id"],
+                  "payment_intent": pi["id"], "currency": pi["currency"], "metadata": params.get("metadata") or {},
+                  "reason": params.get("reason"), "status": "succeeded", "failure_reason": None,
+                  "created": int(self.clock.seconds())}
+        if charge.get("_card") == "4000000000005126":
+            refund["status"] = "pending"
+            self._later("refund:" + refund["id"], 1.0, refund.update,
+                        {"status": "failed", "failure_reason": "expired_or_canceled_card"})
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount_captured"]
+        self.refunds[refund["id"]] = refund
+        return refund
+
+    # -- out-of-band knobs over HTTP ------------------------------------------------------------
+
+    def handle_knob(self, path: str, body: bytes) -> tuple[int, Any]:
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            return 400, {"error": "the body must be JSON"}
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["_fake", "readers"] and len(parts) == 3 and parts[2] in self.readers:
+            reader_id = parts[2]
+            if "status" in data:
+                self.set_online(reader_id, data.pop("status") == "online")
+            knobs = self.reader_knobs(reader_id)
+            for name, value in data.items():
+                if not hasattr(knobs, name):
+                    return 400, {"error": f"unknown knob {name}"}
+                setattr(knobs, name, value)
+            return 200, {"reader": reader_id, "knobs": knobs.__dict__}
+        if parts == ["_fake", "customer_cancel"] and data.get("reader") in self.readers:
+            try:
+                return 200, self.customer_cancel(data["reader"])
+            except ApiError as error:
+                return error.status, {"error": error.body}
+        if parts == ["_fake", "fail_next"]:
+            self.fail_next(int(data.get("count", 1)), int(data.get("status", 500)), data.get("match"))
+            return 200, {"ok": True}
+        if parts == ["_fake", "slow"]:
+            self.slow = float(data.get("seconds", 0))
+            return 200, {"ok": True}
+        if parts == ["_fake", "present"] and data.get("reader") in self.readers:
+            try:
+                return 200, self.present(data["reader"], data.get("card", "4242424242424242"))
+            except ApiError as error:
+                return error.status, {"error": error.body}
+        return 404, {"error": "unknown knob"}
+
+
+def _timeout_error() -> ApiError:
+    return ApiError(400, "There was a timeout when sending this command to the reader. " + _GUIDE,
+                    "terminal_reader_timeout")
+
+
+def _raise(error: Exception) -> Any:
+    raise error
+
+
+def _rand(length: int = 16) -> str:
+    return secrets.token_hex(length)[:length]
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data).encode()
+
+
+class _FakeResource(Resource):
+    isLeaf = True
+
+    def __init__(self, fake: FakeStripe) -> None:
+        super().__init__()
+        self._fake = fake
+
+    def render(self, request: Any) -> Any:
+        method = request.method.decode()
+        path = request.path.decode()
+        body = request.content.read() if request.content is not None else b""
+        if path.startswith("/_fake/"):
+            status, answer = self._fake.handle_knob(path, body)
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", b"application/json")
+            return _json(answer)
+        headers = {name: (request.getHeader(name) or None) for name in
+                   ("authorization", "idempotency-key", "stripe-version", "content-type")}
+        query = request.uri.decode().partition("?")[2]
+        status, extra, payload, drop = self._fake.handle(method, path, headers, body, query)
+        stored = self._fake.last_stored
+        if drop:
+            request.channel.transport.abortConnection()
+            return NOT_DONE_YET
+
+        def answer() -> None:
+            if stored is not None:
+                stored.in_flight = False
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", b"application/json")
+            for name, value in extra.items():
+                request.setHeader(name.encode(), value.encode())
+            request.write(payload)
+            request.finish()
+
+        if self._fake.slow > 0:
+            self._fake._later("slow:" + extra["Request-Id"], self._fake.slow, answer)
+            return NOT_DONE_YET
+        answer()
+        return NOT_DONE_YET
+
+
+class _TrackingFactory(WrappingFactory):
+    """Keeps the open connections so :meth:`close_all` can end them (tests must leave nothing open)."""
+
+    noisy = False
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__(wrapped)
+        self._waiters: list[Deferred] = []
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_all(self) -> "Deferred[None]":
+        if not self.protocols:
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._waiters.append(waiter)
+        for protocol in list(self.protocols):
+            protocol.transport.abortConnection()
+        return waiter
+
+
+# -- `terminal-bridge simulate stripe` --------------------------------------------------------------
+
+
+def add_fake_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="tcp:12111",
+                        help="where to listen, as a Twisted endpoint (default: %(default)s); the interface is "
+                             "127.0.0.1 unless the description names one")
+    parser.add_argument("--reader", action="append", default=[], metavar="SERIAL",
+                        help="a simulated reader already registered, with this serial number (repeatable; "
+                             "default: one reader, SIM-0001)")
+    parser.add_argument("--auto-present", metavar="CARD", default="4242424242424242",
+                        help="the test card the readers present by themselves; 'none' to wait for "
+                             "POST /_fake/present (default: %(default)s)")
+    parser.add_argument("--delay", type=float, default=3.0,
+                        help="seconds between process_payment_intent and the card (default: %(default)s)")
+
+
+def loopback_endpoint(description: str) -> str:
+    """A server endpoint description bound to 127.0.0.1 unless it names an interface."""
+    if description.startswith(("tcp:", "tcp6:")) and "interface=" not in description:
+        description += ":interface=127.0.0.1" if description.startswith("tcp:") else ":interface=\\:\\:1"
+    return description
+
+
+def start_fake(reactor: Any, args: argparse.Namespace) -> "Deferred[FakeStripe]":
+    fake = FakeStripe(reactor)
+    location = fake.add_location("Demo shop")
+    for serial in args.reader or ["SIM-0001"]:
+        reader = fake.add_reader(serial, label=f"Simulated {serial}", location=location["id"])
+        if args.auto_present != "none":
+            knobs = fake.reader_knobs(reader["id"])
+            knobs.auto_present, knobs.auto_present_delay = args.auto_present, args.delay
+    return fake.listen(reactor, loopback_endpoint(args.listen)).addCallback(lambda _: fake)
+

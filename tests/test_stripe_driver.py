@@ -1,0 +1,487 @@
+"""The Stripe reader driver: the real stripe library (5.0 or 16.x) against the fake Stripe API over real HTTP."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import fail, inlineCallbacks
+from twisted.python import threadable
+from zope.interface.verify import verifyObject
+
+from bridge.errors import BridgeError
+from bridge.terminals.base import ITerminalDriver
+from tests.stripe_support import SERIAL, SendRecorder, StripeTestCase, sleep
+
+
+class PaymentTests(StripeTestCase):
+    @inlineCallbacks
+    def test_an_approved_payment_is_captured_then_approved(self):
+        self.auto_present()
+        driver = self.make_driver()
+        verifyObject(ITerminalDriver, driver)
+        send = SendRecorder(self.fake)
+        outcome = yield driver.pay(self.request(1234), send)
+        self.assertEqual((outcome.state, outcome.code), ("approved", "approved"))
+        pi_id = outcome.details["payment_intent"]
+        self.assertEqual(send.calls, [{"payment_intent": pi_id, "reader": self.reader["id"]}])
+        # journaled in_progress after the PaymentIntent exists, before the reader got anything
+        self.assertTrue(any(p == "/v1/payment_intents" for p in send.requests_before[0]))
+        self.assertFalse(any("process_payment_intent" in p for p in send.requests_before[0]))
+        pi = self.intent(pi_id)
+        self.assertEqual((pi["status"], pi["capture_method"], pi["amount_received"]), ("succeeded", "manual", 1234))
+        self.assertEqual(pi["metadata"], {"payment_id": self._last_id()})
+        self.assertEqual(pi["payment_method_types"], ["card_present"])
+        self.assertEqual(outcome.details["card_masked"], "############4242")
+        self.assertEqual(outcome.details["card_brand"], "visa")
+        self.assertRegex(outcome.details["authorisation"], r"^\d{6}$")
+        self.assertEqual(len(self.paths("/capture", "POST")), 1)
+        create = self.paths("/v1/payment_intents", "POST")[0]
+        self.assertEqual(create.idempotency_key, f"tb-{self._last_id()}-pi")
+        self.assertTrue(all(r.stripe_version == "2024-06-20" for r in self.fake.requests))
+
+    def _last_id(self):
+        return f"pay_{self._count}_{id(self):x}"
+
+    @inlineCallbacks
+    def test_each_test_card_decline_is_declined_with_code_and_message_and_the_intent_voided(self):
+        driver = self.make_driver()
+        cases = {"4000000000000002": "generic_decline", "4000000000009995": "insufficient_funds",
+                 "4000000000009987": "lost_card", "4000000000000069": "expired_card"}
+        for card, decline in cases.items():
+            self.auto_present(card, 0.02)
+            outcome = yield driver.pay(self.request(1234), SendRecorder(self.fake))
+            self.assertEqual((outcome.state, outcome.code), ("declined", "card_declined"), card)
+            self.assertEqual(outcome.details["decline_code"], decline)
+            self.assertIn("The card was declined:", outcome.message)
+            self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+        self.assertEqual(self.paths("/capture"), [])
+
+    @inlineCallbacks
+    def test_insufficient_funds_carries_stripes_message(self):
+        self.auto_present("4000000000009995", 0.02)
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual(outcome.message, "The card was declined: Your card has insufficient funds.")
+
+    @inlineCallbacks
+    def test_test_amounts_decline_by_their_last_two_digits(self):
+        driver = self.make_driver()
+        for amount, decline in ((1205, "generic_decline"), (1255, "incorrect_pin"), (1275, "pin_try_exceeded")):
+            self.auto_present(delay=0.02)
+            outcome = yield driver.pay(self.request(amount), SendRecorder(self.fake))
+            self.assertEqual(outcome.state, "declined")
+            self.assertEqual(outcome.details["decline_code"], decline)
+
+    @inlineCallbacks
+    def test_processing_error_is_a_decline_without_capture(self):
+        self.auto_present("4000000000000119", 0.02)
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual(outcome.state, "declined")
+        self.assertEqual(outcome.details["stripe_code"], "processing_error")
+        self.assertEqual(self.paths("/capture"), [])
+
+    @inlineCallbacks
+    def test_the_customer_cancelling_on_the_reader(self):
+        driver = self.make_driver()
+        running = driver.pay(self.request(), SendRecorder(self.fake))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        self.fake.customer_cancel(self.reader["id"])
+        outcome = yield running
+        self.assertEqual((outcome.state, outcome.code), ("cancelled", "customer_cancelled"))
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+
+    @inlineCallbacks
+    def test_amount_below_stripes_minimum_is_refused_before_any_call(self):
+        driver = self.make_driver()
+        send = SendRecorder(self.fake)
+        outcome = yield driver.pay(self.request(49), send)
+        self.assertEqual((outcome.state, outcome.code), ("failed", "amount_too_small"))
+        self.assertIn("0.50 EUR", outcome.message)
+        self.assertEqual(self.fake.requests, [])
+        self.assertEqual(send.calls, [])
+
+    @inlineCallbacks
+    def test_a_second_payment_while_one_runs_is_refused(self):
+        driver = self.make_driver()
+        running = driver.pay(self.request(), SendRecorder(self.fake))
+        second = yield driver.pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((second.state, second.code), ("failed", "terminal_busy"))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        self.fake.present(self.reader["id"])
+        outcome = yield running
+        self.assertEqual(outcome.state, "approved")
+
+    @inlineCallbacks
+    def test_a_failing_before_send_sends_nothing_to_the_reader_and_voids_the_intent(self):
+        driver = self.make_driver()
+        refusal = fail(BridgeError("cancelled_before_send", "Cancelled before sending."))
+        outcome = yield driver.pay(self.request(), SendRecorder(self.fake, refusal))
+        self.assertEqual((outcome.state, outcome.code), ("failed", "cancelled_before_send"))
+        self.assertEqual(self.paths("process_payment_intent"), [])
+        self.assertEqual([pi["status"] for pi in self.fake.intents.values()], ["canceled"])
+
+
+class CaptureTests(StripeTestCase):
+    @inlineCallbacks
+    def test_capture_failing_is_never_approved_and_releases_the_authorisation(self):
+        self.auto_present()
+        self.fake.fail_next(count=50, status=500, match="/capture")
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("failed", "capture_failed"))
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+
+    @inlineCallbacks
+    def test_5xx_on_capture_is_retried_with_the_same_idempotency_key(self):
+        self.auto_present()
+        self.fake.fail_next(count=2, status=503, match="/capture")
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual(outcome.state, "approved")
+        captures = self.paths("/capture", "POST")
+        self.assertEqual(len(captures), 3)
+        self.assertEqual(len({c.idempotency_key for c in captures}), 1)
+
+    @inlineCallbacks
+    def test_a_capture_answer_lost_after_the_commit_is_replayed_not_repeated(self):
+        self.auto_present()
+        self.fake.drop_next("/capture")
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual(outcome.state, "approved")
+        captures = self.paths("/capture", "POST")
+        self.assertEqual(len(captures), 2)
+        self.assertEqual(captures[0].idempotency_key, captures[1].idempotency_key)
+        pi = self.intent(outcome.details["payment_intent"])
+        self.assertEqual(pi["amount_received"], 1234)
+
+    @inlineCallbacks
+    def test_rate_limits_are_retried_with_the_same_key(self):
+        self.auto_present()
+        self.fake.fail_next(count=2, status=429, match="/v1/payment_intents")
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual(outcome.state, "approved")
+        creates = [r for r in self.paths("/v1/payment_intents", "POST") if r.path == "/v1/payment_intents"]
+        self.assertEqual(len(creates), 3)
+        self.assertEqual(len({c.idempotency_key for c in creates}), 1)
+        self.assertEqual(len(self.fake.intents), 1)
+
+
+class ReaderErrorTests(StripeTestCase):
+    @inlineCallbacks
+    def test_an_offline_reader_fails_the_payment_and_nothing_is_charged(self):
+        self.fake.set_online(self.reader["id"], False)
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("failed", "reader_offline"))
+        self.assertIn("switched on", outcome.message)
+        self.assertIn("Nothing was charged", outcome.message)
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+
+    @inlineCallbacks
+    def test_a_busy_reader_is_asked_again_with_a_new_key(self):
+        self.auto_present()
+        self.knobs.busy = 2
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual(outcome.state, "approved")
+        keys = [r.idempotency_key for r in self.paths("process_payment_intent")]
+        self.assertEqual(len(keys), 3)
+        self.assertEqual(len(set(keys)), 3)
+
+    @inlineCallbacks
+    def test_a_reader_busy_for_good_fails_the_payment(self):
+        self.knobs.busy = 100
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("failed", "reader_busy"))
+
+    @inlineCallbacks
+    def test_a_timeout_that_was_a_false_negative_is_not_sent_twice(self):
+        self.auto_present()
+        self.knobs.timeout_false_negative = 1
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual(outcome.state, "approved")
+        self.assertEqual(len(self.paths("process_payment_intent")), 1)
+        self.assertTrue(self.paths(f"/v1/terminal/readers/{self.reader['id']}", "GET"))
+
+    @inlineCallbacks
+    def test_a_real_timeout_is_retried_with_a_new_key(self):
+        self.auto_present()
+        self.knobs.timeout = 1
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual(outcome.state, "approved")
+        keys = [r.idempotency_key for r in self.paths("process_payment_intent")]
+        self.assertEqual(len(keys), 2)
+        self.assertNotEqual(keys[0], keys[1])
+
+    @inlineCallbacks
+    def test_a_lost_completion_is_found_through_the_payment_intent(self):
+        self.auto_present()
+        self.knobs.lose_completion = True
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual(outcome.state, "approved")
+        self.assertEqual(self.fake.readers[self.reader["id"]]["action"]["status"], "in_progress")
+
+    @inlineCallbacks
+    def test_no_card_within_the_cap_cancels_the_action_and_voids_the_intent(self):
+        outcome = yield self.make_driver(payment_timeout=0.2).pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("cancelled", "payment_timeout"))
+        self.assertEqual(len(self.paths("cancel_action")), 1)
+        self.assertIsNone(self.fake.readers[self.reader["id"]]["action"])
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+
+    @inlineCallbacks
+    def test_stripe_unreachable_at_the_cap_is_unknown(self):
+        driver = self.make_driver(payment_timeout=0.2)
+        running = driver.pay(self.request(), SendRecorder(self.fake))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        self.fake.fail_next(count=1000, status=503)
+        outcome = yield running
+        self.assertEqual(outcome.state, "unknown")
+        self.assertIn("Stripe Dashboard", outcome.message)
+
+    @inlineCallbacks
+    def test_a_rejected_key_is_named_a_configuration_error(self):
+        self.fake.keys = {"sk_test_right"}
+        outcome = yield self.make_driver("sk_test_wrong").pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("failed", "stripe_auth_failed"))
+        self.assertIn("configuration error", outcome.message)
+
+    @inlineCallbacks
+    def test_a_key_without_the_rights_is_named_a_configuration_error(self):
+        self.fake.forbidden_keys = {"rk_test_narrow"}
+        outcome = yield self.make_driver("rk_test_narrow").pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("failed", "stripe_permission_denied"))
+        self.assertIn("configuration error", outcome.message)
+
+    @inlineCallbacks
+    def test_an_unknown_serial_number_is_a_configuration_error(self):
+        driver = self.make_driver()
+        driver._serial = "NOPE"
+        send = SendRecorder(self.fake)
+        outcome = yield driver.pay(self.request(), send)
+        self.assertEqual((outcome.state, outcome.code), ("failed", "reader_not_found"))
+        self.assertEqual(send.calls, [])
+
+
+class CancelTests(StripeTestCase):
+    @inlineCallbacks
+    def test_cancel_before_the_card_stops_the_reader(self):
+        driver = self.make_driver()
+        request = self.request()
+        running = driver.pay(request, SendRecorder(self.fake))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        words = yield driver.cancel(request.payment_id)
+        self.assertEqual(words, "The reader stopped the payment.")
+        outcome = yield running
+        self.assertEqual((outcome.state, outcome.code), ("cancelled", "cancelled"))
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+
+    @inlineCallbacks
+    def test_cancel_while_the_card_is_authorised_is_too_late_and_the_payment_completes(self):
+        self.knobs.auth_latency = 0.3
+        driver = self.make_driver()
+        request = self.request()
+        running = driver.pay(request, SendRecorder(self.fake))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        self.fake.present(self.reader["id"])
+        words = yield driver.cancel(request.payment_id)
+        self.assertIn("too late to cancel", words)
+        outcome = yield running
+        self.assertEqual(outcome.state, "approved")
+
+    @inlineCallbacks
+    def test_the_payment_can_win_the_race_with_cancel(self):
+        # Authorised, but the reader's action still shows in progress: cancel_action succeeds, the
+        # re-read PaymentIntent shows the truth.
+        self.knobs.lose_completion = True
+        driver = self.make_driver(poll_interval=5.0)
+        request = self.request()
+        running = driver.pay(request, SendRecorder(self.fake))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        self.fake.present(self.reader["id"])
+        words = yield driver.cancel(request.payment_id)
+        self.assertIn("Too late to cancel", words)
+        outcome = yield running
+        self.assertEqual(outcome.state, "approved")
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "succeeded")
+
+    @inlineCallbacks
+    def test_cancel_of_another_payment_changes_nothing(self):
+        driver = self.make_driver()
+        words = yield driver.cancel("pay_other")
+        self.assertEqual(words, "This payment is not running on the reader.")
+        self.assertEqual(self.fake.requests, [])
+
+
+class RefundTests(StripeTestCase):
+    @inlineCallbacks
+    def paid(self, driver, amount=1234):
+        self.auto_present(delay=0.02)
+        request = self.request(amount)
+        outcome = yield driver.pay(request, SendRecorder(self.fake))
+        self.assertEqual(outcome.state, "approved")
+        return request, outcome
+
+    @inlineCallbacks
+    def test_a_full_refund(self):
+        driver = self.make_driver()
+        request, outcome = yield self.paid(driver)
+        send = SendRecorder(self.fake)
+        refund = yield driver.pay(self.refund_request(request, outcome, 1234), send)
+        self.assertEqual((refund.state, refund.details["refund_status"]), ("approved", "succeeded"))
+        self.assertEqual(send.calls[0]["payment_intent"], outcome.details["payment_intent"])
+        made = self.fake.refunds[refund.details["refund"]]
+        self.assertEqual((made["amount"], made["payment_intent"]), (1234, outcome.details["payment_intent"]))
+
+    @inlineCallbacks
+    def test_partial_refunds_up_to_the_amount_paid(self):
+        driver = self.make_driver()
+        request, outcome = yield self.paid(driver)
+        first = yield driver.pay(self.refund_request(request, outcome, 500), SendRecorder(self.fake))
+        second = yield driver.pay(self.refund_request(request, outcome, 734), SendRecorder(self.fake))
+        self.assertEqual((first.state, second.state), ("approved", "approved"))
+        third = yield driver.pay(self.refund_request(request, outcome, 1), SendRecorder(self.fake))
+        self.assertEqual((third.state, third.code), ("failed", "amount_too_large"))
+        self.assertIn("Nothing was refunded", third.message)
+        self.assertEqual(sum(r["amount"] for r in self.fake.refunds.values()), 1234)
+
+    @inlineCallbacks
+    def test_a_refund_without_the_original_payment_is_refused_clearly(self):
+        driver = self.make_driver()
+        send = SendRecorder(self.fake)
+        outcome = yield driver.pay(self.request(500, "refund"), send)
+        self.assertEqual((outcome.state, outcome.code), ("failed", "refund_needs_original"))
+        self.assertEqual((send.calls, self.fake.requests), ([], []))
+
+
+class RecoveryTests(StripeTestCase):
+    """After a crash mid-payment: the journal has the PaymentIntent id; Stripe says what became of it."""
+
+    @inlineCallbacks
+    def intent_in(self, api, state):
+        pi = yield api.create_payment_intent(1234, "EUR", "pay_crashed", "tb-pay_crashed-pi")
+        if state == "requires_payment_method":
+            return pi["id"]
+        yield api.process_payment_intent(self.reader["id"], pi["id"], "k-ppi")
+        if state == "in_progress":
+            return pi["id"]
+        self.fake.present(self.reader["id"], "4000000000000002" if state == "declined" else "4242424242424242")
+        if state == "succeeded":
+            yield api.capture(pi["id"], "k-cap")
+        if state == "canceled":
+            yield api.cancel_payment_intent(pi["id"], "k-void")
+        return pi["id"]
+
+    @inlineCallbacks
+    def recover(self, state):
+        driver = self.make_driver()
+        pi_id = yield self.intent_in(driver.api, state)
+        outcome = yield driver.recover("pay_crashed", {"payment_intent": pi_id, "reader": self.reader["id"]})
+        return outcome, self.intent(pi_id)
+
+    @inlineCallbacks
+    def test_succeeded_is_approved(self):
+        outcome, pi = yield self.recover("succeeded")
+        self.assertEqual(outcome.state, "approved")
+        self.assertEqual(len(self.paths("/capture")), 1)
+
+    @inlineCallbacks
+    def test_requires_capture_is_captured_then_approved(self):
+        outcome, pi = yield self.recover("requires_capture")
+        self.assertEqual((outcome.state, pi["status"]), ("approved", "succeeded"))
+        self.assertEqual(self.paths("/capture")[0].idempotency_key, "tb-pay_crashed-capture")
+
+    @inlineCallbacks
+    def test_canceled_is_cancelled(self):
+        outcome, pi = yield self.recover("canceled")
+        self.assertEqual(outcome.state, "cancelled")
+
+    @inlineCallbacks
+    def test_a_decline_is_declined(self):
+        outcome, pi = yield self.recover("declined")
+        self.assertEqual((outcome.state, outcome.details["decline_code"]), ("declined", "generic_decline"))
+        self.assertEqual(pi["status"], "canceled")
+
+    @inlineCallbacks
+    def test_a_reader_still_waiting_is_stopped_and_nothing_charged(self):
+        outcome, pi = yield self.recover("in_progress")
+        self.assertEqual((outcome.state, outcome.code), ("cancelled", "bridge_restarted"))
+        self.assertEqual(pi["status"], "canceled")
+        self.assertIsNone(self.fake.readers[self.reader["id"]]["action"])
+
+    @inlineCallbacks
+    def test_unknown_only_when_stripe_cannot_say(self):
+        driver = self.make_driver()
+        pi_id = yield self.intent_in(driver.api, "requires_capture")
+        self.fake.fail_next(count=1000, status=503)
+        outcome = yield driver.recover("pay_crashed", {"payment_intent": pi_id})
+        self.assertIsNone(outcome)
+        no_pi = yield driver.recover("pay_crashed", {})
+        self.assertIsNone(no_pi)
+
+    @inlineCallbacks
+    def test_a_refund_is_found_or_known_not_made(self):
+        driver = self.make_driver()
+        pi_id = yield self.intent_in(driver.api, "succeeded")
+        missing = yield driver.recover("pay_refund", {"payment_intent": pi_id, "refund_key": "tb-pay_refund-refund"})
+        self.assertEqual((missing.state, missing.code), ("failed", "refund_not_sent"))
+        yield driver.api.create_refund(pi_id, 300, "pay_refund", "tb-pay_refund-refund")
+        found = yield driver.recover("pay_refund", {"payment_intent": pi_id, "refund_key": "tb-pay_refund-refund"})
+        self.assertEqual((found.state, found.details["amount_refunded"]), ("approved", 300))
+
+
+class StatusAndLookupTests(StripeTestCase):
+    @inlineCallbacks
+    def test_the_serial_number_is_looked_up_once(self):
+        driver = self.make_driver()
+        for _ in range(2):
+            self.auto_present(delay=0.02)
+            outcome = yield driver.pay(self.request(), SendRecorder(self.fake))
+            self.assertEqual(outcome.state, "approved")
+        yield driver.refresh_status()
+        lookups = [r for r in self.fake.requests if r.path == "/v1/terminal/readers"]
+        self.assertEqual(len(lookups), 1)
+        self.assertEqual(lookups[0].params["serial_number"], SERIAL)
+
+    @inlineCallbacks
+    def test_status_shows_the_reader_from_the_cached_read(self):
+        driver = self.make_driver()
+        self.assertEqual(driver.status()["state"], "unknown")
+        yield driver.refresh_status()
+        status = driver.status()
+        self.assertEqual((status["state"], status["online"], status["serial_number"], status["label"]),
+                         ("idle", True, SERIAL, "Till 1"))
+        self.assertEqual(status["device_type"], "simulated_wisepos_e")
+        self.assertRegex(status["last_seen"], r"^\d{4}-\d\d-\d\dT")
+        before = len(self.fake.requests)
+        driver.status()
+        self.assertEqual(len(self.fake.requests), before)
+        self.fake.set_online(self.reader["id"], False)
+        yield driver.refresh_status()
+        self.assertEqual((driver.status()["state"], driver.status()["online"]), ("offline", False))
+
+    @inlineCallbacks
+    def test_status_is_refreshed_on_a_timer(self):
+        driver = self.make_driver(status_interval=0.05)
+        yield self.wait_for(lambda: len(self.paths(self.reader["id"], "GET")) >= 2, "two status reads")
+        self.assertEqual(driver.status()["state"], "idle")
+
+    @inlineCallbacks
+    def test_stripe_calls_never_run_on_the_reactor_thread(self):
+        self.auto_present()
+        driver = self.make_driver()
+        seen = []
+        perform = driver.api._requestor.perform
+
+        def recording(*args):
+            seen.append(threadable.isInIOThread())
+            return perform(*args)
+
+        driver.api._requestor.perform = recording
+        outcome = yield driver.pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual(outcome.state, "approved")
+        self.assertTrue(threadable.isInIOThread())
+        self.assertGreater(len(seen), 4)
+        self.assertNotIn(True, seen)
+
+    @inlineCallbacks
+    def test_stopping_the_driver_stops_its_threads(self):
+        driver = self.make_driver()
+        yield driver.refresh_status()
+        self.assertTrue(driver.api.running)
+        driver.stop()
+        self.assertFalse(driver.api.running)
+        yield sleep(0)
