@@ -88,3 +88,10 @@ def test_adding_a_client_twice_is_refused(tmp_path):
     add_client(str(tmp_path / "clients.conf"), "pos", "cl_pos", "a" * 64, "b" * 64)
     with pytest.raises(ValueError):
         add_client(str(tmp_path / "clients.conf"), "pos", "cl_other", "a" * 64, "b" * 64)
+
+
+def test_relative_file_options_of_terminals_are_taken_from_the_config_directory(tmp_path):
+    (tmp_path / "key").write_text("sk_test_x\n")
+    path = write(tmp_path, "[bridge]\n[terminal:r]\ntype = stripe\nreader = tmr_1\napi_key_file = key\n")
+    config = load(path, VALIDATORS)
+    assert config.terminals["r"].options["api_key_file"] == str(tmp_path / "key")

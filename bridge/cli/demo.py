@@ -21,6 +21,10 @@ DEMO_TERMINALS = {
 }
 
 
+#: The simulated Stripe reader, served by a local fake of Stripe's API (never Stripe itself).
+STRIPE_TERMINAL, STRIPE_SERIAL, STRIPE_PORT_OFFSET = "demo-stripe", "SIM-0001", 10
+
+
 def write_demo_config(directory: str, port: int, terminal_port: int) -> str:
     """Write bridge.conf, clients.conf and client.json under ``directory`` unless they exist; return the
     config path."""
@@ -33,6 +37,13 @@ def write_demo_config(directory: str, port: int, terminal_port: int) -> str:
         for offset, name in enumerate(DEMO_TERMINALS):
             lines += [f"[terminal:{name}]", "type = caisse-ap-tcp", f"address = 127.0.0.1:{terminal_port + offset}",
                       "answer_timeout = 60", ""]
+        key_file = os.path.join(directory, "stripe-test-key")
+        with open(key_file, "w", encoding="utf-8") as f:
+            f.write("sk_test_demo\n")
+        os.chmod(key_file, 0o600)
+        lines += [f"[terminal:{STRIPE_TERMINAL}]", "type = stripe", f"serial_number = {STRIPE_SERIAL}",
+                  f"api_base = http://127.0.0.1:{terminal_port + STRIPE_PORT_OFFSET}", "api_key_file = stripe-test-key",
+                  ""]
         with open(config_path, "w", encoding="utf-8") as f:
             f.write("\n".join(lines))
     return config_path
@@ -70,11 +81,25 @@ def run_demo(args: argparse.Namespace) -> int:
 
     start_logging("info")
     for name, terminal in config.terminals.items():
+        if terminal.type != "caisse-ap-tcp":
+            continue
         script = DEMO_TERMINALS.get(name, (SimulatorScript(), ""))[0]
         host, _, port = terminal.options["address"].rpartition(":")
         endpoint = TCP4ServerEndpoint(reactor, int(port), interface=host)
         endpoint.listen(SimulatorFactory(reactor, script)).addErrback(
             lambda f, n=name: _fail(reactor, f"The simulated terminal {n} cannot listen: {f.getErrorMessage()}"))
+
+    if STRIPE_TERMINAL in config.terminals:
+        from bridge.terminals.stripe.fake import FakeStripe
+
+        fake = FakeStripe(reactor)
+        location = fake.add_location("Demo shop")
+        reader = fake.add_reader(STRIPE_SERIAL, label="Demo reader", location=location["id"])
+        knobs = fake.reader_knobs(reader["id"])
+        knobs.auto_present, knobs.auto_present_delay = "4242424242424242", 2.0
+        fake_port = args.terminal_port + STRIPE_PORT_OFFSET
+        started = fake.listen(reactor, f"tcp:{fake_port}:interface=127.0.0.1")
+        started.addErrback(lambda f: _fail(reactor, f"The fake Stripe API cannot listen: {f.getErrorMessage()}"))
 
     daemon = Daemon(config, reactor)
     program = shlex.quote(os.path.join(os.path.dirname(sys.executable), "terminal-bridge"))
@@ -89,10 +114,12 @@ def run_demo(args: argparse.Namespace) -> int:
         print("Simulated Caisse-AP terminals:", flush=True)
         for name, (script, what) in DEMO_TERMINALS.items():
             print(f"  {name:15} {what}", flush=True)
+        print(f"Simulated Stripe reader (a local fake of Stripe's API):\n  {STRIPE_TERMINAL:15} a test card is "
+              "presented after 2 seconds", flush=True)
         print("\nMake a test payment from another terminal window:\n", flush=True)
         print(f"  {program} pay --credentials {credentials} --terminal demo --amount 12.34 --currency EUR\n",
               flush=True)
-        print("Use --terminal demo-declines or demo-abandons to see the other endings. Ctrl-C stops the demo.",
+        print("Use --terminal demo-declines, demo-abandons or demo-stripe for the others. Ctrl-C stops the demo.",
               flush=True)
         print("=" * 78 + "\n", flush=True)
         reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
