@@ -1,0 +1,177 @@
+"""The uplinks the daemon runs (one per ``[uplink:NAME]``), and the status file `uplink status` reads.
+
+Each uplink: a feedback poster (always), and for an Odoo uplink a bus link (wake-ups) and a command fetcher
+(every wake-up, every (re)connect, every ``fetch_interval`` seconds).  The daemon is one process and the CLI
+another, so each uplink writes its status to ``STATE_DIR/uplink/NAME.status.json`` when it changes; the CLI reads
+that file and counts the feedback still waiting in the journal itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.logger import Logger
+
+from bridge.api.session import Bridge
+from bridge.uplink.bus import BusLink, LastIdStore
+from bridge.uplink.commands import CommandFetcher
+from bridge.uplink.config import UplinkConfig, resolve_client
+from bridge.uplink.feedback import FeedbackPoster
+from bridge.uplink.https import HTTPS, TLSPolicy
+
+
+def status_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, "uplink", f"{name}.status.json")
+
+
+def last_id_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, "uplink", f"{name}.bus.json")
+
+
+class UplinkStatus:
+    """What `terminal-bridge uplink status` shows, kept current in a small JSON file."""
+
+    def __init__(self, path: str, name: str, now: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._now = now
+        self.data: dict[str, Any] = {"name": name, "pid": os.getpid(), "bus": None, "bus_since": None,
+                                     "https": None, "https_since": None, "last_error": None,
+                                     "last_error_at": None, "feedback_error": None, "running": True}
+
+    def set(self, key: str, value: Any) -> None:
+        """Record ``key`` (bus or https: True/False) and since when it holds."""
+        if self.data.get(key) != value:
+            self.data[key] = value
+            self.data[key + "_since"] = self._now()
+            self.write()
+
+    def error(self, words: str) -> None:
+        """The last error, in words, and when it happened."""
+        self.data["last_error"] = words
+        self.data["last_error_at"] = self._now()
+        self.write()
+
+    def feedback(self, error: Optional[str]) -> None:
+        """Why feedback is not being delivered (None once it is again)."""
+        if self.data.get("feedback_error") != error:
+            self.data["feedback_error"] = error
+            self.write()
+        if error:
+            self.error(error)
+
+    def write(self) -> None:
+        self.data["updated"] = self._now()
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
+            tmp = self.path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.data, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # the status is a convenience; the daemon's log has the same facts
+
+
+def read_status(path: str) -> Optional[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class UplinkService:
+    """One uplink, wired: bus -> fetcher -> the core; the core's events -> feedback poster."""
+
+    log = Logger()
+
+    def __init__(self, uplink: UplinkConfig, bridge: Bridge, reactor: Any, https: Optional[HTTPS] = None) -> None:
+        config = bridge.config
+        self.uplink = uplink
+        self._bridge = bridge
+        self._reactor = reactor
+        self.client = resolve_client(uplink, config.clients)
+        self.status = UplinkStatus(status_path(config.state_dir, uplink.name), uplink.name,
+                                   now=reactor.seconds)
+        self.policy = TLSPolicy(uplink.ca_file)
+        self.https = https or HTTPS(reactor, self.policy)
+        journal = bridge.payments.journal
+        # The status file is written at the first start; before it, the uplink has never run.
+        self._first_run = not os.path.exists(self.status.path) and journal.acked(uplink.cursor_id) == 0
+        self.poster = FeedbackPoster(
+            uplink.name, journal, self.client.id, uplink.cursor_id, uplink.feedback_target, uplink.feedback_secret,
+            uplink.feedback_hash, config.name, self._post, reactor, on_result=self.status.feedback)
+        self.fetcher: Optional[CommandFetcher] = None
+        self.bus: Optional[BusLink] = None
+        if uplink.has_odoo:
+            self.fetcher = CommandFetcher(uplink, self.client, bridge, self.https, reactor,
+                                          on_result=self._fetch_result)
+            self.bus = BusLink(uplink, reactor, self.https, LastIdStore(last_id_path(config.state_dir, uplink.name)),
+                               on_wakeup=self.fetcher.fetch, on_state=self._bus_state, policy=self.policy)
+
+    def _post(self, url: str, body: bytes) -> Deferred:
+        return self.https.request("POST", url, body, "application/x-www-form-urlencoded").addCallback(
+            lambda response: response.code)
+
+    def _fetch_result(self, error: Optional[str]) -> None:
+        self.status.set("https", error is None)
+        if error:
+            self.status.error(error)
+
+    def _bus_state(self, connected: bool, error: Optional[str]) -> None:
+        self.status.set("bus", connected)
+        if error:
+            self.status.error(error)
+
+    @inlineCallbacks
+    def start(self):
+        journal = self._bridge.payments.journal
+        if self._first_run:
+            # A new uplink reports payments from now on, not the journal's whole history.
+            yield journal.ack(self.uplink.cursor_id, journal.last_seq())
+        self.status.write()
+        self._bridge.payments.subscribe(self.poster.on_event)
+        self.poster.start()
+        if self.fetcher is not None and self.bus is not None:
+            self.fetcher.start()
+            self.bus.start()
+        self.log.info("Uplink {uplink} started ({target})", uplink=self.uplink.name,
+                      target=self.uplink.url or self.uplink.feedback_target)
+
+    @inlineCallbacks
+    def stop(self):
+        self._bridge.payments.unsubscribe(self.poster.on_event)
+        stops = [self.poster.stop()]
+        if self.bus is not None:
+            stops.append(self.bus.stop())
+        if self.fetcher is not None:
+            stops.append(self.fetcher.stop())
+        yield DeferredList(stops)
+        yield self.https.close()
+        self.status.data["running"] = False
+        self.status.data["bus"] = False if self.bus is not None else None
+        self.status.write()
+
+
+class Uplinks:
+    """Every configured uplink, started and stopped together by the daemon."""
+
+    def __init__(self, bridge: Bridge, reactor: Any) -> None:
+        self.services = [UplinkService(u, bridge, reactor) for u in bridge.config.uplinks.values()]
+
+    def start(self) -> Deferred:
+        return DeferredList([s.start() for s in self.services], fireOnOneErrback=True, consumeErrors=True)
+
+    def stop(self) -> Deferred:
+        return DeferredList([s.stop() for s in self.services])
+
+    def summary(self) -> str:
+        """For the systemd STATUS line: ``uplinks 1/2 connected``."""
+        if not self.services:
+            return ""
+        up = sum(1 for s in self.services if s.status.data.get("bus") or s.status.data.get("https"))
+        return f"uplinks {up}/{len(self.services)} connected"

@@ -1,0 +1,201 @@
+"""Commands fetched over HTTPS: verified and run through the same Session checks and core as the LAN, once."""
+
+import json
+import os
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+
+from bridge.api import signing
+from bridge.api.session import Bridge
+from bridge.core.journal import Journal
+from bridge.core.payments import PaymentService
+from bridge.core.registry import TerminalRegistry
+from bridge.errors import BridgeError
+from bridge.uplink.commands import CommandFetcher
+from bridge.uplink.config import UplinkConfig
+from bridge.uplink.https import Response
+from tests.support import RecordingDriver, add_test_client, load_config, write_config
+
+NOW = 1_700_000_000
+PAYMENT = {"terminal": "till-1", "amount": 1234, "currency": "EUR"}
+
+
+class FakeHTTPS:
+    """Odoo's routes as canned answers; records what the bridge sent."""
+
+    def __init__(self):
+        self.pending = []  # commands to serve
+        self.pending_code = 200
+        self.fail = False
+        self.hold: Deferred = None
+        self.requests = []
+        self.acks = []
+
+    def request(self, method, url, body=None, content_type=None, headers=None):
+        message = json.loads(body)
+        self.requests.append((url, message))
+        if self.fail:
+            return fail(BridgeError("uplink_unreachable", "no answer from https://odoo in time"))
+        if url.endswith("/pending"):
+            answer = Response(self.pending_code, Headers(), json.dumps({"commands": self.pending}).encode())
+            if self.hold is not None:
+                return self.hold.addCallback(lambda _: answer)
+            return succeed(answer)
+        self.acks.append(message)
+        return succeed(Response(200, Headers(), b'{"ok": true}'))
+
+
+class CommandFetcherTests(SynchronousTestCase):
+    def setUp(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = write_config(directory, {"till-1": "127.0.0.1:1"})
+        self.creds = add_test_client(path, "odoo")
+        self.config = load_config(path)
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.journal = Journal.open(os.path.join(directory, "journal.sqlite3"), threaded=False,
+                                    now=self.clock.seconds)
+        self.addCleanup(self.journal.close)
+        self.driver = RecordingDriver("till-1")
+        self.payments = PaymentService(self.journal, TerminalRegistry([self.driver]), self.clock)
+        self.bridge = Bridge(self.config, self.payments, self.clock)
+        self.https = FakeHTTPS()
+        self.results = []
+        self.fetcher = self.make_fetcher()
+        self.client = self.config.clients["odoo"]
+
+    def make_fetcher(self):
+        uplink = UplinkConfig(name="odoo", client="odoo", url="https://odoo.example.com", database="shop",
+                              channel_token="t" * 24, feedback_secret="f" * 20)
+        return CommandFetcher(uplink, self.config.clients["odoo"], self.bridge, self.https, self.clock,
+                              on_result=self.results.append)
+
+    def command(self, op="payment.start", args=PAYMENT, command_id="c-1", ts=None, secret=None):
+        message = {"id": command_id, "op": op, "ts": NOW if ts is None else ts, "args": args}
+        return signing.signed(message, secret or self.creds["secret_in"])
+
+    def acked(self):
+        return {a["command_id"]: a["reply"] for a in self.https.acks}
+
+    def test_the_bridges_requests_are_signed_with_the_outbound_secret(self):
+        self.fetcher.fetch()
+        url, message = self.https.requests[0]
+        self.assertEqual(url, "https://odoo.example.com/terminal_bridge/pending")
+        self.assertEqual((message["client"], message["database"], message["ts"]), ("cl_odoo", "shop", NOW))
+        self.assertTrue(signing.verify(message, self.creds["secret_out"]))
+        self.assertEqual(self.results, [None])
+
+    def test_a_payment_command_runs_and_is_acknowledged_with_the_signed_reply(self):
+        self.https.pending = [self.command()]
+        self.fetcher.fetch()
+        self.assertEqual(len(self.driver.sent), 1)
+        reply = self.acked()["c-1"]
+        self.assertTrue(reply["ok"])
+        self.assertEqual(reply["re"], "c-1")
+        self.assertEqual(reply["result"]["state"], "accepted")
+        self.assertTrue(signing.verify(reply, self.creds["secret_out"]))
+        ack = self.https.acks[0]
+        self.assertTrue(signing.verify(ack, self.creds["secret_out"]))
+
+    def test_a_bad_signature_is_refused_and_reaches_no_terminal(self):
+        self.https.pending = [self.command(secret="x" * 64)]
+        self.fetcher.fetch()
+        self.assertEqual(self.driver.runs, [])
+        self.assertEqual(self.acked()["c-1"]["error"]["code"], "bad_signature")
+
+    def test_a_stale_command_is_refused(self):
+        self.https.pending = [self.command(ts=NOW - 3600)]
+        self.fetcher.fetch()
+        self.assertEqual(self.driver.runs, [])
+        self.assertEqual(self.acked()["c-1"]["error"]["code"], "stale_timestamp")
+
+    def test_a_replayed_non_payment_command_is_refused(self):
+        first = self.fetcher
+        first.fetch()  # nothing pending
+        self.https.pending = [self.command(op="terminal.list", args={}, command_id="q-1")]
+        first.fetch()
+        self.assertTrue(self.acked()["q-1"]["ok"])
+        # the same signed message, captured and sent again to a bridge that lost its memory of replies
+        second = self.make_fetcher()
+        self.https.acks.clear()
+        second.fetch()
+        self.assertEqual(self.acked()["q-1"]["error"]["code"], "replayed")
+
+    def test_a_command_fetched_twice_runs_once(self):
+        self.https.pending = [self.command()]
+        self.fetcher.fetch()
+        self.fetcher.fetch()  # Odoo lost the acknowledgement and lists it again
+        self.assertEqual(len(self.driver.runs), 1)
+        self.assertEqual(len(self.https.acks), 2)
+        self.assertEqual(self.https.acks[0]["reply"], self.https.acks[1]["reply"])
+
+    def test_after_a_restart_the_same_command_id_returns_the_same_payment(self):
+        self.https.pending = [self.command()]
+        self.fetcher.fetch()
+        payment_id = self.acked()["c-1"]["result"]["id"]
+        self.https.acks.clear()
+        self.make_fetcher().fetch()
+        self.assertEqual(self.acked()["c-1"]["result"]["id"], payment_id)
+        self.assertEqual(len(self.driver.runs), 1)
+
+    def test_a_command_first_sent_over_the_lan_is_not_run_again(self):
+        from bridge.api.session import Session
+
+        lan_replies = []
+        lan = Session(self.bridge, lan_replies.append, peer="lan")
+        lan.message_received(json.dumps(signing.signed({"id": "h", "op": "hello", "ts": NOW,
+                                                        "args": {"client": "cl_odoo"}}, self.creds["secret_in"])))
+        lan.message_received(json.dumps(self.command(command_id="both-1")))
+        lan_payment = [r for r in lan_replies if r.get("re") == "both-1"][0]["result"]["id"]
+        self.https.pending = [self.command(command_id="both-1")]
+        self.fetcher.fetch()
+        self.assertEqual(self.acked()["both-1"]["result"]["id"], lan_payment)
+        self.assertEqual(len(self.driver.runs), 1)
+
+    def test_ops_of_a_live_connection_are_refused(self):
+        self.https.pending = [self.command(op="events.resume", args={"after": 0}, command_id="e-1"),
+                              self.command(op="hello", args={"client": "cl_odoo"}, command_id="h-1")]
+        self.fetcher.fetch()
+        self.assertEqual({k: v["error"]["code"] for k, v in self.acked().items()},
+                         {"e-1": "unknown_op", "h-1": "unknown_op"})
+
+    def test_commands_without_an_id_are_skipped(self):
+        self.https.pending = [{"op": "payment.start"}, "junk", self.command()]
+        self.fetcher.fetch()
+        self.assertEqual(list(self.acked()), ["c-1"])
+
+    def test_an_unreachable_odoo_is_reported_in_words(self):
+        self.https.fail = True
+        self.fetcher.fetch()
+        self.assertIn("no answer from", self.results[-1])
+
+    def test_a_missing_module_is_reported_in_words(self):
+        self.https.pending_code = 404
+        self.fetcher.fetch()
+        self.assertIn("module installed", self.results[-1])
+
+    def test_a_wake_up_during_a_fetch_fetches_once_more(self):
+        self.fetcher.start()
+        self.https.hold = Deferred()
+        self.clock.advance(30)  # the periodic fetch, held by Odoo
+        self.fetcher.fetch()
+        self.fetcher.fetch()
+        self.assertEqual(len(self.https.requests), 2)
+        hold, self.https.hold = self.https.hold, None
+        hold.callback(None)
+        self.assertEqual(len(self.https.requests), 3)
+        self.fetcher.stop()
+
+    def test_the_periodic_fetch(self):
+        self.fetcher.start()
+        self.assertEqual(len(self.https.requests), 1)
+        self.clock.advance(30)
+        self.clock.advance(30)
+        self.assertEqual(len(self.https.requests), 3)
+        self.successResultOf(self.fetcher.stop())
+        self.clock.advance(300)
+        self.assertEqual(len(self.https.requests), 3)
