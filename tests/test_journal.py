@@ -168,3 +168,33 @@ class ThreadedJournalTests(TestCase):
             self.assertIsNotNone(self.journal.get("pay_3"))
 
         return DeferredList(writes, consumeErrors=True).addCallback(check)
+
+
+class PruneTests(SynchronousTestCase):
+    def setUp(self):
+        self.journal = Journal.open(os.path.join(self.mktemp(), "j.sqlite3"), threaded=False)
+        self.addCleanup(self.journal.close)
+
+    def settle(self, n, state):
+        r = record(n)
+        self.successResultOf(self.journal.create(r, {}, actor="x"))
+        r = r.moved_to(states.IN_PROGRESS, None, None, None, r.updated)
+        self.successResultOf(self.journal.transition(r, {}, actor="x"))
+        self.successResultOf(self.journal.transition(r.moved_to(state, "c", "m", None, r.updated), {}, actor="x"))
+
+    def test_old_final_payments_go_unknown_ones_stay(self):
+        self.settle(1, states.APPROVED)
+        self.settle(2, states.UNKNOWN)
+        self.assertEqual(self.successResultOf(self.journal.prune(before=5000.0)), 1)
+        self.assertIsNone(self.journal.get("pay_1"))
+        self.assertEqual(self.journal.transitions("pay_1"), [])
+        self.assertEqual([e.payment_id for e in self.journal.events_after("cl_a", 0)], ["pay_2"] * 3)
+
+    def test_payments_an_uplink_has_not_delivered_are_kept(self):
+        self.settle(1, states.APPROVED)
+        self.settle(2, states.DECLINED)
+        last_of_first = max(e.seq for e in self.journal.events_after("cl_a", 0) if e.payment_id == "pay_1")
+        self.successResultOf(self.journal.ack("uplink:odoo", last_of_first))
+        self.assertEqual(self.successResultOf(self.journal.prune(before=5000.0)), 1)
+        self.assertIsNone(self.journal.get("pay_1"))
+        self.assertIsNotNone(self.journal.get("pay_2"))

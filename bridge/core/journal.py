@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Optional
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
+from bridge.core.faults import checkpoint
 from bridge.core.states import check_transition
 from bridge.errors import BridgeError
 
@@ -121,8 +122,8 @@ def _record_from_row(row: tuple) -> PaymentRecord:
 def _unavailable(reason: str) -> BridgeError:
     return BridgeError(
         "journal_unavailable",
-        "The bridge cannot record payments right now (" + reason + "). No payment was started; "
-        "ask store IT to check the bridge's disk.",
+        "The bridge cannot write to its journal right now (" + reason + "), so it did nothing. "
+        "Ask store IT to check the bridge's disk.",
     )
 
 
@@ -158,6 +159,10 @@ class _Writer:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
 
     def submit(self, op: Operation) -> Deferred:
         d: Deferred = Deferred()
@@ -206,7 +211,9 @@ class _Writer:
                 else:
                     conn.execute("RELEASE op")
                     results.append((d, True, value))
+            checkpoint("journal.before_commit")
             conn.execute("COMMIT")
+            checkpoint("journal.after_commit")
         except sqlite3.Error as e:
             try:
                 conn.execute("ROLLBACK")
@@ -291,6 +298,10 @@ class Journal:
         self._writer.close()
         self._reader.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._writer.closed
+
     # -- writes ---------------------------------------------------------------------------------
 
     def create(self, record: PaymentRecord, event_body: dict[str, Any], actor: str) -> "Deferred[Event]":
@@ -341,12 +352,14 @@ class Journal:
         events.  Fires with the number of payments removed."""
 
         def op(conn: sqlite3.Connection) -> int:
-            doomed = "SELECT id FROM payments WHERE updated < ? AND state IN ('approved','declined','cancelled','failed')"
+            # A payment whose feedback an uplink has not delivered yet is kept, however old: its result must
+            # still reach the cloud (the uplinks' delivery cursors are ack rows named "uplink:NAME").
+            doomed = ("SELECT id FROM payments WHERE updated < ? AND state IN ('approved','declined','cancelled',"
+                      "'failed') AND id NOT IN (SELECT payment_id FROM events WHERE seq > "
+                      "(SELECT min(seq) FROM acks WHERE client_id LIKE 'uplink:%'))")
             conn.execute(f"DELETE FROM transitions WHERE payment_id IN ({doomed})", (before,))
             conn.execute(f"DELETE FROM events WHERE payment_id IN ({doomed})", (before,))
-            return conn.execute(
-                "DELETE FROM payments WHERE updated < ? AND state IN ('approved','declined','cancelled','failed')",
-                (before,)).rowcount
+            return conn.execute(f"DELETE FROM payments WHERE id IN ({doomed})", (before,)).rowcount
 
         return self._writer.submit(op)
 

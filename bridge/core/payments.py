@@ -21,9 +21,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from bridge.core import states
+from bridge.core.faults import checkpoint
 from bridge.core.journal import Event, Journal, PaymentRecord
 from bridge.core.money import currency, validate_amount
 from bridge.core.registry import TerminalRegistry
@@ -176,6 +178,7 @@ class PaymentService:
         creating: Deferred = Deferred()
         self._creating[command_id] = creating
         try:
+            checkpoint("payment.before_write.accepted")
             event = yield self.journal.create(record, {"event": "payment.state", "payment": payment_view(record)},
                                               actor=client_id)
         except BaseException:
@@ -184,6 +187,7 @@ class PaymentService:
         finally:
             del self._creating[command_id]
             creating.callback(None)
+        checkpoint("payment.after_write.accepted")
         self._log_state(record, client_id)
         self._publish(event)
 
@@ -226,16 +230,33 @@ class PaymentService:
         if running.cancel_requested_by:
             details["cancel_requested_by"] = running.cancel_requested_by
         moved = record.moved_to(state, code, message, details, self._clock.seconds())
-        return self._transition(moved, actor="terminal")
+        return self._journal_end(moved)
+
+    def _journal_end(self, record: PaymentRecord, delay: float = 1.0) -> "Deferred[PaymentRecord]":
+        """Journal a payment's end, trying again while the journal refuses (disk full, read-only): the end is
+        told only once it is on disk, and must be told once it can be.  The terminal stays reserved meanwhile."""
+
+        def again(failure: Any) -> Deferred:
+            failure.trap(BridgeError)
+            if self.journal.closed:  # the bridge is stopping: the next start settles the payment
+                return failure
+            self.log.warn("Could not journal payment {payment_id} as {state}: {error} Trying again in {delay} s.",
+                          payment_id=record.id, terminal=record.terminal, state=record.state,
+                          code=failure.value.code, error=failure.value.message, delay=delay)
+            return deferLater(self._clock, delay, self._journal_end, record, min(delay * 2, RETRY_MAX))
+
+        return self._transition(record, actor="terminal").addErrback(again)
 
     def _transition(self, record: PaymentRecord, actor: str) -> "Deferred[PaymentRecord]":
         body = {"event": "payment.state", "payment": payment_view(record)}
 
         def journaled(event: Event) -> PaymentRecord:
+            checkpoint("payment.after_write." + record.state)
             self._log_state(record, record.client_id)
             self._publish(event)
             return record
 
+        checkpoint("payment.before_write." + record.state)
         return self.journal.transition(record, body, actor).addCallback(journaled)
 
     def record(self, payment_id: object) -> PaymentRecord:
@@ -382,6 +403,8 @@ class PaymentService:
 
 
 CANCELLED_BEFORE_SEND = "cancelled_before_send"
+#: The longest wait between two tries to journal a payment's end that the journal refused.
+RETRY_MAX = 60.0
 
 
 class _Running:
