@@ -242,6 +242,21 @@ echo "    clients file: $(stat -c '%U:%G %a' "$run/clients.conf")"
 check "check-config as $user accepts the clients file written by root" \
     setpriv --reuid="$user" --regid="$user" --init-groups \
     terminal-bridge --config "$run/bridge.conf" check-config
+if terminal-bridge --help | grep -qw doctor; then
+    # After a first start: a certificate, a journal and a client to check, all the service's.
+    doctor_out=$(terminal-bridge --config "$run/bridge.conf" doctor) && doctor_rc=0 || doctor_rc=$?
+    echo "$doctor_out" | sed 's/^/    /'
+    said() { grep -q -- "$1" <<<"$doctor_out"; }
+    fingerprint=$(/usr/bin/python3 -c 'import sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+cert = x509.load_pem_x509_certificate(open(sys.argv[1], "rb").read())
+print(":".join("%02X" % b for b in cert.fingerprint(hashes.SHA256())))' "$run/state/tls/bridge.crt")
+    check "doctor finds nothing failed after the first start" test "$doctor_rc" -eq 0
+    check "doctor shows the certificate's fingerprint" said "^OK .*certificate: the key matches.*$fingerprint"
+    check "doctor finds the journal intact" said "^OK .*journal: .* is intact"
+    check "doctor finds the clients file readable by the service" said "^OK .*clients: .*the service can read it"
+fi
 
 step "remove keeps config and state; purge removes them"
 echo "# a local change" >> /etc/terminal-bridge/bridge.conf

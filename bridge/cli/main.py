@@ -18,6 +18,7 @@ payment terminals of a shop: Caisse-AP terminals over TCP or serial/USB, and Str
 EPILOG = """\
 Typical first steps:
   terminal-bridge check-config                 check /etc/terminal-bridge/bridge.conf
+  terminal-bridge doctor                       check certificate, journal, clients and every terminal
   terminal-bridge client add pos-1 --write-credentials pos-1.json
                                                create a client and its secrets
   terminal-bridge run                          run the bridge in the foreground (systemd does this)

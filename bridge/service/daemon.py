@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import SSL4ServerEndpoint
@@ -17,11 +17,42 @@ from bridge.config import BridgeConfig
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
+from bridge.service.sdnotify import StatusReporter
 from bridge.terminals.catalogue import build_driver
+from bridge.uplink.service import Uplinks
 
 
 #: How often old payments are pruned from the journal.
 PRUNE_INTERVAL = 6 * 3600
+#: How often terminal health is read again for the STATUS= line (it also changes with clients and payments).
+STATUS_INTERVAL = 10
+#: At most one STATUS= update per this many seconds when clients or payments change.
+STATUS_COALESCE = 1.0
+#: Driver ``status()`` states that mean the terminal cannot take a payment now.
+DOWN_STATES = frozenset({"offline", "unreachable", "disconnected", "down", "error"})
+
+
+#: ``status()`` keys of drivers that watch their terminal between payments (serial: ``health``, Stripe: ``online``).
+LIVE_KEYS = ("health", "online")
+
+
+def terminal_is_up(status: Mapping[str, Any]) -> bool:
+    """Up unless the driver's state says it is down.  A driver that does not watch its terminal between
+    payments (TCP) is also down while its last payment met a link problem (``last_error``)."""
+    if status.get("state") in DOWN_STATES:
+        return False
+    return any(key in status for key in LIVE_KEYS) or not status.get("last_error")
+
+
+def status_line(port: int, terminals: Iterable[Mapping[str, Any]], clients: int) -> str:
+    """What ``systemctl status`` shows, e.g.
+    "Listening on port 8443; terminals up: 1/2 (down: till-2); clients connected: 1"."""
+    terminals = list(terminals)
+    down = [str(t.get("name")) for t in terminals if not terminal_is_up(t)]
+    text = f"Listening on port {port}; terminals up: {len(terminals) - len(down)}/{len(terminals)}"
+    if down:
+        text += " (down: " + ", ".join(down[:5]) + (", ..." if len(down) > 5 else "") + ")"
+    return f"{text}; clients connected: {clients}"
 
 
 class Daemon:
@@ -32,11 +63,16 @@ class Daemon:
         self.config = config
         self.reactor = reactor
         self._notify = notify
+        self._status = StatusReporter(notify)
+        self._status_refresh: Optional[LoopingCall] = None
+        self._status_pending: Any = None
+        self.bridge: Optional[Bridge] = None
         self.journal: Optional[Journal] = None
         self.payments: Optional[PaymentService] = None
         self.port: Any = None
         self.fingerprint: Optional[str] = None
         self._pruning: Optional[LoopingCall] = None
+        self.uplinks: Optional[Uplinks] = None
 
     @inlineCallbacks
     def start(self):
@@ -62,7 +98,7 @@ class Daemon:
         self._pruning.clock = self.reactor
         self._pruning.start(PRUNE_INTERVAL, now=True)
 
-        bridge = Bridge(config, self.payments, self.reactor, self.fingerprint)
+        bridge = self.bridge = Bridge(config, self.payments, self.reactor, self.fingerprint)
         # autobahn wants a URL for its headers; port 0 (any free port, in tests) is not a valid one.
         factory = CommandFactory(bridge, f"wss://{config.listen_host}:{config.listen_port or 443}")
         endpoint = SSL4ServerEndpoint(self.reactor, config.listen_port,
@@ -73,8 +109,40 @@ class Daemon:
         self.log.info("Listening for clients on wss://{host}:{port} with {terminals} terminal(s), "
                       "{clients} client(s)", host=address.host, port=address.port,
                       terminals=len(config.terminals), clients=len(config.clients))
-        self._notify(f"READY=1\nSTATUS=Serving {len(config.terminals)} terminal(s) on port {address.port}")
+        self.uplinks = Uplinks(bridge, self.reactor)
+        yield self.uplinks.start()
+        self._status.ready(self.status())
+        bridge.on_clients_changed = self._report_status_soon
+        self.payments.subscribe(lambda event: self._report_status_soon())
+        self._status_refresh = LoopingCall(self._report_status)
+        self._status_refresh.clock = self.reactor
+        self._status_refresh.start(STATUS_INTERVAL, now=False)
         return self.port
+
+    def status(self) -> str:
+        """The STATUS= line: listening port, terminals up, clients connected."""
+        assert self.payments is not None and self.bridge is not None
+        registry = self.payments.registry
+        line = status_line(self.port.getHost().port, (registry.status(name) for name in registry.names()),
+                           len(self.bridge.connected))
+        uplinks = self.uplinks.summary() if self.uplinks is not None else ""
+        return f"{line}; {uplinks}" if uplinks else line
+
+    def _report_status_soon(self) -> None:
+        """Report within STATUS_COALESCE seconds: a busy shop changes state many times a second, and reading
+        every terminal's status for each change costs more than the payments themselves."""
+        if self._status_refresh is None:  # before READY and once stopping
+            return
+        if self._status_pending is None or not self._status_pending.active():
+            self._status_pending = self.reactor.callLater(STATUS_COALESCE, self._report_status)
+
+    def _report_status(self) -> None:
+        if self._status_refresh is None:  # before READY and once stopping
+            return
+        try:
+            self._status.status(self.status())
+        except Exception:  # a status line is never worth a refused hello or a stopped refresh
+            self.log.failure("Could not report the bridge's status to systemd")
 
     def _prune(self) -> Deferred:
         assert self.payments is not None
@@ -95,6 +163,12 @@ class Daemon:
         self._notify("STOPPING=1")
         if self._pruning is not None and self._pruning.running:
             self._pruning.stop()
+        if self._status_refresh is not None:
+            if self._status_refresh.running:
+                self._status_refresh.stop()
+            self._status_refresh = None
+        if self._status_pending is not None and self._status_pending.active():
+            self._status_pending.cancel()
         if self.port is not None:
             yield self.port.stopListening()
         if self.payments is not None:
@@ -104,5 +178,7 @@ class Daemon:
                 yield idle
             except Exception:
                 self.log.warn("Stopping with payments still running; they will be settled at the next start")
+        if self.uplinks is not None:
+            yield self.uplinks.stop()
         if self.journal is not None:
             self.journal.close()
