@@ -67,3 +67,12 @@ def test_any_change_breaks_the_signature(message, data):
     tampered[key] = [message[key], "tampered"]
     assert not signing.verify(tampered, SECRET)
     assert not signing.verify(signed, SECRET[:-1] + "t")
+
+
+@given(messages)
+def test_signed_bytes_are_the_signed_message_serialised(message):
+    import json
+
+    wire = signing.signed_bytes(message, SECRET)
+    assert json.loads(wire) == signing.signed(message, SECRET)
+    assert signing.verify(json.loads(wire), SECRET)

@@ -59,6 +59,36 @@ class Bridge:
         self.clock = clock
         self.fingerprint = fingerprint
         self._seen: dict[tuple[str, str], float] = {}
+        #: Sessions that said hello and are still connected; ``on_clients_changed`` hears of each change.
+        self.connected: set["Session"] = set()
+        self.on_clients_changed: Callable[[], Any] = lambda: None
+        # Sessions streaming events, by client id: one subscription for the bridge, not one per session, so
+        # an event costs a dict lookup rather than a call per connected session.
+        self._streams: dict[str, set["Session"]] = {}
+        payments.subscribe(self._dispatch_event)
+
+    def stream_events(self, session: "Session", client_id: str) -> None:
+        self._streams.setdefault(client_id, set()).add(session)
+
+    def stop_streaming(self, session: "Session") -> None:
+        for client_id, sessions in list(self._streams.items()):
+            sessions.discard(session)
+            if not sessions:
+                del self._streams[client_id]
+
+    def _dispatch_event(self, event: Event) -> None:
+        for session in list(self._streams.get(event.client_id, ())):
+            session.send_event(event)
+
+    def client_connected(self, session: "Session") -> None:
+        if session not in self.connected:
+            self.connected.add(session)
+            self.on_clients_changed()
+
+    def client_gone(self, session: "Session") -> None:
+        if session in self.connected:
+            self.connected.discard(session)
+            self.on_clients_changed()
 
     def remember(self, client_id: str, message_id: str, ts: float) -> bool:
         """Record a command id; False if it was already seen inside the freshness window (a replay)."""
@@ -76,15 +106,18 @@ class Bridge:
 class Session:
     log = Logger()
 
-    def __init__(self, bridge: Bridge, send: Send, peer: str) -> None:
+    def __init__(self, bridge: Bridge, send: Send, peer: str,
+                 send_bytes: Optional[Callable[[bytes], None]] = None) -> None:
+        """``send`` takes each outgoing message as a dict; a transport that carries text may also give
+        ``send_bytes``, which then takes the message already serialised (UTF-8 JSON, signed)."""
         self.bridge = bridge
         self._send = send
+        self._send_bytes = send_bytes
         self.peer = peer
         self.client: Optional[ClientConfig] = None
         self._limiter = RateLimiter(bridge.clock, bridge.config.messages_per_second,
                                     burst=2 * bridge.config.messages_per_second)
         self._sent_seq = 0
-        self._streaming = False
         self._closed = False
 
     # -- transport side -------------------------------------------------------------------------
@@ -121,7 +154,8 @@ class Session:
 
     def connection_lost(self) -> None:
         self._closed = True
-        self.bridge.payments.unsubscribe(self._on_event)
+        self.bridge.stop_streaming(self)
+        self.bridge.client_gone(self)
 
     # -- checks ---------------------------------------------------------------------------------
 
@@ -165,12 +199,20 @@ class Session:
             raise BridgeError("forbidden", f"This client may not do {op!r} (it needs the {right!r} right).")
         if op == "hello":
             self.client = client
+            self.bridge.client_connected(self)
         return op, args
 
     # -- replies --------------------------------------------------------------------------------
 
     def _out(self, message: dict[str, Any]) -> None:
         if self._closed:
+            return
+        if self._send_bytes is not None:
+            # The signature covers the canonical form, which is valid JSON to send as it is: serialise once.
+            if self.client is None:
+                self._send_bytes(signing.canonical(message))
+            else:
+                self._send_bytes(signing.signed_bytes(message, self.client.secret_out, self.client.algorithm))
             return
         if self.client is not None:
             message = signing.signed(message, self.client.secret_out, self.client.algorithm)
@@ -196,20 +238,14 @@ class Session:
         """Send the journaled events after ``after`` (at most REPLAY_LIMIT), then live ones.  True if there
         were more than that: the client asks for the rest with events.resume from the last seq it got."""
         assert self.client is not None
-        if not self._streaming:
-            self.bridge.payments.subscribe(self._on_event)
-            self._streaming = True
+        self.bridge.stream_events(self, self.client.id)
         self._sent_seq = after
         events = self.bridge.payments.journal.events_after(self.client.id, after, limit=REPLAY_LIMIT + 1)
         for event in events[:REPLAY_LIMIT]:
-            self._send_event(event)
+            self.send_event(event)
         return len(events) > REPLAY_LIMIT
 
-    def _on_event(self, event: Event) -> None:
-        if self.client is not None and event.client_id == self.client.id:
-            self._send_event(event)
-
-    def _send_event(self, event: Event) -> None:
+    def send_event(self, event: Event) -> None:
         if event.seq <= self._sent_seq:
             return  # already sent by a resume that read it from the journal
         self._sent_seq = event.seq

@@ -38,6 +38,15 @@ def signed(message: dict[str, Any], secret: str, algorithm: str = DEFAULT_ALGORI
     return message
 
 
+def signed_bytes(message: Mapping[str, Any], secret: str, algorithm: str = DEFAULT_ALGORITHM) -> bytes:
+    """The signed message serialised, for sending: its canonical form with ``sig`` added last."""
+    body = canonical(message)
+    sig = hmac.new(secret.encode("utf-8"), body, ALGORITHMS[algorithm]).hexdigest()
+    if body == b"{}":
+        return b'{"sig":"' + sig.encode() + b'"}'
+    return body[:-1] + b',"sig":"' + sig.encode() + b'"}'
+
+
 def verify(message: Mapping[str, Any], secret: str, algorithm: str = DEFAULT_ALGORITHM) -> bool:
     received = message.get("sig")
     if not isinstance(received, str):

@@ -32,11 +32,17 @@ class CommandProtocol(WebSocketServerProtocol):
         if SUBPROTOCOL not in request.protocols:
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST,
                                  f"offer the WebSocket subprotocol {SUBPROTOCOL}")
-        self.session = Session(self.factory.bridge, self._send_json, peer=request.peer)
+        self.session = Session(self.factory.bridge, self._send_json, peer=request.peer,
+                               send_bytes=self._send_text)
         return SUBPROTOCOL
 
     def _send_json(self, message: dict[str, Any]) -> None:
-        self.sendMessage(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        self._send_text(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+    def _send_text(self, payload: bytes) -> None:
+        # A reply can be ready after the peer went away (e.g. an ack being journaled): drop it quietly.
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if len(payload) > self.factory.bridge.config.max_message_bytes:

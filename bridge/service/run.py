@@ -20,6 +20,11 @@ LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
 
 
 def start_logging(level: str) -> None:
+    import txaio
+
+    # autobahn logs through txaio; at its global level the calls below it become no-ops instead of events
+    # that are built and then filtered out (a measurable share of a payment's CPU, docs/performance.md).
+    txaio.set_global_log_level(level if level in ("debug", "info", "warn", "error") else "info")
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS.get(level, LogLevel.info))
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(make_observer(), [predicate])],
                                      redirectStandardIO=False)

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bridge.core import states
+from bridge.core.faults import checkpoint
 from bridge.errors import BridgeError
 from bridge.terminals.base import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.caisse_ap.codec import (
@@ -85,6 +86,7 @@ class _AnswerReader(Protocol):
         self._sent = True
         self._deadline = self._clock.callLater(self._answer_timeout, self._timed_out)
         self.transport.write(payload)
+        checkpoint("caisse_ap.request_written")
 
     def dataReceived(self, data: bytes) -> None:
         if not self._sent:
@@ -92,6 +94,7 @@ class _AnswerReader(Protocol):
             return
         if self.answer.called:
             return
+        checkpoint("caisse_ap.answer_bytes")
         try:
             self._parser.feed(data)
         except MalformedAnswer as error:
@@ -129,6 +132,7 @@ class _AnswerReader(Protocol):
             self._finish(_outcome(states.UNKNOWN, "answer_timeout"))
 
     def _take(self) -> None:
+        checkpoint("caisse_ap.answer_taken")
         self._finish(self._parser.as_dict())
 
     def _cancel_quiet(self) -> None:
@@ -262,7 +266,7 @@ class CaisseAPTCPDriver:
 
         self._sent = True
         reader.send(payload)
-        self._log.info(
+        self._log.debug(
             "Sent payment {payment_id} to terminal {terminal}",
             payment_id=request.payment_id, terminal=self.name, state=states.IN_PROGRESS,
             amount=request.amount, currency=request.currency.code,
@@ -287,7 +291,7 @@ class CaisseAPTCPDriver:
             self._last_error = outcome.code
         elif self._sent:
             self._last_error = None
-        self._log.info(
+        self._log.debug(
             "Payment {payment_id} on terminal {terminal}: {state} ({code})",
             payment_id=request.payment_id, terminal=self.name, state=outcome.state, code=outcome.code,
             amount=request.amount, currency=request.currency.code,
