@@ -38,7 +38,7 @@ class DaemonTests(StripeTestCase):
     def setUp(self):
         yield super().setUp()
         self.auto_present(delay=0.05)
-        directory = self.mktemp()
+        directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         key_file = write_key(directory)
         path = os.path.join(directory, "bridge.conf")
@@ -130,7 +130,7 @@ class _CrashingDriver:
 class CrashRecoveryTests(StripeTestCase):
     @inlineCallbacks
     def test_a_payment_authorised_while_the_bridge_was_down_is_captured_at_the_next_start(self):
-        directory = self.mktemp()
+        directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         journal = Journal.open(os.path.join(directory, "journal.sqlite3"), threaded=False)
         self.addCleanup(journal.close)
@@ -168,7 +168,7 @@ class ConfigurationTests(StripeTestCase):
         self.assertEqual([k for k, _ in problems], ["api_key_file"])
 
     def test_the_key_comes_from_a_file_or_a_systemd_credential(self):
-        directory = self.mktemp()
+        directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         path = write_key(directory, "rk_test_abc")
         self.assertEqual(read_api_key(path, None), ("rk_test_abc", None))
@@ -184,7 +184,7 @@ class ConfigurationTests(StripeTestCase):
 
     @inlineCallbacks
     def test_a_full_live_secret_key_draws_a_warning(self):
-        directory = self.mktemp()
+        directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         seen = []
         globalLogPublisher.addObserver(seen.append)

@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "its file, section and key. Exit status 0 when all is well, 78 otherwise.")
     p.set_defaults(handler=cmd_check_config)
 
+    from bridge.cli import doctor
+
+    doctor.register(sub)
+
     p = sub.add_parser("client", help="manage the clients allowed to send commands")
     client_sub = p.add_subparsers(dest="client_command", metavar="ACTION")
     add = client_sub.add_parser(
@@ -71,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--terminal")
     p.add_argument("--state")
     p.set_defaults(handler=cmd_payments)
+    from bridge.cli import uplink as uplink_cli
+
+    uplink_cli.register(sub)
 
     p = sub.add_parser("simulate", help="run a simulated terminal (for demos and tests)")
     sim_sub = p.add_subparsers(dest="simulator", metavar="KIND")
@@ -79,8 +86,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim = sim_sub.add_parser("caisse-ap", help="a Caisse-AP terminal over TCP", formatter_class=formatter,
                              description="Answer Caisse-AP requests like a real terminal, with scripted outcomes.")
     add_simulator_arguments(sim)
+    from bridge.terminals.caisse_ap.serial_simulator import add_serial_arguments
+
+    add_serial_arguments(sim)
     sim.set_defaults(handler=cmd_simulate_caisse_ap)
+    from bridge.cli import stripe as stripe_cli
+
+    stripe_cli.simulate_parser(sim_sub)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+    stripe_cli.register(sub)
 
     p = sub.add_parser("demo", help="run a demo bridge with simulated terminals (used by `make run`)",
                        description="Write a demo configuration under DIR (a self-signed certificate, one client, "
@@ -225,6 +239,21 @@ def cmd_payments(args: argparse.Namespace) -> int:
 
 def cmd_simulate_caisse_ap(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
+
+    if args.serial:
+        from bridge.terminals.caisse_ap.serial_simulator import start_serial_simulator
+
+        try:
+            terminal = start_serial_simulator(reactor, args)
+        except OSError as e:
+            print(f"The simulator could not create its device: {e}", file=sys.stderr)
+            return 1
+        print(f"Caisse-AP serial simulator ({args.protocol}, outcome: {args.outcome}) on {terminal.path}. "
+              f"Configure the terminal with: type = caisse-ap-serial, device = {terminal.path}, "
+              f"protocol = {args.protocol}. Ctrl-C stops it.", flush=True)
+        reactor.addSystemEventTrigger("before", "shutdown", terminal.close)
+        reactor.run()
+        return 0
 
     from bridge.terminals.caisse_ap.simulator import start_simulator
 

@@ -6,7 +6,9 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from bridge.config import TerminalConfig
 from bridge.terminals.base import ITerminalDriver
+from bridge.terminals.caisse_ap.serial import CaisseAPSerialDriver, parse_serial_options
 from bridge.terminals.caisse_ap.tcp import CaisseAPTCPDriver, parse_tcp_options
+from bridge.terminals.stripe.options import parse_stripe_options
 
 
 class TerminalType(NamedTuple):
@@ -24,8 +26,26 @@ def _build_caisse_ap_tcp(config: TerminalConfig, reactor: Any) -> ITerminalDrive
     return CaisseAPTCPDriver(config.name, reactor, **kwargs)
 
 
+def _build_caisse_ap_serial(config: TerminalConfig, reactor: Any) -> ITerminalDriver:
+    kwargs, problems = parse_serial_options(config.options)
+    assert not problems, problems
+    driver = CaisseAPSerialDriver(config.name, reactor, **kwargs)
+    driver.start()  # the device is opened on the next reactor turn, then kept open (and reopened) until shutdown
+    if hasattr(reactor, "addSystemEventTrigger"):
+        reactor.addSystemEventTrigger("before", "shutdown", driver.stop)
+    return driver
+
+
+def _build_stripe(config: TerminalConfig, reactor: Any) -> ITerminalDriver:
+    from bridge.terminals.stripe.driver import build_stripe_driver  # imports the stripe library: only when used
+
+    return build_stripe_driver(config, reactor)
+
+
 TYPES: dict[str, TerminalType] = {
     "caisse-ap-tcp": TerminalType(_check(parse_tcp_options), _build_caisse_ap_tcp),
+    "stripe": TerminalType(_check(parse_stripe_options), _build_stripe),
+    "caisse-ap-serial": TerminalType(_check(parse_serial_options), _build_caisse_ap_serial),
 }
 
 VALIDATORS = {name: t.validate for name, t in TYPES.items()}
