@@ -349,3 +349,60 @@ class FullDiskTests(_Bridge, TestCase):
         self.assertEqual(payment[0]["payment"]["state"], "approved")
         self.assertEqual(len(self.simulator.requests), 2)
         self.assertIn(b"CB003555", self.simulator.requests[1])
+
+
+#: Makes the state directory ($1) a read-only bind mount in a private mount namespace, then runs the daemon.
+_READ_ONLY_THEN_RUN = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+
+
+class ReadOnlyDiskTests(_Bridge, TestCase):
+    """The real daemon started with its journal on a read-only disk (what an SD card looks like after the
+    kernel protected it from errors): it stays up, answers, refuses payments with journal_unavailable and
+    sends nothing.  Needs root and `unshare -m`; skipped where those are not available."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def setUp(self):
+        if not _can_mount_tmpfs():
+            raise SkipTest("needs root and `unshare -m` to make a read-only mount")
+        self.simulator = SimulatorFactory(reactor, SimulatorScript())
+        sim_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.simulator)
+        self.addCleanup(sim_port.stopListening)
+        self.addCleanup(self.simulator.drop_connections)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        port = free_port()
+        path = write_config(directory, {"till-1": f"127.0.0.1:{sim_port.getHost().port}"}, port=port)
+        creds = add_test_client(path, "pos")
+        self.creds = Credentials(creds["client_id"], creds["secret_in"], creds["secret_out"])
+        self.url = f"wss://127.0.0.1:{port}"
+        # A first run makes the key, the certificate and the journal.
+        config = load_config(path)
+        first = Daemon(config, reactor)
+        yield first.start()
+        with open(config.tls_certificate, "rb") as f:
+            self.fingerprint = fingerprint_of_pem(f.read())
+        yield first.stop()
+        state = os.path.join(directory, "state")
+        self.daemon = DaemonProcess.spawn(
+            reactor, path, prefix=["unshare", "-m", "--propagation", "private", "sh", "-c", _READ_ONLY_THEN_RUN,
+                                   "sh", state])
+        self.addCleanup(self.daemon.kill)
+        yield self.daemon.ready
+
+    @inlineCallbacks
+    def test_a_read_only_disk_at_start_refuses_payments_and_the_daemon_serves_on(self):
+        proto = yield self.open()
+        try:
+            yield proto.call("payment.start", PAYMENT, message_id="on-read-only")
+        except BridgeError as e:
+            error = e
+        else:
+            self.fail("a payment was accepted on a read-only disk")
+        self.assertEqual(error.code, "journal_unavailable")
+        self.assertIn("read-only", error.message)
+        self.assertEqual(self.simulator.requests, [])
+        info = yield proto.call("terminal.list")
+        self.assertEqual([t["name"] for t in info["terminals"]], ["till-1"])
+        self.assertTrue(self.daemon.alive)

@@ -9,6 +9,7 @@ wait for the writer.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -140,13 +141,13 @@ class _Writer:
         self._conn: Optional[sqlite3.Connection] = None
         self._queue: "queue.Queue[Optional[tuple[Operation, Deferred]]]" = queue.Queue()
         self._thread: Optional[threading.Thread] = None
+        self.read_only = False
 
-    def open(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        self._conn = conn
+    def open(self, writable: bool = True) -> None:
+        """Open the write connection; with ``writable`` False (the disk is read-only) every batch first tries
+        to open it for writing again and otherwise fails with journal_unavailable."""
+        self._conn = _connect_writable(self._path) if writable else _connect_read_only(self._path)
+        self.read_only = not writable
         if self._threaded:
             self._thread = threading.Thread(target=self._loop, name="journal-writer", daemon=True)
             self._thread.start()
@@ -194,7 +195,23 @@ class _Writer:
             if stop:
                 return
 
+    def _writable_again(self) -> bool:
+        try:
+            _migrate(self._path)
+            conn = _connect_writable(self._path)
+        except (OSError, sqlite3.Error):
+            return False
+        old, self._conn = self._conn, conn
+        self.read_only = False
+        if old is not None:
+            old.close()
+        return True
+
     def _run_batch(self, batch: list[tuple[Operation, Deferred]]) -> None:
+        if self.read_only and not self._writable_again():
+            error = _unavailable("the disk is read-only")
+            self._deliver(lambda: _fire([(d, False, error) for _, d in batch]))
+            return
         conn = self._conn
         assert conn is not None
         results: list[tuple[Deferred, bool, Any]] = []
@@ -253,6 +270,7 @@ class Journal:
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._reader_read_only = writer.read_only
         self._now = now
 
     @classmethod
@@ -265,23 +283,41 @@ class Journal:
         ``journal_unavailable`` when the file cannot be opened, migrated or fails its integrity check.
         """
         directory = os.path.dirname(os.path.abspath(path))
+        writable = True
         try:
             os.makedirs(directory, mode=0o750, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
             _migrate(path)
-            reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            reader.execute("PRAGMA query_only=ON")
+            reader = _connect_reader(path)
         except (OSError, sqlite3.Error) as e:
             reason = _describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else e.strerror or str(e)
-            raise _unavailable(reason) from e
+            if not (_is_read_only_error(e) and os.path.exists(path)):
+                raise _unavailable(reason) from e
+            # A journal on a disk that went read-only (an SD card the kernel protected after errors): serve
+            # what it holds, refuse every write with journal_unavailable, and write again once the disk can.
+            reader = _connect_read_only(path)
+            writable = False
         if threaded:
             deliver = reactor.callFromThread
         else:
             deliver = lambda f: f()  # noqa: E731
         writer = _Writer(path, deliver, threaded)
-        writer.open()
+        writer.open(writable)
         return cls(path, writer, reader, now)
+
+    @property
+    def writable(self) -> bool:
+        return not self._writer.read_only
+
+    def _read(self) -> sqlite3.Connection:
+        """The read connection; after a read-only spell it is reopened once the journal is writable again
+        (the read-only one may be opened as immutable and would not see new writes)."""
+        if self._reader_read_only and not self._writer.read_only and not self._writer.closed:
+            reader = _connect_reader(self.path)
+            self._reader.close()
+            self._reader, self._reader_read_only = reader, False
+        return self._reader
 
     @classmethod
     def open_readonly(cls, path: str) -> "Journal":
@@ -366,16 +402,16 @@ class Journal:
     # -- reads ----------------------------------------------------------------------------------
 
     def get(self, payment_id: str) -> Optional[PaymentRecord]:
-        row = self._reader.execute(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id=?", (payment_id,)).fetchone()
+        row = self._read().execute(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id=?", (payment_id,)).fetchone()
         return _record_from_row(row) if row else None
 
     def get_by_command(self, command_id: str) -> Optional[PaymentRecord]:
-        row = self._reader.execute(
+        row = self._read().execute(
             f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE command_id=?", (command_id,)).fetchone()
         return _record_from_row(row) if row else None
 
     def in_flight(self) -> list[PaymentRecord]:
-        rows = self._reader.execute(
+        rows = self._read().execute(
             f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE state IN ('accepted', 'in_progress') ORDER BY created"
         ).fetchall()
         return [_record_from_row(r) for r in rows]
@@ -400,7 +436,7 @@ class Journal:
             where.append("(created, id) < (?, ?)")
             args.extend(before)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        rows = self._reader.execute(
+        rows = self._read().execute(
             f"SELECT {_PAYMENT_COLUMNS} FROM payments {clause} ORDER BY created DESC, id DESC LIMIT ?",
             (*args, limit),
         ).fetchall()
@@ -408,32 +444,32 @@ class Journal:
 
     def refunded_amount(self, payment_id: str) -> int:
         """What refunds of ``payment_id`` have taken or may have taken (approved, running or unknown)."""
-        row = self._reader.execute(
+        row = self._read().execute(
             "SELECT coalesce(sum(amount), 0) FROM payments WHERE kind='refund' "
             "AND json_extract(details, '$.refund_of')=? AND state NOT IN ('declined','cancelled','failed')",
             (payment_id,)).fetchone()
         return row[0]
 
     def transitions(self, payment_id: str) -> list[dict[str, Any]]:
-        rows = self._reader.execute(
+        rows = self._read().execute(
             "SELECT state, reason_code, reason_message, actor, at FROM transitions WHERE payment_id=? ORDER BY id",
             (payment_id,),
         ).fetchall()
         return [dict(zip(("state", "code", "message", "actor", "at"), r)) for r in rows]
 
     def events_after(self, client_id: str, seq: int, limit: int = 500) -> list[Event]:
-        rows = self._reader.execute(
+        rows = self._read().execute(
             "SELECT seq, client_id, payment_id, body FROM events WHERE client_id=? AND seq>? ORDER BY seq LIMIT ?",
             (client_id, seq, limit),
         ).fetchall()
         return [Event(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
     def acked(self, client_id: str) -> int:
-        row = self._reader.execute("SELECT seq FROM acks WHERE client_id=?", (client_id,)).fetchone()
+        row = self._read().execute("SELECT seq FROM acks WHERE client_id=?", (client_id,)).fetchone()
         return row[0] if row else 0
 
     def last_seq(self) -> int:
-        row = self._reader.execute("SELECT max(seq) FROM events").fetchone()
+        row = self._read().execute("SELECT max(seq) FROM events").fetchone()
         return row[0] or 0
 
 
@@ -452,6 +488,47 @@ def _insert_event(conn: sqlite3.Connection, record: PaymentRecord, body: dict[st
         (record.client_id, record.id, json.dumps(body, sort_keys=True), record.updated),
     )
     return Event(cursor.lastrowid, record.client_id, record.id, body)
+
+
+def _connect_writable(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _connect_reader(path: str) -> sqlite3.Connection:
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("PRAGMA query_only=ON")
+    return reader
+
+
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    """A connection that only reads, for a journal on a read-only disk.  A WAL journal whose -shm file is
+    gone cannot be opened read-only unless SQLite is told the file will not change (immutable)."""
+    last: Optional[Exception] = None
+    for options in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(f"file:{path}?{options}", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.Error as e:
+            last = e
+            continue
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            conn.close()
+            raise _unavailable("the journal needs an upgrade, which a read-only disk does not allow")
+        return conn
+    assert last is not None
+    raise _unavailable(_describe_sqlite_error(last)) from last
+
+
+def _is_read_only_error(e: BaseException) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    text = str(e).lower()
+    return "readonly" in text or "read-only" in text
 
 
 def _migrate(path: str) -> None:

@@ -17,6 +17,7 @@ from bridge.config import BridgeConfig
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
+from bridge.errors import BridgeError
 from bridge.service.sdnotify import StatusReporter
 from bridge.terminals.catalogue import build_driver
 from bridge.uplink.service import Uplinks
@@ -24,6 +25,8 @@ from bridge.uplink.service import Uplinks
 
 #: How often old payments are pruned from the journal.
 PRUNE_INTERVAL = 6 * 3600
+#: How often settling the payments a previous run left in flight is tried again while the journal cannot write.
+RECOVERY_RETRY = 30
 #: How often terminal health is read again for the STATUS= line (it also changes with clients and payments).
 STATUS_INTERVAL = 10
 #: At most one STATUS= update per this many seconds when clients or payments change.
@@ -72,6 +75,7 @@ class Daemon:
         self.port: Any = None
         self.fingerprint: Optional[str] = None
         self._pruning: Optional[LoopingCall] = None
+        self._recovery: Optional[LoopingCall] = None
         self.uplinks: Optional[Uplinks] = None
 
     @inlineCallbacks
@@ -89,10 +93,15 @@ class Daemon:
         self.journal = Journal.open(config.journal_path, reactor=self.reactor)
         registry = TerminalRegistry(build_driver(t, self.reactor) for t in config.terminals.values())
         self.payments = PaymentService(self.journal, registry, self.reactor)
-        settled = yield self.payments.recover()
-        for record in settled:
-            self.log.warn("Payment {payment_id} was in flight at the last stop; now {state}",
-                          payment_id=record.id, state=record.state, terminal=record.terminal)
+        if not self.journal.writable:
+            self.log.critical("The journal's disk is read-only: payments are refused until it can be written "
+                              "again ({path})", path=config.journal_path)
+        # Recovery needs to write; on a read-only disk it is retried until it can, while the bridge serves.
+        settled = yield self._recover()
+        if not settled:
+            self._recovery = LoopingCall(self._recover)
+            self._recovery.clock = self.reactor
+            self._recovery.start(RECOVERY_RETRY, now=False)
 
         self._pruning = LoopingCall(self._prune)
         self._pruning.clock = self.reactor
@@ -144,6 +153,22 @@ class Daemon:
         except Exception:  # a status line is never worth a refused hello or a stopped refresh
             self.log.failure("Could not report the bridge's status to systemd")
 
+    @inlineCallbacks
+    def _recover(self):
+        assert self.payments is not None
+        try:
+            settled = yield self.payments.recover()
+        except BridgeError as e:
+            self.log.error("Could not settle the payments left in flight yet: {message}", message=e.message,
+                           code=e.code)
+            return False
+        for record in settled:
+            self.log.warn("Payment {payment_id} was in flight at the last stop; now {state}",
+                          payment_id=record.id, state=record.state, terminal=record.terminal)
+        if self._recovery is not None and self._recovery.running:
+            self._recovery.stop()
+        return True
+
     def _prune(self) -> Deferred:
         assert self.payments is not None
 
@@ -161,8 +186,9 @@ class Daemon:
     def stop(self, grace: float = 10.0):
         """Stop listening, give running payments ``grace`` seconds to be journaled, close the journal."""
         self._notify("STOPPING=1")
-        if self._pruning is not None and self._pruning.running:
-            self._pruning.stop()
+        for loop in (self._pruning, self._recovery):
+            if loop is not None and loop.running:
+                loop.stop()
         if self._status_refresh is not None:
             if self._status_refresh.running:
                 self._status_refresh.stop()
