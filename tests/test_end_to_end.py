@@ -1,6 +1,5 @@
 """The whole path over real sockets: TLS WebSocket client -> bridge -> TCP -> Caisse-AP simulator -> event back."""
 
-import json
 import os
 
 from twisted.internet import reactor

@@ -78,6 +78,16 @@ def identity_problem(name: str, value: str) -> str | None:
     return None
 
 
+def checked_identity(pos_number: str, protocol_version: str, cash_register_id: str) -> dict[str, str]:
+    """The identity fields a driver sends with every request, or ValueError naming the bad one."""
+    identity = {"pos_number": pos_number, "protocol_version": protocol_version, "cash_register_id": cash_register_id}
+    for option, value in identity.items():
+        problem = identity_problem(option, value)
+        if problem:
+            raise ValueError(f"{option} {value!r} {problem}")
+    return identity
+
+
 def encode_request(
     request: PaymentRequest,
     pos_number: str = "01",

@@ -43,7 +43,7 @@ from bridge.terminals.caisse_ap.codec import (
     IDENTITY_FIELDS,
     MalformedAnswer,
     encode_request,
-    identity_problem,
+    checked_identity,
     outcome_from_answer,
     parse_message,
 )
@@ -60,7 +60,7 @@ from bridge.terminals.caisse_ap.link import (
     SendFailed,
     Write,
 )
-from bridge.terminals.caisse_ap.tcp import _MAY_HAVE_PAID, _positive_number
+from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID, parse_timings_and_identity, positive_number
 
 PROTOCOL_TLV = "caisse-ap"
 PROTOCOL_V2 = "concert-v2"
@@ -88,10 +88,10 @@ HEALTH_DOWN = "down"
 _MESSAGES = {
     "terminal_busy": "The payment terminal is busy with another payment. Wait for it to finish.",
     "terminal_unreachable": "The payment terminal could not be reached. Nothing was charged.",
-    "link_lost": f"The payment terminal's cable or device was lost after the payment was sent. {_MAY_HAVE_PAID}",
-    "no_ack": f"The payment terminal did not confirm it received the payment. {_MAY_HAVE_PAID}",
-    "answer_timeout": f"The payment terminal did not answer in time. {_MAY_HAVE_PAID}",
-    "malformed_answer": f"The payment terminal's answer could not be read. {_MAY_HAVE_PAID}",
+    "link_lost": f"The payment terminal's cable or device was lost after the payment was sent. {MAY_HAVE_PAID}",
+    "no_ack": f"The payment terminal did not confirm it received the payment. {MAY_HAVE_PAID}",
+    "answer_timeout": f"The payment terminal did not answer in time. {MAY_HAVE_PAID}",
+    "malformed_answer": f"The payment terminal's answer could not be read. {MAY_HAVE_PAID}",
     "frame_rejected": (
         "The payment terminal refused the request on the line, so nothing was charged. Check the terminal's "
         "settings (line, speed, protocol)."
@@ -264,15 +264,7 @@ class CaisseAPSerialDriver:
         self._health_interval = health_interval
         self._ack_timeout = ack_timeout
         self._retry_delay = retry_delay
-        self._identity = {
-            "pos_number": pos_number,
-            "protocol_version": protocol_version,
-            "cash_register_id": cash_register_id,
-        }
-        for option, value in self._identity.items():
-            problem = identity_problem(option, value)
-            if problem:
-                raise ValueError(f"{option} {value!r} {problem}")
+        self._identity = checked_identity(pos_number, protocol_version, cash_register_id)
         self._reopen_delay = backoffPolicy(reopen_initial_delay, reopen_max_delay, factor=2.0, jitter=lambda: 0.0)
         self._port_factory = port_factory
 
@@ -569,7 +561,7 @@ class CaisseAPSerialDriver:
                           payment_id=payment.request.payment_id, terminal=self.name)
         runner = self._runner
         if payment.sending and (runner is None or runner.link.frame_sent):
-            self._finish(payment, _outcome(states.UNKNOWN, "internal_error", _MAY_HAVE_PAID))
+            self._finish(payment, _outcome(states.UNKNOWN, "internal_error", MAY_HAVE_PAID))
         else:
             self._finish(payment, _outcome(states.FAILED, "internal_error", "Nothing was charged."))
 
@@ -631,23 +623,11 @@ def parse_serial_options(options: Mapping[str, str]) -> tuple[dict[str, Any], li
         else:
             problems.append(("protocol", f"{options['protocol']!r} is not caisse-ap (Concert V3 TLV) or "
                                          "concert-v2 (older fixed-width messages)"))
-    for key in _TIMING_OPTIONS:
-        if key in options:
-            try:
-                kwargs[key] = _positive_number(options[key])
-            except ValueError:
-                problems.append((key, f"{options[key]!r} is not a number of seconds above zero"))
+    parse_timings_and_identity(options, _TIMING_OPTIONS, kwargs, problems)
     if "health_interval" in options:
         text = options["health_interval"].strip()
         try:
-            kwargs["health_interval"] = 0.0 if text in ("0", "0.0") else _positive_number(text)
+            kwargs["health_interval"] = 0.0 if text in ("0", "0.0") else positive_number(text)
         except ValueError:
             problems.append(("health_interval", f"{text!r} is not a number of seconds (0 turns the check off)"))
-    for key in IDENTITY_FIELDS:
-        if key in options:
-            problem = identity_problem(key, options[key])
-            if problem:
-                problems.append((key, f"{options[key]!r} {problem}"))
-            else:
-                kwargs[key] = options[key]
     return kwargs, problems

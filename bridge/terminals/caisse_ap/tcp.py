@@ -7,7 +7,6 @@ line stays quiet for ``quiet_period`` seconds or the terminal closes.  Once the 
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 from twisted.internet.abstract import isIPv6Address
@@ -23,26 +22,26 @@ from bridge.core import states
 from bridge.core.faults import checkpoint
 from bridge.errors import BridgeError
 from bridge.terminals.base import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID, parse_timings_and_identity
 from bridge.terminals.caisse_ap.codec import (
     IDENTITY_FIELDS,
     AnswerParser,
     MalformedAnswer,
     encode_request,
-    identity_problem,
+    checked_identity,
     outcome_from_answer,
 )
 
 DEFAULT_PORT = 8888
 
-_MAY_HAVE_PAID = "The customer may have been charged: check the terminal's receipt before trying again."
 _MESSAGES = {
     "terminal_busy": "The payment terminal is busy with another payment. Wait for it to finish.",
     "terminal_unreachable": (
         "The payment terminal could not be reached. Check that it is switched on and connected."
     ),
-    "link_lost": f"The connection to the payment terminal was lost after the payment was sent. {_MAY_HAVE_PAID}",
-    "answer_timeout": f"The payment terminal did not answer in time. {_MAY_HAVE_PAID}",
-    "malformed_answer": f"The payment terminal's answer could not be read. {_MAY_HAVE_PAID}",
+    "link_lost": f"The connection to the payment terminal was lost after the payment was sent. {MAY_HAVE_PAID}",
+    "answer_timeout": f"The payment terminal did not answer in time. {MAY_HAVE_PAID}",
+    "malformed_answer": f"The payment terminal's answer could not be read. {MAY_HAVE_PAID}",
     "journal_unavailable": "The bridge could not record the payment, so nothing was sent to the terminal.",
     "invalid_request": "The bridge could not build a request for this terminal. Check the terminal's settings.",
     "internal_error": "Something went wrong in the bridge during the payment.",
@@ -187,15 +186,7 @@ class CaisseAPTCPDriver:
         self._connect_timeout = connect_timeout
         self._answer_timeout = answer_timeout
         self._quiet_period = quiet_period
-        self._identity = {
-            "pos_number": pos_number,
-            "protocol_version": protocol_version,
-            "cash_register_id": cash_register_id,
-        }
-        for option, value in self._identity.items():
-            problem = identity_problem(option, value)
-            if problem:
-                raise ValueError(f"{option} {value!r} {problem}")
+        self._identity = checked_identity(pos_number, protocol_version, cash_register_id)
         self._payment_id: str | None = None
         self._sent = False
         self._last_error: str | None = None
@@ -282,7 +273,7 @@ class CaisseAPTCPDriver:
             "Driver error during payment {payment_id}", failure, payment_id=request.payment_id, terminal=self.name
         )
         if self._sent:
-            return _outcome(states.UNKNOWN, "internal_error", _MAY_HAVE_PAID)
+            return _outcome(states.UNKNOWN, "internal_error", MAY_HAVE_PAID)
         return _outcome(states.FAILED, "internal_error", "Nothing was charged.")
 
     def _done(self, outcome: Outcome, request: PaymentRequest) -> Outcome:
@@ -297,13 +288,6 @@ class CaisseAPTCPDriver:
             amount=request.amount, currency=request.currency.code,
         )
         return outcome
-
-
-def _positive_number(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(text)
-    return value
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -349,17 +333,5 @@ def parse_tcp_options(options: Mapping[str, str]) -> tuple[dict[str, Any], list[
             kwargs["host"], kwargs["port"] = _address(options["address"])
         except ValueError:
             problems.append(("address", f"{options['address']!r} is not host or host:port (port 1 to 65535)"))
-    for key in _TIMING_OPTIONS:
-        if key in options:
-            try:
-                kwargs[key] = _positive_number(options[key])
-            except ValueError:
-                problems.append((key, f"{options[key]!r} is not a number of seconds above zero"))
-    for key in IDENTITY_FIELDS:
-        if key in options:
-            problem = identity_problem(key, options[key])
-            if problem:
-                problems.append((key, f"{options[key]!r} {problem}"))
-            else:
-                kwargs[key] = options[key]
+    parse_timings_and_identity(options, _TIMING_OPTIONS, kwargs, problems)
     return kwargs, problems
