@@ -121,6 +121,10 @@ def encode_request(
     return encode_fields(fields)
 
 
+#: Any byte that may not appear in a message: not printable ASCII, and not the CR/LF some terminals append.
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e\r\n]")
+
+
 class AnswerParser:
     """Reads one message from bytes fed in any pieces.
 
@@ -162,9 +166,10 @@ class AnswerParser:
         offset = len(self._buffer)
         if offset + len(data) > self._max_size:
             raise MalformedAnswer(f"the message is larger than {self._max_size} bytes")
-        for index, byte in enumerate(data):
-            if byte > 0x7E or (byte < 0x20 and byte not in _LINE_END):
-                raise MalformedAnswer(f"byte 0x{byte:02x} at offset {offset + index} is not printable ASCII")
+        bad = _NOT_PRINTABLE.search(data)
+        if bad is not None:
+            raise MalformedAnswer(f"byte 0x{bad.group()[0]:02x} at offset {offset + bad.start()} is not printable "
+                                  "ASCII")
         self._buffer += data
         while self._read_field():
             pass
