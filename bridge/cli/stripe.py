@@ -192,11 +192,23 @@ def cmd_simulate_stripe(args: argparse.Namespace) -> int:
 
 def simulate_parser(sim_sub: argparse._SubParsersAction) -> Optional[argparse.ArgumentParser]:
     """Add `simulate stripe` to the `simulate` sub-commands."""
-    from bridge.terminals.stripe.fake import add_fake_arguments
-
     sim = sim_sub.add_parser("stripe", help="a fake Stripe API with simulated readers (loopback only)",
                              description="Serve a stateful fake of Stripe's Terminal API on 127.0.0.1, with "
                                          "simulated readers that present a test card by themselves.")
     add_fake_arguments(sim)
     sim.set_defaults(handler=cmd_simulate_stripe)
     return sim
+
+
+def add_fake_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="tcp:12111",
+                        help="where to listen, as a Twisted endpoint (default: %(default)s); the interface is "
+                             "127.0.0.1 unless the description names one")
+    parser.add_argument("--reader", action="append", default=[], metavar="SERIAL",
+                        help="a simulated reader already registered, with this serial number (repeatable; "
+                             "default: one reader, SIM-0001)")
+    parser.add_argument("--auto-present", metavar="CARD", default="4242424242424242",
+                        help="the test card the readers present by themselves; 'none' to wait for "
+                             "POST /_fake/present (default: %(default)s)")
+    parser.add_argument("--delay", type=float, default=3.0,
+                        help="seconds between process_payment_intent and the card (default: %(default)s)")

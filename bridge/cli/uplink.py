@@ -16,9 +16,6 @@ from typing import Any, Optional
 from bridge.config import BridgeConfig, ConfigError
 from bridge.core.journal import Journal
 from bridge.errors import BridgeError
-from bridge.uplink.config import resolve_client
-from bridge.uplink.feedback import waiting
-from bridge.uplink.service import read_status, status_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +42,11 @@ def cmd_uplink_status(args: argparse.Namespace) -> int:
 
 
 def uplink_report(config: BridgeConfig) -> list[dict[str, Any]]:
+    # The uplink's modules load twisted.web's client and autobahn's: only for this command, not for every one.
+    from bridge.uplink.config import resolve_client
+    from bridge.uplink.feedback import waiting
+    from bridge.uplink.service import read_status, status_path
+
     journal: Optional[Journal] = None
     if os.path.exists(config.journal_path):
         try:

@@ -20,7 +20,6 @@ from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
 from bridge.service.sdnotify import StatusReporter
 from bridge.terminals.catalogue import build_driver
-from bridge.uplink.service import Uplinks
 
 
 #: How often old payments are pruned from the journal.
@@ -76,7 +75,7 @@ class Daemon:
         self.fingerprint: Optional[str] = None
         self._pruning: Optional[LoopingCall] = None
         self._recovery: Optional[LoopingCall] = None
-        self.uplinks: Optional[Uplinks] = None
+        self.uplinks: Any = None
 
     @inlineCallbacks
     def start(self):
@@ -118,8 +117,11 @@ class Daemon:
         self.log.info("Listening for clients on wss://{host}:{port} with {terminals} terminal(s), "
                       "{clients} client(s)", host=address.host, port=address.port,
                       terminals=len(config.terminals), clients=len(config.clients))
-        self.uplinks = Uplinks(bridge, self.reactor)
-        yield self.uplinks.start()
+        if config.uplinks:
+            from bridge.uplink.service import Uplinks  # twisted.web's HTTP client: only loaded when used
+
+            self.uplinks = Uplinks(bridge, self.reactor)
+            yield self.uplinks.start()
         self._status.ready(self.status())
         bridge.on_clients_changed = self._report_status_soon
         self.payments.subscribe(lambda event: self._report_status_soon())

@@ -918,20 +918,6 @@ class _TrackingFactory(WrappingFactory):
 # -- `terminal-bridge simulate stripe` --------------------------------------------------------------
 
 
-def add_fake_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", default="tcp:12111",
-                        help="where to listen, as a Twisted endpoint (default: %(default)s); the interface is "
-                             "127.0.0.1 unless the description names one")
-    parser.add_argument("--reader", action="append", default=[], metavar="SERIAL",
-                        help="a simulated reader already registered, with this serial number (repeatable; "
-                             "default: one reader, SIM-0001)")
-    parser.add_argument("--auto-present", metavar="CARD", default="4242424242424242",
-                        help="the test card the readers present by themselves; 'none' to wait for "
-                             "POST /_fake/present (default: %(default)s)")
-    parser.add_argument("--delay", type=float, default=3.0,
-                        help="seconds between process_payment_intent and the card (default: %(default)s)")
-
-
 def loopback_endpoint(description: str) -> str:
     """A server endpoint description bound to 127.0.0.1 unless it names an interface."""
     if description.startswith(("tcp:", "tcp6:")) and "interface=" not in description:
