@@ -94,3 +94,34 @@ def port_of(listening: Any) -> int:
 
 def maybe(value: Optional[Any], default: Any) -> Any:
     return default if value is None else value
+
+
+def run_in_own_reactor(reactor: Any, scenario: Any, cleanup: Any, timeout: float) -> Any:
+    """Run ``scenario()`` (may return a Deferred) on a private ``reactor`` to its end, then ``cleanup()``, then
+    check that nothing was left behind (timers, sockets).  Returns the scenario's result or raises its error."""
+    from twisted.internet.defer import inlineCallbacks, maybeDeferred
+    from twisted.python.failure import Failure
+
+    results: list = []
+    leftovers: list = []
+    guard = reactor.callLater(timeout, reactor.stop)
+
+    @inlineCallbacks
+    def main():
+        try:
+            results.append((yield maybeDeferred(scenario)))
+        except Exception:
+            results.append(Failure())
+        yield maybeDeferred(cleanup)
+        guard.cancel()
+        leftovers.extend(reactor.getDelayedCalls())
+        leftovers.extend(s for s in reactor.getReaders() + reactor.getWriters() if s is not reactor.waker)
+        reactor.stop()
+
+    reactor.callWhenRunning(main)
+    reactor.run(installSignalHandlers=False)
+    assert results, f"the scenario did not finish within {timeout} s"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    assert leftovers == [], "left behind in the reactor"
+    return results[0]

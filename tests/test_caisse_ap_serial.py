@@ -12,7 +12,7 @@ import os
 
 import pytest
 from serial import SerialException
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
@@ -36,6 +36,7 @@ from bridge.terminals.caisse_ap.serial import (
 from bridge.terminals.caisse_ap.serial_simulator import LinkFaults, SerialTerminal
 from bridge.terminals.caisse_ap.simulator import SimulatorScript
 from bridge.terminals.catalogue import VALIDATORS, build_driver
+from tests.support import run_in_own_reactor
 
 EUR = CURRENCIES["EUR"]
 REQUEST = PaymentRequest("pay-1", DEBIT, 1234, EUR)
@@ -106,34 +107,15 @@ class Bench:
         yield self.until(lambda: driver.connected and driver.status()["health"] == "up", "the driver to connect")
 
     def run(self, scenario, timeout: float = 8.0):
-        reactor = self.reactor
-        results: list = []
-        leftovers: list = []
-        guard = reactor.callLater(timeout, reactor.stop)
+        return run_in_own_reactor(self.reactor, scenario, self._clean_up, timeout)
 
-        @inlineCallbacks
-        def main():
-            try:
-                results.append((yield maybeDeferred(scenario)))
-            except Exception:
-                results.append(Failure())
-            for driver in self.drivers:
-                yield driver.stop()
-            for terminal in self.terminals:
-                terminal.close()
-            yield deferLater(reactor, 0, lambda: None)
-            guard.cancel()
-            leftovers.extend(reactor.getDelayedCalls())
-            leftovers.extend(s for s in reactor.getReaders() + reactor.getWriters() if s is not reactor.waker)
-            reactor.stop()
-
-        reactor.callWhenRunning(main)
-        reactor.run(installSignalHandlers=False)
-        assert results, f"the scenario did not finish within {timeout} s"
-        if isinstance(results[0], Failure):
-            results[0].raiseException()
-        assert leftovers == [], "left behind in the reactor"
-        return results[0]
+    @inlineCallbacks
+    def _clean_up(self):
+        for driver in self.drivers:
+            yield driver.stop()
+        for terminal in self.terminals:
+            terminal.close()
+        yield deferLater(self.reactor, 0, lambda: None)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from bridge.terminals.caisse_ap.simulator import (
     start_simulator,
 )
 from bridge.terminals.caisse_ap.tcp import CaisseAPTCPDriver, parse_tcp_options
+from tests.support import run_in_own_reactor
 
 EUR = CURRENCIES["EUR"]
 REQUEST = PaymentRequest("pay-1", DEBIT, 1234, EUR)
@@ -80,31 +81,12 @@ class OwnReactor:
         return driver, simulator
 
     def run(self, scenario, timeout: float = 5.0):
-        reactor = self.reactor
-        results: list = []
-        leftovers: list = []
-        guard = reactor.callLater(timeout, reactor.stop)
+        return run_in_own_reactor(self.reactor, scenario, self._clean_up, timeout)
 
-        @inlineCallbacks
-        def main():
-            try:
-                results.append((yield maybeDeferred(scenario)))
-            except Exception:
-                results.append(Failure())
-            for function, args in reversed(self._cleanups):
-                yield maybeDeferred(function, *args)
-            guard.cancel()
-            leftovers.extend(reactor.getDelayedCalls())
-            leftovers.extend(s for s in reactor.getReaders() + reactor.getWriters() if s is not reactor.waker)
-            reactor.stop()
-
-        reactor.callWhenRunning(main)
-        reactor.run(installSignalHandlers=False)
-        assert results, f"the scenario did not finish within {timeout} s"
-        assert leftovers == [], "left behind in the reactor"
-        if isinstance(results[0], Failure):
-            results[0].raiseException()
-        return results[0]
+    @inlineCallbacks
+    def _clean_up(self):
+        for function, args in reversed(self._cleanups):
+            yield maybeDeferred(function, *args)
 
 
 @pytest.fixture
