@@ -492,6 +492,33 @@ def test_health_check_pings_when_idle_and_marks_down_on_silence():
     assert driver.status()["state"] == "idle"
 
 
+def test_a_terminal_silent_twice_in_a_row_gets_its_port_reopened_to_wake_it():
+    clock, factory, driver = clock_driver()
+    factory.error = None
+    clock.advance(0)
+    clock.advance(1.0)  # the check at open goes unanswered: down, but the port stays open
+    assert driver.status()["state"] == "down" and len(factory.ports) == 1 and factory.ports[0].open
+    clock.advance(59.0)
+    clock.advance(1.0)  # the next check goes unanswered too: close the port ...
+    assert not factory.ports[0].open
+    assert "stopped answering" in driver.status()["detail"]
+    clock.advance(1.0)  # ... and open it again, which checks at once
+    assert len(factory.ports) == 2
+    factory.ports[1].protocol.dataReceived(bytes([0x06]))  # the terminal woke up
+    assert driver.status()["state"] == "idle"
+
+
+def test_a_terminal_that_answers_the_second_check_keeps_its_port():
+    clock, factory, driver = clock_driver()
+    factory.error = None
+    clock.advance(0)
+    clock.advance(1.0)
+    clock.advance(59.0)
+    factory.ports[0].protocol.dataReceived(bytes([0x06]))
+    clock.advance(60.0)
+    assert len(factory.ports) == 1 and factory.ports[0].open
+
+
 def test_device_lost_mid_payment_before_the_frame_is_failed():
     clock, factory, driver = clock_driver(health_interval=0.0)
     factory.error = None

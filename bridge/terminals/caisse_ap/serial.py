@@ -276,6 +276,7 @@ class CaisseAPSerialDriver:
         self._attempt = 0
         self._reopen_call: Optional[IDelayedCall] = None
         self._health_loop: Optional[LoopingCall] = None
+        self._waking = False  # the port is being closed on purpose, to reopen it for a terminal gone deaf
         self._payment: Optional[_Payment] = None
         self._last_error: Optional[str] = None
         self._started = False
@@ -375,6 +376,11 @@ class CaisseAPSerialDriver:
         self._line_protocol = None
         if self._stopping:
             self._disconnected = "Stopped."
+        elif self._waking:
+            self._disconnected = (f"Reopening {self.device}: the terminal stopped answering. Check that it is "
+                                  "on and in cash-register mode.")
+            self._schedule_open(self._reopen_delay(0))
+            self._attempt = 1
         else:
             self._disconnected = (
                 f"The device {self.device} went away (cable pulled, terminal restarted or USB re-plugged); "
@@ -386,6 +392,7 @@ class CaisseAPSerialDriver:
             )
             self._schedule_open(self._reopen_delay(0))
             self._attempt = 1
+        self._waking = False
         payment = self._payment
         if payment is not None:
             if payment.sending and frame_sent:
@@ -404,6 +411,14 @@ class CaisseAPSerialDriver:
         if runner is None or self._payment is not None or not runner.link.idle or runner.link.awaiting_answer:
             return
         runner.ping()
+
+    def _reopen_to_wake(self) -> None:
+        if self._port is None:
+            return
+        self._log.warn("Terminal {terminal} still does not answer: reopening {device} to wake it",
+                       terminal=self.name, device=self.device, state="down")
+        self._waking = True
+        self._port.loseConnection()
 
     def _set_health(self, health: str) -> None:
         if health == self._health:
@@ -517,6 +532,11 @@ class CaisseAPSerialDriver:
         payment = self._payment
         waiting = payment is not None and payment.sending
         if isinstance(event, PingResult):
+            if not event.alive and self._health == HEALTH_DOWN and payment is None:
+                # A second silent check in a row.  Some terminals go deaf on their USB link after a night idle
+                # until the port is opened again (OCA/pos#701): close it and reopen it rather than wait for a
+                # person to unplug the cable.
+                self._reopen_to_wake()
             self._set_health(HEALTH_UP if event.alive else HEALTH_DOWN)
         elif isinstance(event, Delivered):
             self._set_health(HEALTH_UP)
