@@ -208,3 +208,13 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual([m["payment"]["state"] for m in sent if "seq" in m], ["accepted", "in_progress", "approved"])
         resumed = [m for m in sent if m.get("re") is not None][-1]
         self.assertFalse(resumed["result"]["more_events"])
+
+    def test_command_ids_are_forgotten_once_outside_the_freshness_window(self):
+        self.hello()
+        self.assertTrue(self.command("terminal.list", message_id="old")["ok"])
+        self.clock.advance(3 * self.config.clock_skew)
+        ts = NOW + 3 * self.config.clock_skew
+        self.assertTrue(self.command("terminal.list", message_id="new", ts=ts)["ok"])
+        self.assertEqual(list(self.bridge._seen), [("cl_pos", "new")])
+        # a replay of the old id is now refused by its timestamp, not by the memory
+        self.assert_error(self.command("terminal.list", message_id="old"), "stale_timestamp")

@@ -94,8 +94,13 @@ class Bridge:
         """Record a command id; False if it was already seen inside the freshness window (a replay)."""
         now = self.clock.seconds()
         horizon = now - 2 * self.config.clock_skew
-        if len(self._seen) > 10000 or (self._seen and min(self._seen.values()) < horizon):
-            self._seen = {k: t for k, t in self._seen.items() if t >= horizon}
+        # Entries are added in time order and dicts keep insertion order: the oldest are first, so forgetting
+        # the expired ones costs only what expired (this runs for every command).
+        while self._seen:
+            oldest = next(iter(self._seen))
+            if self._seen[oldest] >= horizon:
+                break
+            del self._seen[oldest]
         key = (client_id, message_id)
         if key in self._seen:
             return False
