@@ -11,7 +11,7 @@ from bridge.api.session import Bridge, Session
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
-from tests.support import APPROVED, RecordingDriver, add_test_client, load_config, write_config
+from tests.support import APPROVED, LINK_LOST, RecordingDriver, add_test_client, load_config, write_config
 
 NOW = 1_700_000_000
 
@@ -218,3 +218,47 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(list(self.bridge._seen), [("cl_pos", "new")])
         # a replay of the old id is now refused by its timestamp, not by the memory
         self.assert_error(self.command("terminal.list", message_id="old"), "stale_timestamp")
+
+    def test_payment_list_checks_its_arguments_and_shows_only_ones_own(self):
+        self.hello()
+        started = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"})["result"]
+        page = self.command("payment.list", {"limit": 10})["result"]
+        self.assertEqual([p["id"] for p in page["payments"]], [started["id"]])
+        for args in ({"limit": 0}, {"limit": 201}, {"limit": "5"}, {"since": "yesterday"}, {"state": 3},
+                     {"cursor": "not-a-cursor"}):
+            self.assert_error(self.command("payment.list", args), "bad_request")
+        self.hello(self.reader)
+        self.assertEqual(self.command("payment.list", {}, client=self.reader)["result"]["payments"], [])
+
+    def test_cancel_resolve_and_refund_through_the_protocol(self):
+        self.hello()
+        started = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"})["result"]
+        cancel = self.command("payment.cancel", {"payment_id": started["id"]})["result"]
+        self.assertEqual(cancel["cancel"], "on_terminal")  # only the terminal can cancel now
+        self.assert_error(self.command("payment.cancel", {"payment_id": "pay_none"}), "unknown_payment")
+        # the pay client has neither the resolve nor the refund right
+        self.assert_error(self.command("payment.resolve", {"payment_id": started["id"], "outcome": "approved",
+                                                           "note": "receipt"}), "forbidden")
+        self.assert_error(self.command("payment.refund", {"payment_id": started["id"]}), "forbidden")
+        self.driver.finish(LINK_LOST)
+        self.assert_error(self.command("payment.cancel", {"payment_id": started["id"]}), "payment_final")
+
+    def test_a_client_with_the_resolve_right_settles_an_unknown_payment(self):
+        boss = add_test_client(self.config.path, "boss", rights=("read", "resolve", "refund", "admin"))
+        self.bridge.config = load_config(self.config.path, messages_per_second=1000)
+        self.hello()
+        started = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"})["result"]
+        self.driver.finish(LINK_LOST)
+        boss_sent = []
+        boss_session = self.new_session(boss_sent)
+        self.hello(boss, session=boss_session)
+        args = {"payment_id": started["id"], "outcome": "approved"}
+        self.assert_error(self.command("payment.resolve", args, client=boss, session=boss_session), "bad_request")
+        resolved = self.command("payment.resolve", dict(args, note="receipt shows approved, auth 123456"),
+                                client=boss, session=boss_session)["result"]
+        self.assertEqual((resolved["state"], resolved["details"]["resolved_by"]), ("approved", "cl_boss"))
+        refund = self.command("payment.refund", {"payment_id": started["id"], "amount": 40}, client=boss,
+                              session=boss_session)["result"]
+        self.assertEqual((refund["kind"], refund["amount"]), ("refund", 40))
+        self.assert_error(self.command("payment.refund", {"payment_id": started["id"], "amount": 61}, client=boss,
+                                       session=boss_session), "refund_too_large")
