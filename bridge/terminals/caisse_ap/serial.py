@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping, Optional
@@ -118,6 +119,34 @@ class ExclusiveSerialPort(SerialPort):
     """Twisted's serial port, opened with an exclusive lock so that no other program shares the terminal."""
 
     _serialFactory = staticmethod(partial(pyserial.Serial, exclusive=True))
+
+
+#: Major device numbers of Unix98 pseudo-terminal slaves (/dev/pts/N), see Linux's Documentation/admin-guide/devices.txt.
+_PTY_SLAVE_MAJORS = range(136, 144)
+
+
+def is_pseudo_terminal(device: str) -> bool:
+    """Whether ``device`` (after symbolic links) is a pseudo-terminal: a virtual serial port made by socat,
+    ser2net, a USB-over-network tool or the simulator, with no wire behind it."""
+    try:
+        status = os.stat(device)
+    except OSError:
+        return False
+    return stat.S_ISCHR(status.st_mode) and os.major(status.st_rdev) in _PTY_SLAVE_MAJORS
+
+
+def line_settings(device: str, line: str) -> tuple[int, str, float]:
+    """(bytesize, parity, stopbits) to open ``device`` with for the configured ``line``.
+
+    A pseudo-terminal has no wire, so no character size or parity: Linux keeps it at 8 bits without parity and,
+    when asked for 7E1 with nothing else to change, refuses the whole setting (EINVAL).  The first open then works
+    (the speed changes too) but every reopen fails.  Bytes pass through a pty as they are written, so it is opened
+    at 8 bits without parity; whatever drives the real line at the other end applies 7E1 there.
+    """
+    bytesize, parity, stopbits = LINES[line]
+    if is_pseudo_terminal(device):
+        return EIGHTBITS, PARITY_NONE, stopbits
+    return bytesize, parity, stopbits
 
 
 def describe_open_error(device: str, error: BaseException) -> str:
@@ -325,7 +354,7 @@ class CaisseAPSerialDriver:
         self._reopen_call = None
         if self._stopping:
             return
-        bytesize, parity, stopbits = LINES[self._line]
+        bytesize, parity, stopbits = line_settings(self.device, self._line)
         protocol = _LineProtocol(self)
         self._line_protocol = protocol
         try:
