@@ -170,3 +170,27 @@ def test_make_observer_writes_text_when_output_is_not_the_journal():
     with tempfile.TemporaryFile("w") as stream:
         observer = make_observer(environ={"JOURNAL_STREAM": "1:1"}, stream=stream)
     assert not isinstance(observer, JournaldObserver)
+
+
+@pytest.mark.parametrize("level, shown", [("info", False), ("debug", True)])
+def test_autobahn_lines_below_the_level_are_not_even_built(level, shown):
+    # Our WebSocket protocols must keep autobahn's txaio logger (whose calls below the configured level are
+    # no-ops); a ``log`` attribute of ours would turn every autobahn debug line into an event filtered out later.
+    import txaio
+    from twisted.logger import globalLogPublisher
+
+    from bridge.api.client import ClientProtocol
+    from bridge.api.websocket import CommandProtocol
+    from bridge.uplink.bus import BusProtocol
+
+    seen: list = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        txaio.set_global_log_level(level)
+        for protocol in (CommandProtocol, ClientProtocol, BusProtocol):
+            assert not isinstance(protocol.log, Logger), protocol
+            protocol.log.debug("autobahn sent {count} bytes", count=3)
+    finally:
+        txaio.set_global_log_level("info")
+        globalLogPublisher.removeObserver(seen.append)
+    assert len([e for e in seen if e.get("count") == 3]) == (3 if shown else 0)

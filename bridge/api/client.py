@@ -43,7 +43,7 @@ class Credentials:
 
 
 class ClientProtocol(WebSocketClientProtocol):
-    log = Logger()
+    _log = Logger()  # not ``log``, which is autobahn's own (see CommandProtocol)
     factory: "ClientFactory"
 
     def connectionMade(self) -> None:
@@ -78,7 +78,7 @@ class ClientProtocol(WebSocketClientProtocol):
         signed_ok = signing.verify(message, creds.secret_out, creds.algorithm)
         if "seq" in message:
             if not signed_ok:
-                self.log.error("Dropped an event with a bad signature")
+                self._log.error("Dropped an event with a bad signature")
                 return
             self.factory.on_event(message)
             return

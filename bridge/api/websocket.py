@@ -7,7 +7,6 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.logger import Logger
 
 from bridge.api.session import SUBPROTOCOL, Bridge, Session
 from bridge.errors import BridgeError
@@ -18,7 +17,8 @@ CLOSE_TOO_BIG = 4009
 
 
 class CommandProtocol(WebSocketServerProtocol):
-    log = Logger()
+    # No ``log`` attribute here: it would replace autobahn's txaio logger, whose calls below the configured level
+    # are no-ops, with a Logger whose calls all build an event to be filtered out (a few per message).
     factory: "CommandFactory"
 
     def connectionMade(self) -> None:
