@@ -505,6 +505,9 @@ class Measurement:
             yield self.throughput()
             self.results["rss"] = proc_status(self.bridge_pid, "VmRSS")
             self.results["rss_peak"] = proc_status(self.bridge_pid, "VmHWM")
+            self.results["rss_anon"] = proc_status(self.bridge_pid, "RssAnon")
+            if os.environ.get("BENCH_SMAPS"):
+                shutil.copy(f"/proc/{self.bridge_pid}/smaps", os.environ["BENCH_SMAPS"])
             yield self.close_all()
 
         return phases()
@@ -733,7 +736,8 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
                f"{r['cpu_client_pct']:.0f} %, simulators {r['cpu_sim_pct']:.0f} %")
     out.append(f"bridge CPU per payment: {r['bridge_cpu_ms_per_payment_1']:.2f} ms one at a time, "
                f"{r['bridge_cpu_ms_per_payment']:.2f} ms under load; peak resident memory "
-               f"{r['rss_peak'] / 1e6:.1f} MB; stop after SIGTERM {r.get('stop_seconds', math.nan):.3f} s")
+               f"{r['rss_peak'] / 1e6:.1f} MB (after the load: {r['rss_anon'] / 1e6:.1f} MB heap, "
+               f"{(r['rss'] - r['rss_anon']) / 1e6:.1f} MB code and libraries); stop after SIGTERM {r.get('stop_seconds', math.nan):.3f} s")
     other = r.get("other_cpu_pct", 0.0)
     out.append(f"the rest of the machine while measuring ({r.get('measure_seconds', 0):.0f} s): other processes "
                f"{other:.0f} % of a core, stolen by the hypervisor {r.get('steal_pct', 0):.0f} %, load average "
