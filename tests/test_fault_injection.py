@@ -264,8 +264,10 @@ class Lane:
             failure.trap(BridgeError)
             if failure.value.code == "connection_lost":
                 return  # the daemon died: retried after the restart
-            if failure.value.code == "terminal_busy":
-                command.refused = "terminal_busy"  # nothing journaled; the client tries again later
+            if failure.value.code in ("terminal_busy", "rate_limited"):
+                # Nothing journaled; the client tries again later.  rate_limited: after a few restarts without
+                # the last second of acks on disk, a reconnect replays many events, and this client acks each.
+                command.refused = failure.value.code
                 return
             self.test.fail(f"{self.where()} payment.start refused: {failure.value.code} {failure.value.message}")
 

@@ -2,10 +2,12 @@ import os
 import sqlite3
 
 from twisted.internet import reactor
+from twisted.internet.defer import fail
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bridge.core import states
-from bridge.core.journal import SCHEMA_VERSION, Journal, PaymentRecord
+from bridge.core.journal import ACK_WRITE_DELAY, SCHEMA_VERSION, Journal, PaymentRecord
 from bridge.core.states import IllegalTransition
 from bridge.errors import BridgeError
 
@@ -93,6 +95,93 @@ class InlineJournalTests(SynchronousTestCase):
 
     def test_the_journal_file_is_private(self):
         self.assertEqual(os.stat(self.path).st_mode & 0o077, 0)
+
+
+class ClientAckTests(SynchronousTestCase):
+    """events.ack is counted at once and written, with the others of the same second, in one commit."""
+
+    def setUp(self):
+        self.path = os.path.join(self.mktemp(), "journal.sqlite3")
+        self.clock = Clock()
+        self.journal = Journal.open(self.path, reactor=self.clock, threaded=False)
+        self.writes = 0
+        submit = self.journal._writer.submit
+
+        def counting(op):
+            self.writes += 1
+            return submit(op)
+
+        self.journal._writer.submit = counting
+
+    def on_disk(self, client_id):
+        conn = sqlite3.connect(self.path)
+        try:
+            row = conn.execute("SELECT seq FROM acks WHERE client_id=?", (client_id,)).fetchone()
+        finally:
+            conn.close()
+        return row[0] if row else None
+
+    def test_acks_of_one_second_are_one_write(self):
+        for seq in (1, 2, 3):
+            self.journal.ack_soon("cl_a", seq)
+        self.journal.ack_soon("cl_b", 7)
+        self.journal.ack_soon("cl_a", 2)  # late and out of order: never moves back
+        self.assertEqual((self.journal.acked("cl_a"), self.journal.acked("cl_b")), (3, 7))
+        self.assertEqual((self.writes, self.on_disk("cl_a")), (0, None))
+        self.clock.advance(ACK_WRITE_DELAY)
+        self.assertEqual((self.writes, self.on_disk("cl_a"), self.on_disk("cl_b")), (1, 3, 7))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.journal.ack_soon("cl_a", 3)  # nothing new: nothing to write
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_acks_waiting_ride_along_with_the_next_payment_write(self):
+        self.journal.ack_soon("cl_a", 4)
+        self.successResultOf(self.journal.create(record(1), {}, actor="cl_a"))
+        self.assertEqual((self.writes, self.on_disk("cl_a")), (1, 4))
+        self.journal.ack_soon("cl_a", 5)
+        # A write that fails (the same command id twice) takes its acks back with it: they wait for the next.
+        self.failureResultOf(self.journal.create(record(2, command_id="cmd_1"), {}, actor="cl_a"), BridgeError)
+        self.assertEqual((self.on_disk("cl_a"), self.journal.acked("cl_a")), (4, 5))
+        self.clock.advance(ACK_WRITE_DELAY)
+        self.assertEqual(self.on_disk("cl_a"), 5)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_an_ack_never_moves_the_written_one_back(self):
+        self.successResultOf(self.journal.ack("cl_a", 9))
+        self.journal.ack_soon("cl_a", 4)
+        self.assertEqual(self.journal.acked("cl_a"), 9)
+        self.clock.advance(ACK_WRITE_DELAY)
+        self.assertEqual(self.on_disk("cl_a"), 9)
+
+    def test_close_writes_what_is_waiting(self):
+        self.journal.ack_soon("cl_a", 5)
+        self.journal.close()
+        self.assertEqual(self.on_disk("cl_a"), 5)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        again = Journal.open(self.path, threaded=False)
+        self.addCleanup(again.close)
+        self.assertEqual(again.acked("cl_a"), 5)
+
+    def test_a_failed_write_keeps_the_acks_for_the_next_try(self):
+        self.addCleanup(self.journal.close)
+        self.journal.ack_soon("cl_a", 5)
+        real = self.journal._writer.submit
+        self.journal._writer.submit = lambda op: fail(BridgeError("journal_unavailable", "The disk is full."))
+        self.clock.advance(ACK_WRITE_DELAY)
+        self.assertEqual((self.on_disk("cl_a"), self.journal.acked("cl_a")), (None, 5))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        self.journal.ack_soon("cl_a", 6)
+        self.journal._writer.submit = real
+        self.clock.advance(ACK_WRITE_DELAY)
+        self.assertEqual(self.on_disk("cl_a"), 6)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_without_a_clock_each_ack_is_written_at_once(self):
+        journal = Journal.open(os.path.join(self.mktemp(), "j.sqlite3"), threaded=False)
+        self.addCleanup(journal.close)
+        journal.ack_soon("cl_a", 2)
+        row = sqlite3.connect(journal.path).execute("SELECT seq FROM acks").fetchone()
+        self.assertEqual(row, (2,))
 
 
 class JournalFaultTests(SynchronousTestCase):

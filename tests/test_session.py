@@ -135,6 +135,11 @@ class SessionTests(SynchronousTestCase):
         for _ in range(5):  # a burst of twice the rate passes, the next is refused
             session.message_received("{}")
         self.assert_error(self.sent[-1], "rate_limited")
+        self.assertIsNone(self.sent[-1]["re"])
+        # A refused command is named, so that its client can send it again rather than wait for ever.
+        session.message_received(json.dumps({"id": "cmd-9", "op": "payment.start"}))
+        self.assert_error(self.sent[-1], "rate_limited")
+        self.assertEqual(self.sent[-1]["re"], "cmd-9")
         self.clock.advance(2)
         session.message_received("{}")
         self.assertNotEqual(self.sent[-1]["error"]["code"], "rate_limited")

@@ -128,18 +128,23 @@ class Session:
     # -- transport side -------------------------------------------------------------------------
 
     def message_received(self, text: str) -> None:
-        if not self._limiter.allow():
-            self._reply_error(None, BridgeError("rate_limited", "Too many messages; slow down."))
-            return
+        allowed = self._limiter.allow()
         try:
             message = json.loads(text)
         except ValueError:
+            message = None
+        message_id = message.get("id") if isinstance(message, dict) else None
+        if not allowed:
+            # Refused unread, but with its id, so that the client knows which command to send again later.
+            self._reply_error(message_id if isinstance(message_id, str) else None,
+                              BridgeError("rate_limited", "Too many messages; slow down and send it again."))
+            return
+        if message is None:
             self._reply_error(None, BridgeError("bad_json", "The message is not valid JSON."))
             return
         if not isinstance(message, dict):
             self._reply_error(None, BridgeError("bad_message", "A message must be a JSON object."))
             return
-        message_id = message.get("id")
         try:
             op, args = self._check(message)
         except BridgeError as e:
@@ -348,12 +353,13 @@ class Session:
         more = self._start_events(after)
         return {"resumed_after": after, "more_events": more}
 
-    def op_events_ack(self, message_id: str, args: dict[str, Any]) -> Deferred:
+    def op_events_ack(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
         assert self.client is not None
         seq = args.get("seq")
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise BridgeError("bad_request", "'seq' must be the seq of the last event you handled.")
-        return self.bridge.payments.journal.ack(self.client.id, seq).addCallback(lambda _: {"acked": seq})
+        self.bridge.payments.journal.ack_soon(self.client.id, seq)
+        return {"acked": seq}
 
     def _check_owner(self, view: dict[str, Any]) -> None:
         assert self.client is not None

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Optional
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from bridge.core.faults import checkpoint
@@ -27,6 +27,9 @@ from bridge.core.states import check_transition
 from bridge.errors import BridgeError
 
 SCHEMA_VERSION = 1
+
+#: Seconds a client's acknowledgement may wait in memory before it is written (see :meth:`Journal.ack_soon`).
+ACK_WRITE_DELAY = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -266,21 +269,28 @@ class Journal:
     log = Logger()
 
     def __init__(self, path: str, writer: _Writer, reader: sqlite3.Connection,
-                 now: Callable[[], float]) -> None:
+                 now: Callable[[], float], clock: Any = None, ack_delay: float = ACK_WRITE_DELAY) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
         self._reader_read_only = writer.read_only
         self._now = now
+        self._clock = clock
+        self._ack_delay = ack_delay
+        self._pending_acks: dict[str, int] = {}  # not written yet
+        self._highest_acks: dict[str, int] = {}  # the highest each client sent in this run
+        self._ack_call: Any = None
 
     @classmethod
     def open(cls, path: str, reactor: Any = None, threaded: bool = True,
-             now: Callable[[], float] = time.time) -> "Journal":
+             now: Callable[[], float] = time.time, ack_delay: float = ACK_WRITE_DELAY) -> "Journal":
         """Open (creating if needed) the journal at ``path``.
 
         ``threaded`` commits on a writer thread and delivers results through ``reactor.callFromThread``;
-        without it every write commits inline (unit tests).  Raises :class:`BridgeError`
-        ``journal_unavailable`` when the file cannot be opened, migrated or fails its integrity check.
+        without it every write commits inline (unit tests).  ``reactor`` (any ``IReactorTime``) also times the
+        writing of clients' acknowledgements (:meth:`ack_soon`); without one they are written at once.  Raises
+        :class:`BridgeError` ``journal_unavailable`` when the file cannot be opened, migrated or fails its
+        integrity check.
         """
         directory = os.path.dirname(os.path.abspath(path))
         writable = True
@@ -304,7 +314,7 @@ class Journal:
             deliver = lambda f: f()  # noqa: E731
         writer = _Writer(path, deliver, threaded)
         writer.open(writable)
-        return cls(path, writer, reader, now)
+        return cls(path, writer, reader, now, clock=reactor, ack_delay=ack_delay)
 
     @property
     def writable(self) -> bool:
@@ -331,6 +341,8 @@ class Journal:
         return cls(path, _Writer(path, lambda f: f(), threaded=False), reader, time.time)
 
     def close(self) -> None:
+        """Write the acknowledgements still in memory, then close."""
+        self.write_acks()
         self._writer.close()
         self._reader.close()
 
@@ -357,7 +369,7 @@ class Journal:
             _insert_transition(conn, record, actor)
             return _insert_event(conn, record, event_body)
 
-        return self._writer.submit(op)
+        return self._submit_with_acks(op)
 
     def transition(self, record: PaymentRecord, event_body: dict[str, Any], actor: str) -> "Deferred[Event]":
         """Journal ``record``'s new state (already applied to it), with its transition and event."""
@@ -371,17 +383,79 @@ class Journal:
             _insert_transition(conn, record, actor)
             return _insert_event(conn, record, event_body)
 
-        return self._writer.submit(op)
+        return self._submit_with_acks(op)
 
     def ack(self, client_id: str, seq: int) -> Deferred:
+        """Record that ``client_id`` has handled every event up to ``seq``; fires once it is on disk."""
+
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO acks (client_id, seq) VALUES (?, ?) "
-                "ON CONFLICT (client_id) DO UPDATE SET seq = max(seq, excluded.seq)",
-                (client_id, seq),
-            )
+            _upsert_ack(conn, client_id, seq)
 
         return self._writer.submit(op)
+
+    def ack_soon(self, client_id: str, seq: int) -> None:
+        """Like :meth:`ack`, for a client's ``events.ack``: counted at once (:meth:`acked` sees it), written with
+        the next payment's write or, at the latest, with the other acknowledgements of the next ``ack_delay``
+        seconds in one commit.
+
+        An acknowledgement only spares the client events it already has: losing the last second of them to a
+        power cut means those events are sent again, which clients handle anyway (delivery is at least once,
+        deduplicated by ``seq``).  So each one does not cost an fsync of its own, on the payment's path and on
+        the SD card.
+        """
+        if seq <= self._highest_acks.get(client_id, -1) or self._writer.closed:
+            return
+        self._highest_acks[client_id] = seq
+        self._pending_acks[client_id] = seq
+        if self._clock is None:
+            self.write_acks()
+        elif self._ack_call is None:
+            self._ack_call = self._clock.callLater(self._ack_delay, self.write_acks)
+
+    def _submit_with_acks(self, op: Operation) -> Deferred:
+        """Submit a payment's write, with the acknowledgements waiting in memory in the same commit (they ride
+        along for free; if the write fails they go back to waiting)."""
+        pending, self._pending_acks = self._pending_acks, {}
+        if not pending:
+            return self._writer.submit(op)
+
+        def with_acks(conn: sqlite3.Connection) -> Any:
+            for client_id, seq in pending.items():
+                _upsert_ack(conn, client_id, seq)
+            return op(conn)
+
+        def put_back(failure: Any) -> Any:
+            self._keep_acks(pending)
+            return failure
+
+        return self._writer.submit(with_acks).addErrback(put_back)
+
+    def _keep_acks(self, pending: dict[str, int]) -> None:
+        for client_id, seq in pending.items():
+            self._pending_acks[client_id] = max(seq, self._pending_acks.get(client_id, -1))
+        if self._clock is not None and self._ack_call is None and not self._writer.closed:
+            self._ack_call = self._clock.callLater(self._ack_delay, self.write_acks)
+
+    def write_acks(self) -> "Deferred[None]":
+        """Write the acknowledgements waiting in memory now.  If that fails they stay there for the next try."""
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        self._ack_call = None
+        pending, self._pending_acks = self._pending_acks, {}
+        if not pending or self._writer.closed:
+            return succeed(None)
+
+        def op(conn: sqlite3.Connection) -> None:
+            for client_id, seq in pending.items():
+                _upsert_ack(conn, client_id, seq)
+
+        def failed(failure: Any) -> None:
+            failure.trap(BridgeError)
+            self.log.warn("Could not write clients' acknowledgements: {error} They are kept for the next try.",
+                          error=failure.value.message, clients=len(pending))
+            self._keep_acks(pending)
+
+        return self._writer.submit(op).addErrback(failed)
 
     def prune(self, before: float) -> "Deferred[int]":
         """Delete final payments (never ``unknown``) last changed before ``before``, with their transitions and
@@ -466,11 +540,19 @@ class Journal:
 
     def acked(self, client_id: str) -> int:
         row = self._read().execute("SELECT seq FROM acks WHERE client_id=?", (client_id,)).fetchone()
-        return row[0] if row else 0
+        return max(row[0] if row else 0, self._pending_acks.get(client_id, 0))
 
     def last_seq(self) -> int:
         row = self._read().execute("SELECT max(seq) FROM events").fetchone()
         return row[0] or 0
+
+
+def _upsert_ack(conn: sqlite3.Connection, client_id: str, seq: int) -> None:
+    conn.execute(
+        "INSERT INTO acks (client_id, seq) VALUES (?, ?) "
+        "ON CONFLICT (client_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+        (client_id, seq),
+    )
 
 
 def _insert_transition(conn: sqlite3.Connection, record: PaymentRecord, actor: str) -> None:
