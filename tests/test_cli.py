@@ -24,7 +24,7 @@ def test_version():
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["check-config"], ["client", "add"], ["pay"], ["payments"],
-                                     ["simulate", "caisse-ap"], ["demo"]])
+                                     ["resolve"], ["simulate", "caisse-ap"], ["demo"]])
 def test_every_command_has_help(command):
     result = tb(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -106,19 +106,26 @@ def test_run_and_pay_against_a_real_daemon(tmp_path):
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
-    sim_port, port = free_port(), free_port()
+    sim_port, lost_port, port = free_port(), free_port(), free_port()
     config = tmp_path / "bridge.conf"
     config.write_text(f"[bridge]\nlisten = 127.0.0.1:{port}\nstate_dir = state\n"
-                      f"[terminal:till]\ntype = caisse-ap-tcp\naddress = 127.0.0.1:{sim_port}\nquiet_period = 0.05\n")
-    creds = tmp_path / "pos.json"
+                      f"[terminal:till]\ntype = caisse-ap-tcp\naddress = 127.0.0.1:{sim_port}\nquiet_period = 0.05\n"
+                      f"[terminal:lost]\ntype = caisse-ap-tcp\naddress = 127.0.0.1:{lost_port}\n")
+    creds, it_creds = tmp_path / "pos.json", tmp_path / "store-it.json"
     env = dict(os.environ, PYTHONPATH=ROOT)
     sim = subprocess.Popen([sys.executable, "-m", "bridge", "simulate", "caisse-ap", "--listen",
                             f"tcp:{sim_port}:interface=127.0.0.1"], env=env, stdout=subprocess.PIPE, text=True)
+    # A terminal whose link drops once it has the request: the payment's outcome is unknown.
+    lost = subprocess.Popen([sys.executable, "-m", "bridge", "simulate", "caisse-ap", "--disconnect", "--listen",
+                             f"tcp:{lost_port}:interface=127.0.0.1"], env=env, stdout=subprocess.PIPE, text=True)
     daemon = None
     try:
         assert "listening" in sim.stdout.readline()
+        assert "listening" in lost.stdout.readline()
         assert tb("-c", str(config), "client", "add", "pos", "--write-credentials", str(creds),
                   "--url", f"wss://127.0.0.1:{port}").returncode == 0
+        assert tb("-c", str(config), "client", "add", "store-it", "--rights", "read,resolve,admin",
+                  "--write-credentials", str(it_creds), "--url", f"wss://127.0.0.1:{port}").returncode == 0
         daemon = subprocess.Popen([sys.executable, "-m", "bridge", "-c", str(config), "run"], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 20
@@ -129,7 +136,7 @@ def test_run_and_pay_against_a_real_daemon(tmp_path):
             time.sleep(0.1)
         # `client add` ran before the first start, so the credentials carry no fingerprint: pass it.
     except BaseException:
-        for process in (daemon, sim):
+        for process in (daemon, sim, lost):
             if process is not None:
                 process.kill()
         raise
@@ -146,8 +153,28 @@ def test_run_and_pay_against_a_real_daemon(tmp_path):
         wrong = tb("pay", "--credentials", str(creds), "--fingerprint", "AB" * 32, "--terminal", "till",
                    "--amount", "1", "--currency", "EUR")
         assert wrong.returncode == 2 and "certificate_mismatch" in wrong.stderr
+
+        unknown = tb("pay", "--credentials", str(creds), "--fingerprint", fingerprint, "--terminal", "lost",
+                     "--amount", "5", "--currency", "EUR")
+        assert unknown.returncode == 3 and "UNKNOWN: check the terminal's receipt" in unknown.stdout, unknown.stdout
+        payment_id = unknown.stdout.split("Payment ", 1)[1].split()[0]
+        note = ("--note", "receipt shows approved, auth 123456")
+        # The till's own client may not resolve: it lacks the right.
+        refused = tb("resolve", payment_id, "--outcome", "approved", *note, "--credentials", str(creds),
+                     "--fingerprint", fingerprint)
+        assert refused.returncode == 2 and "forbidden" in refused.stderr, refused.stderr
+        resolved = tb("resolve", payment_id, "--outcome", "approved", *note, "--authorisation", "123456",
+                      "--credentials", str(it_creds), "--fingerprint", fingerprint)
+        assert resolved.returncode == 0, resolved.stdout + resolved.stderr
+        assert f"Payment {payment_id} resolved as approved by " in resolved.stdout
+        assert "APPROVED: 5.00 EUR, authorisation 123456." in resolved.stdout
+        again = tb("resolve", payment_id, "--outcome", "failed", *note, "--credentials", str(it_creds),
+                   "--fingerprint", fingerprint)
+        assert again.returncode == 2 and "not_unknown" in again.stderr
+        listing = tb("-c", str(config), "payments", "--terminal", "lost")
+        assert "approved" in listing.stdout and "unknown" not in listing.stdout
     finally:
-        for process in (daemon, sim):
+        for process in (daemon, sim, lost):
             if process is not None:
                 process.terminate()
                 process.wait(timeout=15)

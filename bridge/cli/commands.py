@@ -59,14 +59,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--currency", default="EUR", help="ISO 4217 code (default: %(default)s)")
     p.add_argument("--refund", action="store_true", help="a refund (credit) instead of a payment")
     p.add_argument("--cheque", action="store_true", help="pay by cheque (Caisse-AP terminals with a printer)")
-    p.add_argument("--credentials", metavar="FILE", help="the JSON file written by `client add --write-credentials`")
-    p.add_argument("--url", help="the bridge's address, wss://HOST:PORT (default: from the credentials file)")
-    p.add_argument("--fingerprint", help="the SHA-256 fingerprint of the bridge's certificate to pin "
-                                         "(default: from the credentials file)")
-    p.add_argument("--cafile", help="trust this CA or certificate file instead of pinning a fingerprint")
+    from bridge.cli.pay import add_connection_arguments
+
+    add_connection_arguments(p)
     p.add_argument("--command-id", help="the command id (default: a new random one); re-use it to retry safely")
     p.add_argument("--timeout", type=float, default=240.0, help="give up waiting after this many seconds")
     p.set_defaults(handler=cmd_pay)
+
+    p = sub.add_parser(
+        "resolve", help="settle an unknown payment with what the terminal's receipt shows",
+        description="A payment is unknown when the bridge cannot know its outcome (the terminal's link was lost "
+                    "after the request went out, or the bridge restarted mid-payment). Read the terminal's "
+                    "receipt or its journal, then record what it shows. The resolution is journaled with the "
+                    "client that made it, the note and the time, and sent to the client that started the "
+                    "payment as an event.",
+        epilog="The client needs the resolve right, and admin to resolve another client's payment: "
+               "`terminal-bridge client add store-it --rights read,resolve,admin --write-credentials it.json`. "
+               "Exit status: 0 resolved, 2 the resolution could not be made (the reason is printed).")
+    p.add_argument("payment_id", metavar="PAYMENT_ID", help="the payment, e.g. pay_3f9c... (`terminal-bridge "
+                                                            "payments --state unknown` lists them)")
+    p.add_argument("--outcome", required=True, choices=("approved", "declined", "cancelled", "failed"),
+                   help="what the receipt shows: approved (the customer was charged), declined, cancelled, or "
+                        "failed (nothing was charged)")
+    p.add_argument("--note", required=True, help="what the resolution is based on, e.g. \"receipt shows "
+                                                 "approved, auth 123456\"")
+    p.add_argument("--authorisation", help="the authorisation number printed on the receipt")
+    add_connection_arguments(p)
+    p.set_defaults(handler=cmd_resolve)
 
     p = sub.add_parser("payments", help="list recent payments from the journal (for store IT)",
                        description="List recent payments and their states, newest first, read from the "
@@ -225,6 +244,12 @@ def cmd_pay(args: argparse.Namespace) -> int:
     from bridge.cli.pay import run_pay
 
     return run_pay(args)
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from bridge.cli.resolve import run_resolve
+
+    return run_resolve(args)
 
 
 def cmd_payments(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
@@ -51,12 +51,30 @@ def exit_code_for(state: str) -> int:
 
 
 def run_pay(args: argparse.Namespace) -> int:
+    try:
+        cur = currency(args.currency.upper())
+        amount = parse_major(args.amount, cur)
+    except BridgeError as e:
+        print(e.message, file=sys.stderr)
+        return EXIT_ERROR
+
+    def work(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str]) -> Deferred:
+        return pay(reactor, url, creds, fingerprint, args.cafile, args.terminal, amount, cur.code,
+                   "refund" if args.refund else "debit", "cheque" if args.cheque else "card",
+                   args.command_id or uuid.uuid4().hex, args.timeout, echo=print)
+
+    return run_remote(args, work)
+
+
+def run_remote(args: argparse.Namespace,
+               work: Callable[[Any, str, Credentials, Optional[str]], "Deferred[int]"]) -> int:
+    """Run ``work(reactor, url, credentials, fingerprint)`` against the bridge named by the command line
+    (``--credentials``, ``--url``, ``--fingerprint``, ``--cafile``); returns its exit code, or EXIT_ERROR with the
+    reason on standard error."""
     from twisted.internet import reactor
 
     try:
         creds, defaults = _credentials(args)
-        cur = currency(args.currency.upper())
-        amount = parse_major(args.amount, cur)
     except BridgeError as e:
         print(e.message, file=sys.stderr)
         return EXIT_ERROR
@@ -70,10 +88,7 @@ def run_pay(args: argparse.Namespace) -> int:
     @inlineCallbacks
     def main():
         try:
-            code = yield pay(reactor, url, creds, fingerprint, args.cafile, args.terminal, amount, cur.code,
-                             "refund" if args.refund else "debit", "cheque" if args.cheque else "card",
-                             args.command_id or uuid.uuid4().hex, args.timeout, echo=print)
-            result[0] = code
+            result[0] = yield work(reactor, url, creds, fingerprint)
         except BridgeError as e:
             print(f"Error ({e.code}): {e.message}", file=sys.stderr)
         except Exception as e:  # a connection or TLS failure
@@ -84,6 +99,16 @@ def run_pay(args: argparse.Namespace) -> int:
     reactor.callWhenRunning(main)
     reactor.run()
     return result[0]
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--credentials, --url, --fingerprint and --cafile: how a command reaches a running bridge."""
+    parser.add_argument("--credentials", metavar="FILE",
+                        help="the JSON file written by `client add --write-credentials`")
+    parser.add_argument("--url", help="the bridge's address, wss://HOST:PORT (default: from the credentials file)")
+    parser.add_argument("--fingerprint", help="the SHA-256 fingerprint of the bridge's certificate to pin "
+                                              "(default: from the credentials file)")
+    parser.add_argument("--cafile", help="trust this CA or certificate file instead of pinning a fingerprint")
 
 
 def _credentials(args: argparse.Namespace) -> tuple[Credentials, dict[str, Any]]:
