@@ -244,6 +244,15 @@ class ThreadedJournalTests(TestCase):
 
         return d.addCallback(check)
 
+    def test_closing_writes_the_acks_still_in_memory(self):
+        # The daemon's stop (SIGTERM) closes the journal on the reactor thread while acks wait for their second.
+        self.journal.ack_soon("cl_a", 41)
+        self.assertTrue(self.journal._ack_call.active())
+        self.journal.close()
+        again = Journal.open(self.journal.path, threaded=False)
+        self.addCleanup(again.close)
+        self.assertEqual(again.acked("cl_a"), 41)
+
     def test_one_bad_write_does_not_spoil_its_batch(self):
         from twisted.internet.defer import DeferredList
 
