@@ -79,6 +79,18 @@ class PosterTests(SynchronousTestCase):
         self.assertEqual(waiting(self.journal, "cl_odoo", "uplink:odoo"), 0)
         self.assertEqual(self.journal.acked("uplink:odoo"), self.journal.last_seq())
 
+    def test_the_cursor_is_written_once_per_result_not_once_per_event(self):
+        writes = []
+        ack = self.journal.ack
+        self.journal.ack = lambda cursor, seq: (writes.append(seq), ack(cursor, seq))[1]
+        self.receiver.codes = [500]
+        self.pay()
+        # accepted and in_progress are stepped over; the failed post leaves the cursor just before the result.
+        self.assertEqual(writes, [self.journal.last_seq() - 1])
+        self.clock.advance(10)
+        self.assertEqual(writes, [self.journal.last_seq() - 1, self.journal.last_seq()])
+        self.assertEqual(len(self.receiver.accepted), 1)
+
     def test_other_clients_payments_are_not_this_uplinks(self):
         self.pay(client="cl_pos")
         self.assertEqual(self.receiver.attempts, 0)

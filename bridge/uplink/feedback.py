@@ -200,10 +200,6 @@ class FeedbackPoster:
         if event.client_id == self._client_id and event.body.get("payment", {}).get("final"):
             self.kick()
 
-    def waiting(self) -> int:
-        """Final states not yet delivered."""
-        return waiting(self._journal, self._client_id, self._cursor_id)
-
     # -- delivery -------------------------------------------------------------------------------
 
     def kick(self) -> None:
@@ -231,20 +227,31 @@ class FeedbackPoster:
 
     @inlineCallbacks
     def _deliver(self):
+        # The cursor is written once per delivered result and once at the end of a batch, not after every event:
+        # most events (accepted, in_progress) are only stepped over, and each write is an fsync.
+        written = self._cursor
         while not self._stopped:
             events = self._pending(100)
             if not events:
-                return
+                break
             for event in events:
                 if self._stopped:
-                    return
+                    break
                 if _is_final(event):
                     ok = yield self._post_one(event)
                     if not ok:
                         self._schedule_retry()
-                        return
-                self._cursor = event.seq
-                yield self._journal.ack(self._cursor_id, event.seq)
+                        break
+                    self._cursor = event.seq
+                    yield self._journal.ack(self._cursor_id, event.seq)
+                    written = event.seq
+                else:
+                    self._cursor = event.seq
+            else:
+                continue
+            break
+        if self._cursor > written and not self._journal.closed:
+            yield self._journal.ack(self._cursor_id, self._cursor)
 
     @inlineCallbacks
     def _post_one(self, event: Event):
