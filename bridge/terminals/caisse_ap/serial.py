@@ -619,12 +619,7 @@ class CaisseAPSerialDriver:
             self._last_error = outcome.code
         elif outcome.code != "terminal_busy":
             self._last_error = None
-        self._log.debug(
-            "Payment {payment_id} on terminal {terminal}: {state} ({code})",
-            payment_id=request.payment_id, terminal=self.name, state=outcome.state, code=outcome.code,
-            amount=request.amount, currency=request.currency.code,
-        )
-        return outcome
+        return outcome  # the core logs the payment's end, with every field
 
 
 # --- configuration ------------------------------------------------------------------------------------------

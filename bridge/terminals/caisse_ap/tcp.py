@@ -282,12 +282,7 @@ class CaisseAPTCPDriver:
             self._last_error = outcome.code
         elif self._sent:
             self._last_error = None
-        self._log.debug(
-            "Payment {payment_id} on terminal {terminal}: {state} ({code})",
-            payment_id=request.payment_id, terminal=self.name, state=outcome.state, code=outcome.code,
-            amount=request.amount, currency=request.currency.code,
-        )
-        return outcome
+        return outcome  # the core logs the payment's end, with every field
 
 
 def _address(text: str) -> tuple[str, int]:
