@@ -125,3 +125,31 @@ def run_in_own_reactor(reactor: Any, scenario: Any, cleanup: Any, timeout: float
         results[0].raiseException()
     assert leftovers == [], "left behind in the reactor"
     return results[0]
+
+
+def credentials_of(client: dict[str, str]) -> Any:
+    """The Credentials of a client made by :func:`add_test_client`."""
+    from bridge.api.client import Credentials
+
+    return Credentials(client["client_id"], client["secret_in"], client["secret_out"])
+
+
+def start_daemon(test: Any, config_path: str, reactor: Any, **options: Any) -> Deferred:
+    """Start the real Daemon on ``config_path`` for a trial test (stopped at the test's cleanup).  Fires with
+    (daemon, url, fingerprint): the wss:// address it listens on and its certificate's fingerprint to pin."""
+    from twisted.internet.defer import inlineCallbacks
+
+    from bridge.api.tls import fingerprint_of_pem
+    from bridge.service.daemon import Daemon
+
+    @inlineCallbacks
+    def start():
+        daemon = Daemon(load_config(config_path), reactor, **options)
+        port = yield daemon.start()
+        test.addCleanup(daemon.stop)
+        with open(daemon.config.tls_certificate, "rb") as f:
+            fingerprint = fingerprint_of_pem(f.read())
+        return daemon, f"wss://127.0.0.1:{port.getHost().port}", fingerprint
+
+    return start()
+

@@ -9,10 +9,10 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from bridge.api.client import Credentials, connect
-from bridge.service.daemon import Daemon, status_line, terminal_is_up
+from bridge.api.client import connect
+from bridge.service.daemon import status_line, terminal_is_up
 from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
-from tests.support import add_test_client, load_config, write_config
+from tests.support import add_test_client, credentials_of, start_daemon, write_config
 
 
 def test_a_terminal_is_up_unless_its_driver_says_otherwise():
@@ -59,17 +59,10 @@ class DaemonStatusTests(TestCase):
         os.makedirs(directory)
         path = write_config(directory, {"till-1": f"127.0.0.1:{sim_port.getHost().port}",
                                         "till-2": f"127.0.0.1:{_closed_port()}"})
-        creds = add_test_client(path, "pos")
-        self.creds = Credentials(creds["client_id"], creds["secret_in"], creds["secret_out"])
+        self.creds = credentials_of(add_test_client(path, "pos"))
         self.sent = []
-        self.daemon = Daemon(load_config(path), reactor, notify=self.record)
-        listening = yield self.daemon.start()
-        self.addCleanup(self.daemon.stop)
-        self.port = listening.getHost().port
-        with open(self.daemon.config.tls_certificate, "rb") as f:
-            from bridge.api.tls import fingerprint_of_pem
-
-            self.fingerprint = fingerprint_of_pem(f.read())
+        self.daemon, self.url, self.fingerprint = yield start_daemon(self, path, reactor, notify=self.record)
+        self.port = int(self.url.rsplit(":", 1)[1])
 
     def record(self, message):
         self.sent.append(message)

@@ -22,7 +22,8 @@ from bridge.terminals.base import Outcome
 from bridge.terminals.caisse_ap.codec import AnswerParser, encode_fields
 from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript, answer_fields
 from tests.daemon_process import DaemonProcess, free_port
-from tests.support import APPROVED, RecordingDriver, add_test_client, load_config, write_config
+from tests.support import (APPROVED, RecordingDriver, add_test_client, credentials_of, load_config, start_daemon,
+                           write_config)
 
 PAYMENT = {"terminal": "till-1", "amount": 1234, "currency": "EUR"}
 
@@ -102,14 +103,8 @@ class ReconnectTests(_Bridge, TestCase):
         directory = self.mktemp()
         os.makedirs(directory)
         path = write_config(directory, addresses)
-        creds = add_test_client(path, "pos")
-        self.creds = Credentials(creds["client_id"], creds["secret_in"], creds["secret_out"])
-        self.daemon = Daemon(load_config(path), reactor)
-        port = yield self.daemon.start()
-        self.addCleanup(self.daemon.stop)
-        self.url = f"wss://127.0.0.1:{port.getHost().port}"
-        with open(self.daemon.config.tls_certificate, "rb") as f:
-            self.fingerprint = fingerprint_of_pem(f.read())
+        self.creds = credentials_of(add_test_client(path, "pos"))
+        self.daemon, self.url, self.fingerprint = yield start_daemon(self, path, reactor)
 
     def journaled(self, payment_id):
         return self.daemon.journal.get(payment_id)

@@ -8,11 +8,9 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
 from bridge.api.client import Credentials, connect
-from bridge.api.tls import fingerprint_of_pem
 from bridge.errors import BridgeError
-from bridge.service.daemon import Daemon
 from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
-from tests.support import add_test_client, load_config, write_config
+from tests.support import add_test_client, credentials_of, start_daemon, write_config
 
 PAYMENT = {"terminal": "till-1", "amount": 1234, "currency": "EUR"}
 
@@ -34,14 +32,8 @@ class EndToEndTests(TestCase):
         path = write_config(directory, {"till-1": f"127.0.0.1:{self.sim_port.getHost().port}",
                                         "till-2": f"127.0.0.1:{self.decl_port.getHost().port}"},
                             extra="max_message_bytes = 4096")
-        creds = add_test_client(path, "pos")
-        self.creds = Credentials(creds["client_id"], creds["secret_in"], creds["secret_out"])
-        self.daemon = Daemon(load_config(path), reactor)
-        port = yield self.daemon.start()
-        self.addCleanup(self.daemon.stop)
-        self.url = f"wss://127.0.0.1:{port.getHost().port}"
-        with open(self.daemon.config.tls_certificate, "rb") as f:
-            self.fingerprint = fingerprint_of_pem(f.read())
+        self.creds = credentials_of(add_test_client(path, "pos"))
+        self.daemon, self.url, self.fingerprint = yield start_daemon(self, path, reactor)
 
     @inlineCallbacks
     def open(self, creds=None, hello=True):

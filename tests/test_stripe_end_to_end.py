@@ -10,19 +10,17 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
-from bridge.api.client import Credentials, connect
-from bridge.api.tls import fingerprint_of_pem
+from bridge.api.client import connect
 from bridge.config import TerminalConfig
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
-from bridge.service.daemon import Daemon
 from bridge.terminals.base import ITerminalDriver
 from bridge.terminals.catalogue import VALIDATORS
 from bridge.terminals.stripe.driver import build_stripe_driver
 from bridge.terminals.stripe.options import parse_stripe_options, read_api_key
 from tests.stripe_support import KEY, SERIAL, StripeTestCase, sleep
-from tests.support import add_test_client, load_config
+from tests.support import add_test_client, credentials_of, start_daemon
 
 
 def write_key(directory: str, key: str = KEY) -> str:
@@ -47,15 +45,9 @@ class DaemonTests(StripeTestCase):
                                "[terminal:stripe-1]", "type = stripe", f"serial_number = {SERIAL}",
                                f"api_key_file = {key_file}", f"api_base = {self.fake.url}", "poll_interval = 0.05",
                                "payment_timeout = 5", "status_interval = 30", ""]))
-        client = add_test_client(path, "pos", rights=("pay", "read", "refund"))
-        self.creds = Credentials(client["client_id"], client["secret_in"], client["secret_out"])
-        self.daemon = Daemon(load_config(path), reactor)
-        port = yield self.daemon.start()
+        self.creds = credentials_of(add_test_client(path, "pos", rights=("pay", "read", "refund")))
+        self.daemon, self.url, self.fingerprint = yield start_daemon(self, path, reactor)
         self.addCleanup(self.daemon.payments.registry.driver("stripe-1").stop)
-        self.addCleanup(self.daemon.stop)
-        self.url = f"wss://127.0.0.1:{port.getHost().port}"
-        with open(self.daemon.config.tls_certificate, "rb") as f:
-            self.fingerprint = fingerprint_of_pem(f.read())
 
     @inlineCallbacks
     def open(self):
