@@ -358,7 +358,12 @@ class Session:
         seq = args.get("seq")
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise BridgeError("bad_request", "'seq' must be the seq of the last event you handled.")
-        self.bridge.payments.journal.ack_soon(self.client.id, seq)
+        journal = self.bridge.payments.journal
+        last = journal.last_seq()
+        if seq > last:
+            # Acked ahead of what exists, the client would never be sent the events it has not seen yet.
+            raise BridgeError("bad_request", f"'seq' {seq} is after the last event the bridge has sent ({last}).")
+        journal.ack_soon(self.client.id, seq)
         return {"acked": seq}
 
     def _check_owner(self, view: dict[str, Any]) -> None:
