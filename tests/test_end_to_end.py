@@ -115,9 +115,14 @@ class EndToEndTests(TestCase):
         proto.factory.on_unsolicited = replies.append
         proto.send_raw(b"{not json")
         proto.send_raw({"id": "x1", "op": "payment.start", "ts": 0, "args": PAYMENT, "sig": "00"})
+        # a text frame that is not UTF-8 gets bad_json like any other unreadable message, and the
+        # connection stays open (autobahn's own check would close it with 1007 instead)
+        proto.send_raw(b'{"id": "x2", "op": "\xff\xfe"}')
         yield sleep(0.2)
-        self.assertEqual([r["error"]["code"] for r in replies], ["bad_json", "bad_signature"])
+        self.assertEqual([r["error"]["code"] for r in replies], ["bad_json", "bad_signature", "bad_json"])
         self.assertEqual(self.simulator.requests, [])
+        info = yield proto.call("bridge.info", {})
+        self.assertIn("version", info)
         # a well-formed command with a wrong signature
         creds = Credentials(self.creds.client_id, "x" * 64, self.creds.secret_out)
         other = yield self.open(creds, hello=False)

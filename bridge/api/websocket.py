@@ -83,4 +83,7 @@ class CommandFactory(WebSocketServerFactory):
             autoPingInterval=30,
             autoPingTimeout=60,
             perMessageCompressionAccept=lambda offers: None,
+            # onMessage decodes the text itself and answers bad_json; autobahn's check would instead close the
+            # connection (1007) and spend a UTF-8 scan on every frame
+            utf8validateIncoming=False,
         )
