@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 import serial as pyserial
@@ -36,8 +38,8 @@ from bridge.terminals.caisse_ap.serial import (
     describe_open_error,
     is_pseudo_terminal,
     line_settings,
-    parse_serial_options,
 )
+from bridge.terminals.caisse_ap.serial_options import parse_serial_options
 from bridge.terminals.caisse_ap.serial_simulator import LinkFaults, SerialTerminal
 from bridge.terminals.caisse_ap.simulator import SimulatorScript
 from bridge.terminals.catalogue import VALIDATORS, build_driver
@@ -614,6 +616,32 @@ def test_open_errors_are_described_for_the_installer(code, words):
 
 
 # --- configuration ------------------------------------------------------------------------------------------
+
+def test_a_bridge_without_serial_terminals_does_not_load_the_serial_driver():
+    """Checking options, the CLI's parser and the daemon's modules leave pyserial and the driver unloaded."""
+    code = (
+        "import sys\n"
+        "from bridge.cli.main import build_parser\n"
+        "build_parser()\n"
+        "import bridge.service.run, bridge.service.daemon\n"
+        "from bridge.terminals.catalogue import VALIDATORS\n"
+        "assert VALIDATORS['caisse-ap-serial']({'device': '/dev/ttyACM0'}) == []\n"
+        "assert VALIDATORS['caisse-ap-serial']({'device': '/dev/x', 'line': '9X9'})[0][0] == 'line'\n"
+        "print(sorted(m for m in sys.modules if m == 'serial' or m.startswith(('serial.', 'twisted.internet.serial'))"
+        " or m == 'bridge.terminals.caisse_ap.serial'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_option_checker_knows_the_drivers_line_settings():
+    from bridge.terminals.caisse_ap.serial import LINES
+    from bridge.terminals.caisse_ap.serial_options import LINE_NAMES
+
+    assert tuple(LINES) == LINE_NAMES
+
 
 def test_options_with_defaults():
     kwargs, problems = parse_serial_options({"type": "caisse-ap-serial", "device": "/dev/ttyACM0"})

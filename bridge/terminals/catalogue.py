@@ -6,7 +6,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from bridge.config import TerminalConfig
 from bridge.terminals.base import ITerminalDriver
-from bridge.terminals.caisse_ap.serial import CaisseAPSerialDriver, parse_serial_options
+from bridge.terminals.caisse_ap.serial_options import parse_serial_options
 from bridge.terminals.caisse_ap.tcp import CaisseAPTCPDriver, parse_tcp_options
 from bridge.terminals.stripe.options import parse_stripe_options
 
@@ -27,6 +27,8 @@ def _build_caisse_ap_tcp(config: TerminalConfig, reactor: Any) -> ITerminalDrive
 
 
 def _build_caisse_ap_serial(config: TerminalConfig, reactor: Any) -> ITerminalDriver:
+    from bridge.terminals.caisse_ap.serial import CaisseAPSerialDriver  # imports pyserial: only when used
+
     kwargs, problems = parse_serial_options(config.options)
     assert not problems, problems
     driver = CaisseAPSerialDriver(config.name, reactor, **kwargs)

@@ -41,7 +41,6 @@ from bridge.errors import BridgeError
 from bridge.terminals.base import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.caisse_ap import concert_v2
 from bridge.terminals.caisse_ap.codec import (
-    IDENTITY_FIELDS,
     MalformedAnswer,
     encode_request,
     checked_identity,
@@ -61,23 +60,25 @@ from bridge.terminals.caisse_ap.link import (
     SendFailed,
     Write,
 )
-from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID, parse_timings_and_identity, positive_number
+from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID
 
-PROTOCOL_TLV = "caisse-ap"
-PROTOCOL_V2 = "concert-v2"
-PROTOCOLS = (PROTOCOL_TLV, PROTOCOL_V2)
+from bridge.terminals.caisse_ap.serial_options import (
+    DEFAULT_ANSWER_TIMEOUT,
+    DEFAULT_BAUDRATE,
+    DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_LINE,
+    LINE_NAMES,
+    PROTOCOL_TLV,
+    PROTOCOL_V2,
+    PROTOCOLS,
+)
 
 #: Line settings: data bits, parity, stop bits.  Native RS-232 Ingenico lines are 7E1; USB virtual ports ignore it.
 LINES = {
     "7E1": (SEVENBITS, PARITY_EVEN, STOPBITS_ONE),
     "8N1": (EIGHTBITS, PARITY_NONE, STOPBITS_ONE),
 }
-BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-
-DEFAULT_BAUDRATE = 9600
-DEFAULT_LINE = "7E1"
-DEFAULT_ANSWER_TIMEOUT = 180.0
-DEFAULT_HEALTH_INTERVAL = 60.0
+assert tuple(LINES) == LINE_NAMES
 #: Reopening a missing device: first after this many seconds, then less often, up to the maximum.
 REOPEN_INITIAL_DELAY = 1.0
 REOPEN_MAX_DELAY = 30.0
@@ -620,58 +621,3 @@ class CaisseAPSerialDriver:
         elif outcome.code != "terminal_busy":
             self._last_error = None
         return outcome  # the core logs the payment's end, with every field
-
-
-# --- configuration ------------------------------------------------------------------------------------------
-
-_TIMING_OPTIONS = ("answer_timeout", "ack_timeout")
-
-
-def parse_serial_options(options: Mapping[str, str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """Check a terminal's configuration section: ``(constructor keyword arguments, [(key, problem)])``.
-
-    The keyword arguments are those of :class:`CaisseAPSerialDriver` besides ``name`` and ``reactor``.
-    """
-    kwargs: dict[str, Any] = {}
-    problems: list[tuple[str, str]] = []
-    known = {"type", "device", "baudrate", "line", "protocol", "health_interval", *_TIMING_OPTIONS,
-             *IDENTITY_FIELDS}
-    for key in options:
-        if key not in known:
-            problems.append((key, f"is not a setting of a Caisse-AP serial terminal (known: {', '.join(sorted(known))})"))
-    device = options.get("device", "").strip()
-    if not device:
-        problems.append(("device", "is missing: give the terminal's device, best a /dev/serial/by-id/... path"))
-    elif not device.startswith("/"):
-        problems.append(("device", f"{device!r} is not a device path such as /dev/serial/by-id/usb-... or "
-                                   "/dev/ttyACM0"))
-    else:
-        kwargs["device"] = device
-    if "baudrate" in options:
-        text = options["baudrate"].strip()
-        if text.isdigit() and int(text) in BAUDRATES:
-            kwargs["baudrate"] = int(text)
-        else:
-            problems.append(("baudrate", f"{text!r} is not one of {', '.join(map(str, BAUDRATES))}"))
-    if "line" in options:
-        text = options["line"].strip().upper()
-        if text in LINES:
-            kwargs["line"] = text
-        else:
-            problems.append(("line", f"{options['line']!r} is not 7E1 (7 data bits, even parity, 1 stop bit) or "
-                                     "8N1 (8 data bits, no parity, 1 stop bit)"))
-    if "protocol" in options:
-        text = options["protocol"].strip().lower()
-        if text in PROTOCOLS:
-            kwargs["protocol"] = text
-        else:
-            problems.append(("protocol", f"{options['protocol']!r} is not caisse-ap (Concert V3 TLV) or "
-                                         "concert-v2 (older fixed-width messages)"))
-    parse_timings_and_identity(options, _TIMING_OPTIONS, kwargs, problems)
-    if "health_interval" in options:
-        text = options["health_interval"].strip()
-        try:
-            kwargs["health_interval"] = 0.0 if text in ("0", "0.0") else positive_number(text)
-        except ValueError:
-            problems.append(("health_interval", f"{text!r} is not a number of seconds (0 turns the check off)"))
-    return kwargs, problems

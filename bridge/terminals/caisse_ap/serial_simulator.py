@@ -13,7 +13,7 @@ import argparse
 import os
 import tty
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import abstract, fdesc
 from twisted.internet.error import ConnectionDone
@@ -25,7 +25,9 @@ from twisted.python.failure import Failure
 from bridge.terminals.caisse_ap import concert_v2
 from bridge.terminals.caisse_ap.codec import MalformedAnswer, encode_fields, parse_message
 from bridge.terminals.caisse_ap.link import ConcertLink, Event, Received, ReceiveFailed, SendFailed
-from bridge.terminals.caisse_ap.serial import PROTOCOL_TLV, PROTOCOL_V2, PROTOCOLS, LinkRunner
+from bridge.terminals.caisse_ap.serial_options import PROTOCOL_TLV, PROTOCOL_V2, PROTOCOLS
+if TYPE_CHECKING:
+    from bridge.terminals.caisse_ap.serial import LinkRunner
 from bridge.terminals.caisse_ap.simulator import (
     ABANDON,
     APPROVE,
@@ -171,6 +173,8 @@ class SerialTerminal:
             corrupt_frames=self.faults.bad_lrc,
         )
         self._side = _TerminalSide(self)
+        from bridge.terminals.caisse_ap.serial import LinkRunner  # the driver's module imports pyserial
+
         self._runner = LinkRunner(link, self.reactor, self._write, self._event)
         self._master = _PtyMaster(self.reactor, master_fd, self._side)
         if self.device_link:
