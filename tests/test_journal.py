@@ -93,6 +93,35 @@ class InlineJournalTests(SynchronousTestCase):
         version = sqlite3.connect(self.path).execute("SELECT value FROM meta WHERE key='schema_version'")
         self.assertEqual(version.fetchone()[0], str(SCHEMA_VERSION))
 
+    def test_refunded_amount_counts_what_refunds_took_or_may_have_taken(self):
+        self.successResultOf(self.journal.create(record(1, state=states.APPROVED), {}, actor="x"))
+        refunds = [(2, states.APPROVED, 100), (3, states.UNKNOWN, 20), (4, states.DECLINED, 1000),
+                   (5, states.FAILED, 1000), (6, states.IN_PROGRESS, 3)]
+        for n, state, amount in refunds:
+            self.successResultOf(self.journal.create(
+                record(n, kind="refund", state=state, amount=amount, details={"refund_of": "pay_1"}), {}, actor="x"))
+        # a debit whose details happen to name pay_1 is not a refund of it
+        self.successResultOf(self.journal.create(record(7, state=states.APPROVED, details={"refund_of": "pay_1"}),
+                                                 {}, actor="x"))
+        self.assertEqual(self.journal.refunded_amount("pay_1"), 123)
+        self.assertEqual(self.journal.refunded_amount("pay_2"), 0)
+
+    def test_refunded_amount_is_an_index_lookup_also_in_a_journal_made_before_the_index(self):
+        """A refund's check ran on the reactor thread as a scan of every payment kept (16 ms for 200 000 of
+        them on the reference machine); the index makes it a lookup, and an older journal gets it when opened."""
+        self.journal.close()
+        conn = sqlite3.connect(self.path)
+        conn.execute("DROP INDEX payments_refund_of")
+        conn.commit()
+        conn.close()
+        journal = Journal.open(self.path, threaded=False)
+        self.addCleanup(journal.close)
+        plan = journal._read().execute(
+            "EXPLAIN QUERY PLAN SELECT coalesce(sum(amount), 0) FROM payments WHERE kind='refund' "
+            "AND json_extract(details, '$.refund_of')=? AND state NOT IN ('declined','cancelled','failed')",
+            ("pay_1",)).fetchall()
+        self.assertIn("USING INDEX payments_refund_of", " ".join(str(row[-1]) for row in plan))
+
     def test_the_journal_file_is_private(self):
         self.assertEqual(os.stat(self.path).st_mode & 0o077, 0)
 
