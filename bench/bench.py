@@ -229,7 +229,11 @@ def serve_simulators(count: int) -> int:
             factory = SimulatorFactory(reactor, SimulatorScript())  # approve, delay 0, close after answering
             port = yield TCP4ServerEndpoint(reactor, 0, backlog=128, interface="127.0.0.1").listen(factory)
             ports.append(port.getHost().port)
-        stdio_proto.transport.write((json.dumps({"ports": ports}) + "\n").encode())
+        echo_port = yield listen_echo(reactor, echo_dir)
+        stdio_proto.transport.write((json.dumps({"ports": ports, "echo_port": echo_port}) + "\n").encode())
+
+    echo_dir = tempfile.mkdtemp(prefix="tb-bench-echo-")
+    reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, echo_dir, True)
 
     stdio_proto = Parent()
     stdio.StandardIO(stdio_proto)
@@ -238,7 +242,73 @@ def serve_simulators(count: int) -> int:
     return 0
 
 
-def start_simulators(count: int, timeout: float = 20.0) -> tuple[subprocess.Popen, list[int]]:
+def listen_echo(reactor: Any, directory: str):
+    """The floor of the added latency: a bare autobahn WebSocket over TLS, with the bridge's TLS settings and
+    WebSocket options, that sends every message back and does nothing else (no JSON, no signature, no journal).
+    Fires with its port."""
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+
+    from bridge.api.tls import ensure_certificate, server_options
+
+    cert, key = os.path.join(directory, "echo.crt"), os.path.join(directory, "echo.key")
+    ensure_certificate(cert, key, "localhost")
+
+    class Echo(WebSocketServerProtocol):
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)  # as the bridge does (docs/performance.md: Nagle)
+            super().connectionMade()
+
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            self.sendMessage(payload, isBinary)
+
+    factory = WebSocketServerFactory()
+    factory.protocol = Echo
+    factory.setProtocolOptions(utf8validateIncoming=False, perMessageCompressionAccept=lambda offers: None)
+    endpoint = SSL4ServerEndpoint(reactor, 0, server_options(cert, key), interface="127.0.0.1")
+    return endpoint.listen(factory).addCallback(lambda port: port.getHost().port)
+
+
+def echo_client(reactor: Any, port: int):
+    """Open a WebSocket over TLS to the echo server; fires with a function sending one message and firing with
+    the seconds until it came back."""
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import SSL4ClientEndpoint
+    from twisted.internet.ssl import CertificateOptions
+
+    opened: Deferred = Deferred()
+
+    class Client(WebSocketClientProtocol):
+        waiting: Optional[tuple[float, Deferred]] = None
+
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            super().connectionMade()
+
+        def onOpen(self) -> None:
+            opened.callback(self)
+
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            assert self.waiting is not None
+            (t0, d), self.waiting = self.waiting, None
+            d.callback(time.perf_counter() - t0)
+
+        def echo(self, message: bytes) -> Deferred:
+            d: Deferred = Deferred()
+            self.waiting = (time.perf_counter(), d)
+            self.sendMessage(message)
+            return d
+
+    factory = WebSocketClientFactory(f"wss://127.0.0.1:{port}")
+    factory.protocol = Client
+    factory.setProtocolOptions(perMessageCompressionOffers=[])
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port, CertificateOptions(verify=False), timeout=10)
+    endpoint.connect(factory).addErrback(lambda f: opened.errback(f) if not opened.called else None)
+    return opened
+
+
+def start_simulators(count: int, timeout: float = 20.0) -> tuple[subprocess.Popen, list[int], int]:
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-simulators", str(count)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env(),
                             preexec_fn=_set_parent_death_signal)
@@ -248,10 +318,11 @@ def start_simulators(count: int, timeout: float = 20.0) -> tuple[subprocess.Pope
     if not line:
         stop_process(proc)
         raise BenchError("the simulators did not start")
-    ports = json.loads(line)["ports"]
+    announced = json.loads(line)
+    ports = announced["ports"]
     if len(ports) != count:
         raise BenchError("the simulators reported the wrong number of ports")
-    return proc, ports
+    return proc, ports, announced["echo_port"]
 
 
 def stop_process(proc: Optional[subprocess.Popen], grace: float = 10.0) -> Optional[float]:
@@ -476,10 +547,12 @@ class Measurement:
     """Runs the phases against a running bridge; fills ``results``."""
 
     def __init__(self, reactor: Any, args: argparse.Namespace, url: str, fingerprint: str,
-                 clients: list[dict[str, str]], sim_ports: list[int], bridge_pid: int, sim_pid: int) -> None:
+                 clients: list[dict[str, str]], sim_ports: list[int], bridge_pid: int, sim_pid: int,
+                 echo_port: int) -> None:
         self.reactor, self.args, self.url, self.fingerprint = reactor, args, url, fingerprint
         self.credentials = clients
         self.sim_ports, self.bridge_pid, self.sim_pid = sim_ports, bridge_pid, sim_pid
+        self.echo_port = echo_port
         self.clients: list[BridgeClient] = []
         self.results: dict[str, Any] = {}
         self.bridge_payments = 0
@@ -501,6 +574,7 @@ class Measurement:
         def phases():
             yield self.connect_all()
             yield self.one_terminal()
+            yield self.floor()
             yield self.many_terminals()
             yield self.throughput()
             self.results["rss"] = proc_status(self.bridge_pid, "VmRSS")
@@ -578,6 +652,29 @@ class Measurement:
 
         return run()
 
+    def floor(self):
+        """Round trips of a message the size of a payment's over a bare TLS WebSocket (autobahn, no bridge code):
+        the part of the added latency this stack costs on this machine before the bridge does anything."""
+        from twisted.internet.defer import inlineCallbacks
+
+        @inlineCallbacks
+        def run():
+            self.progress(f"floor: {self.args.warmup} warm-up + {self.args.payments} round trips over a bare TLS "
+                          "WebSocket")
+            client = yield echo_client(self.reactor, self.echo_port)
+            message = json.dumps({"id": str(uuid.uuid4()), "op": "payment.start", "args": {"x": "x" * 280}}).encode()
+            samples = []
+            for n in range(self.args.warmup + self.args.payments):
+                elapsed = yield client.echo(message)
+                if n >= self.args.warmup:
+                    samples.append(elapsed * 1000)
+            client.sendClose()
+            self.results["echo_p50"] = percentile(samples, 50)
+            self.results["echo_p99"] = percentile(samples, 99)
+            self.results["echo_bytes"] = len(message)
+
+        return run()
+
     def many_terminals(self):
         """All terminals pay at once, round after round: a direct round, then a round through the bridge."""
         from twisted.internet.defer import gatherResults, inlineCallbacks
@@ -645,7 +742,8 @@ class Measurement:
 
 
 def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[dict[str, str]],
-            sim_ports: list[int], bridge_pid: int, sim_pid: int) -> tuple[dict[str, Any], int, list[str]]:
+            sim_ports: list[int], bridge_pid: int, sim_pid: int,
+            echo_port: int) -> tuple[dict[str, Any], int, list[str]]:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
@@ -659,7 +757,7 @@ def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[
                 print(event["log_failure"].getTraceback(), file=sys.stderr)
 
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    m = Measurement(reactor, args, url, fingerprint, clients, sim_ports, bridge_pid, sim_pid)
+    m = Measurement(reactor, args, url, fingerprint, clients, sim_ports, bridge_pid, sim_pid, echo_port)
     outcome: dict[str, Any] = {}
 
     def finished(result: Any) -> None:
@@ -710,6 +808,8 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
         rows.append((f"{what}: through the bridge p99", ms(f"bridge_p99_{suffix}"), ""))
         rows.append((f"{what}: added latency p50", ms(f"added_p50_{suffix}"), f"added_p50_{suffix}"))
         rows.append((f"{what}: added latency p99", ms(f"added_p99_{suffix}"), f"added_p99_{suffix}"))
+    rows.append(("floor: bare TLS WebSocket round trip p50", ms("echo_p50"), f"n={r.get('bridge_n_1', 0)}"))
+    rows.append(("floor: bare TLS WebSocket round trip p99", ms("echo_p99"), ""))
     rows.append(("throughput: payments per second", f"{r['throughput']:.0f}/s", "throughput"))
     rows.append(("bridge resident memory after load", f"{r['rss'] / 1e6:.1f} MB", "rss"))
     rows.append(("bridge resident memory when ready", f"{r['rss_ready'] / 1e6:.1f} MB", ""))
@@ -734,6 +834,11 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
                f"payment round trip p50 {r['throughput_p50']:.1f} ms, p99 {r['throughput_p99']:.1f} ms; "
                f"CPU (100 % = one core): bridge {r['cpu_bridge_pct']:.0f} %, measuring client "
                f"{r['cpu_client_pct']:.0f} %, simulators {r['cpu_sim_pct']:.0f} %")
+    floor = r["echo_p50"] + 3 * info["fsync_p50_ms"]
+    out.append(f"floor of the 1-terminal added latency on this machine: a bare TLS WebSocket round trip "
+               f"({r['echo_bytes']} bytes, autobahn, nothing else) p50 {r['echo_p50']:.3f} ms + the 3 journal "
+               f"fsyncs a payment waits for, p50 3 x {info['fsync_p50_ms']:.3f} ms = {floor:.3f} ms "
+               f"(target 1 ms; the bridge's own work is the rest: {r['added_p50_1'] - floor:.3f} ms)")
     out.append(f"bridge CPU per payment: {r['bridge_cpu_ms_per_payment_1']:.2f} ms one at a time, "
                f"{r['bridge_cpu_ms_per_payment']:.2f} ms under load; peak resident memory "
                f"{r['rss_peak'] / 1e6:.1f} MB (after the load: {r['rss_anon'] / 1e6:.1f} MB heap, "
@@ -801,7 +906,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("terminal-bridge benchmark: measuring the machine and starting "
               f"{TERMINALS} simulated terminals", file=sys.stderr, flush=True)
         info = machine(directory)
-        simulators, sim_ports = start_simulators(TERMINALS)
+        simulators, sim_ports, echo_port = start_simulators(TERMINALS)
         port = free_port()
         config = write_config(directory, port, sim_ports)
         with open(os.path.join(directory, "clients.json"), encoding="utf-8") as f:
@@ -832,7 +937,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         ours0 = proc_cpu_seconds(bridge.pid) + proc_cpu_seconds(simulators.pid) + self_cpu_seconds()
         t0 = time.perf_counter()
         figures, bridge_payments, not_approved = measure(
-            args, f"wss://127.0.0.1:{port}", fingerprint, clients, sim_ports, bridge.pid, simulators.pid)
+            args, f"wss://127.0.0.1:{port}", fingerprint, clients, sim_ports, bridge.pid, simulators.pid, echo_port)
         r.update(figures)
         elapsed = time.perf_counter() - t0
         busy1, steal1 = system_cpu_seconds()

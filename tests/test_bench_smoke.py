@@ -27,6 +27,8 @@ FIGURES = [
     "50 terminals at once: through the bridge p99",
     "50 terminals at once: added latency p50",
     "50 terminals at once: added latency p99",
+    "floor: bare TLS WebSocket round trip p50",
+    "floor: bare TLS WebSocket round trip p99",
     "throughput: payments per second",
     "bridge resident memory after load",
     "start to ready, first start (new TLS key)",
@@ -36,7 +38,7 @@ FIGURES = [
 ]
 
 #: Figures with a target get a PASS or MISS verdict on their line.
-WITH_TARGET = [FIGURES[i] for i in (4, 5, 11, 12, 13, 14, 15)]
+WITH_TARGET = [FIGURES[i] for i in (4, 5, 11, 14, 15, 16, 17)]
 
 
 class BenchSmokeTest(unittest.TestCase):
@@ -56,10 +58,12 @@ class BenchSmokeTest(unittest.TestCase):
                 if label in WITH_TARGET:
                     self.assertRegex(matching[0], r" (PASS|MISS)$")
             self.assertIn("journal check:", proc.stdout)
+            self.assertIn("floor of the 1-terminal added latency on this machine:", proc.stdout)
             with open(figures_path, encoding="utf-8") as f:
                 figures = json.load(f)["figures"]
             self.assertGreater(figures["throughput_payments"], 0)
             self.assertGreater(figures["rss"], 0)
+            self.assertGreater(figures["echo_p50"], 0)
 
 
 if __name__ == "__main__":
