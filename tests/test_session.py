@@ -223,7 +223,8 @@ class SessionTests(SynchronousTestCase):
         self.clock.advance(3 * self.config.clock_skew)
         ts = NOW + 3 * self.config.clock_skew
         self.assertTrue(self.command("terminal.list", message_id="new", ts=ts)["ok"])
-        self.assertEqual(list(self.bridge._seen), [("cl_pos", "new")])
+        self.assertEqual(len(self.bridge._replays), 1)  # hello's and "old" are forgotten, "new" is kept
+        self.assert_error(self.command("terminal.list", message_id="new", ts=ts), "replayed")
         # a replay of the old id is now refused by its timestamp, not by the memory
         self.assert_error(self.command("terminal.list", message_id="old"), "stale_timestamp")
 

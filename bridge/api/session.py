@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from bridge import __version__
 from bridge.api import signing
+from bridge.api.replay import ReplayWindow
 from bridge.config import BridgeConfig, ClientConfig
 from bridge.core.journal import Event
 from bridge.core.payments import PaymentService
@@ -58,7 +59,7 @@ class Bridge:
         self.payments = payments
         self.clock = clock
         self.fingerprint = fingerprint
-        self._seen: dict[tuple[str, str], float] = {}
+        self._replays = ReplayWindow(clock, 2 * config.clock_skew)
         #: Sessions that said hello and are still connected; ``on_clients_changed`` hears of each change.
         self.connected: set["Session"] = set()
         self.on_clients_changed: Callable[[], Any] = lambda: None
@@ -92,20 +93,7 @@ class Bridge:
 
     def remember(self, client_id: str, message_id: str, ts: float) -> bool:
         """Record a command id; False if it was already seen inside the freshness window (a replay)."""
-        now = self.clock.seconds()
-        horizon = now - 2 * self.config.clock_skew
-        # Entries are added in time order and dicts keep insertion order: the oldest are first, so forgetting
-        # the expired ones costs only what expired (this runs for every command).
-        while self._seen:
-            oldest = next(iter(self._seen))
-            if self._seen[oldest] >= horizon:
-                break
-            del self._seen[oldest]
-        key = (client_id, message_id)
-        if key in self._seen:
-            return False
-        self._seen[key] = now
-        return True
+        return self._replays.first_time(client_id, message_id)
 
 
 class Session:
