@@ -61,24 +61,23 @@ from bridge.terminals.caisse_ap.link import (
     Write,
 )
 from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID
-
 from bridge.terminals.caisse_ap.serial_options import (
     DEFAULT_ANSWER_TIMEOUT,
     DEFAULT_BAUDRATE,
     DEFAULT_HEALTH_INTERVAL,
     DEFAULT_LINE,
-    LINE_NAMES,
     PROTOCOL_TLV,
     PROTOCOL_V2,
     PROTOCOLS,
 )
 
 #: Line settings: data bits, parity, stop bits.  Native RS-232 Ingenico lines are 7E1; USB virtual ports ignore it.
+#: The names are serial_options.LINE_NAMES, the ones check-config accepts (a test checks they agree).
 LINES = {
     "7E1": (SEVENBITS, PARITY_EVEN, STOPBITS_ONE),
     "8N1": (EIGHTBITS, PARITY_NONE, STOPBITS_ONE),
 }
-assert tuple(LINES) == LINE_NAMES
+
 #: Reopening a missing device: first after this many seconds, then less often, up to the maximum.
 REOPEN_INITIAL_DELAY = 1.0
 REOPEN_MAX_DELAY = 30.0
