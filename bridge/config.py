@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from bridge.api.signing import ALGORITHMS, MIN_SECRET_BYTES, REFUSED_ALGORITHMS
+from bridge.uplink.config import UplinkConfig, check_clients, parse_uplink
 
 DEFAULT_CONFIG_PATH = "/etc/terminal-bridge/bridge.conf"
 DEFAULT_STATE_DIR = "/var/lib/terminal-bridge"
@@ -71,7 +72,7 @@ class BridgeConfig:
     retention_days: float
     clients: Mapping[str, ClientConfig]
     terminals: Mapping[str, TerminalConfig]
-    uplinks: Mapping[str, Any] = field(default_factory=dict)  # name -> bridge.uplink.config.UplinkConfig
+    uplinks: Mapping[str, UplinkConfig] = field(default_factory=dict)
 
     @property
     def journal_path(self) -> str:
@@ -149,17 +150,16 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
         problems.append(Problem(where("bridge", "log_level"), "must be debug, info, warn or error"))
 
     terminals: dict[str, TerminalConfig] = {}
-    sections = _section_types()
-    parsed: dict[str, dict[str, Any]] = {kind: {} for kind in sections}
+    uplinks: dict[str, UplinkConfig] = {}
     for section in parser.sections():
         if section == "bridge":
             continue
         kind, _, name = section.partition(":")
-        if kind in sections and name:
-            value, found = sections[kind](name, dict(parser[section]), base)
+        if kind == "uplink" and name:
+            uplink, found = parse_uplink(name, dict(parser[section]), base)
             problems.extend(Problem(where(section, key or None), message) for key, message in found)
-            if value is not None:
-                parsed[kind][name] = value
+            if uplink is not None:
+                uplinks[name] = uplink
             continue
         if kind != "terminal" or not name:
             problems.append(Problem(where(section), "unknown section; expected [bridge], [terminal:NAME] or "
@@ -179,7 +179,7 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
 
     clients = load_clients(clients_file, problems)
     problems.extend(Problem(where(f"uplink:{name}", key), message)
-                    for name, key, message in _check_uplink_clients(parsed["uplink"], clients))
+                    for name, key, message in check_clients(uplinks, clients))
     if problems:
         raise ConfigError(problems)
     return BridgeConfig(
@@ -187,21 +187,8 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
         state_dir=state_dir, tls_certificate=os.path.join(base, cert), tls_key=os.path.join(base, key),
         clients_file=clients_file, max_message_bytes=max_message, clock_skew=skew, messages_per_second=rate,
         max_connections=max_connections, log_level=log_level, retention_days=retention_days, clients=clients, terminals=terminals,
-        uplinks=parsed["uplink"],
+        uplinks=uplinks,
     )
-
-
-def _section_types() -> dict[str, Callable[[str, dict[str, str], str], tuple[Any, list[tuple[str, str]]]]]:
-    """Section kinds besides [bridge] and [terminal:NAME], each with its checker (imported late: no cycle)."""
-    from bridge.uplink.config import parse_uplink
-
-    return {"uplink": parse_uplink}
-
-
-def _check_uplink_clients(uplinks: Mapping[str, Any], clients: Mapping[str, ClientConfig]) -> list:
-    from bridge.uplink.config import check_clients
-
-    return check_clients(uplinks, clients)
 
 
 def load_clients(path: str, problems: list[Problem]) -> dict[str, ClientConfig]:
