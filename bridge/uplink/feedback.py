@@ -230,10 +230,10 @@ class FeedbackPoster:
         # The cursor is written once per delivered result and once at the end of a batch, not after every event:
         # most events (accepted, in_progress) are only stepped over, and each write is an fsync.
         written = self._cursor
-        while not self._stopped:
+        going = True
+        while going and not self._stopped:
             events = self._pending(100)
-            if not events:
-                break
+            going = bool(events)
             for event in events:
                 if self._stopped:
                     break
@@ -241,15 +241,13 @@ class FeedbackPoster:
                     ok = yield self._post_one(event)
                     if not ok:
                         self._schedule_retry()
+                        going = False
                         break
                     self._cursor = event.seq
                     yield self._journal.ack(self._cursor_id, event.seq)
                     written = event.seq
                 else:
                     self._cursor = event.seq
-            else:
-                continue
-            break
         if self._cursor > written and not self._journal.closed:
             yield self._journal.ack(self._cursor_id, self._cursor)
 
