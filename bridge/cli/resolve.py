@@ -8,7 +8,9 @@ from typing import Any, Optional
 from twisted.internet.defer import inlineCallbacks
 
 from bridge.api.client import Credentials, connect
-from bridge.cli.pay import EXIT_APPROVED, describe_outcome, run_remote
+from bridge.cli.pay import describe_outcome, run_remote
+
+EXIT_RESOLVED = 0
 
 
 def run_resolve(args: argparse.Namespace) -> int:
@@ -35,4 +37,4 @@ def resolve(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[st
         proto.sendClose()
     echo(f"Payment {payment['id']} resolved as {payment['state']} by {creds.client_id}.")
     echo(describe_outcome(payment))
-    return EXIT_APPROVED
+    return EXIT_RESOLVED

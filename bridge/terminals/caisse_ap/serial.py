@@ -405,20 +405,19 @@ class CaisseAPSerialDriver:
         self._line_protocol = None
         if self._stopping:
             self._disconnected = "Stopped."
-        elif self._waking:
-            self._disconnected = (f"Reopening {self.device}: the terminal stopped answering. Check that it is "
-                                  "on and in cash-register mode.")
-            self._schedule_open(self._reopen_delay(0))
-            self._attempt = 1
         else:
-            self._disconnected = (
-                f"The device {self.device} went away (cable pulled, terminal restarted or USB re-plugged); "
-                "reopening it."
-            )
-            self._log.warn(
-                "Terminal {terminal}: lost {device} ({error}); reopening it",
-                terminal=self.name, device=self.device, error=reason.getErrorMessage(), state="disconnected",
-            )
+            if self._waking:
+                self._disconnected = (f"Reopening {self.device}: the terminal stopped answering. Check that it "
+                                      "is on and in cash-register mode.")
+            else:
+                self._disconnected = (
+                    f"The device {self.device} went away (cable pulled, terminal restarted or USB re-plugged); "
+                    "reopening it."
+                )
+                self._log.warn(
+                    "Terminal {terminal}: lost {device} ({error}); reopening it",
+                    terminal=self.name, device=self.device, error=reason.getErrorMessage(), state="disconnected",
+                )
             self._schedule_open(self._reopen_delay(0))
             self._attempt = 1
         self._waking = False
