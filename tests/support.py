@@ -153,3 +153,20 @@ def start_daemon(test: Any, config_path: str, reactor: Any, **options: Any) -> D
 
     return start()
 
+
+
+def start_simulator(test: Any, reactor: Any, script: Any = None) -> Deferred:
+    """Start a Caisse-AP simulator on 127.0.0.1 for a trial test (stopped, connections dropped, at the test's
+    cleanup).  Fires with (simulator factory, "127.0.0.1:PORT" to configure as the terminal's address)."""
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
+
+    simulator = SimulatorFactory(reactor, script if script is not None else SimulatorScript())
+
+    def listening(port: Any) -> tuple[Any, str]:
+        test.addCleanup(port.stopListening)
+        test.addCleanup(simulator.drop_connections)
+        return simulator, f"127.0.0.1:{port.getHost().port}"
+
+    return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(simulator).addCallback(listening)

@@ -5,14 +5,12 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from bridge.api.client import connect
 from bridge.service.daemon import status_line, terminal_is_up
-from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
-from tests.support import add_test_client, credentials_of, start_daemon, write_config
+from tests.support import add_test_client, credentials_of, start_daemon, start_simulator, write_config
 
 
 def test_a_terminal_is_up_unless_its_driver_says_otherwise():
@@ -51,13 +49,10 @@ class DaemonStatusTests(TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        simulator = SimulatorFactory(reactor, SimulatorScript())
-        sim_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(simulator)
-        self.addCleanup(sim_port.stopListening)
-        self.addCleanup(simulator.drop_connections)
+        _simulator, terminal = yield start_simulator(self, reactor)
         directory = self.mktemp()
         os.makedirs(directory)
-        path = write_config(directory, {"till-1": f"127.0.0.1:{sim_port.getHost().port}",
+        path = write_config(directory, {"till-1": terminal,
                                         "till-2": f"127.0.0.1:{_closed_port()}"})
         self.creds = credentials_of(add_test_client(path, "pos"))
         self.sent = []

@@ -23,7 +23,7 @@ from bridge.terminals.caisse_ap.codec import AnswerParser, encode_fields
 from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript, answer_fields
 from tests.daemon_process import DaemonProcess, free_port
 from tests.support import (APPROVED, RecordingDriver, add_test_client, credentials_of, load_config, start_daemon,
-                           write_config)
+                           start_simulator, write_config)
 
 PAYMENT = {"terminal": "till-1", "amount": 1234, "currency": "EUR"}
 
@@ -270,17 +270,14 @@ class FullDiskTests(_Bridge, TestCase):
     def setUp(self):
         if not _can_mount_tmpfs():
             raise SkipTest("needs root and `unshare -m` to mount a small tmpfs")
-        self.simulator = SimulatorFactory(reactor, SimulatorScript())
-        sim_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.simulator)
-        self.addCleanup(sim_port.stopListening)
-        self.addCleanup(self.simulator.drop_connections)
+        self.simulator, terminal = yield start_simulator(self, reactor)
         directory = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(directory, "state"))
         os.makedirs(os.path.join(directory, "tls"))
         cert, key = os.path.join(directory, "tls", "bridge.crt"), os.path.join(directory, "tls", "bridge.key")
         ensure_certificate(cert, key)
         port = free_port()
-        path = write_config(directory, {"till-1": f"127.0.0.1:{sim_port.getHost().port}"}, port=port,
+        path = write_config(directory, {"till-1": terminal}, port=port,
                             extra=f"tls_certificate = {cert}\ntls_key = {key}")
         creds = add_test_client(path, "pos")
         self.creds = Credentials(creds["client_id"], creds["secret_in"], creds["secret_out"])
@@ -361,14 +358,11 @@ class ReadOnlyDiskTests(_Bridge, TestCase):
     def setUp(self):
         if not _can_mount_tmpfs():
             raise SkipTest("needs root and `unshare -m` to make a read-only mount")
-        self.simulator = SimulatorFactory(reactor, SimulatorScript())
-        sim_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.simulator)
-        self.addCleanup(sim_port.stopListening)
-        self.addCleanup(self.simulator.drop_connections)
+        self.simulator, terminal = yield start_simulator(self, reactor)
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         port = free_port()
-        path = write_config(directory, {"till-1": f"127.0.0.1:{sim_port.getHost().port}"}, port=port)
+        path = write_config(directory, {"till-1": terminal}, port=port)
         creds = add_test_client(path, "pos")
         self.creds = Credentials(creds["client_id"], creds["secret_in"], creds["secret_out"])
         self.url = f"wss://127.0.0.1:{port}"

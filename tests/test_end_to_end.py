@@ -4,13 +4,12 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
 from bridge.api.client import Credentials, connect
 from bridge.errors import BridgeError
-from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
-from tests.support import add_test_client, credentials_of, start_daemon, write_config
+from bridge.terminals.caisse_ap.simulator import SimulatorScript
+from tests.support import add_test_client, credentials_of, start_daemon, start_simulator, write_config
 
 PAYMENT = {"terminal": "till-1", "amount": 1234, "currency": "EUR"}
 
@@ -20,17 +19,11 @@ class EndToEndTests(TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.simulator = SimulatorFactory(reactor, SimulatorScript())
-        self.sim_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.simulator)
-        self.addCleanup(self.sim_port.stopListening)
-        self.addCleanup(self.simulator.drop_connections)
-        self.decliner = SimulatorFactory(reactor, SimulatorScript(outcome="decline", af="05"))
-        self.decl_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.decliner)
-        self.addCleanup(self.decl_port.stopListening)
+        self.simulator, approver = yield start_simulator(self, reactor)
+        self.decliner, decliner = yield start_simulator(self, reactor, SimulatorScript(outcome="decline", af="05"))
         directory = self.mktemp()
         os.makedirs(directory)
-        path = write_config(directory, {"till-1": f"127.0.0.1:{self.sim_port.getHost().port}",
-                                        "till-2": f"127.0.0.1:{self.decl_port.getHost().port}"},
+        path = write_config(directory, {"till-1": approver, "till-2": decliner},
                             extra="max_message_bytes = 4096")
         self.creds = credentials_of(add_test_client(path, "pos"))
         self.daemon, self.url, self.fingerprint = yield start_daemon(self, path, reactor)

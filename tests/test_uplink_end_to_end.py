@@ -5,18 +5,17 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from bridge.api.signing import new_secret
 from bridge.service.daemon import Daemon
-from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
+from bridge.terminals.caisse_ap.simulator import SimulatorScript
 from bridge.uplink import bus as bus_module
 from bridge.uplink import feedback as feedback_module
 from bridge.uplink.service import read_status, status_path
 from tests.fake_odoo import FakeOdoo, make_private_ca
-from tests.support import add_test_client, load_config, write_config
+from tests.support import add_test_client, load_config, start_simulator, write_config
 
 PAYMENT = {"terminal": "till-1", "amount": 1234, "currency": "EUR"}
 CHANNEL_TOKEN = "a1b2c3d4e5f6a7b8c9d0e1f2"
@@ -46,15 +45,12 @@ class UplinkEndToEnd(TestCase):
         self.patch(feedback_module, "RETRY_INITIAL", 0.05)
         self.patch(feedback_module, "RETRY_MAX", 0.2)
         self.patch(bus_module, "STABLE_AFTER", 0.0)
-        self.simulator = SimulatorFactory(reactor, self.simulator_script)
-        self.sim_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.simulator)
-        self.addCleanup(self.sim_port.stopListening)
-        self.addCleanup(self.simulator.drop_connections)
+        self.simulator, terminal = yield start_simulator(self, reactor, self.simulator_script)
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.tls = make_private_ca(self.dir, "odoo")
         self.other_ca = make_private_ca(self.dir, "other")["ca"]
-        path = write_config(self.dir, {"till-1": f"127.0.0.1:{self.sim_port.getHost().port}"})
+        path = write_config(self.dir, {"till-1": terminal})
         self.config_path = path
         self.creds = add_test_client(path, "odoo", rights=("pay", "read"))
         self.odoo = FakeOdoo(reactor, "shop", "terminal_bridge-" + CHANNEL_TOKEN, self.creds["client_id"],
