@@ -4,12 +4,16 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-bookworm bench deb check-deb ci clean help
+.PHONY: run test test-bookworm test-odoo lint-odoo bench deb check-deb ci clean help
 
 help:
 	@echo "make run            start the bridge in demo mode (simulated terminals, self-signed TLS)"
 	@echo "make test           run the test suite in a virtual environment (current PyPI releases)"
 	@echo "make test-bookworm  run the test suite on Debian bookworm's own python3-* packages"
+	@echo "make test-odoo      the Odoo addons (odoo_addons/) under Odoo's own test runner on 19.0 and 18.0, with"
+	@echo "                    PostgreSQL, the real bridge daemon and headless Chromium; Odoo's source trees are read"
+	@echo "                    from ODOO_19_SRC (default $(ODOO_19_SRC)) and ODOO_18_SRC (default $(ODOO_18_SRC))"
+	@echo "make lint-odoo      pylint-odoo on the Odoo addons"
 	@echo "make bench          run the benchmark and print its figures"
 	@echo "make deb            build the .deb into out/ (on Debian bookworm)"
 	@echo "make check-deb      build, lint, install and smoke-test the .deb (needs root)"
@@ -31,6 +35,19 @@ test-bookworm:
 	scripts/ensure-system-deps.sh bookworm
 	PYTHONPATH=$(CURDIR) /usr/bin/python3 -m pytest $(PYTEST_ARGS)
 
+# Odoo's source trees: not in this repository (docs/odoo.md says how to get them).
+ODOO_19_SRC ?= /opt/odoo-src/19.0
+ODOO_18_SRC ?= /opt/odoo-src/18.0
+export ODOO_19_SRC ODOO_18_SRC
+
+test-odoo:
+	scripts/test-odoo.sh
+
+LINT_VENV ?= .venv-lint
+lint-odoo:
+	test -x $(LINT_VENV)/bin/pylint || { $(PYTHON) -m venv $(LINT_VENV) && $(LINT_VENV)/bin/pip install --quiet pylint-odoo; }
+	$(LINT_VENV)/bin/pylint --rcfile=odoo_addons/.pylintrc --disable=manifest-version-format odoo_addons/*/
+
 bench: $(STAMP)
 	$(VPY) bench/bench.py $(BENCH_ARGS)
 
@@ -44,4 +61,4 @@ ci:
 	bash .ci/run
 
 clean:
-	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LINT_VENV) out build *.egg-info .pytest_cache .hypothesis
