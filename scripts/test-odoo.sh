@@ -42,13 +42,13 @@ work=$(mktemp -d /tmp/terminal-bridge-odoo.XXXXXX)
 log_dir=${ODOO_LOG_DIR:-$work/logs}
 mkdir -p "$log_dir"
 pgbin=/usr/lib/postgresql/15/bin
-pgdata=$work/pgdata
-pgsock=$work/pgsock
+pgdata=$work/pg/data
+pgsock=$work/pg/socket
 mkdir -p "$pgdata" "$pgsock"
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then
   # initdb and postgres refuse to run as root: the cluster belongs to Debian's postgres account.
-  chown postgres: "$pgdata" "$pgsock"
+  chown -R postgres: "$work/pg"
   chmod 755 "$work"
   as_pg=(runuser -u postgres --)
 fi
@@ -57,9 +57,9 @@ cleanup() {
   if [ -z "${ODOO_LOG_DIR:-}" ] && [ "${ODOO_KEEP:-0}" != 1 ]; then rm -rf "$work"; fi
 }
 trap cleanup EXIT
-"${as_pg[@]}" "$pgbin/initdb" -D "$pgdata" -U odoo --auth=trust -E UTF8 --locale=C.UTF-8 >"$work/initdb.log" 2>&1 ||
-  { cat "$work/initdb.log"; exit 1; }
-"${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdata" -l "$work/postgres.log" -w \
+"${as_pg[@]}" "$pgbin/initdb" -D "$pgdata" -U odoo --auth=trust -E UTF8 --locale=C.UTF-8 >"$log_dir/initdb.log" 2>&1 ||
+  { cat "$log_dir/initdb.log"; exit 1; }
+"${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdata" -l "$work/pg/postgres.log" -w \
   -o "-k $pgsock -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off" start >/dev/null
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
