@@ -1,0 +1,1 @@
+from . import terminal_bridge_pair_wizard
