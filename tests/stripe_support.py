@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import json
+import os
+import re
+from typing import Any, Callable, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -13,11 +16,158 @@ from bridge.core.money import CURRENCIES
 from bridge.terminals.base import DEBIT, REFUND, PaymentRequest
 from bridge.terminals.stripe.api import StripeAPI
 from bridge.terminals.stripe.driver import StripeReaderDriver
-from bridge.terminals.stripe.fake import FakeStripe
+from bridge.terminals.stripe.fake import LATEST_CHARGE_VERSION, FakeStripe
 
 EUR = CURRENCIES["EUR"]
 SERIAL = "WSC513105011295"
 KEY = "sk_test_bridge"
+SCHEMAS_FILE = os.path.join(os.path.dirname(__file__), "data", "stripe_openapi", "schemas.json")
+
+
+class OpenAPIValidator:
+    """The OpenAPI 3.0 subset Stripe's specification uses for its answers: ``$ref``, ``type``, ``nullable``,
+    ``properties``, ``required``, ``additionalProperties``, ``items``, ``enum``, ``anyOf``, ``pattern`` and
+    ``maxLength``.  Properties a schema does not name are allowed (Stripe adds fields in new API versions)."""
+
+    _TYPES: dict[str, Callable[[Any], bool]] = {
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "string": lambda v: isinstance(v, str),
+        "boolean": lambda v: isinstance(v, bool),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    }
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.api_version: str = document["api_version"]
+        self._operations = []
+        for name, answers in document["operations"].items():
+            method, template = name.split(" ", 1)
+            regex = re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
+            self._operations.append((method, regex, template.count("{"), name, answers))
+        self._operations.sort(key=lambda op: op[2])  # literal segments win over {id}
+
+    @classmethod
+    def load(cls, path: str = SCHEMAS_FILE) -> "OpenAPIValidator":
+        with open(path, encoding="utf-8") as f:
+            return cls(json.load(f))
+
+    def operation(self, method: str, path: str) -> Optional[tuple[str, dict]]:
+        for op_method, regex, _, name, answers in self._operations:
+            if op_method == method.upper() and regex.match(path):
+                return name, answers
+        return None
+
+    def check_answer(self, method: str, path: str, status: int, body: Any) -> list[str]:
+        """Violations of the answer ``body`` (decoded JSON) to ``method path`` with HTTP ``status``."""
+        found = self.operation(method, path)
+        if found is None:
+            return [f"{method} {path}: no such operation in Stripe's specification"]
+        name, answers = found
+        schema = answers["200"] if status == 200 else answers["default"]
+        return [f"{name} -> {status}: {v}" for v in self.violations(schema, body)]
+
+    def _type(self, schema: dict[str, Any]) -> Optional[str]:
+        while "$ref" in schema:
+            schema = self.document["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+        return schema.get("type")
+
+    @staticmethod
+    def _type_name(value: Any) -> str:
+        return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+                float: "a number"}.get(type(value), type(value).__name__)
+
+    def violations(self, schema: dict[str, Any], value: Any, where: str = "$") -> list[str]:
+        if "$ref" in schema:
+            return self.violations(self.document["schemas"][schema["$ref"].rsplit("/", 1)[-1]], value, where)
+        if value is None:
+            return [] if schema.get("nullable") else [f"{where}: null where the schema does not allow null"]
+        if "anyOf" in schema:
+            alternatives = schema["anyOf"]
+            tried = [self.violations(alternative, value, where) for alternative in alternatives]
+            if not all(tried):
+                return []
+            if len(tried) == 1:
+                return tried[0]
+            # Report the alternative of the value's own type (an expanded object, not its id), else the closest.
+            same_type = [t for a, t in zip(alternatives, tried) if self._TYPES.get(self._type(a), bool)(value)]
+            closest = min(same_type or tried, key=len)
+            return [f"{where}: matches none of the {len(tried)} alternatives; as {self._type_name(value)}: "
+                    + "; ".join(closest)]
+        kind = schema.get("type")
+        if kind is not None and not self._TYPES[kind](value):
+            return [f"{where}: {self._type_name(value)} where the schema has {kind}"]
+        problems = []
+        if "enum" in schema and value not in schema["enum"]:
+            problems.append(f"{where}: {value!r} is not one of {schema['enum']}")
+        if isinstance(value, str):
+            if "pattern" in schema and not re.search(schema["pattern"], value):
+                problems.append(f"{where}: {value!r} does not match {schema['pattern']!r}")
+            if "maxLength" in schema and len(value) > schema["maxLength"]:
+                problems.append(f"{where}: longer than {schema['maxLength']}")
+        if isinstance(value, list) and "items" in schema:
+            for i, item in enumerate(value):
+                problems += self.violations(schema["items"], item, f"{where}[{i}]")
+        if isinstance(value, dict):
+            properties = schema.get("properties") or {}
+            for name in schema.get("required") or ():
+                if name not in value:
+                    problems.append(f"{where}.{name}: missing (required)")
+            extra = schema.get("additionalProperties")
+            for name, item in value.items():
+                if name in properties:
+                    problems += self.violations(properties[name], item, f"{where}.{name}")
+                elif isinstance(extra, dict):
+                    problems += self.violations(extra, item, f"{where}.{name}")
+        return problems
+
+
+def distinct(violations: list[str]) -> set[str]:
+    """Violations with list positions taken out: the distinct ways the answers broke a schema."""
+    return {re.sub(r"\[\d+\]", "[]", v) for v in violations}
+
+
+class AnswerChecker:
+    """Checks every answer the fake gives over HTTP against Stripe's specification (``tests/data/stripe_openapi``).
+
+    Answers to requests pinned to an API version before 2022-11-15 (or sent without ``Stripe-Version``) have
+    ``charges`` instead of ``latest_charge``, a shape the specification no longer describes: their errors are
+    checked, their other answers counted in ``skipped``."""
+
+    validator: Optional[OpenAPIValidator] = None
+
+    def __init__(self, fake: FakeStripe) -> None:
+        if AnswerChecker.validator is None:
+            AnswerChecker.validator = OpenAPIValidator.load()
+        self.checked = 0
+        self.skipped = 0
+        self.violations: list[str] = []
+        self.broken = 0  # answers with at least one violation
+        self._handle = fake.handle
+        fake.handle = self.handle  # type: ignore[method-assign]
+
+    def handle(self, method: str, path: str, headers: dict, body: bytes, query: str) -> tuple:
+        answer = self._handle(method, path, headers, body, query)
+        status, _, payload, dropped = answer
+        version = headers.get("stripe-version")
+        if dropped:
+            return answer
+        if status == 200 and (version is None or version < LATEST_CHARGE_VERSION):
+            self.skipped += 1
+            return answer
+        assert self.validator is not None
+        self.checked += 1
+        found = self.validator.check_answer(method, path, status, json.loads(payload))
+        self.broken += bool(found)
+        self.violations += found
+        return answer
+
+    def assert_clean(self) -> None:
+        if self.violations:
+            ways = sorted(distinct(self.violations))
+            raise AssertionError(f"{self.broken} of the fake's {self.checked} answers break Stripe's "
+                                 f"specification in {len(ways)} ways:\n" + "\n".join(ways))
 
 
 def sleep(seconds: float) -> Deferred:
@@ -45,6 +195,8 @@ class StripeTestCase(TestCase):
     @inlineCallbacks
     def setUp(self):
         self.fake = FakeStripe(reactor)
+        self.answers = AnswerChecker(self.fake)
+        self.addCleanup(self.answers.assert_clean)
         yield self.fake.listen(reactor)
         self.addCleanup(self.fake.stop)
         self.reader = self.fake.add_reader(SERIAL, label="Till 1")

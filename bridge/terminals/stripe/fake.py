@@ -67,6 +67,14 @@ _DECLINE_MESSAGES = {
     "incorrect_pin": "The PIN entered is incorrect.",
     "pin_try_exceeded": "The allowable number of PIN tries has been exceeded.",
 }
+
+
+def _no_billing_details() -> dict:
+    """A card read at a reader carries no billing details: every field is there, null."""
+    return {"address": {"city": None, "country": None, "line1": None, "line2": None, "postal_code": None,
+                        "state": None}, "email": None, "name": None, "phone": None}
+
+
 SIMULATED_CODES = {"simulated-wpe": "simulated_wisepos_e", "simulated-s700": "simulated_stripe_s700",
                    "simulated-s710": "simulated_stripe_s710"}
 
@@ -433,7 +441,8 @@ class FakeStripe:
         rest = parts[1:]
         shape = lambda pi: self._shape_intent(pi, version, params.get("expand") or [])  # noqa: E731
         if rest == ["terminal", "locations"]:
-            return self._create_location(params) if method == "POST" else self._list(self.locations, params)
+            return self._create_location(params) if method == "POST" else \
+                self._list(path, self.locations, params)
         if rest[:2] == ["terminal", "locations"] and len(rest) == 3:
             location = self.locations.get(rest[2]) or _raise(_no_such("terminal.location", rest[2]))
             if method == "DELETE":
@@ -472,7 +481,7 @@ class FakeStripe:
         if rest == ["payment_intents"]:
             if method == "POST":
                 return shape(self._create_intent(params, livemode))
-            return self._list(self.intents, params, shape)
+            return self._list(path, self.intents, params, shape)
         if rest[:1] == ["payment_intents"] and len(rest) in (2, 3):
             intent = self.intents.get(rest[1]) or _raise(_no_such("payment_intent", rest[1], "intent"))
             if len(rest) == 2:
@@ -489,14 +498,14 @@ class FakeStripe:
                 return self._create_refund(params)
             items = {k: v for k, v in self.refunds.items()
                      if not params.get("payment_intent") or v["payment_intent"] == params["payment_intent"]}
-            return self._list(items, {k: v for k, v in params.items() if k != "payment_intent"})
+            return self._list(path, items, {k: v for k, v in params.items() if k != "payment_intent"})
         if rest[:1] == ["refunds"] and len(rest) == 2:
             return self.refunds.get(rest[1]) or _raise(_no_such("refund", rest[1]))
         if rest == ["terminal", "connection_tokens"] and method == "POST":
             return {"object": "terminal.connection_token", "secret": "pst_test_" + _rand(24)}
         raise ApiError(404, f"Unrecognized request URL ({method}: {path}).", stored=False)
 
-    def _list(self, items: dict, params: dict, shape: Callable = lambda o: o) -> dict:
+    def _list(self, url: str, items: dict, params: dict, shape: Callable = lambda o: o) -> dict:
         limit = _int(params.get("limit", "10"), "limit")
         if not 1 <= limit <= 100:
             raise ApiError(400, "Invalid limit: must be between 1 and 100", "parameter_invalid_integer",
@@ -508,7 +517,7 @@ class FakeStripe:
             newest_first = newest_first[start:]
         page = newest_first[:limit]
         return {"object": "list", "data": [shape(o) for o in page], "has_more": len(newest_first) > limit,
-                "url": "/v1/..."}
+                "url": url}
 
     def _reader(self, reader_id: str) -> dict:
         return self.readers.get(reader_id) or _raise(_no_such("terminal.reader", reader_id))
@@ -548,7 +557,8 @@ class FakeStripe:
         items = {k: r for k, r in self.readers.items()
                  if all(not params.get(f) or r.get(f) == params[f]
                         for f in ("location", "status", "device_type", "serial_number"))}
-        return self._list(items, {k: v for k, v in params.items() if k in ("limit", "starting_after")},
+        return self._list("/v1/terminal/readers", items,
+                          {k: v for k, v in params.items() if k in ("limit", "starting_after")},
                           lambda r: self._shape_reader(r, None, []))
 
     def _shape_reader(self, reader: dict, version: Optional[str], expand: list) -> dict:
@@ -661,25 +671,50 @@ class FakeStripe:
         if code is None and pi["amount"] % 100 in TEST_AMOUNTS:
             code, decline = "card_declined", TEST_AMOUNTS[pi["amount"] % 100]
         action = reader["action"]
+        created = int(self.clock.seconds())
+        card_present = {"brand": brand, "cardholder_name": None, "country": "US", "exp_month": 12,
+                        "exp_year": 2030, "fingerprint": _rand(16), "funding": "credit", "last4": card[-4:],
+                        "read_method": "contact_emv"}
         pm = {"id": "pm_" + _rand(), "object": "payment_method", "type": "card_present",
-              "card_present": {"brand": brand, "last4": card[-4:], "exp_month": 12, "exp_year": 2030,
-                               "read_method": "contact_emv", "network": brand}}
+              "billing_details": _no_billing_details(), "created": created, "customer": None,
+              "livemode": pi["livemode"], "metadata": {},
+              "card_present": dict(card_present, networks={"available": [brand], "preferred": None})}
         if code is not None:
             message = _DECLINE_MESSAGES.get(decline or code, "Your card was declined.")
-            pi["last_payment_error"] = {"type": "card_error", "code": code, "decline_code": decline,
-                                        "message": message, "payment_method": pm}
+            pi["last_payment_error"] = {"type": "card_error", "code": code, "doc_url": _DOC + code,
+                                        "message": message, "payment_method": json.loads(json.dumps(pm))}
+            if decline:
+                pi["last_payment_error"]["decline_code"] = decline
             pi["status"] = "requires_payment_method"
             action.update(status="failed", failure_code=code, failure_message=message)
             action["api_error"] = dict(pi["last_payment_error"], payment_intent=pi["id"])
             return
+        receipt = {"account_type": "credit", "application_cryptogram": _rand(16).upper(),
+                   "application_preferred_name": brand.upper(), "authorization_code":
+                   f"{secrets.randbelow(10**6):06d}", "authorization_response_code": "3030",
+                   "cardholder_verification_method": "approval", "dedicated_file_name": "A0000000031010",
+                   "terminal_verification_results": "0000000000", "transaction_status_information": "0000"}
+        details = dict(card_present, amount_authorized=pi["amount"], capture_before=created + 2 * 86400,
+                       emv_auth_data=_rand(16).upper(), generated_card=None,
+                       incremental_authorization_supported=False, network=brand, overcapture_supported=False,
+                       receipt=receipt)
         charge = {"id": "ch_" + _rand(), "object": "charge", "amount": pi["amount"], "amount_captured": 0,
-                  "amount_refunded": 0, "captured": False, "currency": pi["currency"], "paid": True,
-                  "payment_intent": pi["id"], "payment_method": pm["id"], "refunded": False,
-                  "status": "succeeded", "created": int(self.clock.seconds()), "livemode": pi["livemode"],
-                  "payment_method_details": {"type": "card_present", "card_present": dict(
-                      pm["card_present"], receipt={"authorization_code": f"{secrets.randbelow(10**6):06d}",
-                                                   "application_preferred_name": brand.upper()})},
-                  "_card": card}
+                  "amount_refunded": 0, "application": None, "application_fee": None,
+                  "application_fee_amount": None, "balance_transaction": None,
+                  "billing_details": _no_billing_details(), "calculated_statement_descriptor": "TERMINAL BRIDGE",
+                  "captured": False, "created": created, "currency": pi["currency"], "customer": None,
+                  "description": pi["description"], "disputed": False, "failure_balance_transaction": None,
+                  "failure_code": None, "failure_message": None, "fraud_details": {}, "invoice": None,
+                  "livemode": pi["livemode"], "metadata": {}, "on_behalf_of": None,
+                  "outcome": {"network_status": "approved_by_network", "reason": None,
+                              "risk_level": "not_assessed", "seller_message": "Payment complete.",
+                              "type": "authorized"},
+                  "paid": True, "payment_intent": pi["id"], "payment_method": pm["id"],
+                  "payment_method_details": {"type": "card_present", "card_present": details},
+                  "receipt_email": None, "receipt_number": None, "receipt_url": None, "refunded": False,
+                  "review": None, "shipping": None, "source_transfer": None, "statement_descriptor": None,
+                  "statement_descriptor_suffix": None, "status": "succeeded", "transfer_data": None,
+                  "transfer_group": None, "_card": card}
         self.charges[charge["id"]] = charge
         pi.update(payment_method=pm["id"], latest_charge=charge["id"], last_payment_error=None)
         if pi["capture_method"] == "manual":
@@ -709,12 +744,22 @@ class FakeStripe:
             raise ApiError(400, f"Invalid capture_method: {capture}", "parameter_invalid_string",
                            "capture_method", stored=False)
         pi_id = "pi_" + _rand(24)
+        options = {"card_present": {"request_extended_authorization": False,
+                                    "request_incremental_authorization_support": False}} \
+            if "card_present" in types else {}
         pi = {"id": pi_id, "object": "payment_intent", "amount": amount, "amount_capturable": 0,
-              "amount_received": 0, "currency": currency, "status": "requires_payment_method",
-              "capture_method": capture, "payment_method_types": types, "metadata": params.get("metadata") or {},
-              "description": params.get("description"), "client_secret": f"{pi_id}_secret_{_rand(24)}",
-              "created": int(self.clock.seconds()), "livemode": livemode, "last_payment_error": None,
-              "payment_method": None, "canceled_at": None, "cancellation_reason": None, "latest_charge": None}
+              "amount_details": {"tip": {}}, "amount_received": 0, "application": None,
+              "application_fee_amount": None, "automatic_payment_methods": None, "canceled_at": None,
+              "cancellation_reason": None, "capture_method": capture,
+              "client_secret": f"{pi_id}_secret_{_rand(24)}", "confirmation_method": "automatic",
+              "created": int(self.clock.seconds()), "currency": currency, "customer": None,
+              "description": params.get("description"), "invoice": None, "last_payment_error": None,
+              "latest_charge": None, "livemode": livemode, "metadata": params.get("metadata") or {},
+              "next_action": None, "on_behalf_of": None, "payment_method": None,
+              "payment_method_options": options, "payment_method_types": types, "processing": None,
+              "receipt_email": None, "review": None, "setup_future_usage": None, "shipping": None,
+              "statement_descriptor": None, "statement_descriptor_suffix": None,
+              "status": "requires_payment_method", "transfer_data": None, "transfer_group": None}
         self.intents[pi_id] = pi
         return pi
 
@@ -780,8 +825,9 @@ class FakeStripe:
                            "amount_too_large", "amount")
         refund = {"id": "re_" + _rand(), "object": "refund", "amount": amount, "charge": charge["id"],
                   "payment_intent": pi["id"], "currency": pi["currency"], "metadata": params.get("metadata") or {},
-                  "reason": params.get("reason"), "status": "succeeded", "failure_reason": None,
-                  "created": int(self.clock.seconds())}
+                  "reason": params.get("reason"), "status": "succeeded", "created": int(self.clock.seconds()),
+                  "balance_transaction": None, "receipt_number": None, "source_transfer_reversal": None,
+                  "transfer_reversal": None}
         if charge.get("_card") == "4000000000005126":
             refund["status"] = "pending"
             self._later("refund:" + refund["id"], 1.0, refund.update,
