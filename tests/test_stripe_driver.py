@@ -150,6 +150,29 @@ class CaptureTests(StripeTestCase):
         self.assertEqual(pi["amount_received"], 1234)
 
     @inlineCallbacks
+    def test_a_stored_500_on_capture_is_never_approved_and_the_authorisation_is_released(self):
+        # Stripe stored a 500 under the capture's key before capturing: every retry with that key gets it
+        # again; the PaymentIntent, read afterwards, is still uncaptured.
+        self.auto_present()
+        self.fake.fail_inside(match="/capture")
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("failed", "capture_failed"))
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+        captures = self.paths("/capture", "POST")
+        self.assertEqual(len(captures), 4)  # the first and three retries, all answered from the store
+        self.assertEqual(len({c.idempotency_key for c in captures}), 1)
+
+    @inlineCallbacks
+    def test_a_stored_500_after_the_capture_is_approved_from_the_payment_intent(self):
+        self.auto_present()
+        self.fake.fail_inside(match="/capture", after_commit=True)
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("approved", "approved"))
+        pi = self.intent(outcome.details["payment_intent"])
+        self.assertEqual((pi["status"], pi["amount_received"]), ("succeeded", 1234))
+        self.assertEqual(outcome.details["card_masked"], "############4242")
+
+    @inlineCallbacks
     def test_rate_limits_are_retried_with_the_same_key(self):
         self.auto_present()
         self.fake.fail_next(count=2, status=429, match="/v1/payment_intents")

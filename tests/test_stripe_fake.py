@@ -85,7 +85,45 @@ class FakeHTTPTests(StripeTestCase):
         yield api.create_payment_intent(1234, "EUR", "pay_1", "k1")
         error = yield self.assertFailure(api.create_payment_intent(999, "EUR", "pay_1", "k1"), StripeCallError)
         self.assertEqual((error.code, error.http_status), ("stripe_idempotency_error", 400))
-        self.assertIn("same parameters", error.stripe_message)
+        self.assertEqual(error.stripe_message, "Keys for idempotent requests can only be used with the same "
+                                               "parameters they were first used with. Try using a key other than "
+                                               "'k1' if you meant to execute a different request.")
+        # Another endpoint under the same key is refused alike, and nothing was done.
+        other = yield self.raw("POST", "/v1/refunds", "payment_intent=pi_x", headers={"Idempotency-Key": "k1"})
+        self.assertEqual((other.status_code, other.json()["error"]["type"]), (400, "idempotency_error"))
+        self.assertEqual((len(self.fake.intents), len(self.fake.refunds)), (1, 0))
+
+    @inlineCallbacks
+    def test_a_stored_500_is_replayed_to_a_retry_with_the_same_key(self):
+        self.fake.fail_inside(match="/v1/payment_intents")
+        body = "amount=1234&currency=eur&capture_method=manual"
+        first = yield self.raw("POST", "/v1/payment_intents", body, headers={"Idempotency-Key": "k500"})
+        again = yield self.raw("POST", "/v1/payment_intents", body, headers={"Idempotency-Key": "k500"})
+        self.assertEqual((first.status_code, first.json()["error"]["type"]), (500, "api_error"))
+        self.assertEqual((again.status_code, again.content), (500, first.content))
+        self.assertEqual(again.headers["Idempotent-Replayed"], "true")
+        self.assertEqual(again.headers["Original-Request"], first.headers["Request-Id"])
+        self.assertEqual(self.fake.intents, {})
+        fresh = yield self.raw("POST", "/v1/payment_intents", body, headers={"Idempotency-Key": "k501"})
+        self.assertEqual(fresh.status_code, 200)
+
+    @inlineCallbacks
+    def test_a_500_after_the_change_is_stored_too_and_the_change_stands(self):
+        self.fake.fail_inside(match="/v1/payment_intents", after_commit=True)
+        body = "amount=1234&currency=eur"
+        first = yield self.raw("POST", "/v1/payment_intents", body, headers={"Idempotency-Key": "k502"})
+        again = yield self.raw("POST", "/v1/payment_intents", body, headers={"Idempotency-Key": "k502"})
+        self.assertEqual((first.status_code, again.status_code), (500, 500))
+        self.assertEqual(len(self.fake.intents), 1)
+
+    @inlineCallbacks
+    def test_failures_before_the_endpoint_runs_are_not_stored(self):
+        self.fake.fail_next(status=503, match="/v1/payment_intents")
+        body = "amount=1234&currency=eur"
+        first = yield self.raw("POST", "/v1/payment_intents", body, headers={"Idempotency-Key": "k503"})
+        again = yield self.raw("POST", "/v1/payment_intents", body, headers={"Idempotency-Key": "k503"})
+        self.assertEqual((first.status_code, again.status_code), (503, 200))
+        self.assertNotIn("Idempotent-Replayed", again.headers)
 
     @inlineCallbacks
     def test_errors_are_replayed_but_validation_failures_are_not_stored(self):

@@ -223,6 +223,7 @@ class FakeStripe:
         self.slow: float = 0.0  # seconds before every answer
         self.allow_over_capture = False
         self._failures: list[_Failure] = []
+        self._inside: list[_Failure] = []  # 5xx once the endpoint runs: stored under the idempotency key
         self._idempotency: dict[tuple[str, str], _Stored] = {}
         self._calls: dict[str, Any] = {}  # delayed calls, cancelled by stop()
         self._authorizing: set[str] = set()  # readers authorising a card now
@@ -244,6 +245,23 @@ class FakeStripe:
         """Answer the next ``count`` requests (whose path contains ``match``) with ``status`` before doing
         anything: 429 (rate limit) or 5xx from Stripe's edge.  Not stored for idempotency."""
         self._failures.append(_Failure(count, status, match))
+
+    def fail_inside(self, count: int = 1, status: int = 500, match: Optional[str] = None,
+                    after_commit: bool = False) -> None:
+        """Answer the next ``count`` requests (whose path contains ``match``) with ``status`` from inside the
+        endpoint: as Stripe does once execution began, the error is stored under the idempotency key, and a
+        retry with that key gets the same error again.  With ``after_commit`` the request's change is made
+        first (the error came after it), otherwise nothing changes."""
+        self._inside.append(_Failure(count, status, match, drop=after_commit))
+
+    def _failing_inside(self, path: str) -> Optional[_Failure]:
+        for failure in self._inside:
+            if failure.match is None or failure.match in path:
+                failure.count -= 1
+                if failure.count <= 0:
+                    self._inside.remove(failure)
+                return failure
+        return None
 
     def drop_next(self, match: str) -> None:
         """Do the next request whose path contains ``match``, keep its result, and drop the connection
@@ -397,6 +415,11 @@ class FakeStripe:
                 return stored.status, out_headers, stored.body, drop
             stored = _Stored(method, path, params, request_id=request_id, created=self.clock.seconds())
         try:
+            inside = self._failing_inside(path)
+            if inside is not None and inside.drop:  # the change is made, then the endpoint fails
+                self._route(method, path, params, version, livemode)
+            if inside is not None:
+                raise ApiError(inside.status, "An unknown error occurred", type="api_error")
             status, answer = 200, self._route(method, path, params, version, livemode)
             payload = _json(answer)
         except ApiError as error:
@@ -862,6 +885,10 @@ class FakeStripe:
                 return error.status, {"error": error.body}
         if parts == ["_fake", "fail_next"]:
             self.fail_next(int(data.get("count", 1)), int(data.get("status", 500)), data.get("match"))
+            return 200, {"ok": True}
+        if parts == ["_fake", "fail_inside"]:
+            self.fail_inside(int(data.get("count", 1)), int(data.get("status", 500)), data.get("match"),
+                             bool(data.get("after_commit", False)))
             return 200, {"ok": True}
         if parts == ["_fake", "slow"]:
             self.slow = float(data.get("seconds", 0))
