@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
+import stripe
 from twisted.internet.defer import fail, inlineCallbacks
 from twisted.python import threadable
+from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from bridge.errors import BridgeError
 from bridge.terminals.base import ITerminalDriver
+from bridge.terminals.stripe.api import _E, MESSAGES, TERMINAL_CODES, map_error
 from tests.stripe_support import SERIAL, SendRecorder, StripeTestCase, sleep
 
 
@@ -128,6 +133,15 @@ class CaptureTests(StripeTestCase):
         self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
 
     @inlineCallbacks
+    def test_a_capture_answered_without_succeeded_is_not_approved(self):
+        self.auto_present()
+        self.fake.capture_status = "processing"
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("unknown", "capture_unconfirmed"))
+        self.assertEqual(outcome.details["stripe_status"], "processing")
+        self.assertIn("Stripe Dashboard", outcome.message)
+
+    @inlineCallbacks
     def test_5xx_on_capture_is_retried_with_the_same_idempotency_key(self):
         self.auto_present()
         self.fake.fail_next(count=2, status=503, match="/capture")
@@ -192,6 +206,67 @@ class ReaderErrorTests(StripeTestCase):
         self.assertEqual((outcome.state, outcome.code), ("failed", "reader_offline"))
         self.assertIn("switched on", outcome.message)
         self.assertIn("Nothing was charged", outcome.message)
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+
+    @inlineCallbacks
+    def test_a_reader_going_offline_mid_payment_ends_it_at_once_and_nothing_is_charged(self):
+        driver = self.make_driver(payment_timeout=120.0)  # the old driver waited this long: the test timed out
+        running = driver.pay(self.request(), SendRecorder(self.fake))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        self.fake.set_online(self.reader["id"], False)
+        outcome = yield running
+        self.assertEqual((outcome.state, outcome.code), ("failed", "reader_offline"))
+        self.assertEqual(outcome.message, "The card reader went offline during the payment, so the payment was "
+                                          "stopped. Nothing was charged. Check that the reader is switched on and "
+                                          "connected to the internet, then try again.")
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+
+    @inlineCallbacks
+    def test_a_reader_gone_offline_with_stripe_unable_to_void_is_unknown(self):
+        driver = self.make_driver(payment_timeout=120.0)
+        running = driver.pay(self.request(), SendRecorder(self.fake))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        self.fake.fail_next(count=1000, status=503, match="/cancel")
+        self.fake.set_online(self.reader["id"], False)
+        outcome = yield running
+        self.assertEqual((outcome.state, outcome.code), ("unknown", "stripe_unavailable"))
+        self.assertIn("Stripe Dashboard", outcome.message)
+
+    @inlineCallbacks
+    def test_a_card_authorised_before_the_reader_went_offline_is_captured(self):
+        self.knobs.lose_completion = True
+        driver = self.make_driver(poll_interval=0.2)
+        running = driver.pay(self.request(), SendRecorder(self.fake))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        self.fake.present(self.reader["id"])
+        self.fake.set_online(self.reader["id"], False)
+        outcome = yield running
+        self.assertEqual(outcome.state, "approved")
+
+    @inlineCallbacks
+    def test_reader_errors_get_a_sentence_the_cashier_can_act_on(self):
+        driver = self.make_driver()
+        cases = {"terminal_reader_hardware_fault": ("reader_hardware_fault", "hardware fault"),
+                 "terminal_reader_invalid_location_for_payment": ("reader_location_invalid", "Stripe Dashboard"),
+                 "terminal_location_country_unsupported": ("location_country_unsupported", "Stripe Dashboard")}
+        for stripe_code, (code, words) in cases.items():
+            self.knobs.error = stripe_code
+            outcome = yield driver.pay(self.request(), SendRecorder(self.fake))
+            self.assertEqual((outcome.state, outcome.code), ("failed", code), stripe_code)
+            self.assertIn(words, outcome.message)
+            self.assertNotIn("Stripe refused the request", outcome.message)
+            self.assertIn("Nothing was charged", outcome.message)
+            self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+
+    @inlineCallbacks
+    def test_a_hardware_fault_during_the_payment_is_a_reader_failure_not_a_decline(self):
+        driver = self.make_driver()
+        running = driver.pay(self.request(), SendRecorder(self.fake))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        self.fake.fail_action(self.reader["id"], "terminal_reader_hardware_fault")
+        outcome = yield running
+        self.assertEqual((outcome.state, outcome.code), ("failed", "reader_hardware_fault"))
+        self.assertIn("hardware fault", outcome.message)
         self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
 
     @inlineCallbacks
@@ -508,3 +583,27 @@ class StatusAndLookupTests(StripeTestCase):
         driver.stop()
         self.assertFalse(driver.api.running)
         yield sleep(0)
+
+
+class TerminalErrorCodeTests(TestCase):
+    """Every Terminal error code Stripe lists has the bridge's own code and a sentence for the cashier."""
+
+    def stripe_error(self, code):
+        body = {"error": {"type": "invalid_request_error", "code": code, "message": "Stripe's words."}}
+        return _E.InvalidRequestError("Stripe's words.", None, code=code, http_status=400, json_body=body)
+
+    def test_every_terminal_code_is_mapped_to_a_sentence(self):
+        codes = set(TERMINAL_CODES)
+        error_class = getattr(getattr(stripe, "PaymentIntent", None), "LastPaymentError", None)
+        if error_class is not None:  # stripe-python 16 lists them in last_payment_error.code
+            listed = set(re.findall(r"[\"'](terminal_[a-z_]+)[\"']", str(error_class.__annotations__["code"])))
+            self.assertGreaterEqual(len(listed), 7)
+            codes |= listed
+        self.assertGreaterEqual(codes, {"terminal_reader_hardware_fault",
+                                        "terminal_reader_invalid_location_for_payment"})
+        for code in sorted(codes):
+            mapped = map_error(self.stripe_error(code))
+            self.assertNotEqual(mapped.code, "stripe_error", code)
+            self.assertNotEqual(mapped.message, MESSAGES["stripe_error"], code)
+            self.assertEqual(mapped.message, MESSAGES[mapped.code])
+

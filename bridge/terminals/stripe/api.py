@@ -40,6 +40,7 @@ MINIMUM_CHARGE = {
 }
 
 _CONFIG = " This is a configuration error: ask the person who installed the bridge."
+_CONFIG_ADMIN = " This is a setting in the Stripe Dashboard: ask the person who installed the bridge."
 MESSAGES = {
     "reader_offline": "The card reader is offline. Check that it is switched on and connected to the internet, "
                       "then try again.",
@@ -47,6 +48,14 @@ MESSAGES = {
                    "moment and try again.",
     "reader_timeout": "The card reader did not answer Stripe in time. Check its network connection and try "
                       "again.",
+    "reader_hardware_fault": "The card reader reports a hardware fault. Restart it; if the fault stays, use "
+                             "another reader and ask Stripe support to replace this one.",
+    "reader_location_invalid": "The card reader's location in Stripe does not allow this payment (its country "
+                               "does not match the Stripe account or the currency)." + _CONFIG_ADMIN,
+    "reader_location_not_allowed": "The card reader cannot be registered at this location (the location's "
+                                   "country does not match the Stripe account)." + _CONFIG_ADMIN,
+    "location_country_unsupported": "Stripe Terminal is not available in the country of this location."
+                                    + _CONFIG_ADMIN,
     "intent_invalid_state": "Stripe says the payment is no longer in a state that allows this.",
     "stripe_rate_limited": "Stripe is receiving too many requests right now. Try again in a moment.",
     "stripe_conflict": "Stripe is still handling an earlier request for this payment. Try again in a moment.",
@@ -64,11 +73,21 @@ MESSAGES = {
     "bridge_stopping": "The bridge is stopping; try again once it is back.",
 }
 
+#: Stripe's Terminal error codes (docs.stripe.com/error-codes; the ``last_payment_error.code`` values of
+#: stripe-python 16) and the bridge's code for each: every one has a sentence in MESSAGES.
+TERMINAL_CODES = {
+    "terminal_location_country_unsupported": "location_country_unsupported",
+    "terminal_reader_busy": "reader_busy",
+    "terminal_reader_hardware_fault": "reader_hardware_fault",
+    "terminal_reader_invalid_location_for_activation": "reader_location_not_allowed",
+    "terminal_reader_invalid_location_for_payment": "reader_location_invalid",
+    "terminal_reader_offline": "reader_offline",
+    "terminal_reader_timeout": "reader_timeout",
+}
+
 #: Stripe error codes (``error.code``) and the bridge's code for each.
 _STRIPE_CODES = {
-    "terminal_reader_offline": "reader_offline",
-    "terminal_reader_busy": "reader_busy",
-    "terminal_reader_timeout": "reader_timeout",
+    **TERMINAL_CODES,
     "intent_invalid_state": "intent_invalid_state",
     "payment_intent_unexpected_state": "intent_invalid_state",
     "amount_too_small": "amount_too_small",

@@ -32,7 +32,7 @@ from bridge.core import states
 from bridge.core.money import format_major
 from bridge.errors import BridgeError
 from bridge.terminals.base import REFUND, BeforeSend, ITerminalDriver, Outcome, PaymentRequest
-from bridge.terminals.stripe.api import MESSAGES, MINIMUM_CHARGE, StripeAPI, StripeCallError
+from bridge.terminals.stripe.api import MESSAGES, MINIMUM_CHARGE, TERMINAL_CODES, StripeAPI, StripeCallError
 from bridge.terminals.stripe.options import parse_stripe_options, read_api_key
 
 _NOTHING_CHARGED = "Nothing was charged."
@@ -47,6 +47,10 @@ _WORDS = {
     "customer_cancelled": "The customer cancelled the payment on the reader. Nothing was charged.",
     "cancelled": "The payment was stopped on the reader. Nothing was charged.",
     "payment_timeout": "No card was presented in time, so the payment was stopped. Nothing was charged.",
+    "reader_went_offline": "The card reader went offline during the payment, so the payment was stopped. Nothing "
+                           "was charged. Check that the reader is switched on and connected to the internet, "
+                           "then try again.",
+    "capture_unconfirmed": "The card was accepted but Stripe has not confirmed the payment yet.",
     "capture_failed": "The card was accepted but Stripe could not complete the payment, so the bridge released "
                       "it. Nothing was charged; try again.",
     "journal_unavailable": "The bridge could not record the payment, so nothing was sent to the reader.",
@@ -59,7 +63,7 @@ _WORDS = {
 }
 
 #: Reader action failure codes that are no decline by the bank.
-_NOT_DECLINES = frozenset({"customer_canceled", "connection_error", "terminal_reader_timeout"})
+_NOT_DECLINES = frozenset({"customer_canceled", "connection_error", *TERMINAL_CODES})
 
 
 def _outcome(state: str, code: str, message: Optional[str] = None, **details: Any) -> Outcome:
@@ -329,6 +333,15 @@ class StripeReaderDriver:
             if pi is not None and pi.get("status") in ("requires_capture", "succeeded", "canceled"):
                 outcome = yield self._from_pi(current, pi)
                 return outcome
+            if reader is not None and reader.get("status") == "offline":
+                # Stripe marks a reader offline after about two minutes without a sign of it: no card can be
+                # authorised through it now.  Stop at once; only a void makes "nothing charged" certain.
+                self._log.warn("Stripe reader {terminal} went offline during payment {payment_id}",
+                               terminal=self.name, payment_id=current.payment_id)
+                yield self._read(self.api.cancel_action(reader_id))
+                outcome = yield self._end(current, _outcome(states.FAILED, "reader_offline",
+                                                            _WORDS["reader_went_offline"]), must_void=True)
+                return outcome
             if reader is not None and pi is not None and pi.get("status") == "requires_payment_method":
                 action = reader.get("action") or {}
                 if _action_pi(reader) != current.pi_id:
@@ -364,9 +377,11 @@ class StripeReaderDriver:
         if failure == "customer_canceled":
             return _outcome(states.CANCELLED, "customer_cancelled", payment_intent=pi.get("id"))
         if failure in _NOT_DECLINES and not error:
-            return _outcome(states.FAILED, "reader_error",
-                            f"The reader could not finish the payment ({said}). {_NOTHING_CHARGED}",
-                            payment_intent=pi.get("id"), stripe_code=failure)
+            code = TERMINAL_CODES.get(failure)
+            words = f"{MESSAGES[code]} {_NOTHING_CHARGED}" if code else \
+                f"The reader could not finish the payment ({said}). {_NOTHING_CHARGED}"
+            return _outcome(states.FAILED, code or "reader_error", words, payment_intent=pi.get("id"),
+                            stripe_code=failure)
         details = {"payment_intent": pi.get("id"), "stripe_code": error.get("code") or failure,
                    "decline_code": error.get("decline_code"), "stripe_message": said}
         return Outcome(states.DECLINED, "card_declined", f"The card was declined: {said}",
@@ -398,7 +413,18 @@ class StripeReaderDriver:
             outcome = yield self._end(current, _outcome(states.FAILED, "capture_failed",
                                                         payment_intent=current.pi_id), must_void=True)
             return outcome
-        return _outcome(states.APPROVED, "approved", "The payment was approved.", **_charge_details(captured))
+        if captured.get("status") == "succeeded":
+            return _outcome(states.APPROVED, "approved", "The payment was approved.", **_charge_details(captured))
+        # A 200 is not a capture: only "succeeded" is.  Anything else may still become a charge (processing)
+        # or not: say so, and let the next start ask Stripe again.
+        self._log.warn("Capture of {payment_id} ({pi}) answered {status}, not succeeded",
+                       payment_id=current.payment_id, pi=current.pi_id, status=captured.get("status"),
+                       terminal=self.name)
+        if captured.get("status") == "canceled":
+            return _outcome(states.CANCELLED, "cancelled", payment_intent=current.pi_id)
+        return _outcome(states.UNKNOWN, "capture_unconfirmed",
+                        f"{_WORDS['capture_unconfirmed']} {_ASK_STRIPE}", payment_intent=current.pi_id,
+                        stripe_status=captured.get("status"))
 
     @inlineCallbacks
     def _end(self, current: _Current, outcome: Outcome, must_void: bool = False) -> Any:

@@ -75,6 +75,17 @@ def _no_billing_details() -> dict:
                         "state": None}, "email": None, "name": None, "phone": None}
 
 
+#: What Stripe says with each Terminal error code (docs.stripe.com/error-codes).
+_TERMINAL_MESSAGES = {
+    "terminal_location_country_unsupported": "Terminal is currently only available in some countries. Locations "
+                                             "in your country cannot be created in livemode.",
+    "terminal_reader_busy": "Reader is currently busy processing another request.",
+    "terminal_reader_hardware_fault": "Reader has encountered a hardware fault.",
+    "terminal_reader_invalid_location_for_activation": "The card reader cannot be activated in this location.",
+    "terminal_reader_invalid_location_for_payment": "The card reader cannot process payments in this location.",
+    "terminal_reader_offline": "Reader is currently offline.",
+    "terminal_reader_timeout": "There was a timeout when sending this command to the reader.",
+}
 SIMULATED_CODES = {"simulated-wpe": "simulated_wisepos_e", "simulated-s700": "simulated_stripe_s700",
                    "simulated-s710": "simulated_stripe_s710"}
 
@@ -170,6 +181,7 @@ class ReaderKnobs:
     auth_latency: float = 0.0  # seconds the authorisation takes (cancel_action is busy meanwhile)
     auto_present: Optional[str] = None  # a test card presented automatically after process_payment_intent ...
     auto_present_delay: float = 1.0  # ... this many seconds later
+    error: Optional[str] = None  # answer the next command with this Terminal error code (terminal_reader_...)
 
 
 @dataclass
@@ -222,6 +234,7 @@ class FakeStripe:
         self.registration_codes: dict[str, tuple[str, str]] = {}  # code -> (device_type, serial): real readers
         self.slow: float = 0.0  # seconds before every answer
         self.allow_over_capture = False
+        self.capture_status = "succeeded"  # the status a capture leaves the PaymentIntent in ("processing"...)
         self._failures: list[_Failure] = []
         self._inside: list[_Failure] = []  # 5xx once the endpoint runs: stored under the idempotency key
         self._idempotency: dict[tuple[str, str], _Stored] = {}
@@ -301,6 +314,18 @@ class FakeStripe:
         self._cancel_later("present:" + reader_id)
         action.update(status="failed", failure_code="customer_canceled",
                       failure_message="This action could not be completed due to an error on the card reader.")
+        return reader
+
+    def fail_action(self, reader_id: str, code: str, message: Optional[str] = None) -> dict:
+        """The reader's in-progress action fails on the reader's side with ``code`` (the PaymentIntent is
+        left as it was): a hardware fault, a lost connection to Stripe."""
+        reader = self._reader(reader_id)
+        action = reader.get("action")
+        if not action or action["status"] != "in_progress":
+            raise ApiError(400, "This Reader does not have an in-progress action.")
+        self._cancel_later("present:" + reader_id)
+        action.update(status="failed", failure_code=code,
+                      failure_message=message or _TERMINAL_MESSAGES.get(code, "The reader reported an error."))
         return reader
 
     # -- HTTP -----------------------------------------------------------------------------------
@@ -613,6 +638,9 @@ class FakeStripe:
                                 "integration guide at https://stripe.com/docs/terminal/payments/collect-payment"
                                 "?terminal-sdk-platform=server-driven#handle-errors for details on how to handle "
                                 "this error.", "terminal_reader_busy")
+        if knobs.error is not None:
+            code, knobs.error = knobs.error, None
+            raise ApiError(400, _TERMINAL_MESSAGES.get(code, "The reader reported an error.") + " " + _GUIDE, code)
         if knobs.timeout > 0:
             knobs.timeout -= 1
             raise _timeout_error()
@@ -798,6 +826,9 @@ class FakeStripe:
             raise ApiError(400, "The amount to capture must be less than or equal to the amount capturable.",
                            "amount_too_large", "amount_to_capture")
         charge = self.charges[pi["latest_charge"]]
+        if self.capture_status != "succeeded":
+            pi["status"] = self.capture_status
+            return pi
         charge.update(captured=True, amount_captured=amount)
         pi.update(status="succeeded", amount_received=amount, amount_capturable=0)
         return pi
@@ -881,6 +912,11 @@ class FakeStripe:
         if parts == ["_fake", "customer_cancel"] and data.get("reader") in self.readers:
             try:
                 return 200, self.customer_cancel(data["reader"])
+            except ApiError as error:
+                return error.status, {"error": error.body}
+        if parts == ["_fake", "fail_action"] and data.get("reader") in self.readers:
+            try:
+                return 200, self.fail_action(data["reader"], str(data.get("code", "terminal_reader_hardware_fault")))
             except ApiError as error:
                 return error.status, {"error": error.body}
         if parts == ["_fake", "fail_next"]:
