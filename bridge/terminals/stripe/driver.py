@@ -192,8 +192,13 @@ class StripeReaderDriver:
 
     @inlineCallbacks
     def refresh_status(self) -> Any:
-        """Read the reader from Stripe into the cache ``status()`` shows (on a timer, not on every call)."""
+        """Read the reader from Stripe into the cache ``status()`` shows (on a timer, not on every call).
+
+        Skipped while a payment is being followed: its polls read the reader every second and keep the cache
+        fresh, and a second read would only spend Stripe's rate limit (docs/performance.md, Stripe polling)."""
         if self.api is None or self._config_error:
+            return
+        if self._current is not None and self._current.sent:
             return
         try:
             reader_id = yield self._find_reader()
@@ -202,6 +207,9 @@ class StripeReaderDriver:
             self._last_error = error.code
             self._log.info("Could not read Stripe reader {terminal}: {code}", terminal=self.name, code=error.code)
             return
+        self._remember(reader)
+
+    def _remember(self, reader: Mapping[str, Any]) -> None:
         self._reader_info = {k: reader.get(k) for k in ("id", "serial_number", "label", "device_type", "status",
                                                         "last_seen_at", "location")}
         self._last_error = None
@@ -330,6 +338,8 @@ class StripeReaderDriver:
             yield self._pause(current, self._poll_interval)
             reader, pi = yield gatherResults([self._read(self.api.get_reader(reader_id)),
                                               self._read(self._get_pi(current.pi_id))])
+            if reader is not None:
+                self._remember(reader)
             if pi is not None and pi.get("status") in ("requires_capture", "succeeded", "canceled"):
                 outcome = yield self._from_pi(current, pi)
                 return outcome
