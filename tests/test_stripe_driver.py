@@ -244,6 +244,16 @@ class ReaderErrorTests(StripeTestCase):
         self.assertEqual(outcome.state, "approved")
 
     @inlineCallbacks
+    def test_a_decline_just_before_the_reader_went_offline_is_reported_as_the_decline(self):
+        driver = self.make_driver(poll_interval=0.2)
+        running = driver.pay(self.request(), SendRecorder(self.fake))
+        yield self.wait_for(lambda: self.fake.readers[self.reader["id"]]["action"], "the reader action")
+        self.fake.present(self.reader["id"], "4000000000009995")
+        self.fake.set_online(self.reader["id"], False)
+        outcome = yield running
+        self.assertEqual((outcome.state, outcome.details["decline_code"]), ("declined", "insufficient_funds"))
+
+    @inlineCallbacks
     def test_reader_errors_get_a_sentence_the_cashier_can_act_on(self):
         driver = self.make_driver()
         cases = {"terminal_reader_hardware_fault": ("reader_hardware_fault", "hardware fault"),

@@ -343,15 +343,6 @@ class StripeReaderDriver:
             if pi is not None and pi.get("status") in ("requires_capture", "succeeded", "canceled"):
                 outcome = yield self._from_pi(current, pi)
                 return outcome
-            if reader is not None and reader.get("status") == "offline":
-                # Stripe marks a reader offline after about two minutes without a sign of it: no card can be
-                # authorised through it now.  Stop at once; only a void makes "nothing charged" certain.
-                self._log.warn("Stripe reader {terminal} went offline during payment {payment_id}",
-                               terminal=self.name, payment_id=current.payment_id)
-                yield self._read(self.api.cancel_action(reader_id))
-                outcome = yield self._end(current, _outcome(states.FAILED, "reader_offline",
-                                                            _WORDS["reader_went_offline"]), must_void=True)
-                return outcome
             if reader is not None and pi is not None and pi.get("status") == "requires_payment_method":
                 action = reader.get("action") or {}
                 if _action_pi(reader) != current.pi_id:
@@ -361,6 +352,15 @@ class StripeReaderDriver:
                 if action.get("status") == "failed":
                     outcome = yield self._end(current, self._declined(pi, action))
                     return outcome
+            if reader is not None and reader.get("status") == "offline":
+                # Stripe marks a reader offline after about two minutes without a sign of it: no card can be
+                # authorised through it now.  Stop at once; only a void makes "nothing charged" certain.
+                self._log.warn("Stripe reader {terminal} went offline during payment {payment_id}",
+                               terminal=self.name, payment_id=current.payment_id)
+                yield self._read(self.api.cancel_action(reader_id))
+                outcome = yield self._end(current, _outcome(states.FAILED, "reader_offline",
+                                                            _WORDS["reader_went_offline"]), must_void=True)
+                return outcome
             if self._clock.seconds() < deadline:
                 continue
             # The cap: stop the reader, then report what Stripe says.
