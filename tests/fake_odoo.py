@@ -44,6 +44,9 @@ VERSION = "18.0-7"  # what Odoo's own browser worker would send as ?version=
 RETENTION = 100.0  # bus_bus rows older than this are garbage collected
 LAST_ZERO_WINDOW = 50.0  # last=0 replays this much
 RATE_BURST, RATE_DELAY = 10, 0.2
+PAIR_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"
+PAIR_TTL = 600.0
+PAIR_WRONG_PER_MINUTE = 10
 
 
 @dataclass
@@ -104,6 +107,12 @@ class FakeOdoo:
         self.command_age = 0.0  # sign commands this many seconds in the past: stale commands
         self.clock_skew = 120.0
         self._hanging: list[Any] = []
+        # pairing (docs/cloud-protocol.md, "Pairing"): one bridge record, its current code's SHA-256
+        self.pair_code: Optional[dict[str, Any]] = None  # {"digest", "expires", "used"}
+        self.pair_requests: list[dict[str, Any]] = []  # every POST /terminal_bridge/pair: body, outcome
+        self.pair_wrong: list[float] = []  # times of wrong codes (the rate limit's window)
+        self.bridge_record = "Shop Lyon"
+        self.rights = ["pay", "read"]
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -119,6 +128,7 @@ class FakeOdoo:
         module.putChild(b"pending", _Pending(self))
         module.putChild(b"ack", _Ack(self))
         module.putChild(b"feedback", _Feedback(self))
+        module.putChild(b"pair", _Pair(self))
         self.bus_factory = factory
         site = Site(root)
         site.displayTracebacks = False
@@ -217,6 +227,46 @@ class FakeOdoo:
         if wake:
             self.notify("terminal_bridge/command", {"command_id": command_id})
         return command_id
+
+    def new_pairing_code(self, ttl: float = PAIR_TTL) -> str:
+        """'Pair a bridge': a new one-time code (the previous one is void), as the administrator sees it."""
+        code = "".join(secrets.choice(PAIR_ALPHABET) for _ in range(16))
+        self.pair_code = {"digest": hashlib.sha256(code.encode()).hexdigest(), "expires": self.now() + ttl,
+                          "used": False}
+        return "-".join(code[i:i + 4] for i in range(0, 16, 4))
+
+    def rotate_secrets(self) -> None:
+        """What pairing the same bridge record again does: new secrets for the same client id and channel."""
+        self.secret_in, self.secret_out = secrets.token_hex(32), secrets.token_hex(32)
+        self.feedback_secret = secrets.token_hex(24)
+
+    def pair(self, message: Any) -> tuple[int, dict[str, Any]]:
+        """The /terminal_bridge/pair checks, in Odoo's order: rate limit, request, code, expiry, use."""
+        now = self.now()
+        self.pair_wrong = [t for t in self.pair_wrong if t > now - 60]
+        if len(self.pair_wrong) >= PAIR_WRONG_PER_MINUTE:
+            return 429, _error("too_many_attempts", "Too many wrong codes; wait a minute.")
+        if not isinstance(message, dict) or not isinstance(message.get("code"), str) \
+                or message.get("database") != self.database:
+            return 400, _error("bad_request", "The pairing request is not understood.")
+        code = message["code"].replace("-", "").replace(" ", "").upper()
+        current = self.pair_code
+        if current is None or not hmac.compare_digest(hashlib.sha256(code.encode()).hexdigest(),
+                                                      current["digest"]):
+            self.pair_wrong.append(now)
+            return 403, _error("wrong_code", "No such pairing code.")
+        if current["used"]:
+            return 409, _error("used_code", "This code was already used.")
+        if now > current["expires"]:
+            return 410, _error("expired_code", "This code has expired.")
+        current["used"] = True
+        token = self.channel[len("terminal_bridge-"):]
+        return 200, {"bridge": self.bridge_record, "database": self.database,
+                     "client": {"name": "odoo-" + self.database, "id": self.client_id, "secret_in": self.secret_in,
+                                "secret_out": self.secret_out, "algorithm": self.algorithm,
+                                "rights": list(self.rights)},
+                     "uplink": {"name": "odoo-" + self.database, "channel_token": token,
+                                "feedback_secret": self.feedback_secret, "feedback_hash": self.feedback_hash}}
 
     def served_command(self, command: Command) -> dict[str, Any]:
         message = {"id": command.id, "op": command.op, "ts": int(self.now() - self.command_age),
@@ -463,6 +513,30 @@ class _Feedback(_Route):
         odoo.feedback.append(params)
         request.setResponseCode(200)
         return b"OK"
+
+
+class _Pair(_Route):
+    def render_POST(self, request: Any) -> Any:
+        odoo = self._odoo
+        record: dict[str, Any] = {"body": None, "outcome": None}
+        odoo.pair_requests.append(record)
+        cookie = _cookie((request.getHeader(b"cookie") or b"").decode("latin-1"), "session_id")
+        if cookie not in odoo.sessions:
+            record["outcome"] = 404  # no database for this request on a multi-database host
+            request.setResponseCode(404)
+            return b"Not Found"
+        try:
+            message = json.loads(request.content.read().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            message = None
+        record["body"] = message
+        code, answer = odoo.pair(message)
+        record["outcome"] = code
+        return self.json(request, answer, code)
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
 
 
 def close_with(proto: WebSocketServerProtocol, code: int, reason: str = "") -> None:
