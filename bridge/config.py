@@ -17,6 +17,8 @@ from bridge.uplink.config import UplinkConfig, check_clients, parse_uplink
 DEFAULT_CONFIG_PATH = "/etc/terminal-bridge/bridge.conf"
 DEFAULT_STATE_DIR = "/var/lib/terminal-bridge"
 DEFAULT_PORT = 8443
+#: The running daemon's pid, in its state directory: `uplink pair` signals it (SIGHUP) to reload.
+PID_FILE = "bridge.pid"
 
 RIGHTS = ("pay", "read", "refund", "resolve", "admin")
 DEFAULT_RIGHTS = ("pay", "read")
@@ -77,6 +79,10 @@ class BridgeConfig:
     @property
     def journal_path(self) -> str:
         return os.path.join(self.state_dir, "journal.sqlite3")
+
+    @property
+    def pid_path(self) -> str:
+        return os.path.join(self.state_dir, PID_FILE)
 
     def client_by_id(self, client_id: object) -> Optional[ClientConfig]:
         for client in self.clients.values():

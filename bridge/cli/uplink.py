@@ -14,12 +14,9 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from bridge.config import BridgeConfig, ConfigError
+from bridge.config import PID_FILE, BridgeConfig, ConfigError
 from bridge.core.journal import Journal
 from bridge.errors import BridgeError
-
-#: Where the running daemon records its pid (in its state directory), for `uplink pair` to signal it.
-PID_FILE = "bridge.pid"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -158,10 +158,48 @@ class UplinkService:
 
 
 class Uplinks:
-    """Every configured uplink, started and stopped together by the daemon."""
+    """Every configured uplink, started and stopped together by the daemon, and brought in line with a reloaded
+    configuration by :meth:`reload`."""
 
-    def __init__(self, bridge: Bridge, reactor: Any) -> None:
-        self.services = [UplinkService(u, bridge, reactor) for u in bridge.config.uplinks.values()]
+    log = Logger()
+
+    def __init__(self, bridge: Bridge, reactor: Any, services: Optional[list[UplinkService]] = None) -> None:
+        self._reactor = reactor
+        self.services = [UplinkService(u, bridge, reactor) for u in bridge.config.uplinks.values()] \
+            if services is None else services
+
+    @inlineCallbacks
+    def reload(self, bridge: Bridge):
+        """Start the uplinks ``bridge.config`` adds, restart those it changes (their settings, secrets or client),
+        stop those it removes; leave the others running."""
+        config = bridge.config
+        wanted = config.uplinks
+
+        def same(service: UplinkService) -> bool:
+            uplink = wanted.get(service.uplink.name)
+            return uplink == service.uplink and resolve_client(uplink, config.clients) == service.client
+
+        going = [s for s in self.services if not same(s)]
+        yield DeferredList([s.stop() for s in going])
+        for service in going:
+            self.log.info("Uplink {uplink} stopped ({why})", uplink=service.uplink.name,
+                          why="changed" if service.uplink.name in wanted else "removed")
+        self.services = [s for s in self.services if s not in going]
+        running = {s.uplink.name for s in self.services}
+        added = []
+        for uplink in wanted.values():
+            if uplink.name in running:
+                continue
+            try:
+                added.append(UplinkService(uplink, bridge, self._reactor))
+            except Exception as e:  # e.g. its ca_file vanished since the check: the others still run
+                self.log.error("Uplink {uplink} cannot start: {error}", uplink=uplink.name, error=e)
+        self.services.extend(added)
+        results = yield DeferredList([s.start() for s in added], consumeErrors=True)
+        for service, (ok, result) in zip(added, results):
+            if not ok:
+                self.log.error("Uplink {uplink} cannot start: {error}", uplink=service.uplink.name,
+                               error=result.getErrorMessage())
 
     def start(self) -> Deferred:
         return DeferredList([s.start() for s in self.services], fireOnOneErrback=True, consumeErrors=True)
