@@ -94,8 +94,10 @@ class FakeOdoo:
         self.feedback: list[dict[str, str]] = []
         self.feedback_rejected: list[dict[str, str]] = []
         self.feedback_attempts = 0
+        self.no_database_requests: list[str] = []  # paths answered 404 for want of a session
         self._nonces: set[str] = set()
         # knobs
+        self.multi_db = True  # a host of several databases: routes answer 404 without a db-bound session
         self.websocket_down = False  # the bus answers 503 (a proxy without a route to the gevent port)
         self.ping_interval = 45.0  # Odoo's INACTIVITY_TIMEOUT: a PING after this much silence
         self.pong_timeout = 15.0  # ... and TCP dropped without a close frame if no PONG follows
@@ -457,6 +459,15 @@ class _Route(Resource):
         self._odoo._hanging.append(request)
         return NOT_DONE_YET
 
+    def no_database(self, request: Any) -> bool:
+        """On a multi-database host, a request without a session bound to the database finds no route: 404."""
+        cookie = _cookie((request.getHeader(b"cookie") or b"").decode("latin-1"), "session_id")
+        if self._odoo.multi_db and cookie not in self._odoo.sessions:
+            self._odoo.no_database_requests.append(request.path.decode())
+            request.setResponseCode(404)
+            return True
+        return False
+
     def json(self, request: Any, data: Any, code: int = 200) -> bytes:
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"application/json")
@@ -467,6 +478,8 @@ class _Pending(_Route):
     def render_POST(self, request: Any) -> Any:
         odoo = self._odoo
         odoo.pending_requests += 1
+        if self.no_database(request):
+            return b"Not Found"
         if odoo.pending_hang:
             return self.hang(request)
         if odoo.pending_status is not None:
@@ -480,6 +493,8 @@ class _Pending(_Route):
 class _Ack(_Route):
     def render_POST(self, request: Any) -> Any:
         odoo = self._odoo
+        if self.no_database(request):
+            return b"Not Found"
         message = odoo.check_request(request.content.read())
         if message is None:
             return self.json(request, {"error": "bad signature"}, 403)
@@ -498,6 +513,8 @@ class _Feedback(_Route):
     def render_POST(self, request: Any) -> Any:
         odoo = self._odoo
         odoo.feedback_attempts += 1
+        if self.no_database(request):
+            return b"Not Found"
         if odoo.feedback_hang:
             return self.hang(request)
         body = request.content.read().decode("utf-8")

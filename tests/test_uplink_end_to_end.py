@@ -127,6 +127,8 @@ class HappyPath(UplinkEndToEnd):
         status = self.status()
         self.assertTrue(status["bus"])
         self.assertTrue(status["https"])
+        # every request went with the database's session (the fake is a multi-database host)
+        self.assertEqual(self.odoo.no_database_requests, [])
         # the last notification id handled is kept for the next subscribe
         self.assertGreaterEqual(self.daemon.uplinks.services[0].bus._store.last, 1)
 
@@ -189,6 +191,19 @@ class HappyPath(UplinkEndToEnd):
         # still working: a command after both reconnects
         self.odoo.queue_command("payment.start", PAYMENT)
         yield self.final_feedback()
+
+    @inlineCallbacks
+    def test_a_session_odoo_forgot_is_renewed_on_404_and_the_command_runs(self):
+        yield self.start_bridge()
+        yield self.bus_open()
+        logins = self.odoo.logins
+        self.odoo.sessions.clear()  # Odoo's session GC: the cookie now leads to no database
+        command_id = self.odoo.queue_command("payment.start", PAYMENT)
+        feedback = yield self.final_feedback()
+        self.assertEqual(feedback[0]["ORDERID"], command_id)
+        self.assertIn("/terminal_bridge/pending", self.odoo.no_database_requests)
+        self.assertEqual(self.odoo.logins, logins + 1)  # one new session, shared by the fetch, ack and feedback
+        self.assertEqual(self.status().get("https"), True)
 
     @inlineCallbacks
     def test_the_link_cut_mid_payment_delivers_the_feedback_after_reconnection_once(self):

@@ -27,7 +27,6 @@ import os
 import random
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import quote
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from OpenSSL import SSL
@@ -39,6 +38,7 @@ from twisted.python.failure import Failure
 from bridge.errors import BridgeError
 from bridge.uplink.config import UplinkConfig
 from bridge.uplink.https import HTTPS, USER_AGENT, TLSPolicy, describe
+from bridge.uplink.odoo_session import OdooSession, session_cookie  # noqa: F401 - session_cookie: its old home
 
 #: Notification types that wake the uplink up; any other type (Odoo's own 'broadcast' ones...) is ignored.
 WAKE_UP_TYPES = frozenset({"terminal_bridge/command", "terminal_bridge/wakeup"})
@@ -120,15 +120,6 @@ def parse_notifications(payload: bytes) -> list[tuple[int, str]]:
         if isinstance(notif_id, int) and not isinstance(notif_id, bool):
             found.append((notif_id, kind if isinstance(kind, str) else ""))
     return found
-
-
-def session_cookie(set_cookie_headers: list[str]) -> Optional[str]:
-    for header in set_cookie_headers:
-        first = header.split(";", 1)[0].strip()
-        name, sep, value = first.partition("=")
-        if sep and name.strip() == "session_id" and value.strip():
-            return value.strip()
-    return None
 
 
 class LastIdStore:
@@ -221,10 +212,11 @@ class BusLink:
     def __init__(self, uplink: UplinkConfig, reactor: Any, https: HTTPS, store: LastIdStore,
                  on_wakeup: Callable[[], None], on_state: Callable[[bool, Optional[str]], None],
                  policy: Optional[TLSPolicy] = None, connect: Optional[Connect] = None,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random, session: Optional[OdooSession] = None) -> None:
         self.uplink = uplink
         self._reactor = reactor
         self._https = https
+        self.session = session or OdooSession(uplink, https)
         self._store = store
         self._on_wakeup = on_wakeup
         self._on_state = on_state
@@ -234,7 +226,7 @@ class BusLink:
         self.state = STOPPED
         self.failures = 0
         self.attempts = 0
-        self.cookie: Optional[str] = None
+        self.cookie: Optional[str] = None  # the one this link's socket was opened with
         self._proto: Any = None
         self._opened_at: Optional[float] = None
         self._pending: Optional[Deferred] = None
@@ -278,27 +270,13 @@ class BusLink:
         self._timer = None
         self.state = CONNECTING
         self.attempts += 1
-        d = succeed(self.cookie) if self.cookie else self._get_cookie()
+        d = self.session.get()
         d.addCallback(self._open_socket)
         d.addErrback(self._attempt_failed)
         self._pending = d
 
-    def _get_cookie(self) -> Deferred:
-        url = self.uplink.route("/web/login?db=" + quote(self.uplink.database, safe=""))
-
-        def got(response: Any) -> str:
-            if response.code not in (200, 302, 303):
-                raise BridgeError("uplink_refused", f"Odoo's login page answered HTTP {response.code} (is the "
-                                                    f"database {self.uplink.database!r} right?)")
-            cookie = session_cookie(response.header("Set-Cookie"))
-            if cookie is None:
-                raise BridgeError("uplink_refused", "Odoo's login page gave no session cookie")
-            self.cookie = cookie
-            return cookie
-
-        return self._https.request("GET", url).addCallback(got)
-
     def _open_socket(self, cookie: str) -> Deferred:
+        self.cookie = cookie
         factory = BusFactory(self, self.uplink.websocket_url, self.uplink.origin, cookie, self._reactor)
         return self._connect(factory)
 
@@ -384,7 +362,7 @@ class BusLink:
         decision = after_close(code, reason, opened, lived, self.failures, self._rand)
         self.failures = decision.failures
         if decision.renew_cookie:
-            self.cookie = None
+            self.session.forget(self.cookie)
         self.log.info("Uplink {uplink}: bus link ended ({code} {reason}); next attempt in {delay:.1f} s",
                       uplink=self.uplink.name, code=code, reason=reason or "", delay=decision.delay)
         self._on_state(False, decision.error)

@@ -98,12 +98,11 @@ def check_url(url: str) -> str:
     return url
 
 
-def proxy_words(code: int, what: str) -> Optional[str]:
+def _proxy(code: int, what: str) -> Optional[str]:
     """A reverse proxy's own answer while Odoo is down or restarting."""
-    if code in (502, 503, 504):
-        return f"{what}: Odoo is not reachable behind its proxy ({code}); it may be restarting. Try again in a " \
-               f"minute."
-    return None
+    from bridge.uplink.odoo_session import PROXY_CODES, proxy_words
+
+    return f"{what}: {proxy_words(code)}. Try again in a minute." if code in PROXY_CODES else None
 
 
 def parse_answer(code: int, body: bytes, database: str) -> Pairing:
@@ -123,7 +122,7 @@ def parse_answer(code: int, body: bytes, database: str) -> Pairing:
             raise BridgeError("not_installed", f"Odoo has no pairing in database {database!r}: install the "
                                                "'Terminal bridge' module in that database, or check --database "
                                                "(the name on Odoo's login page).")
-        raise BridgeError("pair_refused", proxy_words(code, "Pairing failed")
+        raise BridgeError("pair_refused", _proxy(code, "Pairing failed")
                           or f"Pairing failed: Odoo answered HTTP {code} ({message}).")
     if not isinstance(data, dict):
         raise BridgeError("bad_answer", "Odoo's answer to the pairing is not JSON (is this address an Odoo "
@@ -172,14 +171,14 @@ def parse_answer(code: int, body: bytes, database: str) -> Pairing:
 def pair(https: Any, url: str, database: str, code: str, bridge_name: str, fingerprint: Optional[str]):
     """The exchange with Odoo, over ``https`` (a :class:`bridge.uplink.https.HTTPS`); fires with a
     :class:`Pairing` or fails with BridgeError in words."""
-    from bridge.uplink.bus import session_cookie
+    from bridge.uplink.odoo_session import session_cookie
 
     login = yield https.request("GET", url + "/web/login?db=" + quote(database, safe=""))
     if login.code == 404:
         raise BridgeError("unknown_database", f"Odoo has no database {database!r}: give --database as Odoo's "
                                               "login page names it.")
     if login.code not in (200, 302, 303):
-        raise BridgeError("login_refused", proxy_words(login.code, "Odoo's login page failed")
+        raise BridgeError("login_refused", _proxy(login.code, "Odoo's login page failed")
                           or f"Odoo's login page answered HTTP {login.code} (is {url} the Odoo server?).")
     cookie = session_cookie(login.header("Set-Cookie"))
     if cookie is None:

@@ -22,6 +22,7 @@ from bridge.uplink.commands import CommandFetcher
 from bridge.uplink.config import UplinkConfig, resolve_client
 from bridge.uplink.feedback import FeedbackPoster
 from bridge.uplink.https import HTTPS, TLSPolicy
+from bridge.uplink.odoo_session import OdooSession
 
 
 def status_path(state_dir: str, name: str) -> str:
@@ -107,14 +108,19 @@ class UplinkService:
             uplink.feedback_hash, config.name, self._post, reactor, on_result=self.status.feedback)
         self.fetcher: Optional[CommandFetcher] = None
         self.bus: Optional[BusLink] = None
-        if uplink.has_odoo:
-            self.fetcher = CommandFetcher(uplink, self.client, bridge, self.https, reactor,
+        # Every request to Odoo carries the database's session (a multi-database host answers 404 without).
+        self.session: Optional[OdooSession] = OdooSession(uplink, self.https) if uplink.has_odoo else None
+        if self.session is not None:
+            self.fetcher = CommandFetcher(uplink, self.client, bridge, self.session, reactor,
                                           on_result=self._fetch_result)
             self.bus = BusLink(uplink, reactor, self.https, LastIdStore(last_id_path(config.state_dir, uplink.name)),
-                               on_wakeup=self.fetcher.fetch, on_state=self._bus_state, policy=self.policy)
+                               on_wakeup=self.fetcher.fetch, on_state=self._bus_state, policy=self.policy,
+                               session=self.session)
 
     def _post(self, url: str, body: bytes) -> Deferred:
-        return self.https.request("POST", url, body, "application/x-www-form-urlencoded").addCallback(
+        # Feedback to Odoo's own route goes with its session; another system's feedback_url gets no cookie.
+        via = self.session if self.session is not None and self.uplink.feedback_url is None else self.https
+        return via.request("POST", url, body, "application/x-www-form-urlencoded").addCallback(
             lambda response: response.code)
 
     def _fetch_result(self, error: Optional[str]) -> None:
