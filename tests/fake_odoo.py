@@ -94,6 +94,7 @@ class FakeOdoo:
         self.feedback: list[dict[str, str]] = []
         self.feedback_rejected: list[dict[str, str]] = []
         self.feedback_attempts = 0
+        self.unknown_acks: list[dict[str, Any]] = []  # acks of commands Odoo never queued (answered 200)
         self.no_database_requests: list[str] = []  # paths answered 404 for want of a session
         self._nonces: set[str] = set()
         # knobs
@@ -298,6 +299,8 @@ class FakeOdoo:
     def verify_feedback(self, params: dict[str, str]) -> bool:
         """SHA-OUT as Ogone computes it, written out here independently of the bridge's code."""
         received = params.get("SHASIGN", "")
+        if params.get("TBCLIENT") != self.client_id:
+            return False  # Odoo picks the passphrase by TBCLIENT: no such bridge client, nothing to check with
         pairs = sorted((k.upper(), v) for k, v in params.items() if k.upper() != "SHASIGN")
         text = "".join(f"{k}={v}{self.feedback_secret}" for k, v in pairs if v and k in FEEDBACK_KEYS)
         expected = hashlib.new(self.feedback_hash, text.encode("utf-8")).hexdigest().upper()
@@ -503,7 +506,9 @@ class _Ack(_Route):
                  "reply_signed": signing.verify(reply, odoo.secret_out, odoo.algorithm)}
         odoo.acks.append(entry)
         command = odoo.commands.get(message.get("command_id"))
-        if command is not None:
+        if command is None:
+            odoo.unknown_acks.append(entry)  # Odoo logs it and answers 200: the bridge has nothing to redo
+        else:
             command.acked = True
             command.replies.append(reply)
         return self.json(request, {"ok": True})

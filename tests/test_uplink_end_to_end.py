@@ -15,7 +15,7 @@ from bridge.uplink import bus as bus_module
 from bridge.uplink import feedback as feedback_module
 from bridge.uplink.service import read_status, status_path
 from tests.fake_odoo import FakeOdoo, make_private_ca
-from tests.support import add_test_client, load_config, start_simulator, write_config
+from tests.support import add_test_client, credentials_of, load_config, start_simulator, write_config
 
 PAYMENT = {"terminal": "till-1", "amount": 1234, "currency": "EUR"}
 CHANNEL_TOKEN = "a1b2c3d4e5f6a7b8c9d0e1f2"
@@ -116,6 +116,7 @@ class HappyPath(UplinkEndToEnd):
         self.assertEqual((fb["ORDERID"], fb["STATUS"], fb["AMOUNT"], fb["CURRENCY"], fb["NCERROR"]),
                          (command_id, "9", "12.34", "EUR", "0"))
         self.assertRegex(fb["CARDNO"], r"^\d{6}X+\d{4}$")
+        self.assertEqual(fb["TBCLIENT"], self.creds["client_id"])  # Odoo picks the passphrase by it
         self.assertTrue(fb["SHASIGN"])  # and verified by the fake, else it would be in feedback_rejected
         self.assertEqual(self.odoo.feedback_rejected, [])
         self.assertEqual(len(self.simulator.requests), 1)
@@ -155,6 +156,29 @@ class HappyPath(UplinkEndToEnd):
         self.assertEqual(len(self.simulator.requests), 1)
         yield sleep(0.2)
         self.assertEqual(len(self.odoo.feedback), 1)
+
+    @inlineCallbacks
+    def test_a_lan_payment_of_the_uplinks_client_is_fed_back_though_odoo_never_queued_it(self):
+        from bridge.api.client import connect
+
+        daemon = yield self.start_bridge()
+        yield self.bus_open()
+        creds = credentials_of(self.creds)
+        factory, opened = connect(reactor, f"wss://127.0.0.1:{daemon.port.getHost().port}", creds,
+                                  fingerprint=self.fingerprint(daemon))
+        proto = yield opened
+        self.addCleanup(lambda: (proto.sendClose(), factory.closed)[1])
+        yield proto.call("hello", {"client": creds.client_id})
+        yield proto.call("payment.start", PAYMENT, message_id="lan-only-1")
+        feedback = yield self.final_feedback()
+        self.assertEqual((feedback[0]["ORDERID"], feedback[0]["TBCLIENT"]), ("lan-only-1", creds.client_id))
+        self.assertNotIn("lan-only-1", self.odoo.commands)  # unknown to Odoo, stored all the same (200)
+
+    def fingerprint(self, daemon):
+        from bridge.api.tls import fingerprint_of_pem
+
+        with open(daemon.config.tls_certificate, "rb") as f:
+            return fingerprint_of_pem(f.read())
 
     @inlineCallbacks
     def test_forged_and_stale_commands_never_reach_a_terminal(self):

@@ -39,7 +39,7 @@ SCO_CATEGORY SCORING SEQUENCETYPE SIGNDATE STATUS SUBBRAND SUBSCRIPTION_ID TICKE
 """.split())
 
 #: The bridge's own parameters.  They are signed too: the bridge's list is Ogone's plus these.
-BRIDGE_KEYS = frozenset({"TBBRIDGE", "TBSEQ", "TBSTATE", "TBREASON", "TBMESSAGE", "TBTERMINAL", "TBKIND",
+BRIDGE_KEYS = frozenset({"TBCLIENT", "TBBRIDGE", "TBSEQ", "TBSTATE", "TBREASON", "TBMESSAGE", "TBTERMINAL", "TBKIND",
                          "TBREFUNDOF"})
 FEEDBACK_KEYS = SHA_OUT_KEYS | BRIDGE_KEYS
 
@@ -100,8 +100,9 @@ def trx_date(iso_time: str) -> str:
     return moment.strftime("%m/%d/%y")
 
 
-def feedback_params(payment: Mapping[str, Any], seq: int, bridge_name: str) -> dict[str, str]:
-    """The feedback parameters of one payment view (bridge.core.payments.payment_view), SHASIGN excluded."""
+def feedback_params(payment: Mapping[str, Any], seq: int, bridge_name: str, client_id: str) -> dict[str, str]:
+    """The feedback parameters of one payment view (bridge.core.payments.payment_view), SHASIGN excluded.
+    ``client_id`` (TBCLIENT) is the uplink's client: the receiver picks the passphrase to check SHASIGN by it."""
     details = payment.get("details") or {}
     status = ogone_status(payment["kind"], payment["state"]) or ""
     reason = payment.get("reason") or {}
@@ -118,6 +119,7 @@ def feedback_params(payment: Mapping[str, Any], seq: int, bridge_name: str) -> d
         "BRAND": details.get("brand") or details.get("application") or "",
         "ACCEPTANCE": details.get("authorisation") or "",
         "TRXDATE": trx_date(payment["updated"]),
+        "TBCLIENT": client_id,
         "TBBRIDGE": bridge_name,
         "TBSEQ": str(seq),
         "TBSTATE": payment["state"],
@@ -254,7 +256,8 @@ class FeedbackPoster:
     @inlineCallbacks
     def _post_one(self, event: Event):
         payment = event.body["payment"]
-        body = signed_form(feedback_params(payment, event.seq, self._bridge_name), self._passphrase, self._hash)
+        params = feedback_params(payment, event.seq, self._bridge_name, self._client_id)
+        body = signed_form(params, self._passphrase, self._hash)
         try:
             code = yield self._post(self._url, body)
         except CancelledError:
