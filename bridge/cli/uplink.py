@@ -236,7 +236,7 @@ def uplink_report(config: BridgeConfig) -> list[dict[str, Any]]:
     # The uplink's modules load twisted.web's client and autobahn's: only for this command, not for every one.
     from bridge.uplink.config import resolve_client
     from bridge.uplink.feedback import waiting
-    from bridge.uplink.service import read_status, status_path
+    from bridge.uplink.service import read_status, refused_path, status_path
 
     journal: Optional[Journal] = None
     if os.path.exists(config.journal_path):
@@ -258,7 +258,8 @@ def uplink_report(config: BridgeConfig) -> list[dict[str, Any]]:
         }
         if journal is not None:
             client = resolve_client(uplink, config.clients)
-            report["feedback_waiting"] = waiting(journal, client.id, uplink.cursor_id)
+            report["feedback_waiting"] = waiting(journal, client.id, uplink.cursor_id,
+                                                 refused_path(config.state_dir, uplink.name))
         report["connected"] = bool(report["bus"] or report["https"])
         reports.append(report)
     if journal is not None:

@@ -33,6 +33,10 @@ def last_id_path(state_dir: str, name: str) -> str:
     return os.path.join(state_dir, "uplink", f"{name}.bus.json")
 
 
+def refused_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, "uplink", f"{name}.refused.json")
+
+
 class UplinkStatus:
     """What `terminal-bridge uplink status` shows, kept current in a small JSON file."""
 
@@ -105,7 +109,8 @@ class UplinkService:
         self._first_run = not os.path.exists(self.status.path) and journal.acked(uplink.cursor_id) == 0
         self.poster = FeedbackPoster(
             uplink.name, journal, self.client.id, uplink.cursor_id, uplink.feedback_target, uplink.feedback_secret,
-            uplink.feedback_hash, config.name, self._post, reactor, on_result=self.status.feedback)
+            uplink.feedback_hash, config.name, self._post, reactor, on_result=self.status.feedback,
+            refused_path=refused_path(config.state_dir, uplink.name))
         self.fetcher: Optional[CommandFetcher] = None
         self.bus: Optional[BusLink] = None
         # Every request to Odoo carries the database's session (a multi-database host answers 404 without).
@@ -127,11 +132,15 @@ class UplinkService:
         self.status.set("https", error is None)
         if error:
             self.status.error(error)
+        else:
+            self.poster.wake()  # Odoo answers: feedback waiting for a retry goes now
 
     def _bus_state(self, connected: bool, error: Optional[str]) -> None:
         self.status.set("bus", connected)
         if error:
             self.status.error(error)
+        if connected:
+            self.poster.wake()
 
     @inlineCallbacks
     def start(self):
