@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -77,7 +78,10 @@ def after_close(code: Optional[int], reason: Optional[str], opened: bool, lived:
     reason = reason or ""
     if not opened:
         failures += 1
-        return Decision(backoff(failures, rand), True, failures, f"cannot open the bus WebSocket: {reason}")
+        # Only a 404 says the session leads to no database; renewing after a refused connection or a 5xx would
+        # cost a login per attempt, and make every fetch log in again while the bus is down.
+        return Decision(backoff(failures, rand), handshake_status(reason) == 404, failures,
+                        f"cannot open the bus WebSocket: {reason}")
     failures = 0 if lived >= STABLE_AFTER else failures + 1
     if code == 4002:  # KEEP_ALIVE_TIMEOUT: Odoo's hourly forced reconnect
         return Decision(0.0 if failures == 0 else backoff(failures, rand), False, failures, None)
@@ -97,6 +101,15 @@ def after_close(code: Optional[int], reason: Optional[str], opened: bool, lived:
     failures = max(failures, 1)
     return Decision(backoff(failures, rand), False, failures,
                     None if code == 1000 else f"the bus WebSocket closed ({code} {reason})".strip())
+
+
+_UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d{3})\]")
+
+
+def handshake_status(reason: str) -> Optional[int]:
+    """The HTTP status of a refused WebSocket upgrade, from autobahn's words ("... upgrade failed [404]: ...")."""
+    match = _UPGRADE_FAILED.search(reason or "")
+    return int(match.group(1)) if match else None
 
 
 def subscribe_frame(channel: str, last: int) -> bytes:

@@ -139,6 +139,8 @@ class UplinkService:
         self.status.set("bus", connected)
         if error:
             self.status.error(error)
+        if self.fetcher is not None:
+            self.fetcher.bus_state(connected)
         if connected:
             self.poster.wake()
 
