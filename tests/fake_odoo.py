@@ -133,13 +133,27 @@ class FakeOdoo:
         module.putChild(b"feedback", _Feedback(self))
         module.putChild(b"pair", _Pair(self))
         self.bus_factory = factory
-        site = Site(root)
+        site = _TrackingSite(root)
         site.displayTracebacks = False
+        self._site = site
         return site
 
     def listen(self, cert: str, key: str) -> Any:
         endpoint = SSL4ServerEndpoint(self.reactor, 0, server_options(cert, key), interface="127.0.0.1")
-        return endpoint.listen(self.site())
+        d = endpoint.listen(self.site())
+        d.addCallback(lambda port: setattr(self, "port", port) or port)
+        return d
+
+    def go_down(self) -> Any:
+        """Odoo stops: no new connection is accepted, every open one (HTTP keep-alive, bus) is cut."""
+        stopped = self.port.stopListening()
+        for channel in list(self._site.channels):
+            inner = getattr(channel, "_channel", channel)  # twisted wraps the HTTP channel for HTTP/2 choice
+            transport = getattr(inner, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        self.drop_all()
+        return stopped
 
     def stop(self) -> None:
         for request in self._hanging:
@@ -410,6 +424,26 @@ class BusServerFactory(WebSocketServerFactory):
         super().__init__("wss://127.0.0.1/websocket", reactor=odoo.reactor)
         self.odoo = odoo
         self.setProtocolOptions(maxMessagePayloadSize=1 << 20, perMessageCompressionAccept=lambda offers: None)
+
+
+class _TrackingSite(Site):
+    """A Site that knows its open HTTP connections (to cut them when Odoo goes down)."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        self.channels: set[Any] = set()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        self.channels.add(channel)
+        lost = channel.connectionLost
+
+        def connection_lost(reason: Any) -> None:
+            self.channels.discard(channel)
+            lost(reason)
+
+        channel.connectionLost = connection_lost
+        return channel
 
 
 class _MaybeDown(Resource):

@@ -293,6 +293,53 @@ class BusDown(UplinkEndToEnd):
         self.assertIn("503", self.status()["last_error"])
 
 
+class StatusExit(UplinkEndToEnd):
+    """`uplink status` exits 0 only when payments can flow."""
+
+    def exit_status(self):
+        from bridge.cli.uplink import show_status
+
+        return show_status(self.daemon.config)
+
+    @inlineCallbacks
+    def test_bus_up_but_every_fetch_refused_is_exit_1(self):
+        yield self.start_bridge()
+        yield self.bus_open()
+        yield wait_for(lambda: self.status().get("https"))
+        self.assertEqual(self.exit_status(), 0)
+        self.odoo.pending_status = 403
+        self.odoo.notify("terminal_bridge/wakeup", {})  # the wake-up's fetch is refused
+        yield wait_for(lambda: self.status().get("https") is False)
+        self.assertTrue(self.status()["bus"])
+        self.assertEqual(self.exit_status(), 1)
+        self.odoo.pending_status = None
+        self.odoo.notify("terminal_bridge/wakeup", {})
+        yield wait_for(lambda: self.status().get("https"))
+        self.assertEqual(self.exit_status(), 0)
+
+    @inlineCallbacks
+    def test_odoo_down_is_exit_1(self):
+        yield self.start_bridge()
+        yield self.bus_open()
+        yield wait_for(lambda: self.status().get("https"))
+        self.assertEqual(self.exit_status(), 0)
+        yield self.odoo.go_down()
+        yield wait_for(lambda: self.status().get("https") is False)
+        self.assertEqual(self.exit_status(), 1)
+
+
+class FlowRule(UplinkEndToEnd):
+    def test_a_stale_fetch_with_the_bus_down_is_not_flowing(self):
+        from bridge.uplink.service import payments_can_flow
+
+        uplink = load_config(self.config_path).uplinks["odoo"]  # fetch_interval 30: recent is 90 s
+        up = {"running": True, "https": True, "bus": False, "fetched_at": 1000.0}
+        self.assertEqual(payments_can_flow(up, 1089.0, uplink), (True, None))
+        self.assertFalse(payments_can_flow(up, 1091.0, uplink)[0])
+        self.assertEqual(payments_can_flow(dict(up, bus=True), 5000.0, uplink), (True, None))
+        self.assertFalse(payments_can_flow(dict(up, https=False, bus=True), 1000.0, uplink)[0])
+
+
 class WrongCA(UplinkEndToEnd):
     fetch_interval = 1
 

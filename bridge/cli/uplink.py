@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import time
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -26,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "status", help="show each uplink: connected or not, since when, last error, feedback waiting",
         description="Show each [uplink:NAME] of the configuration: whether its bus WebSocket and its HTTPS fetch "
                     "work and since when, the last error in words, and how many final payment states wait for "
-                    "delivery. Exit status 0 when every uplink is connected, 1 otherwise.")
+                    "delivery. Exit status 0 when payments can flow through every uplink (its last fetch of "
+                    "commands worked, and its bus is up or that fetch is recent), 1 otherwise.")
     status.add_argument("--json", action="store_true", help="print JSON (for monitoring scripts)")
     status.set_defaults(handler=cmd_uplink_status)
     pair = actions.add_parser(
@@ -236,7 +238,7 @@ def uplink_report(config: BridgeConfig) -> list[dict[str, Any]]:
     # The uplink's modules load twisted.web's client and autobahn's: only for this command, not for every one.
     from bridge.uplink.config import resolve_client
     from bridge.uplink.feedback import waiting
-    from bridge.uplink.service import read_status, refused_path, status_path
+    from bridge.uplink.service import payments_can_flow, read_status, refused_path, status_path
 
     journal: Optional[Journal] = None
     if os.path.exists(config.journal_path):
@@ -261,6 +263,9 @@ def uplink_report(config: BridgeConfig) -> list[dict[str, Any]]:
             report["feedback_waiting"] = waiting(journal, client.id, uplink.cursor_id,
                                                  refused_path(config.state_dir, uplink.name))
         report["connected"] = bool(report["bus"] or report["https"])
+        report["fetched_at"] = status.get("fetched_at")
+        report["payments_can_flow"], report["why_not"] = payments_can_flow(dict(status, running=running),
+                                                                           time.time(), uplink)
         reports.append(report)
     if journal is not None:
         journal.close()
@@ -286,12 +291,14 @@ def show_status(config: BridgeConfig, as_json: bool = False) -> int:
                       f"{_when(r['https_since'])}")
         if r["last_error"]:
             print(f"  last error: {r['last_error']} ({_when(r['last_error_at'])})")
+        if r["running"]:
+            print(f"  payments:  {'can flow' if r['payments_can_flow'] else 'cannot flow: ' + str(r['why_not'])}")
         waiting_count = r["feedback_waiting"]
         line = "unknown (no journal yet)" if waiting_count is None else f"{waiting_count} waiting for delivery"
         if r["feedback_error"] and waiting_count:
             line += f" - {r['feedback_error']}"
         print(f"  feedback:  {line}")
-    return 0 if reports and all(r["connected"] for r in reports) else 1
+    return 0 if reports and all(r["payments_can_flow"] for r in reports) else 1
 
 
 def _when(ts: Any) -> str:

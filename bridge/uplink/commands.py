@@ -92,12 +92,15 @@ class CommandFetcher:
         fetch is then how commands arrive), IDLE_INTERVAL (or more) while it is up and wakes the bridge."""
         return max(IDLE_INTERVAL, self.uplink.fetch_interval) if self._bus_up else self.uplink.fetch_interval
 
-    def bus_state(self, connected: bool) -> None:
-        """The bus connected (fetches come with its wake-ups) or went down (the periodic fetch takes over)."""
+    def bus_state(self, connected: bool, error: Optional[str] = None) -> None:
+        """The bus connected (fetches come with its wake-ups) or went down (the periodic fetch takes over).  A bus
+        lost to an error (not Odoo's routine closes) may mean Odoo is down: fetch now, so that the status says it."""
         if connected == self._bus_up:
             return
         self._bus_up = connected
-        if self._timer is not None and self._timer.active():
+        if not connected and error:
+            self.fetch()
+        elif self._timer is not None and self._timer.active():
             remaining = self._timer.getTime() - self._clock.seconds()
             self._timer.reset(min(remaining, self.interval) if not connected else self.interval)
 

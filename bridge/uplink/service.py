@@ -44,7 +44,7 @@ class UplinkStatus:
         self.path = path
         self._now = now
         self.data: dict[str, Any] = {"name": name, "pid": os.getpid(), "bus": None, "bus_since": None,
-                                     "https": None, "https_since": None, "last_error": None,
+                                     "https": None, "https_since": None, "fetched_at": None, "last_error": None,
                                      "last_error_at": None, "feedback_error": None, "running": True}
 
     def set(self, key: str, value: Any) -> None:
@@ -78,6 +78,27 @@ class UplinkStatus:
             os.replace(tmp, self.path)
         except OSError:
             pass  # the status is a convenience; the daemon's log has the same facts
+
+
+def payments_can_flow(status: dict[str, Any], now: float, uplink: UplinkConfig) -> tuple[bool, Optional[str]]:
+    """Whether commands and results can pass through this uplink now, by its status file, and why not.
+
+    An Odoo uplink: the last fetch worked, and either the bus is up (it wakes the bridge for each command) or that
+    fetch is recent (the periodic fetch is how commands arrive while the bus is down).  A feedback-only uplink:
+    its feedback is being delivered."""
+    if not status.get("running"):
+        return False, "the bridge is not running this uplink"
+    if not uplink.has_odoo:
+        return (not status.get("feedback_error")), status.get("feedback_error")
+    if status.get("https") is None:
+        return False, "no fetch of commands yet"
+    if not status.get("https"):
+        return False, "commands cannot be fetched"
+    fetched = status.get("fetched_at")
+    recent = max(2 * uplink.fetch_interval, uplink.fetch_interval + 60)
+    if not status.get("bus") and not (isinstance(fetched, (int, float)) and now - fetched <= recent):
+        return False, "the bus is down and no fetch worked lately"
+    return True, None
 
 
 def read_status(path: str) -> Optional[dict[str, Any]]:
@@ -129,7 +150,11 @@ class UplinkService:
             lambda response: response.code)
 
     def _fetch_result(self, error: Optional[str]) -> None:
+        if error is None:
+            self.status.data["fetched_at"] = self._reactor.seconds()  # written now or with the next change
         self.status.set("https", error is None)
+        if error is None and self.bus is not None and not self.bus.state == "open":
+            self.status.write()  # the bus is down: `uplink status` judges by how recent the last fetch is
         if error:
             self.status.error(error)
         else:
@@ -140,7 +165,7 @@ class UplinkService:
         if error:
             self.status.error(error)
         if self.fetcher is not None:
-            self.fetcher.bus_state(connected)
+            self.fetcher.bus_state(connected, error)
         if connected:
             self.poster.wake()
 
