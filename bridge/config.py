@@ -17,6 +17,8 @@ from bridge.uplink.config import UplinkConfig, check_clients, parse_uplink
 DEFAULT_CONFIG_PATH = "/etc/terminal-bridge/bridge.conf"
 DEFAULT_STATE_DIR = "/var/lib/terminal-bridge"
 DEFAULT_PORT = 8443
+#: The running daemon's pid, in its state directory: `uplink pair` signals it (SIGHUP) to reload.
+PID_FILE = "bridge.pid"
 
 RIGHTS = ("pay", "read", "refund", "resolve", "admin")
 DEFAULT_RIGHTS = ("pay", "read")
@@ -77,6 +79,10 @@ class BridgeConfig:
     @property
     def journal_path(self) -> str:
         return os.path.join(self.state_dir, "journal.sqlite3")
+
+    @property
+    def pid_path(self) -> str:
+        return os.path.join(self.state_dir, PID_FILE)
 
     def client_by_id(self, client_id: object) -> Optional[ClientConfig]:
         for client in self.clients.values():
@@ -269,16 +275,18 @@ def _host_port(text: str, default_port: int) -> tuple[str, Optional[int]]:
 
 def add_client(path: str, name: str, client_id: str, secret_in: str, secret_out: str,
                rights: tuple[str, ...] = DEFAULT_RIGHTS, algorithm: str = "sha256",
-               owner: Optional[tuple[int, int]] = None) -> None:
+               owner: Optional[tuple[int, int]] = None, replace: bool = False) -> None:
     """Append a client to the clients file, creating it with mode 0600 (owned by ``owner`` if given: the
-    account the bridge runs as must be able to read it)."""
+    account the bridge runs as must be able to read it).  ``replace``: a client of that name is replaced (pairing
+    again), else it is an error."""
     parser = configparser.ConfigParser(interpolation=None, default_section="__no_defaults__")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             parser.read_file(f, source=path)
     section = f"client:{name}"
-    if parser.has_section(section):
+    if parser.has_section(section) and not replace:
         raise ValueError(f"a client named {name!r} already exists in {path}")
+    parser.remove_section(section)
     parser[section] = {"id": client_id, "secret_in": secret_in, "secret_out": secret_out,
                        "algorithm": algorithm, "rights": ",".join(rights)}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

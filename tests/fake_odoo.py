@@ -44,6 +44,9 @@ VERSION = "18.0-7"  # what Odoo's own browser worker would send as ?version=
 RETENTION = 100.0  # bus_bus rows older than this are garbage collected
 LAST_ZERO_WINDOW = 50.0  # last=0 replays this much
 RATE_BURST, RATE_DELAY = 10, 0.2
+PAIR_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"
+PAIR_TTL = 600.0
+PAIR_WRONG_PER_MINUTE = 10
 
 
 @dataclass
@@ -91,8 +94,11 @@ class FakeOdoo:
         self.feedback: list[dict[str, str]] = []
         self.feedback_rejected: list[dict[str, str]] = []
         self.feedback_attempts = 0
+        self.unknown_acks: list[dict[str, Any]] = []  # acks of commands Odoo never queued (answered 200)
+        self.no_database_requests: list[str] = []  # paths answered 404 for want of a session
         self._nonces: set[str] = set()
         # knobs
+        self.multi_db = True  # a host of several databases: routes answer 404 without a db-bound session
         self.websocket_down = False  # the bus answers 503 (a proxy without a route to the gevent port)
         self.ping_interval = 45.0  # Odoo's INACTIVITY_TIMEOUT: a PING after this much silence
         self.pong_timeout = 15.0  # ... and TCP dropped without a close frame if no PONG follows
@@ -104,6 +110,12 @@ class FakeOdoo:
         self.command_age = 0.0  # sign commands this many seconds in the past: stale commands
         self.clock_skew = 120.0
         self._hanging: list[Any] = []
+        # pairing (docs/cloud-protocol.md, "Pairing"): one bridge record, its current code's SHA-256
+        self.pair_code: Optional[dict[str, Any]] = None  # {"digest", "expires", "used"}
+        self.pair_requests: list[dict[str, Any]] = []  # every POST /terminal_bridge/pair: body, outcome
+        self.pair_wrong: list[float] = []  # times of wrong codes (the rate limit's window)
+        self.bridge_record = "Shop Lyon"
+        self.rights = ["pay", "read"]
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -119,14 +131,29 @@ class FakeOdoo:
         module.putChild(b"pending", _Pending(self))
         module.putChild(b"ack", _Ack(self))
         module.putChild(b"feedback", _Feedback(self))
+        module.putChild(b"pair", _Pair(self))
         self.bus_factory = factory
-        site = Site(root)
+        site = _TrackingSite(root)
         site.displayTracebacks = False
+        self._site = site
         return site
 
     def listen(self, cert: str, key: str) -> Any:
         endpoint = SSL4ServerEndpoint(self.reactor, 0, server_options(cert, key), interface="127.0.0.1")
-        return endpoint.listen(self.site())
+        d = endpoint.listen(self.site())
+        d.addCallback(lambda port: setattr(self, "port", port) or port)
+        return d
+
+    def go_down(self) -> Any:
+        """Odoo stops: no new connection is accepted, every open one (HTTP keep-alive, bus) is cut."""
+        stopped = self.port.stopListening()
+        for channel in list(self._site.channels):
+            inner = getattr(channel, "_channel", channel)  # twisted wraps the HTTP channel for HTTP/2 choice
+            transport = getattr(inner, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        self.drop_all()
+        return stopped
 
     def stop(self) -> None:
         for request in self._hanging:
@@ -218,6 +245,46 @@ class FakeOdoo:
             self.notify("terminal_bridge/command", {"command_id": command_id})
         return command_id
 
+    def new_pairing_code(self, ttl: float = PAIR_TTL) -> str:
+        """'Pair a bridge': a new one-time code (the previous one is void), as the administrator sees it."""
+        code = "".join(secrets.choice(PAIR_ALPHABET) for _ in range(16))
+        self.pair_code = {"digest": hashlib.sha256(code.encode()).hexdigest(), "expires": self.now() + ttl,
+                          "used": False}
+        return "-".join(code[i:i + 4] for i in range(0, 16, 4))
+
+    def rotate_secrets(self) -> None:
+        """What pairing the same bridge record again does: new secrets for the same client id and channel."""
+        self.secret_in, self.secret_out = secrets.token_hex(32), secrets.token_hex(32)
+        self.feedback_secret = secrets.token_hex(24)
+
+    def pair(self, message: Any) -> tuple[int, dict[str, Any]]:
+        """The /terminal_bridge/pair checks, in Odoo's order: rate limit, request, code, expiry, use."""
+        now = self.now()
+        self.pair_wrong = [t for t in self.pair_wrong if t > now - 60]
+        if len(self.pair_wrong) >= PAIR_WRONG_PER_MINUTE:
+            return 429, _error("too_many_attempts", "Too many wrong codes; wait a minute.")
+        if not isinstance(message, dict) or not isinstance(message.get("code"), str) \
+                or message.get("database") != self.database:
+            return 400, _error("bad_request", "The pairing request is not understood.")
+        code = message["code"].replace("-", "").replace(" ", "").upper()
+        current = self.pair_code
+        if current is None or not hmac.compare_digest(hashlib.sha256(code.encode()).hexdigest(),
+                                                      current["digest"]):
+            self.pair_wrong.append(now)
+            return 403, _error("wrong_code", "No such pairing code.")
+        if current["used"]:
+            return 409, _error("used_code", "This code was already used.")
+        if now > current["expires"]:
+            return 410, _error("expired_code", "This code has expired.")
+        current["used"] = True
+        token = self.channel[len("terminal_bridge-"):]
+        return 200, {"bridge": self.bridge_record, "database": self.database,
+                     "client": {"name": "odoo-" + self.database, "id": self.client_id, "secret_in": self.secret_in,
+                                "secret_out": self.secret_out, "algorithm": self.algorithm,
+                                "rights": list(self.rights)},
+                     "uplink": {"name": "odoo-" + self.database, "channel_token": token,
+                                "feedback_secret": self.feedback_secret, "feedback_hash": self.feedback_hash}}
+
     def served_command(self, command: Command) -> dict[str, Any]:
         message = {"id": command.id, "op": command.op, "ts": int(self.now() - self.command_age),
                    "args": command.args}
@@ -246,6 +313,8 @@ class FakeOdoo:
     def verify_feedback(self, params: dict[str, str]) -> bool:
         """SHA-OUT as Ogone computes it, written out here independently of the bridge's code."""
         received = params.get("SHASIGN", "")
+        if params.get("TBCLIENT") != self.client_id:
+            return False  # Odoo picks the passphrase by TBCLIENT: no such bridge client, nothing to check with
         pairs = sorted((k.upper(), v) for k, v in params.items() if k.upper() != "SHASIGN")
         text = "".join(f"{k}={v}{self.feedback_secret}" for k, v in pairs if v and k in FEEDBACK_KEYS)
         expected = hashlib.new(self.feedback_hash, text.encode("utf-8")).hexdigest().upper()
@@ -357,6 +426,26 @@ class BusServerFactory(WebSocketServerFactory):
         self.setProtocolOptions(maxMessagePayloadSize=1 << 20, perMessageCompressionAccept=lambda offers: None)
 
 
+class _TrackingSite(Site):
+    """A Site that knows its open HTTP connections (to cut them when Odoo goes down)."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        self.channels: set[Any] = set()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        self.channels.add(channel)
+        lost = channel.connectionLost
+
+        def connection_lost(reason: Any) -> None:
+            self.channels.discard(channel)
+            lost(reason)
+
+        channel.connectionLost = connection_lost
+        return channel
+
+
 class _MaybeDown(Resource):
     isLeaf = True
 
@@ -407,6 +496,15 @@ class _Route(Resource):
         self._odoo._hanging.append(request)
         return NOT_DONE_YET
 
+    def no_database(self, request: Any) -> bool:
+        """On a multi-database host, a request without a session bound to the database finds no route: 404."""
+        cookie = _cookie((request.getHeader(b"cookie") or b"").decode("latin-1"), "session_id")
+        if self._odoo.multi_db and cookie not in self._odoo.sessions:
+            self._odoo.no_database_requests.append(request.path.decode())
+            request.setResponseCode(404)
+            return True
+        return False
+
     def json(self, request: Any, data: Any, code: int = 200) -> bytes:
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"application/json")
@@ -417,6 +515,8 @@ class _Pending(_Route):
     def render_POST(self, request: Any) -> Any:
         odoo = self._odoo
         odoo.pending_requests += 1
+        if self.no_database(request):
+            return b"Not Found"
         if odoo.pending_hang:
             return self.hang(request)
         if odoo.pending_status is not None:
@@ -430,6 +530,8 @@ class _Pending(_Route):
 class _Ack(_Route):
     def render_POST(self, request: Any) -> Any:
         odoo = self._odoo
+        if self.no_database(request):
+            return b"Not Found"
         message = odoo.check_request(request.content.read())
         if message is None:
             return self.json(request, {"error": "bad signature"}, 403)
@@ -438,7 +540,9 @@ class _Ack(_Route):
                  "reply_signed": signing.verify(reply, odoo.secret_out, odoo.algorithm)}
         odoo.acks.append(entry)
         command = odoo.commands.get(message.get("command_id"))
-        if command is not None:
+        if command is None:
+            odoo.unknown_acks.append(entry)  # Odoo logs it and answers 200: the bridge has nothing to redo
+        else:
             command.acked = True
             command.replies.append(reply)
         return self.json(request, {"ok": True})
@@ -448,6 +552,8 @@ class _Feedback(_Route):
     def render_POST(self, request: Any) -> Any:
         odoo = self._odoo
         odoo.feedback_attempts += 1
+        if self.no_database(request):
+            return b"Not Found"
         if odoo.feedback_hang:
             return self.hang(request)
         body = request.content.read().decode("utf-8")
@@ -463,6 +569,30 @@ class _Feedback(_Route):
         odoo.feedback.append(params)
         request.setResponseCode(200)
         return b"OK"
+
+
+class _Pair(_Route):
+    def render_POST(self, request: Any) -> Any:
+        odoo = self._odoo
+        record: dict[str, Any] = {"body": None, "outcome": None}
+        odoo.pair_requests.append(record)
+        cookie = _cookie((request.getHeader(b"cookie") or b"").decode("latin-1"), "session_id")
+        if cookie not in odoo.sessions:
+            record["outcome"] = 404  # no database for this request on a multi-database host
+            request.setResponseCode(404)
+            return b"Not Found"
+        try:
+            message = json.loads(request.content.read().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            message = None
+        record["body"] = message
+        code, answer = odoo.pair(message)
+        record["outcome"] = code
+        return self.json(request, answer, code)
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
 
 
 def close_with(proto: WebSocketServerProtocol, code: int, reason: str = "") -> None:

@@ -50,11 +50,18 @@ class ClosePolicyTests(SynchronousTestCase):
         self.assertEqual(d.delay, 60.0)
         self.assertIn("configuration error", d.error)
 
-    def test_a_failed_handshake_backs_off_and_renews_the_cookie(self):
-        d = after_close(None, "HTTP 404", opened=False, lived=0, failures=0, rand=MID)
+    def test_a_handshake_answered_404_backs_off_and_renews_the_cookie(self):
+        reason = 'connection was closed uncleanly ("WebSocket connection upgrade failed [404]: Not Found")'
+        d = after_close(None, reason, opened=False, lived=0, failures=0, rand=MID)
         self.assertTrue(d.renew_cookie)
         self.assertEqual(d.failures, 1)
-        self.assertIn("HTTP 404", d.error)
+        self.assertIn("404", d.error)
+
+    def test_other_failed_handshakes_keep_the_cookie(self):
+        for reason in ('connection was closed uncleanly ("WebSocket connection upgrade failed [503]: Service '
+                       'Unavailable")', "https://odoo/websocket refused the connection"):
+            d = after_close(None, reason, opened=False, lived=0, failures=0, rand=MID)
+            self.assertFalse(d.renew_cookie)
 
     def test_backoff_grows_from_one_to_sixty_seconds_and_stays_there(self):
         delays = [backoff(n, MID) for n in range(1, 30)]

@@ -15,7 +15,7 @@ from bridge.uplink import bus as bus_module
 from bridge.uplink import feedback as feedback_module
 from bridge.uplink.service import read_status, status_path
 from tests.fake_odoo import FakeOdoo, make_private_ca
-from tests.support import add_test_client, load_config, start_simulator, write_config
+from tests.support import add_test_client, credentials_of, load_config, start_simulator, write_config
 
 PAYMENT = {"terminal": "till-1", "amount": 1234, "currency": "EUR"}
 CHANNEL_TOKEN = "a1b2c3d4e5f6a7b8c9d0e1f2"
@@ -116,6 +116,7 @@ class HappyPath(UplinkEndToEnd):
         self.assertEqual((fb["ORDERID"], fb["STATUS"], fb["AMOUNT"], fb["CURRENCY"], fb["NCERROR"]),
                          (command_id, "9", "12.34", "EUR", "0"))
         self.assertRegex(fb["CARDNO"], r"^\d{6}X+\d{4}$")
+        self.assertEqual(fb["TBCLIENT"], self.creds["client_id"])  # Odoo picks the passphrase by it
         self.assertTrue(fb["SHASIGN"])  # and verified by the fake, else it would be in feedback_rejected
         self.assertEqual(self.odoo.feedback_rejected, [])
         self.assertEqual(len(self.simulator.requests), 1)
@@ -127,6 +128,8 @@ class HappyPath(UplinkEndToEnd):
         status = self.status()
         self.assertTrue(status["bus"])
         self.assertTrue(status["https"])
+        # every request went with the database's session (the fake is a multi-database host)
+        self.assertEqual(self.odoo.no_database_requests, [])
         # the last notification id handled is kept for the next subscribe
         self.assertGreaterEqual(self.daemon.uplinks.services[0].bus._store.last, 1)
 
@@ -153,6 +156,29 @@ class HappyPath(UplinkEndToEnd):
         self.assertEqual(len(self.simulator.requests), 1)
         yield sleep(0.2)
         self.assertEqual(len(self.odoo.feedback), 1)
+
+    @inlineCallbacks
+    def test_a_lan_payment_of_the_uplinks_client_is_fed_back_though_odoo_never_queued_it(self):
+        from bridge.api.client import connect
+
+        daemon = yield self.start_bridge()
+        yield self.bus_open()
+        creds = credentials_of(self.creds)
+        factory, opened = connect(reactor, f"wss://127.0.0.1:{daemon.port.getHost().port}", creds,
+                                  fingerprint=self.fingerprint(daemon))
+        proto = yield opened
+        self.addCleanup(lambda: (proto.sendClose(), factory.closed)[1])
+        yield proto.call("hello", {"client": creds.client_id})
+        yield proto.call("payment.start", PAYMENT, message_id="lan-only-1")
+        feedback = yield self.final_feedback()
+        self.assertEqual((feedback[0]["ORDERID"], feedback[0]["TBCLIENT"]), ("lan-only-1", creds.client_id))
+        self.assertNotIn("lan-only-1", self.odoo.commands)  # unknown to Odoo, stored all the same (200)
+
+    def fingerprint(self, daemon):
+        from bridge.api.tls import fingerprint_of_pem
+
+        with open(daemon.config.tls_certificate, "rb") as f:
+            return fingerprint_of_pem(f.read())
 
     @inlineCallbacks
     def test_forged_and_stale_commands_never_reach_a_terminal(self):
@@ -189,6 +215,19 @@ class HappyPath(UplinkEndToEnd):
         # still working: a command after both reconnects
         self.odoo.queue_command("payment.start", PAYMENT)
         yield self.final_feedback()
+
+    @inlineCallbacks
+    def test_a_session_odoo_forgot_is_renewed_on_404_and_the_command_runs(self):
+        yield self.start_bridge()
+        yield self.bus_open()
+        logins = self.odoo.logins
+        self.odoo.sessions.clear()  # Odoo's session GC: the cookie now leads to no database
+        command_id = self.odoo.queue_command("payment.start", PAYMENT)
+        feedback = yield self.final_feedback()
+        self.assertEqual(feedback[0]["ORDERID"], command_id)
+        self.assertIn("/terminal_bridge/pending", self.odoo.no_database_requests)
+        self.assertEqual(self.odoo.logins, logins + 1)  # one new session, shared by the fetch, ack and feedback
+        self.assertEqual(self.status().get("https"), True)
 
     @inlineCallbacks
     def test_the_link_cut_mid_payment_delivers_the_feedback_after_reconnection_once(self):
@@ -252,6 +291,53 @@ class BusDown(UplinkEndToEnd):
         self.assertEqual(self.odoo.sockets, [])
         yield wait_for(lambda: self.status().get("last_error"))
         self.assertIn("503", self.status()["last_error"])
+
+
+class StatusExit(UplinkEndToEnd):
+    """`uplink status` exits 0 only when payments can flow."""
+
+    def exit_status(self):
+        from bridge.cli.uplink import show_status
+
+        return show_status(self.daemon.config)
+
+    @inlineCallbacks
+    def test_bus_up_but_every_fetch_refused_is_exit_1(self):
+        yield self.start_bridge()
+        yield self.bus_open()
+        yield wait_for(lambda: self.status().get("https"))
+        self.assertEqual(self.exit_status(), 0)
+        self.odoo.pending_status = 403
+        self.odoo.notify("terminal_bridge/wakeup", {})  # the wake-up's fetch is refused
+        yield wait_for(lambda: self.status().get("https") is False)
+        self.assertTrue(self.status()["bus"])
+        self.assertEqual(self.exit_status(), 1)
+        self.odoo.pending_status = None
+        self.odoo.notify("terminal_bridge/wakeup", {})
+        yield wait_for(lambda: self.status().get("https"))
+        self.assertEqual(self.exit_status(), 0)
+
+    @inlineCallbacks
+    def test_odoo_down_is_exit_1(self):
+        yield self.start_bridge()
+        yield self.bus_open()
+        yield wait_for(lambda: self.status().get("https"))
+        self.assertEqual(self.exit_status(), 0)
+        yield self.odoo.go_down()
+        yield wait_for(lambda: self.status().get("https") is False)
+        self.assertEqual(self.exit_status(), 1)
+
+
+class FlowRule(UplinkEndToEnd):
+    def test_a_stale_fetch_with_the_bus_down_is_not_flowing(self):
+        from bridge.uplink.service import payments_can_flow
+
+        uplink = load_config(self.config_path).uplinks["odoo"]  # fetch_interval 30: recent is 90 s
+        up = {"running": True, "https": True, "bus": False, "fetched_at": 1000.0}
+        self.assertEqual(payments_can_flow(up, 1089.0, uplink), (True, None))
+        self.assertFalse(payments_can_flow(up, 1091.0, uplink)[0])
+        self.assertEqual(payments_can_flow(dict(up, bus=True), 5000.0, uplink), (True, None))
+        self.assertFalse(payments_can_flow(dict(up, https=False, bus=True), 1000.0, uplink)[0])
 
 
 class WrongCA(UplinkEndToEnd):

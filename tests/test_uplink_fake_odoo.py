@@ -178,6 +178,7 @@ class FakeOdooTests(TestCase):
     def test_a_hanging_route_is_a_timeout_in_words(self):
         from bridge.errors import BridgeError
 
+        self.odoo.multi_db = False
         self.odoo.pending_hang = True
         quick = HTTPS(reactor, self.policy, timeout=0.2)
         self.addCleanup(quick.close)
@@ -186,7 +187,18 @@ class FakeOdooTests(TestCase):
         self.assertIn("no answer from", error.message)
 
     @inlineCallbacks
+    def test_on_a_multi_database_host_the_routes_need_the_database_session(self):
+        for path in ("pending", "ack", "feedback"):
+            response = yield self.https.request("POST", f"{self.base}/terminal_bridge/{path}", b"{}")
+            self.assertEqual(response.code, 404)
+        cookie = yield self.cookie()
+        response = yield self.https.request("POST", self.base + "/terminal_bridge/pending", b"{}",
+                                            headers={"Cookie": f"session_id={cookie}"})
+        self.assertEqual(response.code, 403)  # found, and refused for its missing signature
+
+    @inlineCallbacks
     def test_failing_routes_answer_500(self):
+        self.odoo.multi_db = False
         self.odoo.pending_status = 500
         response = yield self.https.request("POST", self.base + "/terminal_bridge/pending", b"{}")
         self.assertEqual(response.code, 500)

@@ -43,7 +43,9 @@ class Receiver:
 
 class PosterTests(SynchronousTestCase):
     def setUp(self):
-        self.path = os.path.join(self.mktemp(), "journal.sqlite3")
+        directory = self.mktemp()
+        self.path = os.path.join(directory, "journal.sqlite3")
+        self.refused_path = os.path.join(directory, "uplink", "odoo.refused.json")
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.receiver = Receiver()
@@ -56,7 +58,8 @@ class PosterTests(SynchronousTestCase):
         self.payments = PaymentService(self.journal, TerminalRegistry([self.driver]), self.clock)
         self.poster = FeedbackPoster("odoo", self.journal, "cl_odoo", "uplink:odoo", "https://odoo/fb", SECRET,
                                      "sha512", "shop", self.receiver.post, self.clock, on_result=self.errors.append,
-                                     retry_initial=2.0, retry_max=300.0, rand=lambda: 0.5)
+                                     retry_initial=2.0, retry_max=300.0, rand=lambda: 0.5,
+                                     refused_path=self.refused_path)
         self.payments.subscribe(self.poster.on_event)
         self.poster.start()
 
@@ -64,6 +67,9 @@ class PosterTests(SynchronousTestCase):
         self.successResultOf(self.poster.stop())
         self.journal.close()
         self.open()
+
+    def waiting(self):
+        return waiting(self.journal, "cl_odoo", "uplink:odoo", self.refused_path)
 
     def pay(self, outcome=APPROVED, client="cl_odoo", command_id=None):
         self.count = getattr(self, "count", 0) + 1
@@ -76,40 +82,96 @@ class PosterTests(SynchronousTestCase):
         payment_id = self.pay()
         self.assertEqual([(p["PAYID"], p["STATUS"]) for p in self.receiver.accepted], [(payment_id, "9")])
         self.assertEqual(self.receiver.attempts, 1)
-        self.assertEqual(waiting(self.journal, "cl_odoo", "uplink:odoo"), 0)
+        self.assertEqual(self.waiting(), 0)
         self.assertEqual(self.journal.acked("uplink:odoo"), self.journal.last_seq())
 
     def test_the_cursor_is_written_once_per_result_not_once_per_event(self):
         writes = []
         ack = self.journal.ack
         self.journal.ack = lambda cursor, seq: (writes.append(seq), ack(cursor, seq))[1]
+        self.pay()
+        # accepted and in_progress are stepped over; the result's post moves the cursor once.
+        self.assertEqual(writes, [self.journal.last_seq()])
         self.receiver.codes = [500]
         self.pay()
-        # accepted and in_progress are stepped over; the failed post leaves the cursor just before the result.
-        self.assertEqual(writes, [self.journal.last_seq() - 1])
+        # refused: its seq is kept in the refused file, and the cursor goes past it
+        self.assertEqual(writes, [self.journal.last_seq() - 3, self.journal.last_seq()])
+        self.assertEqual(self.poster.refused, [self.journal.last_seq()])
         self.clock.advance(10)
-        self.assertEqual(writes, [self.journal.last_seq() - 1, self.journal.last_seq()])
-        self.assertEqual(len(self.receiver.accepted), 1)
+        self.assertEqual(len(writes), 2)
+        self.assertEqual(len(self.receiver.accepted), 2)
+        self.assertEqual(self.poster.refused, [])
 
     def test_other_clients_payments_are_not_this_uplinks(self):
         self.pay(client="cl_pos")
         self.assertEqual(self.receiver.attempts, 0)
 
-    def test_failing_for_minutes_then_delivered_in_order_once(self):
+    def test_failing_for_minutes_then_delivered_once(self):
         self.receiver.codes = [500, None, 503, 500, 500, 302, 500]
         first = self.pay(APPROVED)
         second = self.pay(DECLINED)
         self.assertEqual(self.receiver.accepted, [])
-        self.assertEqual(waiting(self.journal, "cl_odoo", "uplink:odoo"), 2)
+        self.assertEqual(self.waiting(), 2)
         self.assertIn("HTTP 500", self.errors[0])
         for _ in range(20):
             self.clock.advance(30)
-        self.assertEqual([(p["PAYID"], p["STATUS"]) for p in self.receiver.accepted],
-                         [(first, "9"), (second, "2")])
-        self.assertEqual(waiting(self.journal, "cl_odoo", "uplink:odoo"), 0)
+        self.assertEqual(sorted((p["PAYID"], p["STATUS"]) for p in self.receiver.accepted),
+                         sorted([(first, "9"), (second, "2")]))
+        self.assertEqual(self.waiting(), 0)
         self.assertIsNone(self.errors[-1])
         self.clock.advance(3600)
         self.assertEqual(len(self.receiver.accepted), 2)
+
+    def test_a_refused_result_does_not_hold_back_later_ones_and_is_retried_on_its_own(self):
+        self.receiver.codes = [403]
+        first = self.pay()
+        second = self.pay()  # goes at once, though the first is still refused
+        third = self.pay()
+        self.assertEqual([p["PAYID"] for p in self.receiver.accepted], [second, third])
+        self.assertEqual(self.receiver.attempts, 3)
+        self.assertEqual(self.waiting(), 1)
+        self.receiver.codes = [403]
+        self.clock.advance(2)  # the first's own retry: refused again, next in 4 s
+        self.assertEqual(self.receiver.attempts, 4)
+        self.clock.advance(3.9)
+        self.assertEqual(self.receiver.attempts, 4)
+        self.clock.advance(0.1)
+        self.assertEqual([p["PAYID"] for p in self.receiver.accepted], [second, third, first])
+        self.assertEqual((self.waiting(), self.poster.refused), (0, []))
+        self.assertIsNone(self.errors[-1])
+
+    def test_no_answer_stops_the_round_and_later_results_wait_for_one_shared_retry(self):
+        self.receiver.codes = [None]
+        self.pay()
+        self.assertEqual(self.receiver.attempts, 1)
+        self.clock.advance(2)
+        self.assertEqual(len(self.receiver.accepted), 1)
+
+    def test_refused_results_survive_a_restart_and_the_cursor_never_skips_them(self):
+        self.receiver.codes = [403]
+        first = self.pay()
+        second = self.pay()
+        self.assertEqual([p["PAYID"] for p in self.receiver.accepted], [second])
+        self.assertEqual(self.journal.acked("uplink:odoo"), self.journal.last_seq())  # past the refused one
+        self.restart()  # the refused one is on disk: retried at the start
+        self.assertEqual([p["PAYID"] for p in self.receiver.accepted], [second, first])
+        self.assertEqual(self.waiting(), 0)
+        self.restart()
+        self.clock.advance(600)
+        self.assertEqual(self.receiver.attempts, 3)
+
+    def test_a_healthy_bus_or_fetch_cuts_every_wait_short(self):
+        self.receiver.codes = [None, None, None, None, 403]
+        first = self.pay()
+        for delay in (2, 4, 8):
+            self.clock.advance(delay)
+        self.assertEqual(self.receiver.attempts, 4)  # the next try would be 16 s away
+        self.poster.wake()  # the bus connected: Odoo is back; refused by Odoo this time
+        self.assertEqual(self.receiver.attempts, 5)
+        self.poster.wake()  # a fetch worked: the refused one too goes at once
+        self.assertEqual([p["PAYID"] for p in self.receiver.accepted], [first])
+        self.poster.wake()  # nothing waits: nothing is sent
+        self.assertEqual(self.receiver.attempts, 6)
 
     def test_retries_back_off(self):
         self.receiver.codes = [500] * 100
@@ -124,15 +186,15 @@ class PosterTests(SynchronousTestCase):
         self.assertEqual(gaps[:4], [2, 4, 8, 16])
         self.assertTrue(all(g <= 300 for g in gaps))
 
-    def test_a_new_final_state_brings_a_waiting_retry_forward(self):
-        self.receiver.codes = [500]
+    def test_a_new_final_state_goes_at_once_while_the_receiver_seemed_down(self):
+        self.receiver.codes = [None]
         first = self.pay()
         self.assertEqual(self.receiver.accepted, [])
         second = self.pay()  # online first: the backlog goes now, oldest first
         self.assertEqual([p["PAYID"] for p in self.receiver.accepted], [first, second])
 
     def test_undelivered_feedback_survives_a_restart(self):
-        self.receiver.codes = [500]
+        self.receiver.codes = [None]
         first = self.pay()
         self.assertEqual(self.receiver.accepted, [])
         self.restart()

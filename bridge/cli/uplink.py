@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import time
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from bridge.config import BridgeConfig, ConfigError
+from bridge.config import PID_FILE, BridgeConfig, ConfigError
 from bridge.core.journal import Journal
 from bridge.errors import BridgeError
 
@@ -25,9 +27,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "status", help="show each uplink: connected or not, since when, last error, feedback waiting",
         description="Show each [uplink:NAME] of the configuration: whether its bus WebSocket and its HTTPS fetch "
                     "work and since when, the last error in words, and how many final payment states wait for "
-                    "delivery. Exit status 0 when every uplink is connected, 1 otherwise.")
+                    "delivery. Exit status 0 when payments can flow through every uplink (its last fetch of "
+                    "commands worked, and its bus is up or that fetch is recent), 1 otherwise.")
     status.add_argument("--json", action="store_true", help="print JSON (for monitoring scripts)")
     status.set_defaults(handler=cmd_uplink_status)
+    pair = actions.add_parser(
+        "pair", help="pair this bridge with a cloud Odoo by the one-time code Odoo shows",
+        description="Ask Odoo for this bridge's secrets with the one-time pairing code an administrator got from "
+                    "'Pair a bridge' in Odoo, write the client (clients file), the uplink's secrets file and the "
+                    "[uplink:NAME] section of the configuration, then ask the running bridge to reload. Pairing "
+                    "again with a new code replaces the secrets in place.",
+        epilog="Exit status: 0 paired, 1 Odoo refused or could not be reached (nothing was written), "
+               "2 bad arguments, 78 the configuration does not load after pairing.")
+    pair.add_argument("url", metavar="URL", help="the Odoo address, e.g. https://shop.example.com")
+    pair.add_argument("code", metavar="CODE", help="the pairing code Odoo shows, e.g. K7QD-M2XP-9RWT-HV4C")
+    pair.add_argument("--database", required=True, metavar="DB", help="the Odoo database, as on its login page")
+    pair.add_argument("--name", metavar="NAME",
+                      help="the name of the uplink and of its client (default: odoo-DATABASE)")
+    pair.add_argument("--ca-file", metavar="PEM",
+                      help="trust only this CA or self-signed certificate for Odoo (default: the system's CAs); "
+                           "also written as the uplink's ca_file")
+    pair.set_defaults(handler=cmd_uplink_pair)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 
@@ -41,11 +61,184 @@ def cmd_uplink_status(args: argparse.Namespace) -> int:
     return show_status(config, as_json=args.json)
 
 
+def cmd_uplink_pair(args: argparse.Namespace) -> int:
+    from bridge.cli.commands import _clients_file_and_state_dir, _load_config, _report_config_error
+    from bridge.uplink.config import _check_pem
+    from bridge.uplink.pairing import check_url, default_name, normalize_code, write_pairing
+
+    try:
+        url = check_url(args.url)
+        code = normalize_code(args.code)
+    except BridgeError as e:
+        print(e.message, file=sys.stderr)
+        return 2
+    name = args.name or default_name(args.database)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        print(f"--name {name!r}: use letters, digits, '-' and '_' only (64 at most).", file=sys.stderr)
+        return 2
+    ca_file = os.path.abspath(args.ca_file) if args.ca_file else None
+    problem = _check_pem(ca_file) if ca_file else None
+    if problem:
+        print(f"--ca-file: {problem}", file=sys.stderr)
+        return 2
+    if not os.path.isfile(args.config):
+        print(f"There is no configuration at {args.config}; name it with --config.", file=sys.stderr)
+        return 2
+    clients_file, state_dir = _clients_file_and_state_dir(args.config)
+    bridge_name, fingerprint = _identity(args.config, state_dir)
+    try:
+        pairing = _exchange(url, args.database, code, bridge_name, fingerprint, ca_file)
+    except BridgeError as e:
+        print(f"Not paired: {e.message}", file=sys.stderr)
+        return 1
+    # Run as root (sudo), the files of secrets must still be readable by the account the bridge runs as: the
+    # owner of its state directory (the .deb's _terminal-bridge), as for `client add`.
+    owner = None
+    if os.geteuid() == 0 and os.path.isdir(state_dir):
+        st = os.stat(state_dir)
+        owner = (st.st_uid, st.st_gid)
+    try:
+        written = write_pairing(args.config, clients_file, name, url, pairing, ca_file, owner)
+    except BridgeError as e:
+        print(f"Not paired: {e.message}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"Paired in Odoo, but the files could not be written ({e}). Fix that and pair again with a new "
+              "code.", file=sys.stderr)
+        return 1
+    print(f"Paired with the terminal bridge {pairing.bridge!r} of Odoo (database {pairing.database}) as uplink "
+          f"{name!r}.")
+    print(f"  client [client:{name}] in {written.clients_file}")
+    print(f"  secrets in {written.secrets_file}")
+    print(f"  [uplink:{name}] {'replaced' if written.replaced else 'added'} in {written.config_file}")
+    try:
+        config = _load_config(args)
+    except ConfigError as e:
+        print("The configuration does not load now, so the bridge was not asked to reload:", file=sys.stderr)
+        return _report_config_error(e)
+    reloaded, words = ask_reload(config.state_dir)
+    print(words, file=sys.stdout if reloaded else sys.stderr)
+    return 0
+
+
+def _identity(config_path: str, state_dir: str) -> tuple[str, Optional[str]]:
+    """The bridge's name and its certificate's fingerprint (None before its first start), even when the
+    configuration has other problems."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(config_path, encoding="utf-8")
+    except configparser.Error:
+        pass
+    name = parser.get("bridge", "name", fallback="") or os.uname().nodename
+    cert = parser.get("bridge", "tls_certificate", fallback="") or os.path.join(state_dir, "tls", "bridge.crt")
+    cert = os.path.join(os.path.dirname(os.path.abspath(config_path)), cert)
+    try:
+        from bridge.api.tls import fingerprint_of_pem
+
+        with open(cert, "rb") as f:
+            return name, fingerprint_of_pem(f.read())
+    except (OSError, ValueError):
+        return name, None
+
+
+def _exchange(url: str, database: str, code: str, bridge_name: str, fingerprint: Optional[str],
+              ca_file: Optional[str]) -> Any:
+    """Run the pairing exchange on the reactor; returns the Pairing or raises BridgeError."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import inlineCallbacks
+
+    from bridge.uplink.https import HTTPS, TLSPolicy
+    from bridge.uplink.pairing import pair
+
+    result: list[Any] = []
+
+    @inlineCallbacks
+    def main():
+        https = HTTPS(reactor, TLSPolicy(ca_file), timeout=30)
+        try:
+            result.append((yield pair(https, url, database, code, bridge_name, fingerprint)))
+        except BridgeError as e:
+            result.append(BridgeError(e.code, e.message.replace("check the uplink's ca_file",
+                                                                "check --ca-file (a CA or self-signed PEM)")))
+        except Exception as e:  # noqa: BLE001 - whatever it is, in words, and the command ends
+            result.append(BridgeError("pair_failed", f"{e.__class__.__name__}: {e}"))
+        finally:
+            yield https.close()
+            reactor.stop()
+
+    reactor.callWhenRunning(main)
+    reactor.run()
+    if result and isinstance(result[0], BridgeError):
+        raise result[0]
+    return result[0]
+
+
+def daemon_pid(state_dir: str) -> Optional[int]:
+    """The pid the running daemon recorded in STATE_DIR/bridge.pid, if that process is still a bridge."""
+    try:
+        with open(os.path.join(state_dir, PID_FILE), encoding="ascii") as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    if not _alive(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return pid  # no /proc to check against (another system): the recorded pid is all there is
+    # A pid file left by a bridge that died can name another program by now: never signal that one.
+    if not any(b"bridge" in part for part in argv) or b"run" not in argv:
+        return None
+    return pid
+
+
+def ask_reload(state_dir: str, unit: str = "terminal-bridge") -> tuple[bool, str]:
+    """Ask the running bridge to re-read its configuration: `systemctl reload` when systemd runs it, else
+    SIGHUP to the pid it recorded.  Returns whether it was asked, and words for the installer."""
+    import signal
+    import subprocess
+
+    try:
+        active = subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=15,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        active = False
+    if active:
+        try:
+            done = subprocess.run(["systemctl", "reload", unit], timeout=60, capture_output=True, text=True)
+        except (OSError, subprocess.SubprocessError) as e:
+            done = None
+            why = str(e)
+        else:
+            why = (done.stderr or "").strip()
+        if done is not None and done.returncode == 0:
+            return True, f"The bridge (service {unit}) was asked to reload its configuration."
+        return False, (f"The bridge could not be asked to reload ({why or 'systemctl reload failed'}). Restart it "
+                       f"when no payment is running: sudo systemctl restart {unit}")
+    pid = daemon_pid(state_dir)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except PermissionError:
+            return False, (f"The bridge runs (pid {pid}) but may not be signalled by this account: run "
+                           f"'sudo kill -HUP {pid}', or restart the bridge, to make it read the new uplink.")
+        except ProcessLookupError:
+            pass
+        else:
+            return True, f"The bridge (pid {pid}) was asked to reload its configuration (SIGHUP)."
+    return False, (f"No running bridge was found (no active {unit} service, no running bridge recorded in "
+                   f"{os.path.join(state_dir, PID_FILE)}). Start it (sudo systemctl start {unit}, or "
+                   "'terminal-bridge run'): it reads the new uplink when it starts.")
+
+
 def uplink_report(config: BridgeConfig) -> list[dict[str, Any]]:
     # The uplink's modules load twisted.web's client and autobahn's: only for this command, not for every one.
     from bridge.uplink.config import resolve_client
     from bridge.uplink.feedback import waiting
-    from bridge.uplink.service import read_status, status_path
+    from bridge.uplink.service import payments_can_flow, read_status, refused_path, status_path
 
     journal: Optional[Journal] = None
     if os.path.exists(config.journal_path):
@@ -67,8 +260,12 @@ def uplink_report(config: BridgeConfig) -> list[dict[str, Any]]:
         }
         if journal is not None:
             client = resolve_client(uplink, config.clients)
-            report["feedback_waiting"] = waiting(journal, client.id, uplink.cursor_id)
+            report["feedback_waiting"] = waiting(journal, client.id, uplink.cursor_id,
+                                                 refused_path(config.state_dir, uplink.name))
         report["connected"] = bool(report["bus"] or report["https"])
+        report["fetched_at"] = status.get("fetched_at")
+        report["payments_can_flow"], report["why_not"] = payments_can_flow(dict(status, running=running),
+                                                                           time.time(), uplink)
         reports.append(report)
     if journal is not None:
         journal.close()
@@ -94,12 +291,14 @@ def show_status(config: BridgeConfig, as_json: bool = False) -> int:
                       f"{_when(r['https_since'])}")
         if r["last_error"]:
             print(f"  last error: {r['last_error']} ({_when(r['last_error_at'])})")
+        if r["running"]:
+            print(f"  payments:  {'can flow' if r['payments_can_flow'] else 'cannot flow: ' + str(r['why_not'])}")
         waiting_count = r["feedback_waiting"]
         line = "unknown (no journal yet)" if waiting_count is None else f"{waiting_count} waiting for delivery"
         if r["feedback_error"] and waiting_count:
             line += f" - {r['feedback_error']}"
         print(f"  feedback:  {line}")
-    return 0 if reports and all(r["connected"] for r in reports) else 1
+    return 0 if reports and all(r["payments_can_flow"] for r in reports) else 1
 
 
 def _when(ts: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from bridge.api.session import Bridge
 from bridge.api.tls import ensure_certificate, fingerprint_of_pem, server_options
 from bridge.api.websocket import CommandFactory
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, ConfigError, load
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
@@ -76,6 +76,7 @@ class Daemon:
         self._pruning: Optional[LoopingCall] = None
         self._recovery: Optional[LoopingCall] = None
         self.uplinks: Any = None
+        self._reload_lock = DeferredLock()
 
     @inlineCallbacks
     def start(self):
@@ -129,6 +130,41 @@ class Daemon:
         self._status_refresh.clock = self.reactor
         self._status_refresh.start(STATUS_INTERVAL, now=False)
         return self.port
+
+    def reload(self) -> Deferred:
+        """Re-read the configuration (SIGHUP): clients and uplinks now, the rest at the next restart (see
+        bridge.service.reload).  A configuration that does not load leaves everything as it was.  Fires with
+        True once applied, False if not."""
+        return self._reload_lock.run(self._reload)
+
+    @inlineCallbacks
+    def _reload(self):
+        from bridge.service.reload import reloaded, restart_needed
+        from bridge.terminals.catalogue import VALIDATORS
+
+        if self.bridge is None or self._status_refresh is None:  # not started yet, or stopping
+            return False
+        try:
+            new = load(self.config.path, VALIDATORS)
+        except ConfigError as e:
+            self.log.error("The configuration was not reloaded, the bridge keeps the one it had: {problems}",
+                           problems="; ".join(str(p) for p in e.problems))
+            return False
+        stale = restart_needed(self.config, new)
+        if stale:
+            self.log.warn("Changed settings that only a restart applies (the running bridge keeps the old ones, "
+                          "payments in flight are untouched): {settings}", settings=", ".join(stale))
+        self.config = self.bridge.config = reloaded(self.config, new)
+        if self.uplinks is None and self.config.uplinks:
+            from bridge.uplink.service import Uplinks
+
+            self.uplinks = Uplinks(self.bridge, self.reactor, services=[])
+        if self.uplinks is not None:
+            yield self.uplinks.reload(self.bridge)
+        self.log.info("Configuration reloaded: {clients} client(s), {uplinks} uplink(s)",
+                      clients=len(self.config.clients), uplinks=len(self.config.uplinks))
+        self._report_status_soon()
+        return True
 
     def status(self) -> str:
         """The STATUS= line: listening port, terminals up, clients connected."""

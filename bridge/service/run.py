@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from typing import Any
 
@@ -37,15 +39,31 @@ def run_daemon(config: BridgeConfig) -> int:
     daemon = Daemon(config, reactor, notify=notify)
     watchdog = WatchdogService(reactor, notify=notify, interval=watchdog_interval())
     exit_code = [0]
+    reload_asked = [False]  # SIGHUP before the daemon was ready: reload once it is
 
     def started(_: Any) -> None:
         watchdog.startService()
         reactor.addSystemEventTrigger("before", "shutdown", stopping)
+        record_pid(daemon.config.pid_path)
+        if reload_asked[0]:
+            reload()
 
     def stopping() -> Any:
         if watchdog.running:
             watchdog.stopService()
+        forget_pid(daemon.config.pid_path)
         return daemon.stop()
+
+    def reload() -> None:
+        if daemon.bridge is None:
+            reload_asked[0] = True
+            return
+        log.info("Reloading the configuration (SIGHUP)")
+        daemon.reload().addErrback(lambda f: log.failure("The configuration could not be reloaded", f))
+
+    # SIGHUP (systemctl reload, `uplink pair`): re-read clients and uplinks.  The handler only hands over to the
+    # reactor's thread; without it, SIGHUP would end the process.
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
 
     def failed(failure: Any) -> None:
         if failure.check(BridgeError):
@@ -59,6 +77,27 @@ def run_daemon(config: BridgeConfig) -> int:
     reactor.callWhenRunning(lambda: daemon.start().addCallbacks(started, failed))
     reactor.run()
     return exit_code[0]
+
+
+def record_pid(path: str) -> None:
+    """Write this process's pid where `uplink pair` looks for the bridge to signal."""
+    try:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warn("Cannot record the bridge's pid in {path}: {error}", path=path, error=e)
+
+
+def forget_pid(path: str) -> None:
+    try:
+        with open(path, encoding="ascii") as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.unlink(path)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

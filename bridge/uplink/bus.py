@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import quote
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from OpenSSL import SSL
@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from bridge.errors import BridgeError
 from bridge.uplink.config import UplinkConfig
 from bridge.uplink.https import HTTPS, USER_AGENT, TLSPolicy, describe
+from bridge.uplink.odoo_session import OdooSession, session_cookie  # noqa: F401 - session_cookie: its old home
 
 #: Notification types that wake the uplink up; any other type (Odoo's own 'broadcast' ones...) is ignored.
 WAKE_UP_TYPES = frozenset({"terminal_bridge/command", "terminal_bridge/wakeup"})
@@ -77,7 +78,10 @@ def after_close(code: Optional[int], reason: Optional[str], opened: bool, lived:
     reason = reason or ""
     if not opened:
         failures += 1
-        return Decision(backoff(failures, rand), True, failures, f"cannot open the bus WebSocket: {reason}")
+        # Only a 404 says the session leads to no database; renewing after a refused connection or a 5xx would
+        # cost a login per attempt, and make every fetch log in again while the bus is down.
+        return Decision(backoff(failures, rand), handshake_status(reason) == 404, failures,
+                        f"cannot open the bus WebSocket: {reason}")
     failures = 0 if lived >= STABLE_AFTER else failures + 1
     if code == 4002:  # KEEP_ALIVE_TIMEOUT: Odoo's hourly forced reconnect
         return Decision(0.0 if failures == 0 else backoff(failures, rand), False, failures, None)
@@ -97,6 +101,15 @@ def after_close(code: Optional[int], reason: Optional[str], opened: bool, lived:
     failures = max(failures, 1)
     return Decision(backoff(failures, rand), False, failures,
                     None if code == 1000 else f"the bus WebSocket closed ({code} {reason})".strip())
+
+
+_UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d{3})\]")
+
+
+def handshake_status(reason: str) -> Optional[int]:
+    """The HTTP status of a refused WebSocket upgrade, from autobahn's words ("... upgrade failed [404]: ...")."""
+    match = _UPGRADE_FAILED.search(reason or "")
+    return int(match.group(1)) if match else None
 
 
 def subscribe_frame(channel: str, last: int) -> bytes:
@@ -120,15 +133,6 @@ def parse_notifications(payload: bytes) -> list[tuple[int, str]]:
         if isinstance(notif_id, int) and not isinstance(notif_id, bool):
             found.append((notif_id, kind if isinstance(kind, str) else ""))
     return found
-
-
-def session_cookie(set_cookie_headers: list[str]) -> Optional[str]:
-    for header in set_cookie_headers:
-        first = header.split(";", 1)[0].strip()
-        name, sep, value = first.partition("=")
-        if sep and name.strip() == "session_id" and value.strip():
-            return value.strip()
-    return None
 
 
 class LastIdStore:
@@ -221,10 +225,11 @@ class BusLink:
     def __init__(self, uplink: UplinkConfig, reactor: Any, https: HTTPS, store: LastIdStore,
                  on_wakeup: Callable[[], None], on_state: Callable[[bool, Optional[str]], None],
                  policy: Optional[TLSPolicy] = None, connect: Optional[Connect] = None,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random, session: Optional[OdooSession] = None) -> None:
         self.uplink = uplink
         self._reactor = reactor
         self._https = https
+        self.session = session or OdooSession(uplink, https)
         self._store = store
         self._on_wakeup = on_wakeup
         self._on_state = on_state
@@ -234,7 +239,7 @@ class BusLink:
         self.state = STOPPED
         self.failures = 0
         self.attempts = 0
-        self.cookie: Optional[str] = None
+        self.cookie: Optional[str] = None  # the one this link's socket was opened with
         self._proto: Any = None
         self._opened_at: Optional[float] = None
         self._pending: Optional[Deferred] = None
@@ -278,27 +283,13 @@ class BusLink:
         self._timer = None
         self.state = CONNECTING
         self.attempts += 1
-        d = succeed(self.cookie) if self.cookie else self._get_cookie()
+        d = self.session.get()
         d.addCallback(self._open_socket)
         d.addErrback(self._attempt_failed)
         self._pending = d
 
-    def _get_cookie(self) -> Deferred:
-        url = self.uplink.route("/web/login?db=" + quote(self.uplink.database, safe=""))
-
-        def got(response: Any) -> str:
-            if response.code not in (200, 302, 303):
-                raise BridgeError("uplink_refused", f"Odoo's login page answered HTTP {response.code} (is the "
-                                                    f"database {self.uplink.database!r} right?)")
-            cookie = session_cookie(response.header("Set-Cookie"))
-            if cookie is None:
-                raise BridgeError("uplink_refused", "Odoo's login page gave no session cookie")
-            self.cookie = cookie
-            return cookie
-
-        return self._https.request("GET", url).addCallback(got)
-
     def _open_socket(self, cookie: str) -> Deferred:
+        self.cookie = cookie
         factory = BusFactory(self, self.uplink.websocket_url, self.uplink.origin, cookie, self._reactor)
         return self._connect(factory)
 
@@ -384,7 +375,7 @@ class BusLink:
         decision = after_close(code, reason, opened, lived, self.failures, self._rand)
         self.failures = decision.failures
         if decision.renew_cookie:
-            self.cookie = None
+            self.session.forget(self.cookie)
         self.log.info("Uplink {uplink}: bus link ended ({code} {reason}); next attempt in {delay:.1f} s",
                       uplink=self.uplink.name, code=code, reason=reason or "", delay=decision.delay)
         self._on_state(False, decision.error)

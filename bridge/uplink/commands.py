@@ -18,7 +18,6 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from bridge.api import signing
@@ -32,6 +31,9 @@ from bridge.uplink.https import HTTPS
 UPLINK_OPS = frozenset({"bridge.info", "terminal.list", "terminal.status", "payment.start", "payment.get",
                         "payment.list", "payment.cancel", "payment.refund", "payment.resolve"})
 MAX_COMMANDS_PER_FETCH = 50
+#: Seconds between periodic fetches while the bus is up: the bus wakes the bridge for each command, so this fetch
+#: is only a safety net for a lost notification, and the idle cost stays one request per 5 minutes.
+IDLE_INTERVAL = 300.0
 #: Replies kept to answer a command fetched again (its acknowledgement was lost) without running it again.
 REMEMBERED_REPLIES = 1000
 #: Errors that say "not now" rather than "no": the command is not acknowledged and comes back next fetch.
@@ -58,20 +60,22 @@ class CommandFetcher:
         self._replies: "OrderedDict[str, dict[str, Any]]" = OrderedDict()
         self._running: Optional[Deferred] = None
         self._again = False
-        self._loop: Optional[LoopingCall] = None
+        self._started = False  # start() arms the periodic fetch
+        self._stopped = False  # stop(): no fetch any more
+        self._timer: Any = None  # the next periodic fetch
+        self._bus_up = False
         self.fetches = 0
 
     # -- life cycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._loop = LoopingCall(self.fetch)
-        self._loop.clock = self._clock
-        self._loop.start(self.uplink.fetch_interval, now=True)
+        self._started = True
+        self.fetch()
 
     def stop(self) -> Deferred:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        self._started = False
+        self._stopped = True
+        self._cancel_timer()
         running = self._running
         if running is None:
             return succeed(None)
@@ -82,19 +86,52 @@ class CommandFetcher:
 
     # -- fetching -------------------------------------------------------------------------------
 
+    @property
+    def interval(self) -> float:
+        """Seconds from one fetch to the next periodic one: ``fetch_interval`` while the bus is down (the periodic
+        fetch is then how commands arrive), IDLE_INTERVAL (or more) while it is up and wakes the bridge."""
+        return max(IDLE_INTERVAL, self.uplink.fetch_interval) if self._bus_up else self.uplink.fetch_interval
+
+    def bus_state(self, connected: bool, error: Optional[str] = None) -> None:
+        """The bus connected (fetches come with its wake-ups) or went down (the periodic fetch takes over).  A bus
+        lost to an error (not Odoo's routine closes) may mean Odoo is down: fetch now, so that the status says it."""
+        if connected == self._bus_up:
+            return
+        self._bus_up = connected
+        if not connected and error:
+            self.fetch()
+        elif self._timer is not None and self._timer.active():
+            remaining = self._timer.getTime() - self._clock.seconds()
+            self._timer.reset(min(remaining, self.interval) if not connected else self.interval)
+
     def fetch(self) -> None:
         """Fetch now (a wake-up, a (re)connect, the timer).  A fetch already running is followed by one more."""
+        if self._stopped:
+            return
         if self._running is not None:
             self._again = True
             return
+        self._cancel_timer()
         self._running = self._fetch()
         self._running.addBoth(self._fetched)
 
     def _fetched(self, result: Any) -> None:
         self._running = None
-        if self._again and self._loop is not None:
+        if self._stopped:
+            return
+        if self._again:
             self._again = False
             self.fetch()
+            return
+        # The next periodic fetch counts from the last one, whatever made it: an idle bridge with its bus up makes
+        # one request per IDLE_INTERVAL, not one more after each wake-up or reconnection.
+        if self._started:
+            self._timer = self._clock.callLater(self.interval, self.fetch)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def _request_body(self, **extra: Any) -> bytes:
         message = {"client": self.client.id, "database": self.uplink.database, "ts": int(self._clock.seconds()),

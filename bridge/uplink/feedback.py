@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import os
 import random
 from datetime import datetime
 from typing import Any, Callable, Mapping, Optional
@@ -39,7 +41,7 @@ SCO_CATEGORY SCORING SEQUENCETYPE SIGNDATE STATUS SUBBRAND SUBSCRIPTION_ID TICKE
 """.split())
 
 #: The bridge's own parameters.  They are signed too: the bridge's list is Ogone's plus these.
-BRIDGE_KEYS = frozenset({"TBBRIDGE", "TBSEQ", "TBSTATE", "TBREASON", "TBMESSAGE", "TBTERMINAL", "TBKIND",
+BRIDGE_KEYS = frozenset({"TBCLIENT", "TBBRIDGE", "TBSEQ", "TBSTATE", "TBREASON", "TBMESSAGE", "TBTERMINAL", "TBKIND",
                          "TBREFUNDOF"})
 FEEDBACK_KEYS = SHA_OUT_KEYS | BRIDGE_KEYS
 
@@ -100,8 +102,9 @@ def trx_date(iso_time: str) -> str:
     return moment.strftime("%m/%d/%y")
 
 
-def feedback_params(payment: Mapping[str, Any], seq: int, bridge_name: str) -> dict[str, str]:
-    """The feedback parameters of one payment view (bridge.core.payments.payment_view), SHASIGN excluded."""
+def feedback_params(payment: Mapping[str, Any], seq: int, bridge_name: str, client_id: str) -> dict[str, str]:
+    """The feedback parameters of one payment view (bridge.core.payments.payment_view), SHASIGN excluded.
+    ``client_id`` (TBCLIENT) is the uplink's client: the receiver picks the passphrase to check SHASIGN by it."""
     details = payment.get("details") or {}
     status = ogone_status(payment["kind"], payment["state"]) or ""
     reason = payment.get("reason") or {}
@@ -118,6 +121,7 @@ def feedback_params(payment: Mapping[str, Any], seq: int, bridge_name: str) -> d
         "BRAND": details.get("brand") or details.get("application") or "",
         "ACCEPTANCE": details.get("authorisation") or "",
         "TRXDATE": trx_date(payment["updated"]),
+        "TBCLIENT": client_id,
         "TBBRIDGE": bridge_name,
         "TBSEQ": str(seq),
         "TBSTATE": payment["state"],
@@ -140,17 +144,58 @@ def signed_form(params: Mapping[str, str], passphrase: str, hash_name: str) -> b
 #: post(url, body) -> Deferred firing with the HTTP status code (fails when no answer came).
 Post = Callable[[str, bytes], Deferred]
 
+DELIVERED, REFUSED, UNREACHABLE = "delivered", "refused", "unreachable"
+
+
+def read_refused(path: Optional[str]) -> set[int]:
+    """The seqs of results the receiver refused, waiting for their own retry (see :class:`RefusedStore`)."""
+    if not path:
+        return set()
+    try:
+        with open(path, encoding="utf-8") as f:
+            seqs = json.load(f).get("refused", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {s for s in seqs if isinstance(s, int) and not isinstance(s, bool) and s > 0}
+
+
+class RefusedStore:
+    """A small file (STATE_DIR/uplink/NAME.refused.json) of the results the receiver refused.  The delivery
+    cursor goes past a refused result only once its seq is on disk here, so that no restart can skip it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def load(self) -> set[int]:
+        return read_refused(self.path)
+
+    def save(self, seqs: set[int]) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o750, exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"refused": sorted(seqs)}, f)
+            f.flush()
+            os.fsync(f.fileno())  # before the cursor passes them: rare, small, and the one thing not to lose
+        os.replace(tmp, self.path)
+
 
 class FeedbackPoster:
-    """Delivers the final states of one client's payments to one URL, in journal order, until HTTP 200."""
+    """Delivers the final states of one client's payments to one URL, in journal order, until HTTP 200.
+
+    A result the receiver refuses (it answered, but not 200) does not hold back the later ones: it waits for its
+    own retry, with its own backoff, while the cursor goes on (its seq is kept in a :class:`RefusedStore`).  When
+    no answer comes at all, the round stops and everything waits for one shared backoff: the receiver is down,
+    and the later results would meet the same.  :meth:`wake` (a healthy bus or fetch: Odoo is back) cuts every
+    wait short."""
 
     log = Logger()
 
     def __init__(self, name: str, journal: Journal, client_id: str, cursor_id: str, url: str, passphrase: str,
-                 hash_name: str, bridge_name: str, post: Post, clock: Any,
+                 hash_name: str, bridge_name: str, post: Post, clock: Any, *, refused_path: str,
                  on_result: Callable[[Optional[str]], None] = lambda error: None,
                  retry_initial: Optional[float] = None, retry_max: Optional[float] = None,
                  rand: Callable[[], float] = random.random) -> None:
+        """``refused_path``: the file of refused results (STATE_DIR/uplink/NAME.refused.json)."""
         self.name = name
         self._journal = journal
         self._client_id = client_id
@@ -165,8 +210,11 @@ class FeedbackPoster:
         self._retry_initial = RETRY_INITIAL if retry_initial is None else retry_initial
         self._retry_max = RETRY_MAX if retry_max is None else retry_max
         self._rand = rand
+        self._store = RefusedStore(refused_path)
         self._cursor = 0
-        self._failures = 0
+        self._failures = 0  # rounds in a row that got no answer
+        self._down_until: Optional[float] = None  # no answer: nothing is posted before this time
+        self._refused: dict[int, tuple[int, float]] = {}  # seq -> (refusals, when to try again)
         self._retry: Any = None
         self._running: Optional[Deferred] = None
         self._again = False
@@ -176,6 +224,8 @@ class FeedbackPoster:
 
     def start(self) -> None:
         self._cursor = self._journal.acked(self._cursor_id)
+        now = self._clock.seconds()
+        self._refused = {seq: (0, now) for seq in self._store.load() if seq <= self._cursor}
         self._stopped = False
         self.kick()
 
@@ -200,10 +250,24 @@ class FeedbackPoster:
         if event.client_id == self._client_id and event.body.get("payment", {}).get("final"):
             self.kick()
 
+    @property
+    def refused(self) -> list[int]:
+        """The seqs of refused results waiting for their retry."""
+        return sorted(self._refused)
+
     # -- delivery -------------------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """The receiver is healthy again (the bus connected, a fetch worked): whatever waits goes now."""
+        if self._stopped or (not self._refused and self._down_until is None):
+            return
+        now = self._clock.seconds()
+        self._refused = {seq: (count, now) for seq, (count, _) in self._refused.items()}
+        self._down_until = None
+        self.kick()
+
     def kick(self) -> None:
-        """Deliver what is waiting, now (a retry waiting for its time is brought forward: online first)."""
+        """Deliver what is due now: new results at once (online first), refused ones when their time came."""
         if self._stopped:
             return
         if self._running is not None:
@@ -212,23 +276,47 @@ class FeedbackPoster:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        self._down_until = None  # a new result is tried at once even while the receiver seemed down
         self._running = self._deliver()
         self._running.addBoth(self._delivered)
 
     def _delivered(self, result: Any) -> None:
         self._running = None
-        if self._again and not self._stopped and self._retry is None:
+        if self._again and not self._stopped:
             self._again = False
             self.kick()
+            return
         self._again = False
+        self._schedule()
 
     def _pending(self, limit: int) -> list[Event]:
         return self._journal.events_after(self._client_id, self._cursor, limit=limit)
 
     @inlineCallbacks
     def _deliver(self):
-        # The cursor is written once per delivered result and once at the end of a batch, not after every event:
-        # most events (accepted, in_progress) are only stepped over, and each write is an fsync.
+        # 1. Refused results whose retry is due, oldest first.
+        now = self._clock.seconds()
+        for seq in sorted(s for s, (_, due) in self._refused.items() if due <= now):
+            if self._stopped:
+                return
+            events = self._journal.events_after(self._client_id, seq - 1, limit=1)
+            if not events or events[0].seq != seq:
+                self.log.warn("Feedback {seq} was refused and its payment is no longer in the journal (pruned); "
+                              "it is given up", seq=seq, uplink=self.name)
+                del self._refused[seq]
+                self._store.save(set(self._refused))
+                continue
+            outcome = yield self._post_one(events[0])
+            if outcome == DELIVERED:
+                del self._refused[seq]
+                self._store.save(set(self._refused))
+            elif outcome == REFUSED:
+                count = self._refused[seq][0] + 1
+                self._refused[seq] = (count, self._clock.seconds() + self._delay(count))
+            else:
+                return self._unreachable()
+        # 2. New results, in journal order.  The cursor is written once per result and at the end of a batch, not
+        # after every event: most events (accepted, in_progress) are only stepped over, and each write is an fsync.
         written = self._cursor
         going = True
         while going and not self._stopped:
@@ -238,11 +326,14 @@ class FeedbackPoster:
                 if self._stopped:
                     break
                 if _is_final(event):
-                    ok = yield self._post_one(event)
-                    if not ok:
-                        self._schedule_retry()
+                    outcome = yield self._post_one(event)
+                    if outcome == UNREACHABLE:
+                        self._unreachable()
                         going = False
                         break
+                    if outcome == REFUSED:
+                        self._refused[event.seq] = (1, self._clock.seconds() + self._delay(1))
+                        self._store.save(set(self._refused))  # on disk before the cursor goes past it
                     self._cursor = event.seq
                     yield self._journal.ack(self._cursor_id, event.seq)
                     written = event.seq
@@ -251,10 +342,16 @@ class FeedbackPoster:
         if self._cursor > written and not self._journal.closed:
             yield self._journal.ack(self._cursor_id, self._cursor)
 
+    def _unreachable(self) -> None:
+        self._failures += 1
+        self._down_until = self._clock.seconds() + self._delay(self._failures)
+
     @inlineCallbacks
     def _post_one(self, event: Event):
         payment = event.body["payment"]
-        body = signed_form(feedback_params(payment, event.seq, self._bridge_name), self._passphrase, self._hash)
+        params = feedback_params(payment, event.seq, self._bridge_name, self._client_id)
+        body = signed_form(params, self._passphrase, self._hash)
+        outcome = UNREACHABLE
         try:
             code = yield self._post(self._url, body)
         except CancelledError:
@@ -266,20 +363,30 @@ class FeedbackPoster:
                 self._failures = 0
                 self.log.info("Feedback for payment {payment_id} delivered ({state})", payment_id=payment["id"],
                               state=payment["state"], uplink=self.name, seq=event.seq)
-                self._on_result(None)
-                return True
+                if not self._refused or set(self._refused) == {event.seq}:
+                    self._on_result(None)
+                return DELIVERED
+            outcome = REFUSED
             error = f"feedback to {self._url} was answered with HTTP {code}, not 200"
-        self._failures += 1
         self.log.warn("Feedback for payment {payment_id} not delivered, will retry: {error}",
                       payment_id=payment["id"], error=error, uplink=self.name, seq=event.seq)
         self._on_result(error)
-        return False
+        return outcome
 
-    def _schedule_retry(self) -> None:
+    def _delay(self, failures: int) -> float:
+        delay = min(self._retry_max, self._retry_initial * 2 ** (max(failures, 1) - 1))
+        return delay * (0.8 + 0.4 * self._rand())
+
+    def _schedule(self) -> None:
+        """One timer, for the earliest of: the end of the no-answer backoff, a refused result's retry."""
         if self._stopped:
             return
-        delay = min(self._retry_max, self._retry_initial * 2 ** (self._failures - 1))
-        delay *= 0.8 + 0.4 * self._rand()
+        times = [due for _, due in self._refused.values()]
+        if self._down_until is not None:
+            times.append(self._down_until)
+        if not times:
+            return
+        delay = max(0.0, min(times) - self._clock.seconds())
         self._retry = self._clock.callLater(delay, self._retry_now)
 
     def _retry_now(self) -> None:
@@ -287,9 +394,11 @@ class FeedbackPoster:
         self.kick()
 
 
-def waiting(journal: Journal, client_id: str, cursor_id: str) -> int:
-    """How many final states of ``client_id``'s payments wait for delivery after ``cursor_id``'s cursor."""
-    return sum(1 for e in journal.events_after(client_id, journal.acked(cursor_id), limit=10**6) if _is_final(e))
+def waiting(journal: Journal, client_id: str, cursor_id: str, refused_path: Optional[str] = None) -> int:
+    """How many final states of ``client_id``'s payments wait for delivery: after ``cursor_id``'s cursor, and
+    those refused (kept in ``refused_path``) waiting for their retry."""
+    after = sum(1 for e in journal.events_after(client_id, journal.acked(cursor_id), limit=10**6) if _is_final(e))
+    return after + len(read_refused(refused_path))
 
 
 def _is_final(event: Event) -> bool:

@@ -22,6 +22,7 @@ from bridge.uplink.commands import CommandFetcher
 from bridge.uplink.config import UplinkConfig, resolve_client
 from bridge.uplink.feedback import FeedbackPoster
 from bridge.uplink.https import HTTPS, TLSPolicy
+from bridge.uplink.odoo_session import OdooSession
 
 
 def status_path(state_dir: str, name: str) -> str:
@@ -32,6 +33,10 @@ def last_id_path(state_dir: str, name: str) -> str:
     return os.path.join(state_dir, "uplink", f"{name}.bus.json")
 
 
+def refused_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, "uplink", f"{name}.refused.json")
+
+
 class UplinkStatus:
     """What `terminal-bridge uplink status` shows, kept current in a small JSON file."""
 
@@ -39,7 +44,7 @@ class UplinkStatus:
         self.path = path
         self._now = now
         self.data: dict[str, Any] = {"name": name, "pid": os.getpid(), "bus": None, "bus_since": None,
-                                     "https": None, "https_since": None, "last_error": None,
+                                     "https": None, "https_since": None, "fetched_at": None, "last_error": None,
                                      "last_error_at": None, "feedback_error": None, "running": True}
 
     def set(self, key: str, value: Any) -> None:
@@ -75,6 +80,27 @@ class UplinkStatus:
             pass  # the status is a convenience; the daemon's log has the same facts
 
 
+def payments_can_flow(status: dict[str, Any], now: float, uplink: UplinkConfig) -> tuple[bool, Optional[str]]:
+    """Whether commands and results can pass through this uplink now, by its status file, and why not.
+
+    An Odoo uplink: the last fetch worked, and either the bus is up (it wakes the bridge for each command) or that
+    fetch is recent (the periodic fetch is how commands arrive while the bus is down).  A feedback-only uplink:
+    its feedback is being delivered."""
+    if not status.get("running"):
+        return False, "the bridge is not running this uplink"
+    if not uplink.has_odoo:
+        return (not status.get("feedback_error")), status.get("feedback_error")
+    if status.get("https") is None:
+        return False, "no fetch of commands yet"
+    if not status.get("https"):
+        return False, "commands cannot be fetched"
+    fetched = status.get("fetched_at")
+    recent = max(2 * uplink.fetch_interval, uplink.fetch_interval + 60)
+    if not status.get("bus") and not (isinstance(fetched, (int, float)) and now - fetched <= recent):
+        return False, "the bus is down and no fetch worked lately"
+    return True, None
+
+
 def read_status(path: str) -> Optional[dict[str, Any]]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -104,28 +130,44 @@ class UplinkService:
         self._first_run = not os.path.exists(self.status.path) and journal.acked(uplink.cursor_id) == 0
         self.poster = FeedbackPoster(
             uplink.name, journal, self.client.id, uplink.cursor_id, uplink.feedback_target, uplink.feedback_secret,
-            uplink.feedback_hash, config.name, self._post, reactor, on_result=self.status.feedback)
+            uplink.feedback_hash, config.name, self._post, reactor, on_result=self.status.feedback,
+            refused_path=refused_path(config.state_dir, uplink.name))
         self.fetcher: Optional[CommandFetcher] = None
         self.bus: Optional[BusLink] = None
-        if uplink.has_odoo:
-            self.fetcher = CommandFetcher(uplink, self.client, bridge, self.https, reactor,
+        # Every request to Odoo carries the database's session (a multi-database host answers 404 without).
+        self.session: Optional[OdooSession] = OdooSession(uplink, self.https) if uplink.has_odoo else None
+        if self.session is not None:
+            self.fetcher = CommandFetcher(uplink, self.client, bridge, self.session, reactor,
                                           on_result=self._fetch_result)
             self.bus = BusLink(uplink, reactor, self.https, LastIdStore(last_id_path(config.state_dir, uplink.name)),
-                               on_wakeup=self.fetcher.fetch, on_state=self._bus_state, policy=self.policy)
+                               on_wakeup=self.fetcher.fetch, on_state=self._bus_state, policy=self.policy,
+                               session=self.session)
 
     def _post(self, url: str, body: bytes) -> Deferred:
-        return self.https.request("POST", url, body, "application/x-www-form-urlencoded").addCallback(
+        # Feedback to Odoo's own route goes with its session; another system's feedback_url gets no cookie.
+        via = self.session if self.session is not None and self.uplink.feedback_url is None else self.https
+        return via.request("POST", url, body, "application/x-www-form-urlencoded").addCallback(
             lambda response: response.code)
 
     def _fetch_result(self, error: Optional[str]) -> None:
+        if error is None:
+            self.status.data["fetched_at"] = self._reactor.seconds()  # written now or with the next change
         self.status.set("https", error is None)
+        if error is None and self.bus is not None and not self.bus.state == "open":
+            self.status.write()  # the bus is down: `uplink status` judges by how recent the last fetch is
         if error:
             self.status.error(error)
+        else:
+            self.poster.wake()  # Odoo answers: feedback waiting for a retry goes now
 
     def _bus_state(self, connected: bool, error: Optional[str]) -> None:
         self.status.set("bus", connected)
         if error:
             self.status.error(error)
+        if self.fetcher is not None:
+            self.fetcher.bus_state(connected, error)
+        if connected:
+            self.poster.wake()
 
     @inlineCallbacks
     def start(self):
@@ -158,10 +200,48 @@ class UplinkService:
 
 
 class Uplinks:
-    """Every configured uplink, started and stopped together by the daemon."""
+    """Every configured uplink, started and stopped together by the daemon, and brought in line with a reloaded
+    configuration by :meth:`reload`."""
 
-    def __init__(self, bridge: Bridge, reactor: Any) -> None:
-        self.services = [UplinkService(u, bridge, reactor) for u in bridge.config.uplinks.values()]
+    log = Logger()
+
+    def __init__(self, bridge: Bridge, reactor: Any, services: Optional[list[UplinkService]] = None) -> None:
+        self._reactor = reactor
+        self.services = [UplinkService(u, bridge, reactor) for u in bridge.config.uplinks.values()] \
+            if services is None else services
+
+    @inlineCallbacks
+    def reload(self, bridge: Bridge):
+        """Start the uplinks ``bridge.config`` adds, restart those it changes (their settings, secrets or client),
+        stop those it removes; leave the others running."""
+        config = bridge.config
+        wanted = config.uplinks
+
+        def same(service: UplinkService) -> bool:
+            uplink = wanted.get(service.uplink.name)
+            return uplink == service.uplink and resolve_client(uplink, config.clients) == service.client
+
+        going = [s for s in self.services if not same(s)]
+        yield DeferredList([s.stop() for s in going])
+        for service in going:
+            self.log.info("Uplink {uplink} stopped ({why})", uplink=service.uplink.name,
+                          why="changed" if service.uplink.name in wanted else "removed")
+        self.services = [s for s in self.services if s not in going]
+        running = {s.uplink.name for s in self.services}
+        added = []
+        for uplink in wanted.values():
+            if uplink.name in running:
+                continue
+            try:
+                added.append(UplinkService(uplink, bridge, self._reactor))
+            except Exception as e:  # e.g. its ca_file vanished since the check: the others still run
+                self.log.error("Uplink {uplink} cannot start: {error}", uplink=uplink.name, error=e)
+        self.services.extend(added)
+        results = yield DeferredList([s.start() for s in added], consumeErrors=True)
+        for service, (ok, result) in zip(added, results):
+            if not ok:
+                self.log.error("Uplink {uplink} cannot start: {error}", uplink=service.uplink.name,
+                               error=result.getErrorMessage())
 
     def start(self) -> Deferred:
         return DeferredList([s.start() for s in self.services], fireOnOneErrback=True, consumeErrors=True)
