@@ -28,15 +28,6 @@ UPLINK_OPS = (
 )
 
 
-def _ago(seconds):
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return _("%s s ago", seconds)
-    if seconds < 7200:
-        return _("%s min ago", seconds // 60)
-    if seconds < 2 * 86400:
-        return _("%s h ago", seconds // 3600)
-    return _("%s days ago", seconds // 86400)
 
 
 class TerminalBridge(models.Model):
@@ -83,6 +74,16 @@ class TerminalBridge(models.Model):
         groups="base.group_system",
     )
 
+    def _ago(self, seconds):
+        seconds = max(0, int(seconds))
+        if seconds < 120:
+            return _("%s s ago", seconds)
+        if seconds < 7200:
+            return _("%s min ago", seconds // 60)
+        if seconds < 2 * 86400:
+            return _("%s h ago", seconds // 3600)
+        return _("%s days ago", seconds // 86400)
+
     @api.depends("state", "last_seen", "last_problem")
     def _compute_status_text(self):
         now = fields.Datetime.now()
@@ -90,7 +91,7 @@ class TerminalBridge(models.Model):
             if bridge.state != "paired":
                 text = _("Not paired yet")
             elif bridge.last_seen:
-                text = _("Paired, last seen %s", _ago((now - bridge.last_seen).total_seconds()))
+                text = _("Paired, last seen %s", self._ago((now - bridge.last_seen).total_seconds()))
             else:
                 text = _("Paired, not seen yet")
             if bridge.last_problem:
