@@ -15,7 +15,7 @@ source (TERMINAL_BRIDGE_SRC, else the repository three folders up from this addo
 ``terminal-bridge simulate caisse-ap`` process, and the uplink reaches Odoo's plain-HTTP test server through a TLS
 front on loopback (Twisted's portforward behind a self-signed certificate the uplink's ``ca_file`` trusts), so
 the uplink keeps refusing plain http as it does for installers. Pairing goes through /terminal_bridge/pair with
-the one-time code, as an installer's ``terminal-bridge uplink pair`` does (see :func:`pair_box`).
+the one-time code and the real ``terminal-bridge uplink pair`` command (see :func:`pair_box`).
 
 Odoo's HttpCase serves requests on its own cursor, one request at a time, while the test waits:
 :meth:`BridgeBench.wait_for` lets requests through (19.0: ``allow_requests``; 18.0: the registry's test lock)
@@ -23,22 +23,17 @@ and reads the database between them. Everything started is stopped at the test's
 daemon, the simulators and the front are printed when a wait times out.
 """
 
-import configparser
 import contextlib
 import datetime
 import ipaddress
-import json
 import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 
 ADDON = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "/usr/bin/python3"
@@ -193,67 +188,35 @@ def write_bridge_config(directory, terminals, port, name="test-box"):
     return path
 
 
-def _private(path, text):
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def pair_box(config_path, url, database, code, ca_file, fetch_interval=1):
-    """Pair the box of ``config_path`` with Odoo at ``url`` using the one-time ``code``.
-
-    What `terminal-bridge uplink pair URL CODE --database DB` does: ask /terminal_bridge/pair (with a session
-    cookie bound to the database) and write the client, the uplink's secrets file (0600) and its [uplink:NAME]
-    section. The command is being built on the bridge's side; until it is in this source tree, this function
-    does the same exchange and writes the same files. Returns the pairing answer.
-    """
-    context = ssl.create_default_context(cafile=ca_file)
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirect())
-    try:
-        login = opener.open(f"{url}/web/login?db={database}", timeout=60)
-        cookies = login.headers.get_all("Set-Cookie") or []
-    except urllib.error.HTTPError as e:  # a redirect (303) still sets the cookie
-        cookies = e.headers.get_all("Set-Cookie") or []
-    session = next((c.split(";", 1)[0] for c in cookies if c.startswith("session_id=")), "")
-    body = json.dumps({"code": code, "database": database, "bridge": {"name": "test-box", "version": "test"}})
-    request = urllib.request.Request(
-        url + "/terminal_bridge/pair", data=body.encode(), headers={"Content-Type": "application/json", "Cookie": session}
+    """Pair the box of ``config_path`` with Odoo at ``url`` by the one-time ``code``, with the real command an
+    installer types: ``terminal-bridge uplink pair URL CODE --database DB --ca-file PEM``. It writes the client,
+    the uplink's secrets file and its [uplink:NAME] section (and asks a running daemon to reload). The section
+    then gets ``fetch_interval`` (Odoo's test server sends no bus notification: the periodic fetch carries the
+    tests). Returns the uplink's name."""
+    source = bridge_source()
+    done = subprocess.run(
+        [PYTHON, "-m", "bridge", "-c", config_path, "uplink", "pair", url, code, "--database", database,
+         "--ca-file", ca_file],
+        capture_output=True, text=True, env=bridge_env(source), cwd=source, timeout=120, check=False,
     )
-    with opener.open(request, timeout=60) as response:
-        answer = json.loads(response.read().decode())
-    directory = os.path.dirname(config_path)
-    client, uplink = answer["client"], answer["uplink"]
-    clients = configparser.ConfigParser(interpolation=None)
-    clients_path = os.path.join(directory, "clients.conf")
-    clients.read(clients_path)
-    clients[f"client:{client['name']}"] = {
-        "id": client["id"], "secret_in": client["secret_in"], "secret_out": client["secret_out"],
-        "algorithm": client["algorithm"], "rights": ",".join(client["rights"]),
-    }
-    with open(clients_path + ".new", "w", encoding="utf-8") as f:
-        clients.write(f)
-    _private(clients_path, open(clients_path + ".new", encoding="utf-8").read())  # noqa: SIM115
-    os.unlink(clients_path + ".new")
-    secrets_name = f"uplink-{uplink['name']}.secrets"
-    _private(
-        os.path.join(directory, secrets_name),
-        f"channel_token = {uplink['channel_token']}\nfeedback_secret = {uplink['feedback_secret']}\n",
-    )
-    config = configparser.ConfigParser(interpolation=None)
-    config.read(config_path)
-    config[f"uplink:{uplink['name']}"] = {
-        "url": url, "database": database, "client": client["name"], "secrets_file": secrets_name,
-        "feedback_hash": uplink["feedback_hash"], "ca_file": ca_file, "fetch_interval": str(fetch_interval),
-    }
+    if done.returncode != 0:
+        raise AssertionError(f"uplink pair failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    with open(config_path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    names = [line.strip()[len("[uplink:"):-1] for line in lines if line.strip().startswith("[uplink:")]
+    if len(names) != 1:
+        raise AssertionError(f"uplink pair wrote {len(names)} uplink sections:\n" + "\n".join(lines))
+    out = []
+    for line in lines:
+        if line.strip().startswith("fetch_interval"):
+            continue
+        out.append(line)
+        if line.strip() == f"[uplink:{names[0]}]":
+            out.append(f"fetch_interval = {fetch_interval}")
     with open(config_path, "w", encoding="utf-8") as f:
-        config.write(f)
-    return answer
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
+        f.write("\n".join(out) + "\n")
+    return names[0]
 
 
 class BridgeBench:
@@ -270,7 +233,7 @@ class BridgeBench:
         self.bridge = None
         self.config_path = None
         self.url = None
-        self.answer = None
+        self.uplink_name = None
         if not keep:
             test.addCleanup(shutil.rmtree, self.directory, True)
         test.addCleanup(self.stop_all)
@@ -313,7 +276,7 @@ class BridgeBench:
         self.bridge = self.test.env["terminal.bridge"].create({"name": name})
         code = self.bridge.action_pair()["context"]["default_code"]
         with self.requests_allowed():
-            self.answer = pair_box(self.config_path, self.url, self.test.env.cr.dbname, code, self.ca_file)
+            self.uplink_name = pair_box(self.config_path, self.url, self.test.env.cr.dbname, code, self.ca_file)
         self.test.env.invalidate_all()
         self.start_bridge()
         return self.bridge
