@@ -1,0 +1,186 @@
+"""The "Terminal bridge" payment method: the POS pays on a terminal of a shop's bridge.
+
+The POS calls the tb_* methods below with the payment line's uuid as the command id, so that a retry (a double
+click, a reload, a second screen) finds the payment already started instead of charging again.
+"""
+
+import logging
+
+from odoo import _, api, fields, models
+from odoo.exceptions import AccessError, UserError, ValidationError
+
+_logger = logging.getLogger(__name__)
+
+TERMINAL_BRIDGE = "terminal_bridge"
+#: The answers the cashier can give about a payment whose outcome the bridge does not know.
+RESOLUTIONS = {"paid": "approved", "not_paid": "failed"}
+
+
+class PosPaymentMethod(models.Model):
+    _inherit = "pos.payment.method"
+
+    tb_bridge_id = fields.Many2one(
+        "terminal.bridge", string="Bridge", ondelete="restrict",
+        help="The shop's terminal bridge that the card terminal is connected to.",
+    )
+    tb_terminal_id = fields.Many2one(
+        "terminal.bridge.terminal", string="Terminal", ondelete="restrict",
+        domain="[('bridge_id', '=', tb_bridge_id)]",
+        help="The terminal of the bridge that takes the payments of this method (its name on the bridge).",
+    )
+    tb_method = fields.Selection(
+        [("card", "Card"), ("cheque", "Cheque")], string="Pay by", default="card",
+        help="Card: the customer pays by card. Cheque: a Caisse-AP terminal with a cheque printer fills the "
+             "customer's cheque.",
+    )
+
+    def _get_payment_terminal_selection(self):
+        return super()._get_payment_terminal_selection() + [(TERMINAL_BRIDGE, _("Terminal bridge"))]
+
+    @api.model
+    def _load_pos_data_fields(self, config):
+        return [*super()._load_pos_data_fields(config), "tb_method", "tb_terminal_id"]
+
+    @api.onchange("tb_bridge_id")
+    def _onchange_tb_bridge_id(self):
+        if self.tb_terminal_id and self.tb_terminal_id.bridge_id != self.tb_bridge_id:
+            self.tb_terminal_id = False
+
+    @api.constrains("use_payment_terminal", "tb_bridge_id", "tb_terminal_id")
+    def _check_terminal_bridge(self):
+        for method in self:
+            if method.use_payment_terminal != TERMINAL_BRIDGE:
+                continue
+            if not method.tb_bridge_id or not method.tb_terminal_id:
+                raise ValidationError(_("A payment method paid through a terminal bridge needs its bridge and "
+                                        "the terminal of that bridge."))
+            if method.tb_terminal_id.bridge_id != method.tb_bridge_id:
+                raise ValidationError(_("The terminal %(terminal)s is not a terminal of the bridge %(bridge)s.",
+                                        terminal=method.tb_terminal_id.display_name,
+                                        bridge=method.tb_bridge_id.display_name))
+
+    # The POS's calls. Each checks the POS right, then works as superuser on the bridge's records, which a
+    # cashier cannot read (they hold the bridge's secrets' neighbours).
+
+    def _tb_check_access(self):
+        self.ensure_one()
+        if not self.env.su and not self.env.user.has_group("point_of_sale.group_pos_user"):
+            raise AccessError(_("Only Point of Sale users can pay through a terminal bridge."))
+        if self.use_payment_terminal != TERMINAL_BRIDGE:
+            raise UserError(_("The payment method %s does not pay through a terminal bridge.", self.name))
+
+    def _tb_payment(self, command_id):
+        return self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", command_id)], limit=1)
+
+    def _tb_minor_units(self, amount, currency):
+        """The amount in the currency's minor units (12.34 EUR -> 1234), as the bridge counts it."""
+        minor = round(abs(float(amount)) * 10 ** currency.decimal_places)
+        if minor <= 0:
+            raise UserError(_("The amount to pay must be more than zero."))
+        return minor
+
+    def _tb_pos_config(self, data):
+        config = self.env["pos.config"].browse(int(data.get("pos_config_id") or 0)).exists()
+        return config
+
+    def _tb_error(self, message):
+        return {"error": message}
+
+    def _tb_client_dict(self, payment):
+        result = payment.to_client_dict()
+        # The bridge's sentence is in the cashier's words already; the POS also needs the amount in currency
+        # units to compare with the line.
+        return result
+
+    def tb_send_payment(self, data):
+        """Pay (or refund without an original) ``data['amount']`` on this method's terminal.
+
+        data: command_id (the POS payment line's uuid), amount (in currency units, as the POS line shows it),
+        currency (ISO code), reference (the order's name), pos_config_id, kind ('debit' or 'refund').
+        Returns the payment as ``to_client_dict()`` says, or {'error': sentence}.
+        """
+        self._tb_check_access()
+        command_id = data.get("command_id")
+        if not command_id or not isinstance(command_id, str):
+            return self._tb_error(_("The POS sent no payment line id; reload the page and try again."))
+        currency = self.env["res.currency"].search([("name", "=", data.get("currency"))], limit=1)
+        if not currency:
+            return self._tb_error(_("Unknown currency %s.", data.get("currency")))
+        kind = "refund" if data.get("kind") == "refund" else "debit"
+        try:
+            amount = self._tb_minor_units(data.get("amount") or 0, currency)
+            bridge = self.sudo().tb_bridge_id
+            payment = bridge.start_payment(
+                self.sudo().tb_terminal_id, amount, currency, command_id=command_id,
+                method=self.tb_method or "card", kind=kind, reference=data.get("reference") or None,
+            )
+        except UserError as error:
+            return self._tb_error(str(error.args[0]) if error.args else str(error))
+        config = self._tb_pos_config(data)
+        if config and not payment.pos_config_id:
+            payment.pos_config_id = config
+        _logger.info("POS payment %s queued on %s for %s %s", command_id, bridge.display_name, amount,
+                     currency.name)
+        return self._tb_client_dict(payment)
+
+    def tb_refund(self, data):
+        """Pay back ``data['amount']`` of the payment line ``data['refund_of']`` (a uuid of the refunded order).
+
+        Through payment.refund on the original bridge payment when it was paid through the bridge and approved;
+        otherwise as a refund payment of its own (kind 'refund', the bridge's ``refund`` right).
+        """
+        self._tb_check_access()
+        original = self._tb_payment(data.get("refund_of")) if data.get("refund_of") else None
+        if not original or original.kind != "debit" or original.state != "approved":
+            return self.tb_send_payment(dict(data, kind="refund"))
+        command_id = data.get("command_id")
+        if not command_id or not isinstance(command_id, str):
+            return self._tb_error(_("The POS sent no payment line id; reload the page and try again."))
+        try:
+            amount = self._tb_minor_units(data.get("amount") or 0, original.currency_id)
+            payment = original.refund(amount=amount, command_id=command_id)
+        except UserError as error:
+            return self._tb_error(str(error.args[0]) if error.args else str(error))
+        config = self._tb_pos_config(data)
+        if config and not payment.pos_config_id:
+            payment.pos_config_id = config
+        return self._tb_client_dict(payment)
+
+    def tb_status(self, command_id):
+        """Where the payment of this POS payment line stands ({'state': False} when it was never started)."""
+        self._tb_check_access()
+        payment = self._tb_payment(command_id)
+        if not payment:
+            return {"command_id": command_id, "state": False}
+        return self._tb_client_dict(payment)
+
+    def tb_cancel(self, command_id):
+        """Ask the terminal to cancel; whether it did arrives with the payment's next state."""
+        self._tb_check_access()
+        payment = self._tb_payment(command_id)
+        if not payment:
+            return {"command_id": command_id, "state": False}
+        if not payment.is_final:
+            try:
+                payment.action_cancel()
+            except UserError as error:
+                return dict(self._tb_client_dict(payment), error=str(error.args[0]) if error.args else "")
+        return self._tb_client_dict(payment)
+
+    def tb_resolve(self, command_id, answer, cashier=None):
+        """The cashier's answer about an unknown payment: 'paid' (on the terminal's receipt) or 'not_paid'."""
+        self._tb_check_access()
+        if answer not in RESOLUTIONS:
+            raise UserError(_("The answer must be 'paid' or 'not_paid'."))
+        payment = self._tb_payment(command_id)
+        if not payment:
+            return {"command_id": command_id, "state": False}
+        if payment.state != "unknown":
+            return self._tb_client_dict(payment)
+        cashier = (cashier or self.env.user.name or "").strip()[:64]
+        if answer == "paid":
+            note = _("the terminal shows it paid (cashier: %(cashier)s)", cashier=cashier)
+        else:
+            note = _("the terminal shows it not paid (cashier: %(cashier)s)", cashier=cashier)
+        payment.resolve(RESOLUTIONS[answer], note, user=self.env.user)
+        return self._tb_client_dict(payment)

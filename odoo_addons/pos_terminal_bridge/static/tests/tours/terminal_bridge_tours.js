@@ -1,0 +1,170 @@
+/**
+ * The cashier's side of paying through the bridge, for Odoo 18 and 19: odoo18/ and odoo19/ hand these tours
+ * their version's tour helpers (the same names, in other folders). The Python tests start the real bridge
+ * daemon and its simulated terminals; each tour waits for what the bridge does, as a cashier would.
+ */
+import { registry } from "@web/core/registry";
+
+/** How long a step may wait for the bridge and the terminal (ms): a payment takes about a second here. */
+const BRIDGE = 30000;
+
+export function registerTerminalBridgeTours({ Chrome, Dialog, ProductScreen, PaymentScreen, ReceiptScreen, TicketScreen, major }) {
+    const open = () => [Chrome.startPoS(), Dialog.confirm("Open Register")].flat();
+    const sell = () =>
+        [
+            ProductScreen.addOrderline("Desk Pad", "1"),
+            ProductScreen.clickPayButton(),
+            PaymentScreen.isShown(),
+        ].flat();
+    const status = (words, timeout = BRIDGE) => ({
+        content: `the payment line says "${words}"`,
+        trigger: `.paymentline .electronic_status:contains("${words}")`,
+        timeout,
+    });
+    const notification = (words, timeout = BRIDGE) => ({
+        content: `the POS tells the cashier "${words}"`,
+        trigger: `.o_notification:contains("${words}")`,
+        timeout,
+    });
+    const dialog = (words, timeout = BRIDGE) => ({
+        content: `a dialog says "${words}"`,
+        trigger: `.modal-dialog:contains("${words}")`,
+        timeout,
+    });
+    const button = (words, timeout = BRIDGE) => ({
+        content: `click "${words}"`,
+        trigger: `.modal-dialog .modal-footer button:contains("${words}")`,
+        run: "click",
+        timeout,
+    });
+    const lineButton = (selector, words) => ({
+        content: `click "${words}" on the payment line`,
+        trigger: `.paymentline ${selector}:contains("${words}")`,
+        run: "click",
+    });
+    const received = () => ({ ...ReceiptScreen.isShown()[0], timeout: BRIDGE });
+    const reload = () => {
+        const step = {
+            content: "reload the POS page in the middle of the payment",
+            trigger: `.paymentline .electronic_status:contains("Waiting for card")`,
+            run: () => {
+                document.body.classList.add("tb-before-reload");
+                window.location.reload();
+            },
+        };
+        if (major >= 19) {
+            step.expectUnloadPage = true;
+        }
+        return step;
+    };
+    const add = (name, steps) => registry.category("web_tour.tours").add(name, { steps: () => steps().flat() });
+
+    add("TerminalBridgeCancelBeforeSend", () => [
+        open(),
+        sell(),
+        PaymentScreen.clickPaymentMethod("Card approves"),
+        status("Waiting for card"),
+        lineButton(".send_payment_cancel", "Cancel"),
+        notification("before it reached the terminal"),
+        { trigger: `.paymentline .send_payment_request:contains("Retry")` },
+    ]);
+
+    add("TerminalBridgePayApproved", () => [
+        open(),
+        sell(),
+        PaymentScreen.clickPaymentMethod("Card approves"),
+        received(),
+    ]);
+
+    add("TerminalBridgeDeclinedThenPaid", () => [
+        open(),
+        sell(),
+        PaymentScreen.clickPaymentMethod("Card declines"),
+        dialog("Payment declined"),
+        button("Ok"),
+        status("Transaction cancelled"),
+        PaymentScreen.clickPaymentlineDelButton("Card declines", "", false),
+        PaymentScreen.clickPaymentMethod("Card approves"),
+        received(),
+    ]);
+
+    add("TerminalBridgeAbandonedThenRetried", () => [
+        open(),
+        sell(),
+        PaymentScreen.clickPaymentMethod("Card abandons"),
+        dialog("Payment cancelled"),
+        button("Ok"),
+        lineButton(".send_payment_request", "Retry"),
+        dialog("Payment cancelled"),
+        button("Ok"),
+        status("Transaction cancelled"),
+    ]);
+
+    add("TerminalBridgeCancelOnTerminal", () => [
+        open(),
+        sell(),
+        PaymentScreen.clickPaymentMethod("Card waits"),
+        status("Waiting for card"),
+        lineButton(".send_payment_cancel", "Cancel"),
+        notification("terminal"),
+        status("Waiting for card"),
+    ]);
+
+    for (const [answer, end] of [
+        ["Paid on the terminal", received],
+        ["Not paid", () => status("Transaction cancelled")],
+    ]) {
+        add(`TerminalBridgeUnknown${answer === "Not paid" ? "NotPaid" : "Paid"}`, () => [
+            open(),
+            sell(),
+            PaymentScreen.clickPaymentMethod("Card loses link"),
+            dialog("The terminal may have charged the card"),
+            button(answer),
+            end(),
+        ]);
+    }
+
+    add("TerminalBridgeReload", () => [
+        open(),
+        sell(),
+        PaymentScreen.clickPaymentMethod("Card slow"),
+        status("Waiting for card"),
+        reload(),
+        // The POS comes back with the order, and learns from the server how its payment ended while the page
+        // was away (the marker class is gone once the page was really reloaded).
+        {
+            content: "the reloaded POS: back to the payment screen",
+            trigger: "body:not(.tb-before-reload) .pos-content :is(.payment-screen, .product-screen .pay-order-button)",
+            timeout: BRIDGE,
+            run: () => document.querySelector(".product-screen .pay-order-button")?.click(),
+        },
+        status("Payment Successful"),
+        PaymentScreen.clickValidate(),
+        received(),
+    ]);
+
+    add("TerminalBridgeBridgeStartsLate", () => [
+        open(),
+        sell(),
+        PaymentScreen.clickPaymentMethod("Card approves"),
+        status("Waiting for card"),
+        received(),
+    ]);
+
+    if (TicketScreen) {
+        add("TerminalBridgeRefund", () => [
+            open(),
+            Chrome.clickMenuOption ? Chrome.clickMenuOption("Orders") : [],
+            TicketScreen.selectFilter("Paid"),
+            TicketScreen.selectOrder("-0001"),
+            ProductScreen.clickNumpad("1"),
+            TicketScreen.confirmRefund(),
+            PaymentScreen.isShown(),
+            PaymentScreen.clickPaymentMethod("Card approves"),
+            major >= 19 ? { trigger: ".send_refund_request", run: "click" } : [],
+            status("Refund Successful"),
+            PaymentScreen.clickValidate(),
+            received(),
+        ]);
+    }
+}

@@ -1,0 +1,2 @@
+from . import test_payment_method
+from . import test_tours
