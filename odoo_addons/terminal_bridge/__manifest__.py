@@ -15,6 +15,4 @@
         "views/terminal_bridge_views.xml",
     ],
     "external_dependencies": {"python": ["cryptography"]},
-    "installable": True,
-    "application": False,
 }

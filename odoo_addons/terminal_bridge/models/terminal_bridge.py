@@ -5,7 +5,7 @@ import secrets
 import shlex
 import uuid
 
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import UserError
 
 _logger = logging.getLogger(__name__)
@@ -77,23 +77,23 @@ class TerminalBridge(models.Model):
     def _ago(self, seconds):
         seconds = max(0, int(seconds))
         if seconds < 120:
-            return _("%s s ago", seconds)
+            return self.env._("%s s ago", seconds)
         if seconds < 7200:
-            return _("%s min ago", seconds // 60)
+            return self.env._("%s min ago", seconds // 60)
         if seconds < 2 * 86400:
-            return _("%s h ago", seconds // 3600)
-        return _("%s days ago", seconds // 86400)
+            return self.env._("%s h ago", seconds // 3600)
+        return self.env._("%s days ago", seconds // 86400)
 
     @api.depends("state", "last_seen", "last_problem")
     def _compute_status_text(self):
         now = fields.Datetime.now()
         for bridge in self:
             if bridge.state != "paired":
-                text = _("Not paired yet")
+                text = self.env._("Not paired yet")
             elif bridge.last_seen:
-                text = _("Paired, last seen %s", self._ago((now - bridge.last_seen).total_seconds()))
+                text = self.env._("Paired, last seen %s", self._ago((now - bridge.last_seen).total_seconds()))
             else:
-                text = _("Paired, not seen yet")
+                text = self.env._("Paired, not seen yet")
             if bridge.last_problem:
                 text = f"{text}: {bridge.last_problem}"
             bridge.status_text = text
@@ -112,7 +112,7 @@ class TerminalBridge(models.Model):
         )
         return {
             "type": "ir.actions.act_window",
-            "name": _("Pair a bridge"),
+            "name": self.env._("Pair a bridge"),
             "res_model": "terminal.bridge.pair.wizard",
             "view_mode": "form",
             "target": "new",
@@ -176,13 +176,13 @@ class TerminalBridge(models.Model):
     def _check_paired(self):
         for bridge in self:
             if bridge.state != "paired":
-                raise UserError(_("The terminal bridge %s is not paired yet.", bridge.name))
+                raise UserError(self.env._("The terminal bridge %s is not paired yet.", bridge.name))
 
     def _queue_command(self, op, args, command_id=None, payment=None):
         """Queue ``op`` for this bridge and wake it up over the bus (sent after commit)."""
         self.ensure_one()
         if op not in UPLINK_OPS:
-            raise UserError(_("%s cannot be sent to a bridge.", op))
+            raise UserError(self.env._("%s cannot be sent to a bridge.", op))
         command = (
             self.env["terminal.bridge.command"]
             .sudo()
@@ -212,10 +212,10 @@ class TerminalBridge(models.Model):
         if isinstance(terminal, models.BaseModel):
             terminal.ensure_one()
             if terminal.bridge_id != self:
-                raise UserError(_("The terminal %s belongs to another bridge.", terminal.display_name))
+                raise UserError(self.env._("The terminal %s belongs to another bridge.", terminal.display_name))
             return terminal.sudo()
         if not isinstance(terminal, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", terminal):
-            raise UserError(_("%r is not a terminal name.", terminal))
+            raise UserError(self.env._("%r is not a terminal name.", terminal))
         found = Terminal.search([("bridge_id", "=", self.id), ("name", "=", terminal)], limit=1)
         return found or Terminal.create({"bridge_id": self.id, "name": terminal})
 
@@ -230,7 +230,7 @@ class TerminalBridge(models.Model):
             .search([("name", "=", str(currency or "").upper())], limit=1)
         )
         if not found:
-            raise UserError(_("%r is not a currency code.", currency))
+            raise UserError(self.env._("%r is not a currency code.", currency))
         return found
 
     def start_payment(
@@ -246,17 +246,17 @@ class TerminalBridge(models.Model):
         bridge = self.sudo()
         bridge._check_paired()
         if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount < 10**12:
-            raise UserError(_("The amount must be a whole number of cents (minor units) from 1 to 12 digits."))
+            raise UserError(self.env._("The amount must be a whole number of cents (minor units) from 1 to 12 digits."))
         if method not in ("card", "cheque"):
-            raise UserError(_("The method must be card or cheque."))
+            raise UserError(self.env._("The method must be card or cheque."))
         if kind not in ("debit", "refund"):
-            raise UserError(_("The kind must be debit or refund."))
+            raise UserError(self.env._("The kind must be debit or refund."))
         terminal = bridge._resolve_terminal(terminal)
         currency = bridge._resolve_currency(currency)
         Payment = self.env["terminal.bridge.payment"].sudo()
         if command_id:
             if not isinstance(command_id, str) or not 0 < len(command_id) <= 128:
-                raise UserError(_("A command id is a string of at most 128 characters."))
+                raise UserError(self.env._("A command id is a string of at most 128 characters."))
             existing = Payment.search([("command_id", "=", command_id)], limit=1)
             if existing:
                 existing._check_same(bridge, terminal, amount, currency, method, kind, False)

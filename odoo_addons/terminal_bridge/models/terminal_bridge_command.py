@@ -72,6 +72,10 @@ class TerminalBridgeCommand(models.Model):
                         args["payment_id"] = target.pay_ref
                     elif command.op == "payment.get":
                         args["command_id"] = target.command_id
+                    elif target.is_final:
+                        # The bridge refused the payment before giving it an id: nothing left to act on.
+                        command.write({"state": "cancelled"})
+                        continue
                     else:
                         continue
             message = {"id": command.uuid, "op": command.op, "ts": now, "args": args}

@@ -1,7 +1,7 @@
 import logging
 import uuid
 
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import UserError
 
 from .compat import HAS_CONSTRAINT
@@ -83,7 +83,7 @@ class TerminalBridgePayment(models.Model):
     )
     cancel_message = fields.Char(readonly=True)
     command_ids = fields.One2many("terminal.bridge.command", "payment_id", string="Commands")
-    feedback_ids = fields.One2many("terminal.bridge.feedback", "payment_id", string="Feedback")
+    feedback_ids = fields.One2many("terminal.bridge.feedback", "payment_id")
 
     if HAS_CONSTRAINT:
         _command_id_unique = models.Constraint("UNIQUE(command_id)", "A command id starts one payment.")
@@ -113,7 +113,7 @@ class TerminalBridgePayment(models.Model):
         )
         if not same:
             raise UserError(
-                _("The command id %s already started another payment (other terminal, amount or kind).", self.command_id)
+                self.env._("The command id %s already started another payment (other terminal, amount or kind).", self.command_id)
             )
 
     # -- the Python API ---------------------------------------------------------------------------
@@ -124,7 +124,7 @@ class TerminalBridgePayment(models.Model):
             payment.check_access("read")
             payment = payment.sudo()
             if payment.is_final:
-                raise UserError(_("The payment %s is already over (%s).", payment.command_id, payment.state))
+                raise UserError(self.env._("The payment %(payment)s is already over (%(state)s).", payment=payment.command_id, state=payment.state))
             start = payment.command_ids.filtered(lambda c: c.op in ("payment.start", "payment.refund"))[:1]
             if start:
                 self.env.cr.execute(
@@ -139,7 +139,7 @@ class TerminalBridgePayment(models.Model):
                         "state": "cancelled",
                         "cancel_status": "before_send",
                         "reason_code": "cancelled",
-                        "message": _("Cancelled before it reached the terminal: nothing was charged."),
+                        "message": self.env._("Cancelled before it reached the terminal: nothing was charged."),
                     }
                 )
                 payment._changed_since(before)
@@ -153,9 +153,9 @@ class TerminalBridgePayment(models.Model):
         self.check_access("read")
         original = self.sudo()
         if original.kind != "debit" or original.state != "approved":
-            raise UserError(_("Only an approved payment can be refunded."))
+            raise UserError(self.env._("Only an approved payment can be refunded."))
         if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0):
-            raise UserError(_("The refund amount must be a positive whole number of cents."))
+            raise UserError(self.env._("The refund amount must be a positive whole number of cents."))
         amount = original.amount if amount is None else amount
         Payment = self.env["terminal.bridge.payment"].sudo()
         if command_id:
@@ -191,12 +191,12 @@ class TerminalBridgePayment(models.Model):
         self.check_access("read")
         payment = self.sudo()
         if payment.state != "unknown":
-            raise UserError(_("Only a payment whose outcome is unknown can be resolved."))
+            raise UserError(self.env._("Only a payment whose outcome is unknown can be resolved."))
         if outcome not in RESOLVED_STATES:
-            raise UserError(_("The outcome must be approved, declined, cancelled or failed."))
+            raise UserError(self.env._("The outcome must be approved, declined, cancelled or failed."))
         if not note or not str(note).strip():
-            raise UserError(_("Say what the resolution is based on (e.g. 'receipt shows approved, auth 123456')."))
-        words = _("Resolved by %(name)s at the till: %(note)s", name=resolver.name, note=str(note).strip())[:500]
+            raise UserError(self.env._("Say what the resolution is based on (e.g. 'receipt shows approved, auth 123456')."))
+        words = self.env._("Resolved by %(name)s at the till: %(note)s", name=resolver.name, note=str(note).strip())[:500]
         payment.write({"resolved_by": resolver.name, "resolution_note": words})
         payment.bridge_id._queue_command(
             "payment.resolve", {"outcome": outcome, "note": words}, payment=payment

@@ -82,6 +82,14 @@ class TestApi(TransactionCase):
         served = self.env["terminal.bridge.command"]._serve(self.bridge)
         self.assertEqual(served[1]["args"], {"payment_id": "pay_9"})
 
+    def test_cancel_of_a_payment_the_bridge_refused_is_dropped(self):
+        payment = self.bridge.start_payment("till-1", 1234, "EUR")
+        self.env["terminal.bridge.command"]._serve(self.bridge)
+        payment.action_cancel()
+        payment._apply_error("unknown_terminal", "There is no terminal till-1.")
+        self.assertEqual(self.env["terminal.bridge.command"]._serve(self.bridge)[0]["op"], "payment.start")
+        self.assertEqual(self.commands("payment.cancel").state, "cancelled")
+
     def test_refund_and_resolve(self):
         payment = self.bridge.start_payment("till-1", 1234, "EUR")
         with self.assertRaises(UserError):
@@ -126,6 +134,6 @@ class TestApi(TransactionCase):
             self.env["terminal.bridge.payment"].with_user(user).create({"command_id": "x", "bridge_id": bridge.id,
                                                                        "amount": 1, "currency_id": 1})
         with self.assertRaises(AccessError):
-            bridge.client_ref  # noqa: B018  (the secrets are for system administrators)
+            bridge.read(["client_ref"])  # the secrets are for system administrators
         with self.assertRaises(AccessError):
             bridge.action_pair()

@@ -10,8 +10,8 @@ from odoo.tests import HttpCase, tagged
 from ..tools import signing
 from .common import CONTROLLER_LOGGER, BridgeSide, as_form, as_json, paired_bridge
 
-JSON = {"Content-Type": "application/json"}
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+JSON = (("Content-Type", "application/json"),)
+FORM = (("Content-Type", "application/x-www-form-urlencoded"),)
 
 
 @tagged("post_install", "-at_install")
@@ -26,7 +26,7 @@ class TestRoutes(HttpCase):
 
     def post(self, path, body, headers=JSON):
         self.env.flush_all()
-        response = self.url_open(path, data=body, headers=headers, timeout=30)
+        response = self.url_open(path, data=body, headers=dict(headers), timeout=30)
         self.env.invalidate_all()
         return response
 
