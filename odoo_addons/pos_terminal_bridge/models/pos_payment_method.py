@@ -72,6 +72,13 @@ class PosPaymentMethod(models.Model):
     def _tb_payment(self, command_id):
         return self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", command_id)], limit=1)
 
+    def _tb_attempts(self, line_uuid):
+        """The payments started for one POS payment line: its uuid, then "<uuid>/2", "<uuid>/3"... newest first."""
+        if not line_uuid or not isinstance(line_uuid, str) or "/" in line_uuid or "%" in line_uuid or "_" in line_uuid:
+            return self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", line_uuid or "")])
+        return self.env["terminal.bridge.payment"].sudo().search(
+            ["|", ("command_id", "=", line_uuid), ("command_id", "=like", line_uuid + "/%")], order="id desc")
+
     def _tb_minor_units(self, amount, currency):
         """The amount in the currency's minor units (12.34 EUR -> 1234), as the bridge counts it."""
         minor = round(abs(float(amount)) * 10 ** currency.decimal_places)
@@ -130,8 +137,8 @@ class PosPaymentMethod(models.Model):
         otherwise as a refund payment of its own (kind 'refund', the bridge's ``refund`` right).
         """
         self._tb_check_access()
-        original = self._tb_payment(data.get("refund_of")) if data.get("refund_of") else None
-        if not original or original.kind != "debit" or original.state != "approved":
+        original = self._tb_refunded(data)
+        if not original:
             return self.tb_send_payment(dict(data, kind="refund"))
         command_id = data.get("command_id")
         if not command_id or not isinstance(command_id, str):
@@ -146,10 +153,23 @@ class PosPaymentMethod(models.Model):
             payment.pos_config_id = config
         return self._tb_client_dict(payment)
 
-    def tb_status(self, command_id):
-        """Where the payment of this POS payment line stands ({'state': False} when it was never started)."""
+    def _tb_refunded(self, data):
+        """The approved bridge payment a refund pays back: of the refunded line, else of the refunded order."""
+        uuids = [data["refund_of"]] if data.get("refund_of") else []
+        if not uuids and data.get("refunded_order_id"):
+            order = self.env["pos.order"].browse(int(data["refunded_order_id"])).exists()
+            uuids = order.payment_ids.filtered(lambda p: p.payment_method_id == self and p.amount > 0).mapped("uuid")
+        for line_uuid in uuids:
+            for payment in self._tb_attempts(line_uuid):
+                if payment.kind == "debit" and payment.state == "approved":
+                    return payment
+        return None
+
+    def tb_status(self, line_uuid):
+        """Where the newest payment of this POS payment line stands ({'state': False} when none was started)."""
         self._tb_check_access()
-        payment = self._tb_payment(command_id)
+        payment = self._tb_attempts(line_uuid)[:1]
+        command_id = line_uuid
         if not payment:
             return {"command_id": command_id, "state": False}
         return self._tb_client_dict(payment)

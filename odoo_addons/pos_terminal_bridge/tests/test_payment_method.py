@@ -152,3 +152,21 @@ class TestPaymentMethod(TerminalBridgePosCase):
         self.assertIn(f"/pos_terminal_bridge/static/src/odoo{major}/install.js", mine)
         self.assertIn("/pos_terminal_bridge/static/src/core/payment_terminal_bridge.js", mine)
         self.assertFalse([p for p in mine if "/odoo" in p and f"/odoo{major}/" not in p], mine)
+
+    def test_status_is_the_newest_attempt_of_the_line(self):
+        self.tb_method.tb_send_payment(self.pay_data("retried-line"))
+        first = self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "retried-line")])
+        first.write({"state": "declined"})
+        self.tb_method.tb_send_payment(self.pay_data("retried-line/2"))
+        self.assertEqual(self.tb_method.tb_status("retried-line")["command_id"], "retried-line/2")
+        self.assertEqual(self.tb_method.tb_status("retried-line")["state"], "queued")
+
+    def test_refund_finds_the_approved_attempt(self):
+        self.tb_method.tb_send_payment(self.pay_data("twice-line"))
+        self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "twice-line")]).state = "declined"
+        self.tb_method.tb_send_payment(self.pay_data("twice-line/2"))
+        approved = self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "twice-line/2")])
+        approved.state = "approved"
+        self.tb_method.tb_refund(self.pay_data("refund-twice", amount=12.34, refund_of="twice-line"))
+        refund = self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "refund-twice")])
+        self.assertEqual(refund.refund_of_id, approved)

@@ -198,3 +198,14 @@ class TestToursWithBridge(TerminalBridgeTourCase):
         self.assertEqual(len(starts), 1)
         self.assertEqual(len(self.bench.terminal_requests("till-ok")), 1)
         self.assertEqual(self.order().state, "paid")
+
+    def test_linked_refund_through_the_original_payment(self):
+        self.start_bench("Card approves")
+        self.tour("TerminalBridgeRefund")
+        original, refund = self.payments()
+        self.assertEqual((original.kind, original.state), ("debit", "approved"))
+        self.assertEqual((refund.kind, refund.state), ("refund", "approved"))
+        self.assertEqual(refund.refund_of_id, original)
+        self.assertEqual(refund.amount, original.amount)
+        self.assertEqual(refund.command_ids.filtered(lambda c: c.op == "payment.refund").uuid, refund.command_id)
+        self.assertEqual(len(self.bench.terminal_requests("till-ok")), 2)

@@ -204,8 +204,9 @@ export function makeTerminalBridgePayment(PaymentInterface) {
             if (payment.cancel_status && this.tbCancelWaiters[uuid] && !payment.is_final) {
                 this.tbCancelAnswer(uuid, payment);
             }
-            if (payment.state === "in_progress" && last?.state !== "in_progress") {
-                this.tbNotify(_t("The terminal has the payment: waiting for the customer's card."), "info");
+            if (["accepted", "in_progress"].includes(payment.state) && !["accepted", "in_progress"].includes(last?.state)) {
+                // The bridge answered: from now on a cancel needs the terminal.
+                this.tbNotify(_t("The bridge took the payment: follow the terminal."), "info");
             }
             if (!FINAL.has(payment.state)) {
                 if (!waiter && !line.isDone?.() && getStatus(line) !== "done") {

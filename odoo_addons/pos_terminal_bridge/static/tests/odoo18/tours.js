@@ -7,4 +7,7 @@ import * as ReceiptScreen from "@point_of_sale/../tests/tours/utils/receipt_scre
 import * as TicketScreen from "@point_of_sale/../tests/tours/utils/ticket_screen_util";
 import { registerTerminalBridgeTours } from "@pos_terminal_bridge/../tests/tours/terminal_bridge_tours";
 
-registerTerminalBridgeTours({ Chrome, Dialog, ProductScreen, PaymentScreen, ReceiptScreen, TicketScreen, major: 18 });
+const openRefunds = () => ProductScreen.clickRefund();
+registerTerminalBridgeTours({
+    Chrome, Dialog, ProductScreen, PaymentScreen, ReceiptScreen, TicketScreen, openRefunds, major: 18,
+});

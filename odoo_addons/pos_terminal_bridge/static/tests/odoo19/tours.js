@@ -7,4 +7,7 @@ import * as ReceiptScreen from "@point_of_sale/../tests/pos/tours/utils/receipt_
 import * as TicketScreen from "@point_of_sale/../tests/pos/tours/utils/ticket_screen_util";
 import { registerTerminalBridgeTours } from "@pos_terminal_bridge/../tests/tours/terminal_bridge_tours";
 
-registerTerminalBridgeTours({ Chrome, Dialog, ProductScreen, PaymentScreen, ReceiptScreen, TicketScreen, major: 19 });
+const openRefunds = () => [Chrome.clickOrders(), TicketScreen.selectFilter("Paid")].flat();
+registerTerminalBridgeTours({
+    Chrome, Dialog, ProductScreen, PaymentScreen, ReceiptScreen, TicketScreen, openRefunds, major: 19,
+});

@@ -8,7 +8,9 @@ import { registry } from "@web/core/registry";
 /** How long a step may wait for the bridge and the terminal (ms): a payment takes about a second here. */
 const BRIDGE = 30000;
 
-export function registerTerminalBridgeTours({ Chrome, Dialog, ProductScreen, PaymentScreen, ReceiptScreen, TicketScreen, major }) {
+export function registerTerminalBridgeTours({
+    Chrome, Dialog, ProductScreen, PaymentScreen, ReceiptScreen, TicketScreen, openRefunds, major,
+}) {
     const open = () => [Chrome.startPoS(), Dialog.confirm("Open Register")].flat();
     const sell = () =>
         [
@@ -83,7 +85,11 @@ export function registerTerminalBridgeTours({ Chrome, Dialog, ProductScreen, Pay
         dialog("Payment declined"),
         button("Ok"),
         status("Transaction cancelled"),
-        PaymentScreen.clickPaymentlineDelButton("Card declines", "", false),
+        {
+            content: "delete the declined line",
+            trigger: `.paymentline .payment-infos:contains("Card declines") ~ .delete-button`,
+            run: "click",
+        },
         PaymentScreen.clickPaymentMethod("Card approves"),
         received(),
     ]);
@@ -104,10 +110,15 @@ export function registerTerminalBridgeTours({ Chrome, Dialog, ProductScreen, Pay
         open(),
         sell(),
         PaymentScreen.clickPaymentMethod("Card waits"),
-        status("Waiting for card"),
+        notification("The bridge took the payment"),
         lineButton(".send_payment_cancel", "Cancel"),
-        notification("terminal"),
+        // A Caisse-AP terminal over TCP has no cancel message: the POS says only the terminal can cancel, and
+        // keeps waiting until the terminal confirms (here the simulated customer presses the red button).
+        notification("on the terminal itself"),
         status("Waiting for card"),
+        dialog("Payment cancelled"),
+        button("Ok"),
+        status("Transaction cancelled"),
     ]);
 
     for (const [answer, end] of [
@@ -151,20 +162,21 @@ export function registerTerminalBridgeTours({ Chrome, Dialog, ProductScreen, Pay
         received(),
     ]);
 
-    if (TicketScreen) {
-        add("TerminalBridgeRefund", () => [
-            open(),
-            Chrome.clickMenuOption ? Chrome.clickMenuOption("Orders") : [],
-            TicketScreen.selectFilter("Paid"),
-            TicketScreen.selectOrder("-0001"),
-            ProductScreen.clickNumpad("1"),
-            TicketScreen.confirmRefund(),
-            PaymentScreen.isShown(),
-            PaymentScreen.clickPaymentMethod("Card approves"),
-            major >= 19 ? { trigger: ".send_refund_request", run: "click" } : [],
-            status("Refund Successful"),
-            PaymentScreen.clickValidate(),
-            received(),
-        ]);
-    }
+    add("TerminalBridgeRefund", () => [
+        open(),
+        sell(),
+        PaymentScreen.clickPaymentMethod("Card approves"),
+        received(),
+        ReceiptScreen.clickNextOrder(),
+        openRefunds(),
+        TicketScreen.selectOrderByPrice("1.98"),
+        ProductScreen.clickNumpad("1"),
+        TicketScreen.confirmRefund(),
+        PaymentScreen.isShown(),
+        PaymentScreen.clickPaymentMethod("Card approves"),
+        // Odoo 19 waits for the cashier's "Refund" click on a refund order; Odoo 18 sends it at once.
+        major >= 19 ? { content: "send the refund", trigger: ".payment-screen .send_refund_request", run: "click" } : [],
+        // Refunded on the terminal: the order validates itself, as a paid one does.
+        received(),
+    ]);
 }
