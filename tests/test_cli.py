@@ -12,8 +12,8 @@ from bridge import __version__
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tb(*args, timeout=30, **kw):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def tb(*args, timeout=30, env=None, **kw):
+    env = env or dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, **kw)
 
@@ -23,8 +23,9 @@ def test_version():
     assert (result.returncode, result.stdout.strip()) == (0, f"terminal-bridge {__version__}")
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check-config"], ["client", "add"], ["pay"], ["payments"],
-                                     ["resolve"], ["simulate", "caisse-ap"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["check-config"], ["client", "add"], ["client", "credentials"],
+                                     ["pay"], ["refund"], ["payments"], ["resolve"], ["simulate", "caisse-ap"],
+                                     ["demo"]])
 def test_every_command_has_help(command):
     result = tb(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -35,6 +36,35 @@ def test_every_command_has_help(command):
 def test_no_command_prints_help_and_fails():
     result = tb()
     assert result.returncode == 2 and "check-config" in result.stdout
+
+
+@pytest.mark.parametrize("command, actions", [("client", ("add", "credentials")), ("simulate", ("caisse-ap",))])
+def test_a_command_without_its_action_prints_its_own_usage(command, actions):
+    result = tb(command)
+    assert result.returncode == 2
+    assert f"usage: terminal-bridge {command}" in result.stdout, result.stdout
+    assert all(action in result.stdout for action in actions) and "--terminal-port" not in result.stdout
+
+
+def test_global_options_are_accepted_after_the_command(tmp_path):
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nstate_dir = state\n")
+    result = tb("payments", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "No journal yet" in result.stdout and str(tmp_path / "state") in result.stdout
+    assert tb("check-config", "-c", str(config)).returncode == 0
+    assert tb("client", "add", "pos-1", "--config", str(config)).returncode == 0
+    assert "[client:pos-1]" in (tmp_path / "clients.conf").read_text()
+
+
+def test_payments_options_have_help_and_a_bogus_state_is_refused(tmp_path):
+    helped = tb("payments", "--help").stdout
+    assert "show at most" in helped and "only the payments of this terminal" in helped and "unknown" in helped
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nstate_dir = state\n")
+    result = tb("-c", str(config), "payments", "--state", "bogus")
+    assert result.returncode == 2 and "invalid choice: 'bogus'" in result.stderr
+    assert "No payments match" not in result.stdout
 
 
 def test_check_config_names_problems_and_exits_78(tmp_path):
@@ -72,6 +102,62 @@ def test_client_add_prints_secrets_once_and_stores_them_privately(tmp_path):
     assert tb("-c", str(config), "client", "add", "pos-1").returncode == 2  # the name is taken
 
 
+def _tls(state):
+    from bridge.api.tls import ensure_certificate, fingerprint_of_pem
+
+    ensure_certificate(str(state / "tls" / "bridge.crt"), str(state / "tls" / "bridge.key"))
+    return fingerprint_of_pem((state / "tls" / "bridge.crt").read_bytes())
+
+
+def test_client_add_writes_the_fingerprint_and_the_address_with_terminals_configured(tmp_path):
+    """README's flow on an installed bridge: a terminal configured, listening on every address."""
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nlisten = 0.0.0.0:9443\nstate_dir = state\n"
+                      "[terminal:till-1]\ntype = caisse-ap-tcp\naddress = 192.0.2.7:8888\n"
+                      "[terminal:back]\ntype = caisse-ap-serial\ndevice = /dev/ttyACM0\n")
+    fingerprint = _tls(tmp_path / "state")
+    creds = tmp_path / "pos-1.json"
+    result = tb("-c", str(config), "client", "add", "pos-1", "--write-credentials", str(creds))
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr
+    data = json.loads(creds.read_text())
+    assert data["fingerprint"] == fingerprint
+    assert data["url"].startswith("wss://") and data["url"].endswith(":9443") and "0.0.0.0" not in data["url"]
+    assert data["url"] in result.stdout
+
+
+def test_client_add_before_the_first_start_warns_and_client_credentials_writes_the_file_again(tmp_path):
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nlisten = 127.0.0.1:9443\nstate_dir = state\n")
+    creds = tmp_path / "pos-1.json"
+    result = tb("-c", str(config), "client", "add", "pos-1", "--write-credentials", str(creds))
+    assert result.returncode == 0, result.stderr
+    assert "no fingerprint to check the bridge against" in result.stderr
+    assert f"terminal-bridge client credentials pos-1 --write-credentials {creds}" in result.stderr
+    first = json.loads(creds.read_text())
+    assert "fingerprint" not in first and first["url"] == "wss://127.0.0.1:9443"
+    fingerprint = _tls(tmp_path / "state")  # the bridge's first start
+    again = tb("-c", str(config), "client", "credentials", "pos-1", "--write-credentials", str(creds))
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert first["secret_in"] not in again.stdout  # the secrets are not printed again
+    assert json.loads(creds.read_text()) == dict(first, fingerprint=fingerprint)
+    assert os.stat(creds).st_mode & 0o777 == 0o600
+    missing = tb("-c", str(config), "client", "credentials", "pos-9", "--write-credentials", str(creds))
+    assert missing.returncode == 2 and "No client named 'pos-9'" in missing.stderr and "pos-1" in missing.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_client_add_under_sudo_gives_the_credentials_file_to_who_ran_sudo(tmp_path):
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nstate_dir = state\n")
+    creds = tmp_path / "pos.json"
+    result = tb("-c", str(config), "client", "add", "pos-1", "--write-credentials", str(creds),
+                env=dict(os.environ, PYTHONPATH=ROOT, SUDO_UID="65534", SUDO_GID="65534"))
+    assert result.returncode == 0, result.stderr
+    st = os.stat(creds)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o600)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
 def test_client_add_as_root_gives_the_file_to_the_bridges_account(tmp_path):
     config = tmp_path / "bridge.conf"
@@ -86,6 +172,30 @@ def test_client_add_as_root_gives_the_file_to_the_bridges_account(tmp_path):
 def test_pay_without_credentials_explains(tmp_path):
     result = tb("pay", "--terminal", "t", "--amount", "1")
     assert result.returncode == 2 and "--credentials" in result.stderr
+
+
+def test_pay_says_credentials_are_required_and_explains_a_file_that_is_not_json(tmp_path):
+    usage = tb("pay", "--help").stdout
+    assert "--credentials FILE" in usage and "[--credentials" not in usage
+    creds = tmp_path / "c.json"
+    creds.write_text("client_id = x\n")
+    result = tb("pay", "--credentials", str(creds), "--terminal", "t", "--amount", "1")
+    assert result.returncode == 2
+    assert "is not the JSON file `client add --write-credentials` writes" in result.stderr, result.stderr
+    assert "Expecting value" not in result.stderr
+    creds.write_text(json.dumps({"client_id": "c"}))
+    result = tb("pay", "--credentials", str(creds), "--terminal", "t", "--amount", "1")
+    assert result.returncode == 2 and "has no secret_in" in result.stderr, result.stderr
+
+
+def test_a_refund_says_it_is_a_refund():
+    from bridge.cli.pay import describe_outcome
+
+    refund = {"state": "approved", "amount": 500, "currency": "EUR", "kind": "refund",
+              "details": {"authorisation": "654321", "refund_of": "pay_1"}}
+    assert describe_outcome(refund) == "REFUND APPROVED: 5.00 EUR, refund of pay_1, authorisation 654321."
+    assert describe_outcome(dict(refund, kind="debit", details={})) == "APPROVED: 5.00 EUR."
+    assert describe_outcome(dict(refund, state="declined")).startswith("REFUND DECLINED: 5.00 EUR.")
 
 
 def test_pay_refuses_a_bad_amount_before_connecting(tmp_path):
@@ -124,7 +234,7 @@ def test_run_and_pay_against_a_real_daemon(tmp_path):
         assert "listening" in lost.stdout.readline()
         assert tb("-c", str(config), "client", "add", "pos", "--write-credentials", str(creds),
                   "--url", f"wss://127.0.0.1:{port}").returncode == 0
-        assert tb("-c", str(config), "client", "add", "store-it", "--rights", "read,resolve,admin",
+        assert tb("-c", str(config), "client", "add", "store-it", "--rights", "read,resolve,refund,admin",
                   "--write-credentials", str(it_creds), "--url", f"wss://127.0.0.1:{port}").returncode == 0
         daemon = subprocess.Popen([sys.executable, "-m", "bridge", "-c", str(config), "run"], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -134,7 +244,6 @@ def test_run_and_pay_against_a_real_daemon(tmp_path):
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.1)
-        # `client add` ran before the first start, so the credentials carry no fingerprint: pass it.
     except BaseException:
         for process in (daemon, sim, lost):
             if process is not None:
@@ -144,10 +253,20 @@ def test_run_and_pay_against_a_real_daemon(tmp_path):
         from bridge.api.tls import fingerprint_of_pem
 
         fingerprint = fingerprint_of_pem((tmp_path / "state" / "tls" / "bridge.crt").read_bytes())
-        result = tb("pay", "--credentials", str(creds), "--fingerprint", fingerprint, "--terminal", "till",
-                    "--amount", "12.34", "--currency", "EUR")
+        # `client add` ran before the first start: the credentials carry no fingerprint, and `pay` says so.
+        blind = tb("pay", "--credentials", str(creds), "--terminal", "till", "--amount", "12.34")
+        assert blind.returncode == 2, blind.stdout + blind.stderr
+        assert "has no fingerprint to check the bridge's certificate against" in blind.stderr, blind.stderr
+        assert "not the expected one" not in blind.stderr
+        # Written again once the bridge has started, the file is all `pay` needs.
+        assert tb("-c", str(config), "client", "credentials", "pos", "--write-credentials", str(creds)).returncode == 0
+        result = tb("pay", "--credentials", str(creds), "--terminal", "till", "--amount", "12.34", "--currency", "EUR")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "APPROVED: 12.34 EUR" in result.stdout and "authorisation" in result.stdout
+        paid = result.stdout.split("Payment ", 1)[1].split()[0]
+        refund = tb("refund", paid, "--amount", "2.00", "--credentials", str(it_creds), "--fingerprint", fingerprint)
+        assert refund.returncode == 0, refund.stdout + refund.stderr
+        assert f"REFUND APPROVED: 2.00 EUR, refund of {paid}" in refund.stdout
         listing = tb("-c", str(config), "payments")
         assert listing.returncode == 0 and "approved" in listing.stdout and "12.34 EUR" in listing.stdout
         wrong = tb("pay", "--credentials", str(creds), "--fingerprint", "AB" * 32, "--terminal", "till",

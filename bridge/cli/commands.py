@@ -7,9 +7,11 @@ import json
 import os
 import sys
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-from bridge.config import DEFAULT_RIGHTS, RIGHTS, ConfigError, add_client, load
+from bridge.config import DEFAULT_RIGHTS, RIGHTS, ConfigError, _host_port, add_client, load
+from bridge.core.states import ALL_STATES
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd shows it, Restart=on-failure won't loop fast
 
@@ -45,9 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="HMAC hash for signatures (default: %(default)s)")
     add.add_argument("--write-credentials", metavar="FILE",
                      help="also write the client's credentials as JSON to FILE (mode 0600), for `pay`")
-    add.add_argument("--url", help="the bridge's wss:// address to put into the credentials file")
+    add.add_argument("--url", help="the bridge's wss:// address to put into the credentials file (default: "
+                                   "from `listen`, or this machine's address when it listens on all of them)")
     add.set_defaults(handler=cmd_client_add)
-    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+    again = client_sub.add_parser(
+        "credentials", help="write a client's credentials file again (e.g. once the certificate exists)",
+        description="Write the credentials file of an existing client again, with the bridge's address and the "
+                    "fingerprint of its certificate: after the bridge's first start made the certificate, or after "
+                    "the certificate or the address changed. The secrets are not printed.")
+    again.add_argument("name", help="the client's name, as given to `client add`")
+    again.add_argument("--write-credentials", metavar="FILE", required=True,
+                       help="where to write the credentials as JSON (mode 0600)")
+    again.add_argument("--url", help="the bridge's wss:// address (default: as for `client add`)")
+    again.set_defaults(handler=cmd_client_credentials)
+    p.set_defaults(handler=usage_of(p))
 
     p = sub.add_parser(
         "pay", help="make a payment through a running bridge (a test client)", formatter_class=formatter,
@@ -63,8 +76,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     add_connection_arguments(p)
     p.add_argument("--command-id", help="the command id (default: a new random one); re-use it to retry safely")
-    p.add_argument("--timeout", type=float, default=240.0, help="give up waiting after this many seconds")
+    p.add_argument("--timeout", type=float, default=240.0,
+                   help="stop waiting after this many seconds; the outcome is then unknown (default: %(default)s)")
     p.set_defaults(handler=cmd_pay)
+
+    p = sub.add_parser(
+        "refund", help="refund an approved payment through a running bridge", formatter_class=formatter,
+        description="Refund all or part of an approved card payment on the terminal that took it, and follow the "
+                    "refund to its end. The client needs the refund right: `terminal-bridge client add "
+                    "back-office --rights read,refund --write-credentials back-office.json`.",
+        epilog="Exit status: 0 refunded, 1 declined, cancelled or failed, 3 unknown (check the terminal's "
+               "receipt), 2 the command could not be sent.")
+    p.add_argument("payment_id", metavar="PAYMENT_ID", help="the approved payment to refund, e.g. pay_3f9c...")
+    p.add_argument("--amount", help="the amount to refund in major units, e.g. 5.00 (default: all that is left)")
+    add_connection_arguments(p)
+    p.add_argument("--command-id", help="the command id (default: a new random one); re-use it to retry safely")
+    p.add_argument("--timeout", type=float, default=240.0,
+                   help="stop waiting after this many seconds; the outcome is then unknown (default: %(default)s)")
+    p.set_defaults(handler=cmd_refund)
 
     p = sub.add_parser(
         "resolve", help="settle an unknown payment with what the terminal's receipt shows",
@@ -90,9 +119,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("payments", help="list recent payments from the journal (for store IT)",
                        description="List recent payments and their states, newest first, read from the "
                                    "journal on this machine.")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--terminal")
-    p.add_argument("--state")
+    p.add_argument("--limit", type=int, default=20, help="show at most this many payments (default: %(default)s)")
+    p.add_argument("--terminal", help="only the payments of this terminal (its name in the configuration)")
+    p.add_argument("--state", choices=ALL_STATES, metavar="STATE",
+                   help=f"only the payments in this state: {', '.join(ALL_STATES)}")
     p.set_defaults(handler=cmd_payments)
     from bridge.cli import uplink as uplink_cli
 
@@ -112,7 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from bridge.cli import stripe as stripe_cli
 
     stripe_cli.simulate_parser(sim_sub)
-    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(handler=usage_of(p))
     stripe_cli.register(sub)
 
     p = sub.add_parser("demo", help="run a demo bridge with simulated terminals (used by `make run`)",
@@ -124,6 +154,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--terminal-port", type=int, default=18888,
                    help="first port of the simulated terminals (default: %(default)s)")
     p.set_defaults(handler=cmd_demo)
+
+
+def usage_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The handler of a command given without its action: its own usage, exit status 2."""
+
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return handler
 
 
 def _load_config(args: argparse.Namespace):
@@ -190,16 +230,123 @@ def cmd_client_add(args: argparse.Namespace) -> int:
     print(f"  outbound secret: {secret_out}   (the client checks the bridge's replies with it)")
     print(f"  algorithm:       HMAC-{args.algorithm.upper()}")
     if args.write_credentials:
-        data: dict[str, Any] = {"client_id": client_id, "secret_in": secret_in, "secret_out": secret_out,
-                                "algorithm": args.algorithm}
-        if args.url:
-            data["url"] = args.url
-        fingerprint = _bridge_fingerprint(args.config)
-        if fingerprint:
-            data["fingerprint"] = fingerprint
-        write_private_json(args.write_credentials, data)
-        print(f"Credentials written to {args.write_credentials} (mode 0600).")
+        return _write_credentials(args, client_id, secret_in, secret_out, args.algorithm)
     return 0
+
+
+def cmd_client_credentials(args: argparse.Namespace) -> int:
+    from bridge.config import load_clients
+
+    clients_file, _state_dir = _clients_file_and_state_dir(args.config)
+    clients = load_clients(clients_file, [])
+    client = clients.get(args.name)
+    if client is None:
+        known = ", ".join(sorted(clients)) or "none yet"
+        print(f"No client named {args.name!r} in {clients_file} (clients: {known}).", file=sys.stderr)
+        return 2
+    return _write_credentials(args, client.id, client.secret_in, client.secret_out, client.algorithm)
+
+
+def _write_credentials(args: argparse.Namespace, client_id: str, secret_in: str, secret_out: str,
+                       algorithm: str) -> int:
+    """Write the credentials file `pay` reads, with the bridge's address and certificate fingerprint; warn on
+    standard error about what cannot be known yet."""
+    data: dict[str, Any] = {"client_id": client_id, "secret_in": secret_in, "secret_out": secret_out,
+                            "algorithm": algorithm}
+    endpoint = bridge_endpoint(args.config)
+    url = args.url or endpoint.url
+    if url:
+        data["url"] = url
+    else:
+        print("Warning: the bridge's address cannot be known yet (it listens on a port chosen at start); "
+              "add it with --url wss://HOST:PORT.", file=sys.stderr)
+    if endpoint.fingerprint:
+        data["fingerprint"] = endpoint.fingerprint
+    else:
+        print(f"Warning: the bridge has no certificate yet ({endpoint.certificate} is made at its first start), "
+              "so the credentials file has no fingerprint to check the bridge against. Once the bridge has "
+              "started, write the file again:\n"
+              f"  terminal-bridge client credentials {args.name} --write-credentials {args.write_credentials}",
+              file=sys.stderr)
+    try:
+        write_private_json(args.write_credentials, data, owner=_invoking_user())
+    except OSError as e:
+        print(f"Could not write the credentials file: {e}", file=sys.stderr)
+        return 2
+    print(f"Credentials written to {args.write_credentials} (mode 0600)"
+          + (f", for the bridge at {url}." if url else "."))
+    return 0
+
+
+def _invoking_user() -> Optional[tuple[int, int]]:
+    """Under sudo, the account that ran sudo: a credentials file written for them must be theirs to read."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return int(os.environ["SUDO_UID"]), int(os.environ["SUDO_GID"])
+    except (KeyError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class BridgeEndpoint:
+    """What a client needs to reach this machine's bridge: its address and its certificate's fingerprint."""
+
+    url: Optional[str]
+    certificate: str
+    fingerprint: Optional[str]
+
+
+def bridge_endpoint(config_path: str) -> BridgeEndpoint:
+    """The bridge's wss:// address and certificate fingerprint, read from the ``[bridge]`` section alone: the
+    rest of the configuration (terminals, uplinks) may have problems, or types this need not know."""
+    import configparser
+
+    from bridge.api.tls import fingerprint_of_pem
+    from bridge.config import DEFAULT_PORT, DEFAULT_STATE_DIR
+
+    parser = configparser.ConfigParser(interpolation=None, default_section="__no_defaults__")
+    try:
+        parser.read(config_path, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        pass
+    section = parser["bridge"] if parser.has_section("bridge") else {}
+    base = os.path.dirname(os.path.abspath(config_path))
+    state_dir = os.path.join(base, section.get("state_dir", "") or DEFAULT_STATE_DIR)
+    certificate = os.path.join(base, section.get("tls_certificate", "")
+                               or os.path.join(state_dir, "tls", "bridge.crt"))
+    try:
+        with open(certificate, "rb") as f:
+            fingerprint: Optional[str] = fingerprint_of_pem(f.read())
+    except (OSError, ValueError):
+        fingerprint = None
+    url = None
+    host, port = _host_port(section.get("listen", "") or f"0.0.0.0:{DEFAULT_PORT}", DEFAULT_PORT)
+    if port:  # port 0 (any free port, for tests) is only known once the bridge runs
+        if host in ("0.0.0.0", "::"):
+            host = machine_address(ipv6=host == "::")
+        url = f"wss://[{host}]:{port}" if ":" in host else f"wss://{host}:{port}"
+    return BridgeEndpoint(url, certificate, fingerprint)
+
+
+def machine_address(ipv6: bool = False) -> str:
+    """The address the shop's other machines reach this one at: the source address of the default route (no
+    packet is sent), else the host name's address, else the loopback address."""
+    import socket
+
+    family, probe = (socket.AF_INET6, "2001:db8::1") if ipv6 else (socket.AF_INET, "192.0.2.1")
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            return s.getsockname()[0]
+    except OSError:
+        pass
+    if not ipv6:
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            pass
+    return "::1" if ipv6 else "127.0.0.1"
 
 
 def _clients_file_and_state_dir(config_path: str) -> tuple[str, str]:
@@ -219,23 +366,12 @@ def _clients_file_and_state_dir(config_path: str) -> tuple[str, str]:
     return os.path.join(base, name), os.path.join(base, state_dir)
 
 
-def _bridge_fingerprint(config_path: str) -> str | None:
-    try:
-        config = load(config_path, {})
-    except ConfigError:
-        return None
-    from bridge.api.tls import fingerprint_of_pem
-
-    try:
-        with open(config.tls_certificate, "rb") as f:
-            return fingerprint_of_pem(f.read())
-    except OSError:
-        return None
-
-
-def write_private_json(path: str, data: dict[str, Any]) -> None:
+def write_private_json(path: str, data: dict[str, Any], owner: Optional[tuple[int, int]] = None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)  # a file that already existed keeps its mode through os.open
+        if owner is not None:
+            os.fchown(f.fileno(), *owner)
         json.dump(data, f, indent=2)
         f.write("\n")
 
@@ -244,6 +380,12 @@ def cmd_pay(args: argparse.Namespace) -> int:
     from bridge.cli.pay import run_pay
 
     return run_pay(args)
+
+
+def cmd_refund(args: argparse.Namespace) -> int:
+    from bridge.cli.pay import run_refund
+
+    return run_refund(args)
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:

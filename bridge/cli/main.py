@@ -42,7 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the configuration file (default: {DEFAULT_CONFIG_PATH}, or $TERMINAL_BRIDGE_CONFIG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.register(sub)
+    _accept_global_options_after_the_command(sub)
     return parser
+
+
+def _accept_global_options_after_the_command(sub: argparse._SubParsersAction) -> None:
+    """`terminal-bridge payments --config demo/bridge.conf` means what `terminal-bridge --config ... payments`
+    means: every command (and action) accepts --config too, and only overrides it when given."""
+    for command in set(sub.choices.values()):
+        command.add_argument("--config", "-c", metavar="PATH", default=argparse.SUPPRESS,
+                             help="the configuration file (as before the command)")
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_global_options_after_the_command(action)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

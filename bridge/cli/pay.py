@@ -1,13 +1,23 @@
-"""`terminal-bridge pay`: a test client that makes one payment and follows it to its end."""
+"""`terminal-bridge pay` and `refund`: a test client that makes one payment and follows it to its end.
+
+It follows the payment across a lost connection: the loss is noticed at once (a closed connection, or
+WebSocket pings left unanswered), the client connects again and sends the same command with the same id, which
+the bridge answers with the existing payment (it never starts a second one), and the events it missed come
+back after ``hello``.  When the bridge cannot be reached again, the outcome is ``unknown`` (exit 3), never a
+guess, with the payment's id and the command that checks it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.task import deferLater
 
 from bridge.api.client import Credentials, connect
 from bridge.core.money import currency, format_major, parse_major
@@ -15,8 +25,15 @@ from bridge.errors import BridgeError
 
 EXIT_APPROVED, EXIT_NOT_APPROVED, EXIT_ERROR, EXIT_UNKNOWN = 0, 1, 2, 3
 
+#: Seconds between attempts to reach the bridge again after a lost connection (about 15 s in all: a bridge
+#: restarted by systemd is back well within that).
+RECONNECT_DELAYS = (0.5, 1.0, 1.5, 2.0, 3.0, 3.0, 4.0)
+#: A WebSocket ping after this many quiet seconds, and the connection counts as lost when its pong takes longer:
+#: a bridge that vanished without closing the connection (power, network) is noticed too.
+PING_INTERVAL = 5.0
+
 PROGRESS = {
-    "accepted": "The bridge recorded the payment.",
+    "accepted": "The bridge recorded the {what}.",
     "in_progress": "Sent to the terminal: waiting for the customer's card...",
 }
 
@@ -28,8 +45,11 @@ def describe_outcome(payment: dict[str, Any]) -> str:
     state = payment["state"]
     reason = (payment.get("reason") or {}).get("message") or ""
     details = payment.get("details") or {}
+    refund = "REFUND " if payment.get("kind") == "refund" else ""
     if state == "approved":
-        parts = [f"APPROVED: {amount}"]
+        parts = [f"{refund}APPROVED: {amount}"]
+        if details.get("refund_of"):
+            parts.append(f"refund of {details['refund_of']}")
         if details.get("authorisation"):
             parts.append(f"authorisation {details['authorisation']}")
         if details.get("card_masked"):
@@ -39,7 +59,9 @@ def describe_outcome(payment: dict[str, Any]) -> str:
         return ", ".join(parts) + "."
     words = {"declined": "DECLINED", "cancelled": "CANCELLED", "failed": "FAILED (nothing was charged)",
              "unknown": "UNKNOWN: check the terminal's receipt before charging again"}
-    return f"{words.get(state, state.upper())}: {amount}. {reason}".strip()
+    if refund and state == "failed":
+        words["failed"] = "FAILED (nothing was refunded)"
+    return f"{refund}{words.get(state, state.upper())}: {amount}. {reason}".strip()
 
 
 def exit_code_for(state: str) -> int:
@@ -57,13 +79,44 @@ def run_pay(args: argparse.Namespace) -> int:
     except BridgeError as e:
         print(e.message, file=sys.stderr)
         return EXIT_ERROR
+    command_id = args.command_id or uuid.uuid4().hex
+    check = check_command(["pay", "--terminal", args.terminal, "--amount", args.amount, "--currency", cur.code]
+                          + (["--refund"] if args.refund else []) + (["--cheque"] if args.cheque else []),
+                          args, command_id)
 
     def work(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str]) -> Deferred:
         return pay(reactor, url, creds, fingerprint, args.cafile, args.terminal, amount, cur.code,
                    "refund" if args.refund else "debit", "cheque" if args.cheque else "card",
-                   args.command_id or uuid.uuid4().hex, args.timeout, echo=print)
+                   command_id, args.timeout, echo=print, check=check)
 
     return run_remote(args, work)
+
+
+def run_refund(args: argparse.Namespace) -> int:
+    command_id = args.command_id or uuid.uuid4().hex
+    extra = ["--amount", args.amount] if args.amount else []
+    check = check_command(["refund", args.payment_id, *extra], args, command_id)
+
+    @inlineCallbacks
+    def work(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str]):
+        arguments: dict[str, Any] = {"payment_id": args.payment_id}
+        if args.amount:
+            original = yield get_payment(reactor, url, creds, fingerprint, args.cafile, args.payment_id)
+            arguments["amount"] = parse_major(args.amount, currency(original["currency"]))
+        result = yield follow(reactor, url, creds, fingerprint, args.cafile, "payment.refund", arguments,
+                              command_id, args.timeout, echo=print, check=check, what="refund")
+        return result
+
+    return run_remote(args, work)
+
+
+def check_command(words: Sequence[str], args: argparse.Namespace, command_id: str) -> str:
+    """The command that follows the same payment again (the same command id never starts a second one)."""
+    connection = ["--credentials", args.credentials]
+    for option in ("url", "fingerprint", "cafile"):
+        if getattr(args, option, None):
+            connection += [f"--{option}", getattr(args, option)]
+    return shlex.join(["terminal-bridge", *words, *connection, "--command-id", command_id])
 
 
 def run_remote(args: argparse.Namespace,
@@ -90,7 +143,14 @@ def run_remote(args: argparse.Namespace,
         try:
             result[0] = yield work(reactor, url, creds, fingerprint)
         except BridgeError as e:
-            print(f"Error ({e.code}): {e.message}", file=sys.stderr)
+            if e.code == "certificate_mismatch" and not fingerprint and not args.cafile:
+                print(f"Error (certificate_mismatch): {args.credentials} has no fingerprint to check the "
+                      "bridge's certificate against, and the certificate is not signed by a known authority. "
+                      "Write the file again on the bridge (`terminal-bridge client credentials NAME "
+                      "--write-credentials FILE`) or pass --fingerprint (shown by `terminal-bridge doctor`).",
+                      file=sys.stderr)
+            else:
+                print(f"Error ({e.code}): {e.message}", file=sys.stderr)
         except Exception as e:  # a connection or TLS failure
             print(f"Could not talk to the bridge at {url}: {e}", file=sys.stderr)
         finally:
@@ -103,8 +163,8 @@ def run_remote(args: argparse.Namespace,
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """--credentials, --url, --fingerprint and --cafile: how a command reaches a running bridge."""
-    parser.add_argument("--credentials", metavar="FILE",
-                        help="the JSON file written by `client add --write-credentials`")
+    parser.add_argument("--credentials", metavar="FILE", required=True,
+                        help="the JSON file written by `client add --write-credentials` (required)")
     parser.add_argument("--url", help="the bridge's address, wss://HOST:PORT (default: from the credentials file)")
     parser.add_argument("--fingerprint", help="the SHA-256 fingerprint of the bridge's certificate to pin "
                                               "(default: from the credentials file)")
@@ -115,48 +175,157 @@ def _credentials(args: argparse.Namespace) -> tuple[Credentials, dict[str, Any]]
     if not args.credentials:
         raise BridgeError("bad_request", "Give --credentials FILE (written by `terminal-bridge client add "
                                          "--write-credentials FILE`).")
+    written_by = "Write it with `terminal-bridge client credentials NAME --write-credentials FILE` on the bridge."
     try:
         return Credentials.from_file(args.credentials)
-    except (OSError, ValueError, KeyError) as e:
-        raise BridgeError("bad_request", f"Cannot read the credentials file {args.credentials}: {e}") from None
+    except OSError as e:
+        raise BridgeError("bad_request", f"Cannot read the credentials file {args.credentials}: "
+                                         f"{e.strerror or e}.") from None
+    except (ValueError, UnicodeDecodeError):
+        raise BridgeError("bad_request", f"The credentials file {args.credentials} is not the JSON file "
+                                         f"`client add --write-credentials` writes. {written_by}") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        missing = f" (it has no {e.args[0]})" if isinstance(e, KeyError) else ""
+        raise BridgeError("bad_request", f"The credentials file {args.credentials} lacks the client's id or "
+                                         f"secrets{missing}. {written_by}") from None
 
 
 @inlineCallbacks
+def get_payment(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
+                payment_id: str):
+    """One ``payment.get`` on a connection of its own."""
+    _factory, opened = connect(reactor, url, creds, fingerprint=fingerprint, cafile=cafile)
+    proto = yield opened
+    try:
+        yield proto.call("hello", {"client": creds.client_id})
+        payment = yield proto.call("payment.get", {"payment_id": payment_id})
+    finally:
+        proto.sendClose()
+    return payment
+
+
 def pay(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
         terminal: str, amount: int, currency_code: str, kind: str, method: str, command_id: str,
-        timeout: float, echo: Any = print):
-    """Start a payment and wait for its final state; returns the exit code."""
-    factory, opened = connect(reactor, url, creds, fingerprint=fingerprint, cafile=cafile)
-    proto = yield opened
-    final: Deferred = Deferred()
-    seen_states: list[str] = []
+        timeout: float, echo: Any = print, check: str = "",
+        reconnect_delays: Sequence[float] = RECONNECT_DELAYS,
+        ping_interval: Optional[float] = PING_INTERVAL) -> "Deferred[int]":
+    """Start a payment and wait for its final state; fires with the exit code."""
+    return follow(reactor, url, creds, fingerprint, cafile, "payment.start",
+                  {"terminal": terminal, "amount": amount, "currency": currency_code, "kind": kind,
+                   "method": method}, command_id, timeout, echo, check, reconnect_delays,
+                  what="refund" if kind == "refund" else "payment", ping_interval=ping_interval)
 
-    def on_event(event: dict[str, Any]) -> None:
-        payment = event.get("payment") or {}
-        if payment.get("command_id") != command_id:
-            return
+
+class _Lost(Exception):
+    """The connection to the bridge closed before the payment's end was known."""
+
+
+@inlineCallbacks
+def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
+           op: str, arguments: dict[str, Any], command_id: str, timeout: float, echo: Any = print,
+           check: str = "", reconnect_delays: Sequence[float] = RECONNECT_DELAYS, what: str = "payment",
+           ping_interval: Optional[float] = PING_INTERVAL):
+    """Send ``op`` (``payment.start`` or ``payment.refund``) with ``command_id`` and follow the payment it
+    makes to its end, across lost connections; fires with the exit code."""
+    deadline = reactor.seconds() + timeout
+    seen_states: list[str] = []
+    known: dict[str, Any] = {}  # the latest payment object
+    sent = False  # once the command may have reached the bridge, a failure to learn its end is `unknown`
+    delays = iter(reconnect_delays)
+    first = True
+    announced: list[str] = []
+
+    def note(payment: dict[str, Any]) -> None:
+        known.clear()
+        known.update(payment)
         state = payment.get("state")
         if state not in seen_states:
             seen_states.append(state)
             if state in PROGRESS:
-                echo(PROGRESS[state])
-        proto.call("events.ack", {"seq": event["seq"]}).addErrback(lambda f: None)
-        if payment.get("final") and not final.called:
-            final.callback(payment)
+                echo(PROGRESS[state].format(what=what))
 
-    factory.on_event = on_event
-    try:
-        yield proto.call("hello", {"client": creds.client_id})
-        payment = yield proto.call("payment.start", {"terminal": terminal, "amount": amount,
-                                                     "currency": currency_code, "kind": kind, "method": method},
-                                   message_id=command_id)
-        echo(f"Payment {payment['id']} started on {terminal}.")
-        if payment.get("final"):
-            outcome = payment
-        else:
-            final.addTimeout(timeout, reactor)
-            outcome = yield final
-    finally:
-        proto.sendClose()
-    echo(describe_outcome(outcome))
-    return exit_code_for(outcome["state"])
+    while True:
+        if not first:
+            delay = next(delays, None)
+            if delay is None:
+                return _give_up(echo, known, sent, check, what, f"the bridge at {url} cannot be reached again")
+            yield deferLater(reactor, delay, lambda: None)
+        try:
+            factory, opened = connect(reactor, url, creds, fingerprint=fingerprint, cafile=cafile)
+            if ping_interval:
+                factory.setProtocolOptions(autoPingInterval=ping_interval, autoPingTimeout=ping_interval)
+            proto = yield opened
+        except Exception:
+            if first and not sent:
+                raise
+            first = False
+            continue
+        first = False
+        ended: Deferred = Deferred()
+
+        def on_event(event: dict[str, Any], proto: Any = proto, ended: Deferred = ended) -> None:
+            payment = event.get("payment") or {}
+            if payment.get("command_id") != command_id:
+                return
+            note(payment)
+            proto.call("events.ack", {"seq": event["seq"]}).addErrback(lambda f: None)
+            if payment.get("final") and not ended.called:
+                ended.callback(payment)
+
+        factory.on_event = on_event
+        factory.closed.addBoth(lambda _, ended=ended: None if ended.called else ended.errback(_Lost()))
+        outcome: Optional[dict[str, Any]] = None
+        lost, error = False, None
+        try:
+            yield proto.call("hello", {"client": creds.client_id})
+            sent = True
+            payment = yield proto.call(op, arguments, message_id=command_id)
+            if not announced:
+                announced.append(payment["id"])
+                echo(f"{what.capitalize()} {payment['id']} started on {payment.get('terminal')}.")
+            note(payment)
+            if payment.get("final") and not ended.called:
+                ended.callback(payment)
+            remaining = deadline - reactor.seconds()
+            if not ended.called:
+                ended.addTimeout(max(remaining, 0), reactor)
+            outcome = yield ended
+        except _Lost:
+            lost = True
+        except TimeoutError:
+            pass  # outcome stays None: not ended in time
+        except BridgeError as e:
+            lost, error = e.code == "connection_lost", e
+        except Exception as e:
+            error = e
+        finally:
+            if proto.state != proto.STATE_CLOSED:
+                proto.sendClose()
+                yield factory.closed.addErrback(lambda f: None)
+        if lost:
+            ended.addErrback(lambda f: None)  # nobody waits on it any more
+            echo("The connection to the bridge was lost: connecting again...")
+            continue
+        if error is not None:
+            raise error
+        if outcome is None:
+            return _give_up(echo, known, sent, check, what, f"it did not end within {timeout:g} s")
+        echo(describe_outcome(outcome))
+        return exit_code_for(outcome["state"])
+
+
+def _give_up(echo: Any, known: dict[str, Any], sent: bool, check: str, what: str, why: str) -> int:
+    """The end of a payment that could not be learnt: unknown, with what checks it."""
+    if not sent:
+        raise BridgeError("connection_lost", f"The {what} could not be sent: {why}.")
+    if known.get("id"):
+        cur = currency(known["currency"])
+        amount = f"{format_major(known['amount'], cur)} {cur.code}"
+        echo(f"UNKNOWN: {amount}. The {what} {known['id']} was last seen {known.get('state')}, but {why}: "
+             "it may have gone through. Check it before charging again:")
+    else:
+        echo(f"UNKNOWN: the bridge may have recorded the {what}, but {why}. Check it before charging again:")
+    if check:
+        echo(f"  {check}")
+    echo("(the same command id follows the same payment; it never starts a second one)")
+    return EXIT_UNKNOWN
