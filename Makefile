@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 .PHONY: run test test-bookworm test-odoo lint-odoo bench deb check-deb ci clean help
 
 help:
-	@echo "make run            start the bridge in demo mode (simulated terminals, self-signed TLS)"
+	@echo "make run            start the bridge in demo mode (simulated terminals, self-signed TLS);"
+	@echo "                    PORT=... TERMINAL_PORT=... choose its ports (default 8443, 18888 and up)"
 	@echo "make test           run the test suite in a virtual environment (current PyPI releases)"
 	@echo "make test-bookworm  run the test suite on Debian bookworm's own python3-* packages"
 	@echo "make test-odoo      the Odoo addons (odoo_addons/) under Odoo's own test runner on 19.0 and 18.0, with"
@@ -22,11 +23,15 @@ $(STAMP): setup.cfg pyproject.toml
 	scripts/ensure-system-deps.sh dev
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -e '.[test,systemd]'
+	$(VPY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# make run PORT=9443 TERMINAL_PORT=19888: other ports than 8443 and 18888-18891 (a second demo, a busy port).
+PORT ?= 8443
+TERMINAL_PORT ?= 18888
+
 run: $(STAMP)
-	$(VENV)/bin/terminal-bridge demo --dir demo
+	$(VENV)/bin/terminal-bridge demo --dir demo --port $(PORT) --terminal-port $(TERMINAL_PORT)
 
 test: $(STAMP)
 	$(VPY) -m pytest $(PYTEST_ARGS)
