@@ -136,24 +136,54 @@ def test_watchdog_pings_at_half_the_interval(systemd):
     service.stopService()
 
 
-def test_watchdog_says_stopping_and_stops_pinging(systemd):
+def test_watchdog_stops_pinging_and_leaves_stopping_to_the_daemon(systemd):
     clock = Clock()
     service = watchdog(systemd, clock, interval=30.0)
     service.startService()
     systemd.pending()
     service.stopService()
     clock.advance(60)
-    assert systemd.pending() == ["STOPPING=1"]
+    assert systemd.pending() == []
     assert clock.getDelayedCalls() == []
 
 
-def test_watchdog_without_interval_only_says_stopping(systemd):
+def test_watchdog_without_interval_says_nothing(systemd):
     clock = Clock()
     service = watchdog(systemd, clock, interval=None)
     service.startService()
     clock.advance(60)
     service.stopService()
-    assert systemd.pending() == ["STOPPING=1"]
+    assert systemd.pending() == []
+
+
+def test_the_daemon_says_stopping_once(tmp_path):
+    """`terminal-bridge run` as systemd runs it: READY=1, then SIGTERM, then exactly one STOPPING=1."""
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nlisten = 127.0.0.1:0\nstate_dir = state\n")
+    address = str(tmp_path / "notify")
+    systemd = FakeSystemd(address)
+    systemd.sock.settimeout(30)
+    env = dict(os.environ, PYTHONPATH=root, NOTIFY_SOCKET=address, WATCHDOG_USEC="60000000")
+    daemon = subprocess.Popen([sys.executable, "-m", "bridge", "-c", str(config), "run"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        received = []
+        while not any(m.startswith("READY=1") for m in received):
+            received.append(systemd.receive())
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+        received += systemd.pending()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        systemd.close()
+    assert [m for m in received if "STOPPING=1" in m] == ["STOPPING=1"], received
 
 
 def test_watchdog_stays_silent_while_unhealthy(systemd):

@@ -116,7 +116,10 @@ def _one_line(text: str) -> str:
 
 
 class WatchdogService(Service):
-    """Pings systemd's watchdog from the reactor thread; says STOPPING=1 on stop.
+    """Pings systemd's watchdog from the reactor thread.
+
+    It does not say STOPPING=1 when it stops: the daemon says it once, as its stop begins (systemd needs it
+    once; it was sent twice when both said it).
 
     The ping is a LoopingCall on ``clock`` every ``interval / 2`` seconds, so a
     reactor that is blocked or deadlocked stops pinging and systemd restarts the
@@ -151,7 +154,6 @@ class WatchdogService(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        self._notify("STOPPING=1")
         return super().stopService()
 
     def _ping(self):
