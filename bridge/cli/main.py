@@ -25,7 +25,8 @@ Typical first steps:
   terminal-bridge pay --credentials pos-1.json --terminal till-1 --amount 12.34 --currency EUR
                                                make a test payment
 
-Documentation: /usr/share/doc/terminal-bridge/ and `man terminal-bridge`.
+Documentation: /usr/share/doc/terminal-bridge/README.md, /usr/share/doc/terminal-bridge/docs/ and
+`man terminal-bridge`.
 """
 
 
