@@ -495,3 +495,24 @@ def test_cheque_approval_has_no_card_details():
     assert outcome.state == states.APPROVED
     assert outcome.details["application"] == "Cheque"
     assert "card_masked" not in outcome.details
+
+
+@pytest.mark.parametrize("af", ["04", "02", "05", "99"])
+def test_a_refused_cheque_is_not_said_to_be_declined_by_the_bank(af):
+    """The i2200 cheque printer answers AF=04 whatever went wrong (protocols/caisse-ap-answers.md)."""
+    outcome = outcome_from_answer(payment(method=CHEQUE), answer(AE="01", AF=af, CC="00C"))
+    assert (outcome.state, outcome.code) == (states.DECLINED, "cheque_refused")
+    assert "cheque" in outcome.message and "bank" not in outcome.message
+
+
+def test_a_refused_card_still_says_the_bank_declined_it():
+    outcome = outcome_from_answer(payment(), answer(AE="01", AF="04"))
+    assert outcome.message == "The card was declined by the bank."
+
+
+@pytest.mark.parametrize("cb", ["0", "00", "000000000000", "1234", "999999999999", None])
+def test_an_answer_that_is_not_an_approval_is_never_judged_by_its_amount(cb):
+    for af, state in (("04", states.DECLINED), ("11", states.CANCELLED), ("06", states.CANCELLED)):
+        outcome = outcome_from_answer(payment(1234), answer(AE="01", AF=af, CB=cb))
+        assert outcome.state == state
+        assert "amount_authorised" not in outcome.details

@@ -170,3 +170,20 @@ def test_decoding_arbitrary_bytes_either_works_or_says_why(data):
         decode_answer(data)
     except MalformedAnswer as error:
         assert error.reason
+
+
+@pytest.mark.parametrize("mnt", [b"00000000", b"00001250", b"00099999", b"        ", b"????????"])
+def test_a_refusal_is_judged_by_its_status_never_by_its_amount(mnt):
+    """Vendors differ (protocols/caisse-ap-answers.md): Ingenico sends zeros on an abandon, others echo the
+    amount; a refusal is a refusal whatever stands in MNT, and no amount is recorded from it."""
+    decoded = decode_answer(b"017" + mnt + b"1" + b"978" + b" " * 10)
+    outcome = outcome_from_answer(REQUEST, decoded)
+    assert (outcome.state, outcome.code) == (states.DECLINED, "terminal_refused")
+    assert "amount_authorised" not in outcome.details
+
+
+def test_a_refused_cheque_is_not_said_to_be_declined_by_the_bank():
+    cheque = PaymentRequest("pay-c", DEBIT, 1250, EUR, method=CHEQUE)
+    outcome = outcome_from_answer(cheque, answer(status="7", amount=0, mode="C"))
+    assert (outcome.state, outcome.code) == (states.DECLINED, "cheque_refused")
+    assert "cheque" in outcome.message and "bank" not in outcome.message

@@ -572,6 +572,20 @@ def test_a_terminal_that_answers_the_second_check_keeps_its_port():
     assert len(factory.ports) == 1 and factory.ports[0].open
 
 
+def test_an_unplugged_terminal_is_not_said_to_be_up():
+    clock, factory, driver = clock_driver()
+    factory.error = None
+    clock.advance(0)
+    factory.ports[0].protocol.dataReceived(bytes([0x06]))  # the check at open is answered
+    assert (driver.status()["state"], driver.status()["health"]) == ("idle", "up")
+    factory.error = OSError(2, "No such file or directory")
+    factory.ports[0].loseConnection()  # USB unplugged
+    gone = driver.status()
+    assert (gone["state"], gone["health"]) == ("disconnected", "unchecked"), gone
+    clock.advance(30.0)  # reopening keeps failing
+    assert (driver.status()["state"], driver.status()["health"]) == ("disconnected", "unchecked")
+
+
 def test_device_lost_mid_payment_before_the_frame_is_failed():
     clock, factory, driver = clock_driver(health_interval=0.0)
     factory.error = None

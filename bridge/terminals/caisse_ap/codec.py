@@ -299,6 +299,11 @@ _NOT_DONE: dict[str, tuple[str, str, str]] = {
     "13": (states.FAILED, "unsupported_currency", "The terminal does not accept this currency. Nothing was charged."),
 }
 _REFUSED = (states.DECLINED, "terminal_refused", "The terminal refused the {what}. Nothing was charged.")
+#: A cheque the terminal did not print or accept: no bank was asked (an Ingenico with its cheque printer answers
+#: AF=04 whatever the cause: cancelled with the red button, or the cheque inserted the wrong way).
+CHEQUE_REFUSED = (states.DECLINED, "cheque_refused",
+                  "The terminal refused the cheque (cancelled on the terminal, or the cheque could not be printed). "
+                  "Nothing was paid.")
 
 
 def mask_card_number(text: str) -> str:
@@ -339,7 +344,8 @@ def _answer_details(fields: Mapping[str, str]) -> dict[str, object]:
 def outcome_from_answer(request: PaymentRequest, fields: Mapping[str, str], pos_number: str = "01") -> Outcome:
     """What the terminal's answer means for ``request`` (sent with ``pos_number``).
 
-    Echoes are checked only on success: a cancelled transaction carries no real amount (CB zeros).  An approval
+    Echoes are checked only on success: a cancelled transaction carries no real amount (CB zeros on an Ingenico,
+    the request's amount elsewhere), so an answer that is not an approval is never judged by its amount.  An approval
     for another amount than asked (partial authorisation) is ``unknown`` with ``amount_mismatch``: money may
     have moved, but not the amount the till expects, so a person has to look.
     """
@@ -356,6 +362,11 @@ def outcome_from_answer(request: PaymentRequest, fields: Mapping[str, str], pos_
                 details,
             )
         state, code, message = _NOT_DONE.get(reason, _REFUSED)
+        if request.method == CHEQUE and state == states.DECLINED:
+            state, code, message = CHEQUE_REFUSED
+        # The amount of an answer that is not an approval means nothing (zeros after a cancel on some terminals,
+        # the request's amount on others): it is neither checked nor recorded.
+        details.pop("amount_authorised", None)
         return Outcome(state, code, message.format(what=what), details)
     if status != STATUS_DONE:
         return Outcome(

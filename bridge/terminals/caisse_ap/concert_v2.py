@@ -83,7 +83,7 @@ class V2Request:
 class V2Answer:
     pos_number: str
     status: str
-    amount: int
+    amount: Optional[int]  # None when a terminal's refusal carries no number there
     mode: str
     currency: str
     private: str
@@ -177,11 +177,14 @@ def decode_answer(payload: bytes) -> V2Answer:
     currency, private = tail[0:3], tail[3:13]
     if not _digits(pos_number, 2):
         raise MalformedAnswer(f"the POS number {pos_number!r} is not two digits")
-    if not _digits(amount, 8):
+    # The amount is only read, never required: an answer that is not an approval may carry zeros, the
+    # request's amount or anything else (what vendors do differs), and must still be understood as a refusal.
+    if status == STATUS_ACCEPTED and not _digits(amount, 8):
         raise MalformedAnswer(f"the amount {amount!r} is not eight digits")
-    if not _digits(currency, 3):
+    if status == STATUS_ACCEPTED and not _digits(currency, 3):
         raise MalformedAnswer(f"the currency {currency!r} is not three digits")
-    return V2Answer(pos_number, status, int(amount), mode, currency, private, has_report)
+    return V2Answer(pos_number, status, int(amount) if _digits(amount, 8) else None, mode, currency, private,
+                    has_report)
 
 
 def outcome_from_answer(request: PaymentRequest, answer: V2Answer, pos_number: str = "01") -> Outcome:
@@ -190,17 +193,22 @@ def outcome_from_answer(request: PaymentRequest, answer: V2Answer, pos_number: s
     details: dict[str, object] = {
         "terminal_code": f"status={answer.status}",
         "application": APPLICATIONS.get(answer.mode, "Other"),
-        "amount_authorised": answer.amount,
     }
     if answer.private.strip():
         details["terminal_reference"] = answer.private.strip()
-    if answer.status == STATUS_REFUSED:
+    if answer.status == STATUS_REFUSED:  # judged by its status alone: its amount means nothing
+        if request.method == CHEQUE:
+            return Outcome(states.DECLINED, "cheque_refused",
+                           "The terminal refused the cheque (cancelled on the terminal, or the cheque could not be "
+                           "printed). Nothing was paid.", details)
         return Outcome(
             states.DECLINED,
             "terminal_refused",
             f"The terminal refused the {what}, or it was cancelled on the terminal. Nothing was charged.",
             details,
         )
+    if answer.status == STATUS_ACCEPTED and answer.amount is not None:
+        details["amount_authorised"] = answer.amount
     if answer.status != STATUS_ACCEPTED:  # 9 "not verified" included: nobody says no money moved
         return Outcome(
             states.UNKNOWN,
@@ -209,7 +217,7 @@ def outcome_from_answer(request: PaymentRequest, answer: V2Answer, pos_number: s
             f"{_CHECK_RECEIPT}",
             details,
         )
-    if answer.pos_number != pos_number or answer.currency != request.currency.numeric:
+    if answer.pos_number != pos_number or answer.currency != request.currency.numeric or answer.amount is None:
         return Outcome(
             states.UNKNOWN,
             "answer_mismatch",

@@ -403,6 +403,7 @@ class CaisseAPSerialDriver:
         self._runner = None
         self._port = None
         self._line_protocol = None
+        self._health = HEALTH_UNCHECKED  # nothing can answer on a device that is gone
         if self._stopping:
             self._disconnected = "Stopped."
         else:
