@@ -516,3 +516,14 @@ def test_an_answer_that_is_not_an_approval_is_never_judged_by_its_amount(cb):
         outcome = outcome_from_answer(payment(1234), answer(AE="01", AF=af, CB=cb))
         assert outcome.state == state
         assert "amount_authorised" not in outcome.details
+
+
+@settings(max_examples=300)
+@given(st.integers(min_value=1, max_value=999_999_999_999))
+def test_the_bridge_always_sends_cb_as_2_to_12_digits_which_a_strict_terminal_accepts(amount):
+    from bridge.terminals.caisse_ap.simulator import SimulatorScript, answer_fields
+
+    fields = parse_message(encode_request(payment(amount)))
+    cb = dict(fields)["CB"]
+    assert 2 <= len(cb) <= 12 and cb.isdigit() and int(cb) == amount
+    assert dict(answer_fields(fields, SimulatorScript()))["AE"] == "10"

@@ -187,3 +187,25 @@ def test_a_refused_cheque_is_not_said_to_be_declined_by_the_bank():
     outcome = outcome_from_answer(cheque, answer(status="7", amount=0, mode="C"))
     assert (outcome.state, outcome.code) == (states.DECLINED, "cheque_refused")
     assert "cheque" in outcome.message and "bank" not in outcome.message
+
+
+@pytest.mark.parametrize("outcome", ["decline", "abandon"])
+@pytest.mark.parametrize("vendor, refused_amount, mnt", [
+    # Assumed: an Ingenico builds its V2 answer from the same result as V3, whose red-button CB is all zeros.
+    ("ingenico", None, 0),
+    ("nepting", None, 1250),
+    # pyTeliumManager checks an answer's amount against the request's bounds: a zero amount breaks it.
+    ("ingenico", "echo", 1250),
+])
+def test_the_v2_simulators_amount_in_a_refusal_follows_the_vendor_profile(outcome, vendor, refused_amount, mnt):
+    from twisted.internet.task import Clock
+
+    from bridge.terminals.caisse_ap.serial_simulator import PROTOCOL_V2, SerialTerminal
+    from bridge.terminals.caisse_ap.simulator import SimulatorScript
+
+    script = SimulatorScript(outcome=outcome, vendor=vendor, refused_amount=refused_amount)
+    terminal = SerialTerminal(Clock(), script, protocol=PROTOCOL_V2)
+    reply = decode_answer(terminal.answer_to(concert_v2.encode_request(REQUEST)))
+    assert (reply.status, reply.amount) == (concert_v2.STATUS_REFUSED, mnt)
+    approved = SerialTerminal(Clock(), SimulatorScript(vendor=vendor), protocol=PROTOCOL_V2)
+    assert decode_answer(approved.answer_to(concert_v2.encode_request(REQUEST))).amount == 1250

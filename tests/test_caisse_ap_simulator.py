@@ -86,12 +86,46 @@ def test_refund_is_approved():
 def test_decline_uses_the_scripted_af():
     reply = answered(None, SimulatorScript(outcome="decline", af="05"))
     assert (reply["AE"], reply["AF"]) == ("01", "05")
-    assert reply["CB"] == "1234"
 
 
-def test_abandon_is_af11_with_zero_amount_like_a_red_button():
+def test_abandon_is_af11_with_zero_amount_like_an_ingenicos_red_button():
     reply = answered(None, SimulatorScript(outcome="abandon"))
     assert (reply["AE"], reply["AF"], reply["CB"]) == ("01", "11", "0000")
+
+
+@pytest.mark.parametrize("outcome", ["decline", "abandon"])
+@pytest.mark.parametrize("vendor, refused_amount, cb", [
+    ("ingenico", None, "0000"),  # assumed for a decline too: nothing was debited (caisse-ap-answers.md)
+    ("nepting", None, "1234"),  # a Nepting refusal echoes the requested amount [spec]
+    ("payxpert", None, "1234"),  # PayXpert copies CB from the request [spec]
+    ("ingenico", "echo", "1234"),
+    ("nepting", "zeros", "0000"),
+])
+def test_the_amount_of_a_refusal_follows_the_vendor_profile(outcome, vendor, refused_amount, cb):
+    reply = answered(None, SimulatorScript(outcome=outcome, vendor=vendor, refused_amount=refused_amount))
+    assert (reply["AE"], reply["CB"]) == ("01", cb)
+
+
+def test_an_unknown_vendor_or_refused_amount_is_refused():
+    with pytest.raises(ValueError, match="vendor"):
+        SimulatorScript(vendor="acme")
+    with pytest.raises(ValueError, match="refused_amount"):
+        SimulatorScript(refused_amount="half")
+
+
+@pytest.mark.parametrize("cb", ["5", "0"])
+def test_a_one_digit_amount_is_a_format_error_unless_lenient(cb):
+    """OCA's module sends CB0015 for 0.05; the specification says CB is 2 to 12 digits."""
+    strict = answered(request(CB=cb))
+    assert (strict["AE"], strict["AF"]) == ("01", "09")
+    assert not {"AA", "AC", "CI"} & set(strict)  # no card data in a format error
+    lenient = answered(request(CB=cb), SimulatorScript(lenient_amount=True))
+    assert (lenient["AE"], lenient["CB"]) == ("10", cb)
+
+
+def test_lenient_still_refuses_thirteen_digits():
+    reply = answered(request(CB="1" * 13), SimulatorScript(lenient_amount=True))
+    assert (reply["AE"], reply["AF"]) == ("01", "09")
 
 
 def test_never_stays_silent():

@@ -46,6 +46,13 @@ def test_a_command_without_its_action_prints_its_own_usage(command, actions):
     assert all(action in result.stdout for action in actions) and "--terminal-port" not in result.stdout
 
 
+def test_simulate_says_caisse_ap_is_tcp_and_serial():
+    listed = tb("simulate", "--help").stdout
+    line = next(line for line in listed.splitlines() if line.strip().startswith("caisse-ap"))
+    assert "TCP" in line and "serial" in line
+    assert "--serial" in tb("simulate", "caisse-ap", "--help").stdout.split("options:", 1)[0]
+
+
 def test_global_options_are_accepted_after_the_command(tmp_path):
     config = tmp_path / "bridge.conf"
     config.write_text("[bridge]\nstate_dir = state\n")

@@ -132,8 +132,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim_sub = p.add_subparsers(dest="simulator", metavar="KIND")
     from bridge.terminals.caisse_ap.simulator import add_simulator_arguments
 
-    sim = sim_sub.add_parser("caisse-ap", help="a Caisse-AP terminal over TCP", formatter_class=formatter,
-                             description="Answer Caisse-AP requests like a real terminal, with scripted outcomes.")
+    sim = sim_sub.add_parser(
+        "caisse-ap", help="a Caisse-AP terminal over TCP, or on a serial line (--serial)", formatter_class=formatter,
+        description="Answer Caisse-AP requests like a real terminal, with scripted outcomes: over TCP (--listen), "
+                    "or with --serial on a pseudo-terminal that stands for a serial or USB cable, speaking "
+                    "Caisse-AP or Concert V2 (--protocol).")
     add_simulator_arguments(sim)
     from bridge.terminals.caisse_ap.serial_simulator import add_serial_arguments
 

@@ -318,7 +318,8 @@ class SerialTerminal:
         status = _V2_STATUS.get(script.outcome, concert_v2.STATUS_REFUSED)
         if request.currency not in self.currencies:
             status = concert_v2.STATUS_REFUSED
-        amount = 0 if script.outcome == ABANDON else request.amount
+        refused = status != concert_v2.STATUS_ACCEPTED
+        amount = 0 if refused and script.zeros_when_refused else request.amount
         mode = concert_v2.MODE_CHEQUE if script.cheque else request.mode
         report = None
         if request.answer_flag == concert_v2.ANSWER_WITH_REPORT:

@@ -3,6 +3,13 @@
 Like a terminal, it reads bytes until they parse as a whole request (a trailing CR/LF is tolerated), checks
 the mandatory tags (``AF=09`` when one is missing or badly formed), the action (``AF=12``) and the currency
 (``AF=13``), then answers with every request tag echoed and its own tags added.
+
+What real terminals do where vendors differ (``shared/protocols/caisse-ap-answers.md``) is a vendor profile:
+
+- the amount of an answer that is not an approval: an Ingenico puts zeros there (seen on a Desk/5000 after the
+  red button; assumed for its refusals and for Concert V2's MNT), Nepting and PayXpert echo the request's;
+- a one-digit CB (``CB0015`` for 0.05, as OCA's module sends it): the specification says 2 to 12 digits, so it
+  is a format error (``AF=09``) by default; ``lenient_amount`` accepts it, as Nepting apparently does.
 """
 
 from __future__ import annotations
@@ -59,6 +66,15 @@ _AF_UNKNOWN_ACTION = "12"
 _AF_UNSUPPORTED_CURRENCY = "13"
 _AF_OPERATOR_ABANDON = "11"
 
+#: The amount of an answer that is not an approval: ``zeros`` or ``echo`` (the request's).
+REFUSED_AMOUNT_ZEROS = "zeros"
+REFUSED_AMOUNT_ECHO = "echo"
+REFUSED_AMOUNTS = (REFUSED_AMOUNT_ZEROS, REFUSED_AMOUNT_ECHO)
+#: Vendor profiles: what each one puts in the amount of an answer that is not an approval.
+VENDORS = {"ingenico": REFUSED_AMOUNT_ZEROS, "nepting": REFUSED_AMOUNT_ECHO, "payxpert": REFUSED_AMOUNT_ECHO}
+DEFAULT_VENDOR = "ingenico"
+_LENIENT_CB = re.compile(r"\d{1,12}\Z")
+
 
 @dataclass(frozen=True)
 class SimulatorScript:
@@ -73,8 +89,16 @@ class SimulatorScript:
     garbage: bool = False  # answer with bytes that are no Caisse-AP message
     cheque: bool = False  # print a cheque: CC=00C, no card tags
     disconnect: bool = False  # drop the connection instead of answering
+    vendor: str = DEFAULT_VENDOR  # a key of VENDORS
+    refused_amount: str | None = None  # zeros | echo: instead of the vendor's choice
+    lenient_amount: bool = False  # accept a one-digit CB (the specification says 2 to 12 digits)
 
     def __post_init__(self) -> None:
+        if self.vendor not in VENDORS:
+            raise ValueError(f"vendor must be one of {', '.join(VENDORS)}, not {self.vendor!r}")
+        if self.refused_amount is not None and self.refused_amount not in REFUSED_AMOUNTS:
+            raise ValueError(f"refused_amount must be one of {', '.join(REFUSED_AMOUNTS)}, not "
+                             f"{self.refused_amount!r}")
         if self.outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {self.outcome!r}")
         if not re.fullmatch(r"\d\d", self.af):
@@ -83,6 +107,11 @@ class SimulatorScript:
             raise ValueError("delay and split_gap cannot be negative")
         if self.split < 1:
             raise ValueError("split must be at least 1")
+
+    @property
+    def zeros_when_refused(self) -> bool:
+        """Whether an answer that is not an approval carries a zero amount (else the request's)."""
+        return (self.refused_amount or VENDORS[self.vendor]) == REFUSED_AMOUNT_ZEROS
 
 
 def answer_fields(
@@ -100,8 +129,9 @@ def answer_fields(
         answer.update(AE=STATUS_NOT_DONE, AF=af)
         return list(answer.items())
 
-    if any(tag not in fields or not _FORMATS[tag].match(fields[tag]) for tag in MANDATORY_TAGS):
-        return refuse(_AF_FORMAT_ERROR)
+    formats = dict(_FORMATS, CB=_LENIENT_CB) if script.lenient_amount else _FORMATS
+    if any(tag not in fields or not formats[tag].match(fields[tag]) for tag in MANDATORY_TAGS):
+        return refuse(_AF_FORMAT_ERROR)  # answered at once, the request's tags echoed, no card data
     if fields["CD"] not in SUPPORTED_ACTIONS:
         return refuse(_AF_UNKNOWN_ACTION)
     if fields["CE"] not in currencies:
@@ -111,11 +141,10 @@ def answer_fields(
         return list(answer.items())
     if script.outcome == NEVER:
         return None
-    if script.outcome == DECLINE:
-        return refuse(script.af)
-    if script.outcome == ABANDON:
-        answer["CB"] = "0" * len(fields["CB"])  # a red-button cancel carries no real amount (Desk/5000)
-        return refuse(_AF_OPERATOR_ABANDON)
+    if script.outcome in (DECLINE, ABANDON):
+        if script.zeros_when_refused:
+            answer["CB"] = "0" * len(fields["CB"])  # nothing was debited (a Desk/5000 after the red button)
+        return refuse(script.af if script.outcome == DECLINE else _AF_OPERATOR_ABANDON)
     answer["AE"] = STATUS_DONE
     if script.cheque or fields.get("CC") == APPLICATION_CHEQUE:
         answer["CC"] = APPLICATION_CHEQUE
@@ -286,12 +315,23 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disconnect", action="store_true",
                         help="drop the connection after receiving the request, without answering")
     parser.add_argument("--record", metavar="FILE", help="append every request received to FILE, one per line")
+    parser.add_argument("--vendor", choices=tuple(VENDORS), default=DEFAULT_VENDOR,
+                        help="behave like this vendor's terminals where they differ: ingenico puts zeros in the "
+                             "amount of a refusal or an abandon, nepting and payxpert echo the request's "
+                             "(default: %(default)s)")
+    parser.add_argument("--refused-amount", choices=REFUSED_AMOUNTS,
+                        help="the amount of an answer that is not an approval, instead of the vendor's: zeros or "
+                             "echo (e.g. echo for pyTeliumManager, which refuses a zero amount)")
+    parser.add_argument("--lenient-amount", action="store_true",
+                        help="accept a one-digit amount (CB0015 for 0.05, as some tills send it), as some "
+                             "terminals do; by default it is a format error (AF=09): CB is 2 to 12 digits")
 
 
 def script_from_arguments(args: argparse.Namespace) -> SimulatorScript:
     return SimulatorScript(
         outcome=args.outcome, af=args.af, delay=args.delay, split=args.split, keep_open=args.keep_open,
-        garbage=args.garbage, cheque=args.cheque, disconnect=args.disconnect,
+        garbage=args.garbage, cheque=args.cheque, disconnect=args.disconnect, vendor=args.vendor,
+        refused_amount=args.refused_amount, lenient_amount=args.lenient_amount,
     )
 
 
