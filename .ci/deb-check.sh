@@ -258,6 +258,105 @@ print(":".join("%02X" % b for b in cert.fingerprint(hashes.SHA256())))' "$run/st
     check "doctor finds the clients file readable by the service" said "^OK .*clients: .*the service can read it"
 fi
 
+step "an installer's first payment: README's \"Install on a Raspberry Pi\", as written"
+# The commands are read from README.md and run one by one, in a folder holding the .deb, as an installer
+# would type them: lines with sudo as root (with SUDO_UID of the installer, as sudo sets it), the others as
+# the installer (nobody). What this machine lacks is stood in for: sudo (we are root), sudoedit (the edit an
+# installer makes: the till-1 example pointed at a simulated terminal, and a free port), and, without systemd
+# as PID 1, systemctl and the start that apt's postinst asks of systemd (the daemon as _terminal-bridge).
+readme=$(mktemp -d /tmp/terminal-bridge-readme.XXXXXX)
+apt-get purge -y -q terminal-bridge >/dev/null  # a machine that never had it
+cp "$deb" "$readme/"
+chown -R 65534:65534 "$readme"
+chmod 755 "$readme"
+free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
+sim_port=$(free_port)
+bridge_port=$(free_port)
+daemon_pid=
+# The shop's card terminal: the source tree's simulator (the package is not installed yet).
+setpriv --reuid=65534 --regid=65534 --clear-groups env PYTHONPATH="$repo" \
+    /usr/bin/python3 -m bridge simulate caisse-ap --listen "tcp:$sim_port:interface=127.0.0.1" --delay 1 \
+    >"$readme/simulator.log" 2>&1 &
+sim_pid=$!
+wait_listening() { # wait_listening PORT: until something accepts connections there (at most 20 s)
+    /usr/bin/python3 - "$1" <<'EOF'
+import socket, sys, time
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0:
+            sys.exit(0)
+    time.sleep(0.2)
+sys.exit(1)
+EOF
+}
+start_service() { # what systemd does for `systemctl (re)start terminal-bridge`, where it is not PID 1
+    stop_service
+    setpriv --reuid="$user" --regid="$user" --init-groups /usr/bin/terminal-bridge run >>"$readme/daemon.log" 2>&1 &
+    daemon_pid=$!
+    local port
+    port=$(sed -n 's/^listen = .*:\([0-9]*\)$/\1/p' /etc/terminal-bridge/bridge.conf | head -1)
+    if [ -z "$port" ]; then
+        # The default port may be another program's on a shared build machine: only its first start's
+        # certificate matters here (the README's edit chooses the port).
+        for _ in $(seq 100); do [ -f /var/lib/terminal-bridge/tls/bridge.crt ] && return 0; sleep 0.2; done
+        cat "$readme/daemon.log"; return 1
+    fi
+    wait_listening "$port" || { cat "$readme/daemon.log"; return 1; }
+}
+stop_service() {
+    if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
+    daemon_pid=
+}
+sudo() { SUDO_UID=65534 SUDO_GID=65534 "$@"; }
+sudoedit() {
+    /usr/bin/python3 - "$1" "$sim_port" "$bridge_port" <<'EOF'
+import re, sys
+path, sim_port, bridge_port = sys.argv[1:]
+text = open(path).read()
+text = re.sub(r"(?m)^#listen = .*$", f"listen = 0.0.0.0:{bridge_port}", text, count=1)
+start = text.index("#[terminal:till-1]")
+head, example = text[:start], text[start:]
+for line in ("#[terminal:till-1]", "#type = caisse-ap-tcp"):
+    example = example.replace(line, line[1:], 1)
+example = re.sub(r"(?m)^#address = .*$", f"address = 127.0.0.1:{sim_port}", example, count=1)
+open(path, "w").write(head + example)
+EOF
+}
+wait_listening "$sim_port" || fail "the simulated terminal did not start: $(cat "$readme/simulator.log")"
+if [ ! -d /run/systemd/system ]; then
+    systemctl() { case "$1" in restart|start) start_service ;; stop) stop_service ;; *) command systemctl "$@" ;; esac; }
+fi
+readme_ok=1
+pay_out=
+while IFS= read -r line; do
+    command_line=$(sed 's/[[:space:]]\+#.*$//' <<<"$line")
+    [ -n "$command_line" ] || continue
+    echo "    \$ $command_line"
+    if [[ $command_line == sudo* ]]; then
+        (cd "$readme" && eval "$command_line") </dev/null >"$readme/out" 2>&1 && rc=0 || rc=$?
+    else
+        (cd "$readme" && eval "setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=$readme $command_line") \
+            </dev/null >"$readme/out" 2>&1 && rc=0 || rc=$?
+    fi
+    sed 's/^/      /' "$readme/out" | tail -n 25
+    if [ "$rc" -ne 0 ]; then fail "'$command_line' exited with status $rc"; readme_ok=0; break; fi
+    if [[ $command_line == *"apt install"* ]] && [ ! -d /run/systemd/system ]; then
+        start_service || { fail "the service did not start after apt install"; readme_ok=0; break; }
+    fi
+    if [[ $command_line == *" pay "* ]]; then pay_out=$(cat "$readme/out"); fi
+done < <(awk '/^## Install on a Raspberry Pi/ {f = 1} f && /^```sh/ {b = 1; next} b && /^```/ {exit} b' "$repo/README.md")
+if [ "$readme_ok" = 1 ]; then
+    check "README's steps end in an approved payment" grep -q '^APPROVED: 1.00 EUR' <<<"$pay_out"
+    check "the credentials file is the installer's, mode 600" \
+        test "$(stat -c '%u %a' "$readme/pos-1.json")" = "65534 600"
+fi
+stop_service
+kill "$sim_pid" 2>/dev/null || true
+wait "$sim_pid" 2>/dev/null || true
+unset -f sudo sudoedit systemctl
+rm -rf "$readme"
+
 step "remove keeps config and state; purge removes them"
 echo "# a local change" >> /etc/terminal-bridge/bridge.conf
 touch /var/lib/terminal-bridge/.deb-check
