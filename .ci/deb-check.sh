@@ -71,6 +71,8 @@ check "/usr/bin/terminal-bridge is the launcher" \
 check "the unit is installed" test -f /lib/systemd/system/terminal-bridge.service
 check "the unit is enabled" test -L /etc/systemd/system/multi-user.target.wants/terminal-bridge.service
 check "the man page is installed" test -f /usr/share/man/man8/terminal-bridge.8.gz
+check "README and docs/ are where --help and the man page send the reader" \
+    test -f /usr/share/doc/terminal-bridge/README.md -a -f /usr/share/doc/terminal-bridge/docs/configuration.md
 check "bridge.conf is a conffile" \
     bash -c "dpkg-query -W -f='\${Conffiles}' terminal-bridge | grep -q ' /etc/terminal-bridge/bridge.conf '"
 check "/var/lib/terminal-bridge is owned by $user, mode 750" \

@@ -6,14 +6,15 @@ from another folder.
 """
 
 import os
+import queue
 import re
-import select
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -55,19 +56,32 @@ def make_run_command(port, terminal_port):
     return [sys.executable, "-m", "bridge", *argv[1:]]
 
 
-def read_until(process, pattern, deadline):
-    """Lines of ``process``'s output up to the first matching ``pattern`` (a guard, not a timed assertion)."""
-    lines = []
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            lines += process.stdout.readlines()
-            break
-        if select.select([process.stdout], [], [], 0.5)[0]:
-            line = process.stdout.readline()
-            lines.append(line)
+class Lines:
+    """A process's output lines, read by a thread (select() on a buffered pipe misses lines already read)."""
+
+    def __init__(self, process):
+        self.queue = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, args=(process.stdout,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def until(self, pattern, deadline):
+        """Lines up to the first matching ``pattern`` (the deadline is a guard, not a timed assertion)."""
+        while time.monotonic() < deadline:
+            try:
+                line = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
             if re.search(pattern, line):
-                return lines
-    raise AssertionError("not found: " + pattern + "\n" + "".join(lines))
+                return self.seen
+        raise AssertionError("not found: " + pattern + "\n" + "".join(self.seen))
 
 
 def test_make_run_to_an_approved_payment_with_the_readmes_commands(tmp_path):
@@ -81,7 +95,7 @@ def test_make_run_to_an_approved_payment_with_the_readmes_commands(tmp_path):
     demo = subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
-        banner = read_until(demo, r" pay --credentials ", time.monotonic() + 60)
+        banner = Lines(demo).until(r" pay --credentials ", time.monotonic() + 120)
         pay_line = banner[-1].strip()
         pay_argv = shlex.split(pay_line)
         if not os.path.isabs(pay_argv[0]) and shutil.which(pay_argv[0]) is None:
