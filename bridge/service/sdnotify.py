@@ -5,6 +5,15 @@ AF_UNIX socket named by ``NOTIFY_SOCKET`` (a path, or ``@name`` in the abstract
 namespace). Outside systemd the variable is unset and every call is a cheap no-op
 that returns False, so the daemon runs the same way from a shell.
 
+python3-systemd is used when it is there (the .deb depends on Debian's package);
+otherwise the datagram is sent by hand (``_send_datagram``). The development
+virtual environment of ``make run``/``make test`` deliberately does without it
+(issue #14 item 8, #17 item 9): PyPI's systemd-python builds from source against
+libsystemd-dev, whose version must equal the installed libsystemd0's, so installing
+it for a demo upgraded the machine's systemd. The protocol is one datagram; the
+hand-written sender is all a daemon needs, and ``make test-bookworm`` tests the
+python3-systemd path.
+
 Usage from the entry point::
 
     notifier = StatusReporter()
