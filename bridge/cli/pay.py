@@ -10,7 +10,6 @@ guess, with the payment's id and the command that checks it.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import uuid

@@ -29,7 +29,6 @@ from bridge.terminals.caisse_ap.serial_options import PROTOCOL_TLV, PROTOCOL_V2,
 if TYPE_CHECKING:
     from bridge.terminals.caisse_ap.serial import LinkRunner
 from bridge.terminals.caisse_ap.simulator import (
-    ABANDON,
     APPROVE,
     NEVER,
     SUPPORTED_CURRENCIES,
