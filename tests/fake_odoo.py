@@ -99,6 +99,7 @@ class FakeOdoo:
         self._nonces: set[str] = set()
         # knobs
         self.multi_db = True  # a host of several databases: routes answer 404 without a db-bound session
+        self.websocket_prefork = False  # /websocket reaches a prefork HTTP worker: "HTTP/1.0 500"
         self.websocket_down = False  # the bus answers 503 (a proxy without a route to the gevent port)
         self.ping_interval = 45.0  # Odoo's INACTIVITY_TIMEOUT: a PING after this much silence
         self.pong_timeout = 15.0  # ... and TCP dropped without a close frame if no PONG follows
@@ -455,6 +456,11 @@ class _MaybeDown(Resource):
         self._inner = inner
 
     def render(self, request: Any) -> Any:
+        if self._odoo.websocket_prefork:
+            # Odoo's prefork HTTP worker: it cannot upgrade, and answers with its werkzeug HTTP/1.0 status line.
+            request.clientproto = b"HTTP/1.0"
+            request.setResponseCode(500)
+            return b"Couldn't bind the websocket. Is the connection opened on the evented port (8072)?"
         if self._odoo.websocket_down:
             request.setResponseCode(503)
             return b"Service Unavailable"

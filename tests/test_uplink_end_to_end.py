@@ -340,6 +340,22 @@ class FlowRule(UplinkEndToEnd):
         self.assertFalse(payments_can_flow(dict(up, https=False, bus=True), 1000.0, uplink)[0])
 
 
+class PreforkWithoutRoute(UplinkEndToEnd):
+    fetch_interval = 1
+
+    @inlineCallbacks
+    def test_odoo_answering_the_bus_with_http_1_0_500_says_what_to_route(self):
+        self.odoo.websocket_prefork = True
+        yield self.start_bridge()
+        yield wait_for(lambda: "8072" in (self.status().get("last_error") or ""))
+        error = self.status()["last_error"]
+        self.assertIn("route /websocket to Odoo's gevent port (8072) in the reverse proxy", error)
+        self.assertIn("--workers=0", error)
+        self.assertNotIn("HTTP version", error)
+        self.odoo.queue_command("payment.start", PAYMENT)  # the periodic fetch still runs commands
+        yield self.final_feedback()
+
+
 class WrongCA(UplinkEndToEnd):
     fetch_interval = 1
 

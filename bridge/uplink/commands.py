@@ -26,6 +26,7 @@ from bridge.config import ClientConfig
 from bridge.errors import BridgeError
 from bridge.uplink.config import ACK_PATH, PENDING_PATH, UplinkConfig
 from bridge.uplink.https import HTTPS
+from bridge.uplink.odoo_session import PROXY_CODES, proxy_words
 
 #: The ops Odoo may queue.  hello and events.* belong to a live connection; the uplink has feedback instead.
 UPLINK_OPS = frozenset({"bridge.info", "terminal.list", "terminal.status", "payment.start", "payment.get",
@@ -240,6 +241,8 @@ def _parse_pending(code: int, body: bytes) -> list[Any]:
         words = {401: "the bridge's signature was refused (check the client's outbound secret in Odoo)",
                  403: "the bridge's signature was refused (check the client's outbound secret in Odoo)",
                  404: "the route is missing (is the terminal bridge module installed in this database?)"}
+        if code in PROXY_CODES:
+            raise BridgeError("uplink_unreachable", proxy_words(code))
         raise BridgeError("uplink_refused", words.get(code, f"Odoo answered HTTP {code}"))
     try:
         data = json.loads(body.decode("utf-8"))

@@ -368,6 +368,8 @@ class FeedbackPoster:
                 return DELIVERED
             outcome = REFUSED
             error = f"feedback to {self._url} was answered with HTTP {code}, not 200"
+            if code in (502, 503, 504):
+                error += f" (Odoo is not reachable behind its proxy ({code}): it may be restarting)"
         self.log.warn("Feedback for payment {payment_id} not delivered, will retry: {error}",
                       payment_id=payment["id"], error=error, uplink=self.name, seq=event.seq)
         self._on_result(error)
