@@ -105,6 +105,7 @@ class FakeOdoo:
         self.pong_timeout = 15.0  # ... and TCP dropped without a close frame if no PONG follows
         self.pending_status: Optional[int] = None  # answer /pending with this status instead
         self.pending_hang = False
+        self.pending_padding = 0  # add this many bytes to /pending's answer (an oversized answer)
         self.feedback_failures = 0  # answer this many feedback posts with HTTP 500
         self.feedback_hang = False
         self.sign_commands_with: Optional[str] = None  # a wrong secret: forged commands
@@ -530,7 +531,10 @@ class _Pending(_Route):
         if odoo.check_request(request.content.read()) is None:
             return self.json(request, {"error": "bad signature"}, 403)
         commands = [odoo.served_command(c) for c in odoo.commands.values() if not c.acked]
-        return self.json(request, {"commands": commands})
+        answer: dict[str, Any] = {"commands": commands}
+        if odoo.pending_padding:
+            answer["padding"] = "x" * odoo.pending_padding
+        return self.json(request, answer)
 
 
 class _Ack(_Route):

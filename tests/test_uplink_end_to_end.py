@@ -356,6 +356,24 @@ class PreforkWithoutRoute(UplinkEndToEnd):
         yield self.final_feedback()
 
 
+class OversizedAnswer(UplinkEndToEnd):
+    fetch_interval = 1
+
+    @inlineCallbacks
+    def test_a_pending_answer_over_one_mib_is_an_error_in_words_and_the_next_fetch_works(self):
+        self.odoo.pending_padding = 2 * 1024 * 1024
+        yield self.start_bridge()
+        yield wait_for(lambda: "larger than 1048576 bytes" in (self.status().get("last_error") or ""))
+        self.assertIn("Odoo's list of commands is larger than 1048576 bytes: Odoo must serve fewer or smaller",
+                      self.status()["last_error"])
+        self.assertFalse(self.status()["https"])
+        self.odoo.pending_padding = 0
+        self.odoo.queue_command("payment.start", PAYMENT)
+        feedback = yield self.final_feedback()
+        self.assertEqual(feedback[0]["STATUS"], "9")
+        self.assertTrue(self.status()["https"])
+
+
 class WrongCA(UplinkEndToEnd):
     fetch_interval = 1
 

@@ -399,8 +399,10 @@ class FeedbackPoster:
 def waiting(journal: Journal, client_id: str, cursor_id: str, refused_path: Optional[str] = None) -> int:
     """How many final states of ``client_id``'s payments wait for delivery: after ``cursor_id``'s cursor, and
     those refused (kept in ``refused_path``) waiting for their retry."""
-    after = sum(1 for e in journal.events_after(client_id, journal.acked(cursor_id), limit=10**6) if _is_final(e))
-    return after + len(read_refused(refused_path))
+    cursor = journal.acked(cursor_id)
+    after = sum(1 for e in journal.events_after(client_id, cursor, limit=10**6) if _is_final(e))
+    # A refused seq is on disk a moment before the cursor passes it: count it once.
+    return after + sum(1 for seq in read_refused(refused_path) if seq <= cursor)
 
 
 def _is_final(event: Event) -> bool:
