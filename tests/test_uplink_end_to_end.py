@@ -27,7 +27,7 @@ def sleep(seconds):
 
 
 @inlineCallbacks
-def wait_for(condition, timeout=5.0, step=0.02):
+def wait_for(condition, timeout=15.0, step=0.02):
     for _ in range(int(timeout / step)):
         if condition():
             return
@@ -36,7 +36,7 @@ def wait_for(condition, timeout=5.0, step=0.02):
 
 
 class UplinkEndToEnd(TestCase):
-    timeout = 20
+    timeout = 60
     fetch_interval = 30
     simulator_script = SimulatorScript()
 
