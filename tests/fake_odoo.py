@@ -406,6 +406,8 @@ class BusServerProtocol(WebSocketServerProtocol):
         self._limit_rate()
 
     def send_batch(self, rows: list[Notification]) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # closing: Odoo drops it too; the bridge fetches after it reconnects
         batch = [{"id": n.id, "message": {"type": n.type, "payload": n.payload}} for n in rows]
         self.last = max([self.last] + [n.id for n in rows])
         self.sendMessage(json.dumps(batch).encode("utf-8"))
