@@ -385,7 +385,8 @@ class FeedbackPoster:
             return
         times = [due for _, due in self._refused.values()]
         if self._down_until is not None:
-            times.append(self._down_until)
+            # No answer came: nothing goes before the shared backoff ends, a refused result due long ago included.
+            times = [max(due, self._down_until) for due in times] + [self._down_until]
         if not times:
             return
         delay = max(0.0, min(times) - self._clock.seconds())
