@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bridge.core import states
 from bridge.core.journal import Event, Journal
@@ -282,6 +283,11 @@ class FeedbackPoster:
 
     def _delivered(self, result: Any) -> None:
         self._running = None
+        if isinstance(result, Failure) and not result.check(CancelledError):
+            # e.g. the refused file cannot be written: the cursor stayed, so nothing is skipped; retried later.
+            self.log.failure("Feedback delivery of uplink {uplink} stopped; it is tried again", result,
+                             uplink=self.name)
+            self._unreachable()  # tried again after the shared backoff
         if self._again and not self._stopped:
             self._again = False
             self.kick()
