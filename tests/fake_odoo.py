@@ -99,11 +99,13 @@ class FakeOdoo:
         self._nonces: set[str] = set()
         # knobs
         self.multi_db = True  # a host of several databases: routes answer 404 without a db-bound session
+        self.websocket_prefork = False  # /websocket reaches a prefork HTTP worker: "HTTP/1.0 500"
         self.websocket_down = False  # the bus answers 503 (a proxy without a route to the gevent port)
         self.ping_interval = 45.0  # Odoo's INACTIVITY_TIMEOUT: a PING after this much silence
         self.pong_timeout = 15.0  # ... and TCP dropped without a close frame if no PONG follows
         self.pending_status: Optional[int] = None  # answer /pending with this status instead
         self.pending_hang = False
+        self.pending_padding = 0  # add this many bytes to /pending's answer (an oversized answer)
         self.feedback_failures = 0  # answer this many feedback posts with HTTP 500
         self.feedback_hang = False
         self.sign_commands_with: Optional[str] = None  # a wrong secret: forged commands
@@ -404,6 +406,8 @@ class BusServerProtocol(WebSocketServerProtocol):
         self._limit_rate()
 
     def send_batch(self, rows: list[Notification]) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # closing: Odoo drops it too; the bridge fetches after it reconnects
         batch = [{"id": n.id, "message": {"type": n.type, "payload": n.payload}} for n in rows]
         self.last = max([self.last] + [n.id for n in rows])
         self.sendMessage(json.dumps(batch).encode("utf-8"))
@@ -455,6 +459,11 @@ class _MaybeDown(Resource):
         self._inner = inner
 
     def render(self, request: Any) -> Any:
+        if self._odoo.websocket_prefork:
+            # Odoo's prefork HTTP worker: it cannot upgrade, and answers with its werkzeug HTTP/1.0 status line.
+            request.clientproto = b"HTTP/1.0"
+            request.setResponseCode(500)
+            return b"Couldn't bind the websocket. Is the connection opened on the evented port (8072)?"
         if self._odoo.websocket_down:
             request.setResponseCode(503)
             return b"Service Unavailable"
@@ -524,7 +533,10 @@ class _Pending(_Route):
         if odoo.check_request(request.content.read()) is None:
             return self.json(request, {"error": "bad signature"}, 403)
         commands = [odoo.served_command(c) for c in odoo.commands.values() if not c.acked]
-        return self.json(request, {"commands": commands})
+        answer: dict[str, Any] = {"commands": commands}
+        if odoo.pending_padding:
+            answer["padding"] = "x" * odoo.pending_padding
+        return self.json(request, answer)
 
 
 class _Ack(_Route):

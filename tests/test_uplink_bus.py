@@ -7,6 +7,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from bridge.errors import BridgeError
 from bridge.uplink import bus
 from bridge.uplink.bus import (SILENCE_LIMIT, BusLink, LastIdStore, after_close, backoff, parse_notifications,
                                session_cookie, subscribe_frame)
@@ -56,6 +57,23 @@ class ClosePolicyTests(SynchronousTestCase):
         self.assertTrue(d.renew_cookie)
         self.assertEqual(d.failures, 1)
         self.assertIn("404", d.error)
+
+    def test_odoo_without_a_websocket_route_is_told_what_to_fix(self):
+        for reason in ('connection was closed uncleanly ("Unsupported HTTP version "HTTP/1.0"")',
+                       'connection was closed uncleanly ("WebSocket connection upgrade failed [500]: Internal")'):
+            d = after_close(None, reason, opened=False, lived=0, failures=0, rand=MID)
+            self.assertIn("route /websocket to Odoo's gevent port (8072) in the reverse proxy", d.error)
+            self.assertIn("threaded Odoo (--workers=0) serves it on its HTTP port", d.error)
+
+    def test_a_proxy_answering_for_a_restarting_odoo_is_not_a_database_problem(self):
+        reason = 'connection was closed uncleanly ("WebSocket connection upgrade failed [502]: Bad Gateway")'
+        d = after_close(None, reason, opened=False, lived=0, failures=0, rand=MID)
+        self.assertEqual(d.error, "Odoo is not reachable behind its proxy (502): it may be restarting")
+
+    def test_4001_right_after_an_outage_reconnects_at_once(self):
+        # the link had failed handshakes before this opening; a quick 4001 is the first of its kind
+        d = after_close(4001, "", opened=True, lived=1, failures=0, rand=MID)
+        self.assertEqual((d.delay, d.renew_cookie), (0.0, True))
 
     def test_other_failed_handshakes_keep_the_cookie(self):
         for reason in ('connection was closed uncleanly ("WebSocket connection upgrade failed [503]: Service '
@@ -225,6 +243,24 @@ class BusLinkTests(SynchronousTestCase):
         self.assertEqual(len(self.connects), 3)
         self.assertEqual(self.connects[2][0].headers["Cookie"], "session_id=sid2")
 
+    def test_a_4001_soon_after_an_outage_reconnects_at_once_with_a_new_cookie(self):
+        self.link.start()
+        proto = self.open()
+        self.clock.advance(600)
+        self.close(proto, 1006, "connection lost")  # Odoo down for a while: eight failed handshakes
+        for _ in range(8):
+            self.clock.advance(61)
+            self.connects[-1][1].errback(Exception("refused"))
+        self.assertGreaterEqual(self.link.failures, 8)
+        self.clock.advance(61)
+        proto = self.open()  # Odoo is back
+        self.clock.advance(1)
+        self.close(proto, 4001)  # ... and ended the session it lost while down
+        logins = self.https.logins
+        self.clock.advance(0)
+        self.assertEqual(self.https.logins, logins + 1)
+        self.assertEqual(self.connects[-1][0].headers["Cookie"], f"session_id=sid{logins + 1}")
+
     def test_1013_waits_thirty_seconds(self):
         self.link.start()
         proto = self.open()
@@ -288,3 +324,15 @@ class BusLinkTests(SynchronousTestCase):
         self.successResultOf(self.link.stop())
         self.clock.advance(120)
         self.assertEqual(len(self.connects), 1)
+
+
+class LoginWords(SynchronousTestCase):
+    def test_a_proxy_502_at_login_says_odoo_may_be_restarting_not_check_the_database(self):
+        from bridge.uplink.odoo_session import OdooSession
+
+        class Proxy:
+            def request(self, method, url, *args, **kwargs):
+                return succeed(FakeResponse(502, None))
+
+        failure = self.failureResultOf(OdooSession(UPLINK, Proxy()).get(), BridgeError)
+        self.assertEqual(failure.value.message, "Odoo is not reachable behind its proxy (502): it may be restarting")

@@ -131,7 +131,56 @@ class CommandFetcherTests(SynchronousTestCase):
         self.fetcher.fetch()  # Odoo lost the acknowledgement and lists it again
         self.assertEqual(len(self.driver.runs), 1)
         self.assertEqual(len(self.https.acks), 2)
-        self.assertEqual(self.https.acks[0]["reply"], self.https.acks[1]["reply"])
+        first, again = (a["reply"]["result"] for a in self.https.acks)
+        self.assertEqual(first["id"], again["id"])
+        # the payment as it is now, not as it was accepted
+        self.assertEqual((first["state"], again["state"]), ("accepted", "in_progress"))
+
+    def test_a_remembered_command_is_checked_before_it_is_answered_again(self):
+        self.https.pending = [self.command(op="terminal.list", args={}, command_id="q-1")]
+        self.fetcher.fetch()
+        self.assertTrue(self.acked()["q-1"]["ok"])
+        for forged in (self.command(op="terminal.list", args={}, command_id="q-1", secret="x" * 64),
+                       self.command(op="terminal.list", args={}, command_id="q-1", ts=NOW - 3600)):
+            self.https.pending, self.https.acks = [forged], []
+            self.fetcher.fetch()
+            self.assertIn(self.acked()["q-1"]["error"]["code"], ("bad_signature", "stale_timestamp"))
+        # the same id for another op or other arguments is not answered with the first command's reply
+        self.https.pending = [self.command(command_id="q-1")]
+        self.https.acks = []
+        self.fetcher.fetch()
+        self.assertEqual(self.acked()["q-1"]["error"]["code"], "idempotency_mismatch")
+        self.assertEqual(self.driver.runs, [])
+        self.https.pending = [self.command(op="terminal.list", args={"x": 1}, command_id="q-1")]
+        self.https.acks = []
+        self.fetcher.fetch()
+        self.assertEqual(self.acked()["q-1"]["error"]["code"], "idempotency_mismatch")
+        # and the right one again is answered from memory
+        self.https.pending = [self.command(op="terminal.list", args={}, command_id="q-1")]
+        self.https.acks = []
+        self.fetcher.fetch()
+        self.assertTrue(self.acked()["q-1"]["ok"])
+
+    def test_a_payment_replayed_with_other_arguments_or_a_bad_signature_is_refused(self):
+        self.https.pending = [self.command()]
+        self.fetcher.fetch()
+        for bad, code in ((self.command(args=dict(PAYMENT, amount=9999)), "idempotency_mismatch"),
+                          (self.command(secret="x" * 64), "bad_signature")):
+            self.https.pending, self.https.acks = [bad], []
+            self.fetcher.fetch()
+            self.assertEqual(self.acked()["c-1"]["error"]["code"], code)
+        self.assertEqual(len(self.driver.runs), 1)
+
+    def test_commands_are_held_to_the_lan_limits_and_acknowledged_with_their_error(self):
+        big = self.command(args=dict(PAYMENT, note="x" * 100_000), command_id="big-1")
+        long_id = self.command(command_id="i" * 129)
+        self.https.pending = [big, long_id, self.command(op="payment.explode", command_id="op-1"),
+                              self.command(command_id="ok-1")]
+        self.fetcher.fetch()
+        codes = {k: (v.get("error") or {}).get("code") for k, v in self.acked().items()}
+        self.assertEqual(codes, {"big-1": "message_too_large", "i" * 129: "bad_message", "op-1": "unknown_op",
+                                 "ok-1": None})
+        self.assertEqual(len(self.driver.runs), 1)
 
     def test_after_a_restart_the_same_command_id_returns_the_same_payment(self):
         self.https.pending = [self.command()]
@@ -163,10 +212,18 @@ class CommandFetcherTests(SynchronousTestCase):
         self.assertEqual({k: v["error"]["code"] for k, v in self.acked().items()},
                          {"e-1": "unknown_op", "h-1": "unknown_op"})
 
-    def test_commands_without_an_id_are_skipped(self):
-        self.https.pending = [{"op": "payment.start"}, "junk", self.command()]
+    def test_commands_without_an_id_are_skipped_and_logged_once(self):
+        from twisted.logger import globalLogPublisher
+
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.https.pending = [{"op": "payment.start", "id": None}, "junk", self.command()]
         self.fetcher.fetch()
         self.assertEqual(list(self.acked()), ["c-1"])
+        self.fetcher.fetch()
+        skipped = [e for e in logged if "without a string id" in e.get("log_format", "")]
+        self.assertEqual(len(skipped), 2)  # one for each bad command, not one per fetch
 
     def test_an_unreachable_odoo_is_reported_in_words(self):
         self.https.fail = True

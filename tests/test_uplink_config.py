@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 import subprocess
 import sys
 
@@ -126,12 +127,19 @@ def test_uplink_status_of_a_running_bridge(tmp_path):
     status.data["pid"] = os.getpid()  # alive: this test process stands in for the daemon
     status.set("bus", False)
     status.set("https", True)
+    status.data["fetched_at"] = time.time() - 5  # the bus is down, and the periodic fetch works
     status.error("cannot open the bus WebSocket: 503 Service Unavailable")
     result = tb("--config", path, "uplink", "status")
     assert result.returncode == 0, result.stderr
+    assert "payments:  can flow" in result.stdout
     assert "bus:       not connected since 2023-11-14 22:13:20 UTC" in result.stdout
     assert "commands:  fetched since" in result.stdout
     assert "last error: cannot open the bus WebSocket: 503" in result.stdout
     assert "feedback:  unknown (no journal yet)" in result.stdout
     data = json.loads(tb("--config", path, "uplink", "status", "--json").stdout)
     assert (data[0]["name"], data[0]["bus"], data[0]["https"], data[0]["connected"]) == ("odoo", False, True, True)
+    status.data["fetched_at"] = time.time() - 600  # ... but no fetch worked for 10 minutes
+    status.write()
+    result = tb("--config", path, "uplink", "status")
+    assert result.returncode == 1
+    assert "payments:  cannot flow: the bus is down and no fetch worked lately" in result.stdout

@@ -27,7 +27,7 @@ def sleep(seconds):
 
 
 @inlineCallbacks
-def wait_for(condition, timeout=5.0, step=0.02):
+def wait_for(condition, timeout=15.0, step=0.02):
     for _ in range(int(timeout / step)):
         if condition():
             return
@@ -36,7 +36,7 @@ def wait_for(condition, timeout=5.0, step=0.02):
 
 
 class UplinkEndToEnd(TestCase):
-    timeout = 20
+    timeout = 60
     fetch_interval = 30
     simulator_script = SimulatorScript()
 
@@ -338,6 +338,40 @@ class FlowRule(UplinkEndToEnd):
         self.assertFalse(payments_can_flow(up, 1091.0, uplink)[0])
         self.assertEqual(payments_can_flow(dict(up, bus=True), 5000.0, uplink), (True, None))
         self.assertFalse(payments_can_flow(dict(up, https=False, bus=True), 1000.0, uplink)[0])
+
+
+class PreforkWithoutRoute(UplinkEndToEnd):
+    fetch_interval = 1
+
+    @inlineCallbacks
+    def test_odoo_answering_the_bus_with_http_1_0_500_says_what_to_route(self):
+        self.odoo.websocket_prefork = True
+        yield self.start_bridge()
+        yield wait_for(lambda: "8072" in (self.status().get("last_error") or ""))
+        error = self.status()["last_error"]
+        self.assertIn("route /websocket to Odoo's gevent port (8072) in the reverse proxy", error)
+        self.assertIn("--workers=0", error)
+        self.assertNotIn("HTTP version", error)
+        self.odoo.queue_command("payment.start", PAYMENT)  # the periodic fetch still runs commands
+        yield self.final_feedback()
+
+
+class OversizedAnswer(UplinkEndToEnd):
+    fetch_interval = 1
+
+    @inlineCallbacks
+    def test_a_pending_answer_over_one_mib_is_an_error_in_words_and_the_next_fetch_works(self):
+        self.odoo.pending_padding = 2 * 1024 * 1024
+        yield self.start_bridge()
+        yield wait_for(lambda: "larger than 1048576 bytes" in (self.status().get("last_error") or ""))
+        self.assertIn("Odoo's list of commands is larger than 1048576 bytes: Odoo must serve fewer or smaller",
+                      self.status()["last_error"])
+        self.assertFalse(self.status()["https"])
+        self.odoo.pending_padding = 0
+        self.odoo.queue_command("payment.start", PAYMENT)
+        feedback = yield self.final_feedback()
+        self.assertEqual(feedback[0]["STATUS"], "9")
+        self.assertTrue(self.status()["https"])
 
 
 class WrongCA(UplinkEndToEnd):

@@ -26,9 +26,11 @@ class Receiver:
         self.accepted = []
         self.attempts = 0
         self.hold = None
+        self.limit = 10**6
 
     def post(self, url, body):
         self.attempts += 1
+        assert self.attempts <= self.limit, "posting in a loop"
         params = dict(parse_qsl(body.decode()))
         assert sha_verify(params, SECRET, "sha512", FEEDBACK_KEYS)
         if self.hold is not None:
@@ -146,6 +148,20 @@ class PosterTests(SynchronousTestCase):
         self.assertEqual(self.receiver.attempts, 1)
         self.clock.advance(2)
         self.assertEqual(len(self.receiver.accepted), 1)
+
+    def test_a_refused_result_meeting_no_answer_waits_for_the_shared_backoff(self):
+        self.receiver.codes = [403] + [None] * 5
+        self.pay()
+        self.receiver.limit = 20  # a retry loop would go past this at once
+        times = []
+        for second in range(1, 120):
+            before = self.receiver.attempts
+            self.clock.advance(1)
+            if self.receiver.attempts != before:
+                times.append(second)
+        self.assertEqual(len(self.receiver.accepted), 1)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        self.assertEqual(gaps[:4], [2, 4, 8, 16])
 
     def test_refused_results_survive_a_restart_and_the_cursor_never_skips_them(self):
         self.receiver.codes = [403]

@@ -99,8 +99,8 @@ def test_feedback_parameters_of_an_approved_payment():
     params = feedback_params(PAYMENT, 17, "shop-1", "cl_odoo")
     assert params == {"ORDERID": "odoo-42", "PAYID": "pay_1", "AMOUNT": "12.34", "CURRENCY": "EUR", "STATUS": "9",
                       "NCERROR": "0", "CARDNO": "497010XXXXXX1234", "PM": "CreditCard", "ACCEPTANCE": "123456",
-                      "TRXDATE": "05/01/24", "TBCLIENT": "cl_odoo", "TBBRIDGE": "shop-1", "TBSEQ": "17", "TBSTATE": "approved",
-                      "TBTERMINAL": "till-1", "TBKIND": "debit"}
+                      "TRXDATE": "05/01/24", "TBCLIENT": "cl_odoo", "TBBRIDGE": "shop-1", "TBSEQ": "17",
+                      "TBSTATE": "approved", "TBTERMINAL": "till-1", "TBKIND": "debit"}
 
 
 def test_every_parameter_sent_is_signed():
@@ -109,8 +109,8 @@ def test_every_parameter_sent_is_signed():
     params = feedback_params(declined, 3, "shop-1", "cl_odoo")
     assert params["STATUS"] == "2" and params["NCERROR"] == "1"
     assert set(params) <= FEEDBACK_KEYS
-    assert not set(params) - SHA_OUT_KEYS - {"TBCLIENT", "TBBRIDGE", "TBSEQ", "TBSTATE", "TBREASON", "TBMESSAGE", "TBTERMINAL",
-                                             "TBKIND", "TBREFUNDOF"}
+    assert not set(params) - SHA_OUT_KEYS - {"TBCLIENT", "TBBRIDGE", "TBSEQ", "TBSTATE", "TBREASON", "TBMESSAGE",
+                                             "TBTERMINAL", "TBKIND", "TBREFUNDOF"}
     from urllib.parse import parse_qsl
 
     form = dict(parse_qsl(signed_form(params, "s" * 20, "sha512").decode()))

@@ -1,7 +1,11 @@
-"""`terminal-bridge uplink status`: each cloud uplink's link, its last error and the feedback still waiting.
+"""`terminal-bridge uplink status` and `uplink pair`: the cloud uplinks, as an installer sees them.
 
-The daemon writes each uplink's status to STATE_DIR/uplink/NAME.status.json when it changes; this command reads
-those files and counts the undelivered feedback in the journal itself (read-only, safe beside the daemon).
+status: the daemon writes each uplink's status to STATE_DIR/uplink/NAME.status.json when it changes; this command
+reads those files and counts the undelivered feedback in the journal itself (read-only, safe beside the daemon).
+Its exit status says whether payments can flow.
+
+pair: the one-time code exchange of docs/cloud-protocol.md ("Pairing"), the files it writes, then a reload of the
+running bridge (`systemctl reload`, or SIGHUP to the pid it records in STATE_DIR/bridge.pid).
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ from twisted.python.failure import Failure
 from bridge.errors import BridgeError
 from bridge.uplink.config import UplinkConfig
 from bridge.uplink.https import HTTPS, USER_AGENT, TLSPolicy, describe
-from bridge.uplink.odoo_session import OdooSession, session_cookie  # noqa: F401 - session_cookie: its old home
+from bridge.uplink.odoo_session import PROXY_CODES, OdooSession, proxy_words
+from bridge.uplink.odoo_session import session_cookie  # noqa: F401 - its old home, for the tests
 
 #: Notification types that wake the uplink up; any other type (Odoo's own 'broadcast' ones...) is ignored.
 WAKE_UP_TYPES = frozenset({"terminal_bridge/command", "terminal_bridge/wakeup"})
@@ -81,13 +82,17 @@ def after_close(code: Optional[int], reason: Optional[str], opened: bool, lived:
         # Only a 404 says the session leads to no database; renewing after a refused connection or a 5xx would
         # cost a login per attempt, and make every fetch log in again while the bus is down.
         return Decision(backoff(failures, rand), handshake_status(reason) == 404, failures,
-                        f"cannot open the bus WebSocket: {reason}")
+                        handshake_words(reason))
+    # ``failures`` counts the links in a row that lived less than STABLE_AFTER (failed handshakes before the
+    # last opening do not count: the link opened, the outage is over).
     failures = 0 if lived >= STABLE_AFTER else failures + 1
     if code == 4002:  # KEEP_ALIVE_TIMEOUT: Odoo's hourly forced reconnect
         return Decision(0.0 if failures == 0 else backoff(failures, rand), False, failures, None)
     if code == 4001:  # SESSION_EXPIRED: never retry with the same cookie
-        return Decision(0.0 if failures == 0 else backoff(failures, rand), True, failures,
-                        None if failures == 0 else "Odoo ended the bus session (4001) again")
+        # The first one at once, even right after opening (a session that expired during an outage); only
+        # 4001 again and again backs off.
+        return Decision(0.0 if failures <= 1 else backoff(failures, rand), True, failures,
+                        None if failures <= 1 else "Odoo ended the bus session (4001) again")
     if code == 1001:  # going away: Odoo restarting; spread the reconnects of every client
         return Decision(1.0 + 9.0 * rand(), False, failures, None)
     if code == 1013:  # try later: Odoo's rate limit or its database pool
@@ -110,6 +115,25 @@ def handshake_status(reason: str) -> Optional[int]:
     """The HTTP status of a refused WebSocket upgrade, from autobahn's words ("... upgrade failed [404]: ...")."""
     match = _UPGRADE_FAILED.search(reason or "")
     return int(match.group(1)) if match else None
+
+
+#: What to fix when Odoo answers the bus's upgrade with an error: Odoo's HTTP workers do not serve /websocket.
+NO_WEBSOCKET_ROUTE = ("Odoo answered the bus with an error: route /websocket to Odoo's gevent port (8072) in the "
+                      "reverse proxy; threaded Odoo (--workers=0) serves it on its HTTP port")
+
+
+def handshake_words(reason: str) -> str:
+    """Why the bus WebSocket could not be opened, in words an installer can act on."""
+    status = handshake_status(reason)
+    if status == 500 or 'Unsupported HTTP version "HTTP/1.0"' in reason:
+        # Odoo's prefork HTTP workers answer an upgrade with "HTTP/1.0 500" (Couldn't bind the websocket).
+        return NO_WEBSOCKET_ROUTE
+    if status in PROXY_CODES:
+        return proxy_words(status)
+    if status == 404:
+        return ("Odoo answered the bus with 404: the session leads to no database (a new one is fetched; check the "
+                "uplink's database)")
+    return f"cannot open the bus WebSocket: {reason}"
 
 
 def subscribe_frame(channel: str, last: int) -> bytes:
@@ -238,6 +262,7 @@ class BusLink:
         self._rand = rand
         self.state = STOPPED
         self.failures = 0
+        self._short = 0  # links in a row that lived less than STABLE_AFTER
         self.attempts = 0
         self.cookie: Optional[str] = None  # the one this link's socket was opened with
         self._proto: Any = None
@@ -320,6 +345,7 @@ class BusLink:
         self.state = OPEN
         self._proto = proto
         self._opened_at = self._reactor.seconds()
+        self.failures = self._short  # the failed handshakes before this opening are over
         proto.sendMessage(subscribe_frame(self.uplink.channel, self._store.last))
         self._watchdog = self._reactor.callLater(SILENCE_LIMIT, self._silent)
         self.log.info("Uplink {uplink}: bus connected to {url}", uplink=self.uplink.name,
@@ -374,6 +400,8 @@ class BusLink:
             return
         decision = after_close(code, reason, opened, lived, self.failures, self._rand)
         self.failures = decision.failures
+        if opened:
+            self._short = 0 if lived >= STABLE_AFTER else self._short + 1
         if decision.renew_cookie:
             self.session.forget(self.cookie)
         self.log.info("Uplink {uplink}: bus link ended ({code} {reason}); next attempt in {delay:.1f} s",

@@ -12,6 +12,7 @@ so Odoo knows they come from this bridge.  docs/cloud-protocol.md has the routes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections import OrderedDict
@@ -25,7 +26,8 @@ from bridge.api.session import Bridge, Session
 from bridge.config import ClientConfig
 from bridge.errors import BridgeError
 from bridge.uplink.config import ACK_PATH, PENDING_PATH, UplinkConfig
-from bridge.uplink.https import HTTPS
+from bridge.uplink.https import HTTPS, MAX_BODY
+from bridge.uplink.odoo_session import PROXY_CODES, proxy_words
 
 #: The ops Odoo may queue.  hello and events.* belong to a live connection; the uplink has feedback instead.
 UPLINK_OPS = frozenset({"bridge.info", "terminal.list", "terminal.status", "payment.start", "payment.get",
@@ -34,8 +36,13 @@ MAX_COMMANDS_PER_FETCH = 50
 #: Seconds between periodic fetches while the bus is up: the bus wakes the bridge for each command, so this fetch
 #: is only a safety net for a lost notification, and the idle cost stays one request per 5 minutes.
 IDLE_INTERVAL = 300.0
+#: The largest /pending answer read (the HTTPS client's limit); a larger one is an error, and the next fetch runs.
+MAX_PENDING_BYTES = MAX_BODY
 #: Replies kept to answer a command fetched again (its acknowledgement was lost) without running it again.
 REMEMBERED_REPLIES = 1000
+#: Ops whose repetition the core answers itself (the journal's command id): run again, they return the payment as
+#: it is now.  Other ops are answered again from the remembered reply.
+IDEMPOTENT_OPS = frozenset({"payment.start", "payment.refund"})
 #: Errors that say "not now" rather than "no": the command is not acknowledged and comes back next fetch.
 RETRY_LATER = frozenset({"rate_limited"})
 
@@ -57,7 +64,9 @@ class CommandFetcher:
         self._session.client = client  # the uplink speaks for this client: no hello over HTTPS
         self._waiting: dict[str, Deferred] = {}
         self._current: Optional[str] = None
-        self._replies: "OrderedDict[str, dict[str, Any]]" = OrderedDict()
+        #: command id -> (op, digest of args, reply): what ran, to answer it again without running it twice
+        self._replies: "OrderedDict[str, tuple[str, str, dict[str, Any]]]" = OrderedDict()
+        self._skipped: "OrderedDict[str, None]" = OrderedDict()  # commands without an id, logged once
         self._running: Optional[Deferred] = None
         self._again = False
         self._started = False  # start() arms the periodic fetch
@@ -150,6 +159,9 @@ class CommandFetcher:
         except CancelledError:
             raise
         except BridgeError as e:
+            if e.code == "uplink_too_large":
+                e = BridgeError(e.code, f"Odoo's list of commands is larger than {MAX_PENDING_BYTES} bytes: Odoo "
+                                        "must serve fewer or smaller commands at a time (docs/cloud-protocol.md)")
             self.log.warn("Uplink {uplink}: could not fetch commands: {error}", uplink=self.uplink.name,
                           error=e.message, code=e.code)
             self._on_result(f"fetching commands: {e.message}")
@@ -162,28 +174,94 @@ class CommandFetcher:
 
     @inlineCallbacks
     def _handle(self, command: Any):
+        """One served command: the LAN's checks first (size, shape, op, signature, time), then the memory of
+        commands already run, then the session (replay, rights, the op).  Every command with a string id gets
+        an acknowledgement, refusals included, so that Odoo's queue always moves."""
         command_id = command.get("id") if isinstance(command, dict) else None
-        if not isinstance(command_id, str) or not 0 < len(command_id) <= 128:
-            self.log.warn("Uplink {uplink}: skipped a pending command without a valid id", uplink=self.uplink.name)
+        if not isinstance(command_id, str):
+            self._skip(command)
             return
-        reply = self._replies.get(command_id)
-        if reply is None:
+        try:
+            self._check(command)
+        except BridgeError as e:
+            self.log.warn("Uplink {uplink}: command refused: {code} {message}", uplink=self.uplink.name,
+                          command_id=command_id[:128], code=e.code, message=e.message)
+            yield self._ack(command_id, self._refusal(command_id, e))
+            return
+        op, args = command["op"], command.get("args") or {}
+        remembered = self._replies.get(command_id)
+        if remembered is not None and (remembered[0], remembered[1]) != (op, _digest(args)):
+            error = BridgeError("idempotency_mismatch", "This command id was already used for a different "
+                                                        "command. Use a new command id.")
+            yield self._ack(command_id, self._refusal(command_id, error))
+            return
+        if remembered is not None and op not in IDEMPOTENT_OPS:
+            reply = remembered[2]  # ran once already; its acknowledgement was lost
+        else:
+            # payment.start and payment.refund run through the session again: the journal's command id makes it
+            # answer with the payment as it is now, never a second one.
             reply = yield self._run(command)
             if reply is None:
                 return
             error = reply.get("error") or {}
             if not reply.get("ok") and error.get("code") in RETRY_LATER:
                 return
-            self._remember(command_id, reply)
+            self._remember(command_id, op, args, reply)
         yield self._ack(command_id, reply)
+
+    def _check(self, command: dict[str, Any]) -> None:
+        """The checks a LAN message meets before anything runs, in the LAN's order; BridgeError if one fails."""
+        config = self._bridge.config
+        try:
+            size = len(json.dumps(command, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        except (TypeError, ValueError, UnicodeEncodeError):
+            raise BridgeError("bad_message", "The command cannot be read as a JSON message.") from None
+        if size > config.max_message_bytes:
+            raise BridgeError("message_too_large", f"The command is larger than {config.max_message_bytes} bytes.")
+        command_id, op, ts, args = (command.get(k) for k in ("id", "op", "ts", "args"))
+        if not 0 < len(command_id) <= 128:
+            raise BridgeError("bad_message", "Every command needs an 'id': a string of 1 to 128 characters.")
+        if not isinstance(op, str):
+            raise BridgeError("bad_message", "Every command needs an 'op' naming the operation.")
+        if args is not None and not isinstance(args, dict):
+            raise BridgeError("bad_message", "'args' must be a JSON object.")
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            raise BridgeError("bad_message", "Every command needs 'ts': the Unix time in seconds.")
+        if op not in UPLINK_OPS:
+            raise BridgeError("unknown_op", f"The operation {op!r} cannot be sent through the cloud uplink.")
+        if not signing.verify(command, self.client.secret_in, self.client.algorithm):
+            raise BridgeError("bad_signature", "The message signature does not match. Check the client's "
+                                               "inbound secret.")
+        try:
+            skew = abs(self._clock.seconds() - ts)
+        except OverflowError:
+            skew = float("inf")
+        if skew > config.clock_skew:
+            raise BridgeError("stale_timestamp", "The message time is too far from the bridge's clock. Check the "
+                                                 "clocks of both machines.")
+
+    def _refusal(self, command_id: str, error: BridgeError) -> dict[str, Any]:
+        return signing.signed({"re": command_id, "ok": False, "error": error.as_dict()}, self.client.secret_out,
+                              self.client.algorithm)
+
+    def _skip(self, command: Any) -> None:
+        """A command that cannot be acknowledged (no string id): logged once, then skipped each time it comes."""
+        try:
+            key = hashlib.sha256(json.dumps(command, sort_keys=True).encode("utf-8", "replace")).hexdigest()
+        except (TypeError, ValueError):
+            key = repr(type(command))
+        if key in self._skipped:
+            return
+        self._skipped[key] = None
+        while len(self._skipped) > REMEMBERED_REPLIES:
+            self._skipped.popitem(last=False)
+        self.log.error("Uplink {uplink}: Odoo served a command without a string id ({what}); it cannot be "
+                       "acknowledged and is skipped (fix the Odoo side: every command needs a string id)",
+                       uplink=self.uplink.name, what=type(command).__name__ if not isinstance(command, dict)
+                       else f"id {command.get('id')!r}"[:80])
 
     def _run(self, command: dict[str, Any]) -> Deferred:
         command_id = command["id"]
-        if command.get("op") not in UPLINK_OPS:
-            error = BridgeError("unknown_op", f"The operation {command.get('op')!r} cannot be sent through the "
-                                              "cloud uplink.")
-            return succeed(signing.signed({"re": command_id, "ok": False, "error": error.as_dict()},
-                                          self.client.secret_out, self.client.algorithm))
         if command_id in self._waiting:
             return _follow(self._waiting[command_id])
         d: Deferred = Deferred()
@@ -214,8 +292,8 @@ class CommandFetcher:
             message = signing.signed(dict(message, re=key), self.client.secret_out, self.client.algorithm)
         d.callback(message)
 
-    def _remember(self, command_id: str, reply: dict[str, Any]) -> None:
-        self._replies[command_id] = reply
+    def _remember(self, command_id: str, op: str, args: Any, reply: dict[str, Any]) -> None:
+        self._replies[command_id] = (op, _digest(args), reply)
         while len(self._replies) > REMEMBERED_REPLIES:
             self._replies.popitem(last=False)
 
@@ -240,6 +318,8 @@ def _parse_pending(code: int, body: bytes) -> list[Any]:
         words = {401: "the bridge's signature was refused (check the client's outbound secret in Odoo)",
                  403: "the bridge's signature was refused (check the client's outbound secret in Odoo)",
                  404: "the route is missing (is the terminal bridge module installed in this database?)"}
+        if code in PROXY_CODES:
+            raise BridgeError("uplink_unreachable", proxy_words(code))
         raise BridgeError("uplink_refused", words.get(code, f"Odoo answered HTTP {code}"))
     try:
         data = json.loads(body.decode("utf-8"))
@@ -249,6 +329,11 @@ def _parse_pending(code: int, body: bytes) -> list[Any]:
     if not isinstance(commands, list):
         raise BridgeError("uplink_bad_answer", "Odoo's answer has no 'commands' list")
     return commands
+
+
+def _digest(args: Any) -> str:
+    return hashlib.sha256(json.dumps(args or {}, sort_keys=True, ensure_ascii=False).encode("utf-8",
+                                                                                          "replace")).hexdigest()
 
 
 def _follow(d: Deferred) -> Deferred:

@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bridge.core import states
 from bridge.core.journal import Event, Journal
@@ -282,6 +283,11 @@ class FeedbackPoster:
 
     def _delivered(self, result: Any) -> None:
         self._running = None
+        if isinstance(result, Failure) and not result.check(CancelledError):
+            # e.g. the refused file cannot be written: the cursor stayed, so nothing is skipped; retried later.
+            self.log.failure("Feedback delivery of uplink {uplink} stopped; it is tried again", result,
+                             uplink=self.name)
+            self._unreachable()  # tried again after the shared backoff
         if self._again and not self._stopped:
             self._again = False
             self.kick()
@@ -368,6 +374,8 @@ class FeedbackPoster:
                 return DELIVERED
             outcome = REFUSED
             error = f"feedback to {self._url} was answered with HTTP {code}, not 200"
+            if code in (502, 503, 504):
+                error += f" (Odoo is not reachable behind its proxy ({code}): it may be restarting)"
         self.log.warn("Feedback for payment {payment_id} not delivered, will retry: {error}",
                       payment_id=payment["id"], error=error, uplink=self.name, seq=event.seq)
         self._on_result(error)
@@ -383,7 +391,8 @@ class FeedbackPoster:
             return
         times = [due for _, due in self._refused.values()]
         if self._down_until is not None:
-            times.append(self._down_until)
+            # No answer came: nothing goes before the shared backoff ends, a refused result due long ago included.
+            times = [max(due, self._down_until) for due in times] + [self._down_until]
         if not times:
             return
         delay = max(0.0, min(times) - self._clock.seconds())
@@ -397,8 +406,10 @@ class FeedbackPoster:
 def waiting(journal: Journal, client_id: str, cursor_id: str, refused_path: Optional[str] = None) -> int:
     """How many final states of ``client_id``'s payments wait for delivery: after ``cursor_id``'s cursor, and
     those refused (kept in ``refused_path``) waiting for their retry."""
-    after = sum(1 for e in journal.events_after(client_id, journal.acked(cursor_id), limit=10**6) if _is_final(e))
-    return after + len(read_refused(refused_path))
+    cursor = journal.acked(cursor_id)
+    after = sum(1 for e in journal.events_after(client_id, cursor, limit=10**6) if _is_final(e))
+    # A refused seq is on disk a moment before the cursor passes it: count it once.
+    return after + sum(1 for seq in read_refused(refused_path) if seq <= cursor)
 
 
 def _is_final(event: Event) -> bool:

@@ -75,7 +75,7 @@ class _Body(Protocol):
         if self._size > self._limit:
             self.transport.stopProducing()
             if not self._finished.called:
-                self._finished.errback(BridgeError("uplink_bad_answer",
+                self._finished.errback(BridgeError("uplink_too_large",
                                                    f"The server's answer is larger than {self._limit} bytes."))
             return
         self._parts.append(data)
