@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "add", help="create a client and its secrets", formatter_class=formatter,
         description="Create a client: a random id, an inbound secret (the client signs its commands with it) and "
                     "an outbound secret (the bridge signs its replies with it). The secrets are printed once and "
-                    "stored in the clients file with mode 0600. Restart the bridge to let the client in.")
+                    "stored in the clients file with mode 0600. Reload the bridge (systemctl reload "
+                    "terminal-bridge) to let the client in.")
     add.add_argument("name", help="a name for the client, e.g. pos-1 or odoo")
     add.add_argument("--rights", default=",".join(DEFAULT_RIGHTS),
                      help=f"comma-separated rights among {', '.join(RIGHTS)} (default: %(default)s)")
@@ -226,7 +227,8 @@ def cmd_client_add(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"Could not add the client: {e}", file=sys.stderr)
         return 2
-    print(f"Client {args.name!r} added to {clients_file}. Restart the bridge to let it in.")
+    print(f"Client {args.name!r} added to {clients_file}. "
+          "Reload the bridge to let it in: sudo systemctl reload terminal-bridge")
     print("Give these to the client; the secrets are not shown again:")
     print(f"  client id:       {client_id}")
     print(f"  inbound secret:  {secret_in}   (the client signs commands with it)")
