@@ -11,6 +11,7 @@
     "data": [
         "security/terminal_bridge_security.xml",
         "security/ir.model.access.csv",
+        "data/terminal_bridge_data.xml",
         "wizard/terminal_bridge_pair_wizard_views.xml",
         "views/terminal_bridge_views.xml",
     ],

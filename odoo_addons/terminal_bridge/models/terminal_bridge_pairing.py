@@ -14,8 +14,6 @@ CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"
 CODE_LENGTH = 16
 CODE_LIFETIME = timedelta(minutes=10)
 MAX_WRONG_PER_MINUTE = 10
-#: pg_advisory_xact_lock key serialising pairing attempts of a database (so the limit holds across workers).
-_LOCK_KEY = 0x7B1D9A11
 
 
 def normalize(code):
@@ -54,8 +52,10 @@ class TerminalBridgePairing(models.Model):
 
     def _pair(self, code, box, remote=""):
         """Check ``code`` and pair its bridge. Returns (HTTP status, error code or None, answer or words)."""
-        cr = self.env.cr
-        cr.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+        # Every attempt locks the guard row, and every wrong one writes it: concurrent attempts in other workers
+        # wait, then conflict (Odoo retries the request on a fresh snapshot), so the count below is exact.
+        guard = self.env.ref("terminal_bridge.pairing_guard").sudo()
+        self.env.cr.execute("SELECT id FROM ir_config_parameter WHERE id = %s FOR UPDATE", [guard.id])
         Attempt = self.env["terminal.bridge.pairing.attempt"]
         since = fields.Datetime.now() - timedelta(seconds=60)
         if Attempt.search_count([("at", ">=", since)]) >= MAX_WRONG_PER_MINUTE:
@@ -66,6 +66,8 @@ class TerminalBridgePairing(models.Model):
             found = self.search([("code_hash", "=", digest(code))], limit=1)
         if not found or not found.bridge_id.active:
             Attempt.create({"at": fields.Datetime.now(), "remote_addr": (remote or "")[:64]})
+            guard.value = str(int(guard.value or 0) + 1)
+            Attempt._gc()
             return 403, "wrong_code", "Odoo knows no such pairing code."
         if found.used_date:
             return 409, "used_code", "This pairing code was already used; show a new one in Odoo."

@@ -9,6 +9,12 @@ Stable API (pos_terminal_bridge's tours import it):
     payment = bridge.start_payment("till-1", 1234, "EUR")
     bench.wait_for(lambda: payment.is_final)       # polls the database while the daemon talks to Odoo
     bench.stop_bridge(); bench.start_bridge()      # the same daemon, stopped and started again
+    bench.start_bridge(wait=False)                 # ... without waiting for it to listen
+    bench.stop_front(); bench.start_front()        # Odoo unreachable for the box, then back
+    bench.terminal_requests("till-1")              # the requests the simulated terminal received
+    bench.uplink_status()                          # `terminal-bridge uplink status --json`
+    bench.logs()                                   # the daemon's and simulators' output, for failure messages
+    OUTCOMES["name"] = [...]                       # more simulator scripts (arguments of simulate caisse-ap)
 
 Everything is real except the card terminal: the daemon is ``/usr/bin/python3 -m bridge run`` from the bridge's
 source (TERMINAL_BRIDGE_SRC, else the repository three folders up from this addon), each terminal is a
@@ -26,6 +32,7 @@ daemon, the simulators and the front are printed when a wait times out.
 import contextlib
 import datetime
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -41,6 +48,7 @@ READY_LINE = "Listening for clients"
 #: Outcomes of the simulated terminals: name -> arguments of `terminal-bridge simulate caisse-ap`.
 OUTCOMES = {
     "approve": ["--outcome", "approve", "--delay", "0.3"],
+    "approve-slow": ["--outcome", "approve", "--delay", "4"],  # time for a test to act while the card is read
     "decline": ["--outcome", "decline", "--af", "04", "--delay", "0.3"],
     "abandon": ["--outcome", "abandon", "--delay", "0.3"],
     "never": ["--outcome", "never"],
@@ -240,6 +248,14 @@ class BridgeBench:
 
     # -- starting -----------------------------------------------------------------------------------
 
+    def _log_size(self, name):
+        """How much of ``name``'s log (kept across its restarts) was written before now."""
+        try:
+            with open(os.path.join(self.directory, f"{name}.log"), encoding="utf-8", errors="replace") as f:
+                return len(f.read())
+        except FileNotFoundError:
+            return 0
+
     def _spawn(self, name, argv, env=None, cwd=None):
         process = Process(name, argv, os.path.join(self.directory, f"{name}.log"), env=env, cwd=cwd)
         self.processes.append(process)
@@ -263,15 +279,10 @@ class BridgeBench:
             simulator.wait_line("listening on")
             self.simulators[terminal] = simulator
             addresses[terminal] = f"127.0.0.1:{port}"
-        cert, key = make_certificate(self.directory)
-        self.ca_file = cert
-        front_port = free_port()
-        self.front = self._spawn(
-            "tls-front", [PYTHON, "-c", FRONT_SCRIPT, cert, key, str(front_port), str(self.test.http_port())],
-            env=env,
-        )
-        self.front.wait_line("TLS front listening")
-        self.url = f"https://localhost:{front_port}"
+        self.ca_file, self._front_key = make_certificate(self.directory)
+        self._front_port = free_port()
+        self.start_front()
+        self.url = f"https://localhost:{self._front_port}"
         self.config_path = write_bridge_config(self.directory, addresses, free_port())
         self.bridge = self.test.env["terminal.bridge"].create({"name": name})
         code = self.bridge.action_pair()["context"]["default_code"]
@@ -280,6 +291,31 @@ class BridgeBench:
         self.test.env.invalidate_all()
         self.start_bridge()
         return self.bridge
+
+    def start_front(self):
+        """Start (or start again, on the same port) the TLS front: Odoo is reachable."""
+        assert self.front is None or not self.front.alive, "the TLS front is running"
+        offset = self._log_size("tls-front")
+        self.front = self._spawn(
+            "tls-front",
+            [PYTHON, "-c", FRONT_SCRIPT, self.ca_file, self._front_key, str(self._front_port),
+             str(self.test.http_port())],
+            env=bridge_env(self.source),
+        )
+        self.front.wait_line("TLS front listening", after=offset)
+        return self.front
+
+    def stop_front(self):
+        """Stop the TLS front: to the bridge, Odoo is down (connections refused), as during a restart."""
+        self.front.stop()
+
+    def uplink_status(self):
+        """``terminal-bridge uplink status --json`` of the daemon: a list of one report per uplink."""
+        done = subprocess.run(
+            [PYTHON, "-m", "bridge", "-c", self.config_path, "uplink", "status", "--json"],
+            capture_output=True, text=True, env=bridge_env(self.source), cwd=self.source, timeout=60, check=False,
+        )
+        return json.loads(done.stdout or "[]")
 
     def _record_path(self, terminal):
         return os.path.join(self.directory, f"requests-{terminal}.txt")
@@ -292,14 +328,17 @@ class BridgeBench:
         except FileNotFoundError:
             return []
 
-    def start_bridge(self):
-        """Start (or start again) the daemon on the same configuration and state."""
+    def start_bridge(self, wait=True):
+        """Start (or start again) the daemon on the same configuration and state; ``wait=False`` returns at once
+        (e.g. from a request thread of a tour, which must not wait on Odoo's own requests)."""
         assert self.daemon is None or not self.daemon.alive, "the daemon is running"
+        offset = self._log_size("daemon")
         self.daemon = self._spawn(
             "daemon", [PYTHON, "-m", "bridge", "-c", self.config_path, "run"], env=bridge_env(self.source),
             cwd=self.source,
         )
-        offset = len(self.daemon.output())
+        if not wait:
+            return self.daemon
         with self.requests_allowed():
             self.daemon.wait_line(READY_LINE, after=offset)
         return self.daemon

@@ -1,8 +1,10 @@
-"""The bridge's bus channel: its token string is mapped to the bridge record, and a notification reaches it."""
+"""The bridge's bus channel: its token string is mapped to the bridge record, and a notification reaches it.
+
+Through real WebSockets on Odoo's test server, with a public session as the box's."""
 
 import json
-from unittest.mock import MagicMock, patch
 
+from odoo.addons.bus.models.bus import channel_with_db, dispatch, hashable
 from odoo.addons.bus.tests.common import WebsocketCase
 from odoo.tests import tagged
 
@@ -16,30 +18,33 @@ class TestBusChannel(WebsocketCase):
         self.bridge, answer = paired_bridge(self.env)
         self.channel = "terminal_bridge-" + answer["uplink"]["channel_token"]
 
-    def channels_of(self, strings):
-        public = MagicMock()
-        public.session.uid = None  # the bridge's session is public, as on a shop's box
-        with patch("odoo.addons.bus.models.ir_websocket.wsrequest", new=public):
-            return self.env["ir.websocket"].with_user(self.env.ref("base.public_user"))._build_bus_channel_list(
-                list(strings)
-            )
+    def subscribed_to(self, websocket, channels):
+        """Subscribe ``websocket`` to ``channels`` (replacing its subscription); the channels Odoo registered."""
+        self.env.flush_all()  # the websocket's requests read the bridge from the database
+        self.subscribe(websocket, channels, self.env["bus.bus"]._bus_last_id())
+        db = self.registry.db_name
+        return {
+            "bridge": hashable(channel_with_db(db, self.bridge)) in dispatch._channels_to_ws,
+            "strings": [c for c in channels if hashable(channel_with_db(db, c)) in dispatch._channels_to_ws],
+        }
 
     def test_mapping(self):
-        channels = self.channels_of([self.channel, "terminal_bridge-" + "0" * 32, "terminal_bridge-", "other"])
-        self.assertIn(self.bridge, channels)
-        self.assertIn("other", channels)
-        self.assertFalse([c for c in channels if isinstance(c, str) and c.startswith("terminal_bridge-")])
+        websocket = self.websocket_connect()  # a public session, as the box's
+        wrong = ["terminal_bridge-" + "0" * 32, "terminal_bridge-", "terminal_bridge-" + self.channel]
+        self.assertEqual(self.subscribed_to(websocket, wrong), {"bridge": False, "strings": []})
+        self.assertEqual(self.subscribed_to(websocket, [self.channel]), {"bridge": True, "strings": []})
         self.bridge.active = False
-        self.assertNotIn(self.bridge, self.channels_of([self.channel]))
+        self.assertEqual(self.subscribed_to(websocket, [self.channel]), {"bridge": False, "strings": []})
         self.bridge.active = True
         # Pairing again rotates the token: the old channel no longer reaches the bridge.
-        self.bridge._pairing_answer({})
-        self.assertNotIn(self.bridge, self.channels_of([self.channel]))
+        answer = self.bridge._pairing_answer({})
+        self.assertEqual(self.subscribed_to(websocket, [self.channel]), {"bridge": False, "strings": []})
+        new = "terminal_bridge-" + answer["uplink"]["channel_token"]
+        self.assertEqual(self.subscribed_to(websocket, [new]), {"bridge": True, "strings": []})
 
     def test_notification_reaches_the_subscribed_bridge(self):
-        self.env.flush_all()  # the websocket's own requests read the paired bridge from the database
-        websocket = self.websocket_connect()  # a public session, as the bridge's
-        self.subscribe(websocket, [self.channel], self.env["bus.bus"]._bus_last_id())
+        websocket = self.websocket_connect()
+        self.subscribed_to(websocket, [self.channel])
         self.bridge.start_payment("till-1", 100, "EUR", command_id="odoo-ws-1")
         self.trigger_notification_dispatching([self.bridge])
         notifications = json.loads(websocket.recv())

@@ -42,3 +42,21 @@ class TestEndToEnd(HttpCase):
         # Run once: one request reached the terminal, one payment, one feedback.
         self.assertEqual(len(payment.feedback_ids), 1)
         self.assertEqual(len(bench.terminal_requests("till-1")), 1)
+
+    def test_odoo_unreachable_mid_payment(self):
+        """Odoo goes away after the bridge took the payment: the result waits on the box and lands once Odoo is
+        back (the box retries until HTTP 200); nothing runs twice."""
+        bench = BridgeBench(self)
+        bridge = bench.start({"till-1": "approve-slow"})
+        payment = bridge.start_payment("till-1", 999, "EUR")
+        bench.wait_for(lambda: payment.state != "queued", what="the bridge taking the payment")
+        bench.stop_front()
+        bench.wait_for(lambda: bench.uplink_status()[0]["feedback_waiting"] == 1 or payment.feedback_ids,
+                       what="the result waiting on the box")
+        self.assertFalse(payment.feedback_ids, "the result reached Odoo while it was unreachable")
+        self.assertFalse(payment.is_final)
+        bench.start_front()
+        bench.wait_for(lambda: payment.state == "approved" and payment.feedback_ids, what="the result after Odoo came back")
+        self.assertEqual(len(payment.feedback_ids), 1)
+        self.assertEqual(len(bench.terminal_requests("till-1")), 1)
+        self.assertEqual(payment.command_ids.state, "done")
