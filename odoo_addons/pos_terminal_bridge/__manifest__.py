@@ -26,5 +26,4 @@
             "pos_terminal_bridge/static/tests/odoo19/**/*",
         ],
     },
-    "installable": True,
 }

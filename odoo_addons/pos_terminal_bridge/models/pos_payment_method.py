@@ -6,7 +6,7 @@ click, a reload, a second screen) finds the payment already started instead of c
 
 import logging
 
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import AccessError, UserError, ValidationError
 
 _logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class PosPaymentMethod(models.Model):
     )
 
     def _get_payment_terminal_selection(self):
-        return super()._get_payment_terminal_selection() + [(TERMINAL_BRIDGE, _("Terminal bridge"))]
+        return super()._get_payment_terminal_selection() + [(TERMINAL_BRIDGE, self.env._("Terminal bridge"))]
 
     @api.model
     def _load_pos_data_fields(self, config):
@@ -52,10 +52,10 @@ class PosPaymentMethod(models.Model):
             if method.use_payment_terminal != TERMINAL_BRIDGE:
                 continue
             if not method.tb_bridge_id or not method.tb_terminal_id:
-                raise ValidationError(_("A payment method paid through a terminal bridge needs its bridge and "
+                raise ValidationError(self.env._("A payment method paid through a terminal bridge needs its bridge and "
                                         "the terminal of that bridge."))
             if method.tb_terminal_id.bridge_id != method.tb_bridge_id:
-                raise ValidationError(_("The terminal %(terminal)s is not a terminal of the bridge %(bridge)s.",
+                raise ValidationError(self.env._("The terminal %(terminal)s is not a terminal of the bridge %(bridge)s.",
                                         terminal=method.tb_terminal_id.display_name,
                                         bridge=method.tb_bridge_id.display_name))
 
@@ -65,9 +65,9 @@ class PosPaymentMethod(models.Model):
     def _tb_check_access(self):
         self.ensure_one()
         if not self.env.su and not self.env.user.has_group("point_of_sale.group_pos_user"):
-            raise AccessError(_("Only Point of Sale users can pay through a terminal bridge."))
+            raise AccessError(self.env._("Only Point of Sale users can pay through a terminal bridge."))
         if self.use_payment_terminal != TERMINAL_BRIDGE:
-            raise UserError(_("The payment method %s does not pay through a terminal bridge.", self.name))
+            raise UserError(self.env._("The payment method %s does not pay through a terminal bridge.", self.name))
 
     def _tb_payment(self, command_id):
         return self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", command_id)], limit=1)
@@ -83,7 +83,7 @@ class PosPaymentMethod(models.Model):
         """The amount in the currency's minor units (12.34 EUR -> 1234), as the bridge counts it."""
         minor = round(abs(float(amount)) * 10 ** currency.decimal_places)
         if minor <= 0:
-            raise UserError(_("The amount to pay must be more than zero."))
+            raise UserError(self.env._("The amount to pay must be more than zero."))
         return minor
 
     def _tb_pos_config(self, data):
@@ -109,10 +109,10 @@ class PosPaymentMethod(models.Model):
         self._tb_check_access()
         command_id = data.get("command_id")
         if not command_id or not isinstance(command_id, str):
-            return self._tb_error(_("The POS sent no payment line id; reload the page and try again."))
+            return self._tb_error(self.env._("The POS sent no payment line id; reload the page and try again."))
         currency = self.env["res.currency"].search([("name", "=", data.get("currency"))], limit=1)
         if not currency:
-            return self._tb_error(_("Unknown currency %s.", data.get("currency")))
+            return self._tb_error(self.env._("Unknown currency %s.", data.get("currency")))
         kind = "refund" if data.get("kind") == "refund" else "debit"
         try:
             amount = self._tb_minor_units(data.get("amount") or 0, currency)
@@ -142,7 +142,7 @@ class PosPaymentMethod(models.Model):
             return self.tb_send_payment(dict(data, kind="refund"))
         command_id = data.get("command_id")
         if not command_id or not isinstance(command_id, str):
-            return self._tb_error(_("The POS sent no payment line id; reload the page and try again."))
+            return self._tb_error(self.env._("The POS sent no payment line id; reload the page and try again."))
         try:
             amount = self._tb_minor_units(data.get("amount") or 0, original.currency_id)
             payment = original.refund(amount=amount, command_id=command_id)
@@ -191,7 +191,7 @@ class PosPaymentMethod(models.Model):
         """The cashier's answer about an unknown payment: 'paid' (on the terminal's receipt) or 'not_paid'."""
         self._tb_check_access()
         if answer not in RESOLUTIONS:
-            raise UserError(_("The answer must be 'paid' or 'not_paid'."))
+            raise UserError(self.env._("The answer must be 'paid' or 'not_paid'."))
         payment = self._tb_payment(command_id)
         if not payment:
             return {"command_id": command_id, "state": False}
@@ -199,8 +199,8 @@ class PosPaymentMethod(models.Model):
             return self._tb_client_dict(payment)
         cashier = (cashier or self.env.user.name or "").strip()[:64]
         if answer == "paid":
-            note = _("the terminal shows it paid (cashier: %(cashier)s)", cashier=cashier)
+            note = self.env._("the terminal shows it paid (cashier: %(cashier)s)", cashier=cashier)
         else:
-            note = _("the terminal shows it not paid (cashier: %(cashier)s)", cashier=cashier)
+            note = self.env._("the terminal shows it not paid (cashier: %(cashier)s)", cashier=cashier)
         payment.resolve(RESOLUTIONS[answer], note, user=self.env.user)
         return self._tb_client_dict(payment)

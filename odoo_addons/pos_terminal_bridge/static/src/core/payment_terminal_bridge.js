@@ -45,6 +45,7 @@ export function makeTerminalBridgePayment(PaymentInterface) {
             super.setup(...arguments);
             this.tbWaiters = {}; // line uuid -> {commandId, resolve}
             this.tbCancelWaiters = {}; // line uuid -> resolve
+            this.tbCancelAsked = {}; // line uuid -> the command id the cashier asked to cancel
             this.tbLast = {}; // line uuid -> the last payment dict seen (any attempt)
             this.tbDialogs = {}; // line uuid -> the unknown dialog is open
         }
@@ -223,11 +224,12 @@ export function makeTerminalBridgePayment(PaymentInterface) {
                 this.tbFillLine(line, payment);
             }
             const cancelWaiter = this.tbCancelWaiters[uuid];
-            if (cancelWaiter) {
+            if (cancelWaiter || this.tbCancelAsked[uuid] === payment.command_id) {
                 // The cashier asked to cancel: say whether the terminal confirmed it.
                 delete this.tbCancelWaiters[uuid];
+                delete this.tbCancelAsked[uuid];
                 this.tbNotify(this.tbCancelOutcome(payment), paid ? "warning" : "success");
-                cancelWaiter(!paid);
+                cancelWaiter?.(!paid);
             } else if (!paid) {
                 this.tbAlert(this.tbTitle(payment), payment.message || payment.state);
             }
@@ -348,6 +350,7 @@ export function makeTerminalBridgePayment(PaymentInterface) {
             if (!result.state) {
                 return true; // never started: nothing to cancel
             }
+            this.tbCancelAsked[uuid] = result.command_id;
             return new Promise((resolve) => {
                 this.tbCancelWaiters[uuid] = resolve;
                 this.tbUpdate(result);

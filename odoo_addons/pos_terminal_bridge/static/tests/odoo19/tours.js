@@ -5,9 +5,13 @@ import * as ProductScreen from "@point_of_sale/../tests/pos/tours/utils/product_
 import * as PaymentScreen from "@point_of_sale/../tests/pos/tours/utils/payment_screen_util";
 import * as ReceiptScreen from "@point_of_sale/../tests/pos/tours/utils/receipt_screen_util";
 import * as TicketScreen from "@point_of_sale/../tests/pos/tours/utils/ticket_screen_util";
-import { registerTerminalBridgeTours } from "@pos_terminal_bridge/../tests/tours/terminal_bridge_tours";
+import {
+    registerTerminalBridgeBench,
+    registerTerminalBridgeTours,
+} from "@pos_terminal_bridge/../tests/tours/terminal_bridge_tours";
 
 const openRefunds = () => [Chrome.clickOrders(), TicketScreen.selectFilter("Paid")].flat();
 registerTerminalBridgeTours({
     Chrome, Dialog, ProductScreen, PaymentScreen, ReceiptScreen, TicketScreen, openRefunds, major: 19,
 });
+registerTerminalBridgeBench({ Chrome, Dialog, ProductScreen, PaymentScreen, ReceiptScreen });

@@ -44,6 +44,11 @@ export function registerTerminalBridgeTours({
         trigger: `.paymentline ${selector}:contains("${words}")`,
         run: "click",
     });
+    const toPayment = () => ({
+        content: "on the payment screen (from the products if need be)",
+        trigger: ".pos-content :is(.payment-screen, .product-screen .pay-order-button)",
+        run: () => document.querySelector(".product-screen .pay-order-button")?.click(),
+    });
     const received = () => ({ ...ReceiptScreen.isShown()[0], timeout: BRIDGE });
     const reload = () => {
         const step = {
@@ -112,12 +117,10 @@ export function registerTerminalBridgeTours({
         PaymentScreen.clickPaymentMethod("Card waits"),
         notification("The bridge took the payment"),
         lineButton(".send_payment_cancel", "Cancel"),
-        // A Caisse-AP terminal over TCP has no cancel message: the POS says only the terminal can cancel, and
-        // keeps waiting until the terminal confirms (here the simulated customer presses the red button).
-        notification("on the terminal itself"),
-        status("Waiting for card"),
-        dialog("Payment cancelled"),
-        button("Ok"),
+        // A Caisse-AP terminal over TCP has no cancel message: the POS says only the terminal can cancel (when
+        // the bridge's answer comes before the terminal's) and waits until the terminal confirms (here the
+        // simulated customer presses the red button).
+        notification("The terminal confirmed the cancel"),
         status("Transaction cancelled"),
     ]);
 
@@ -144,10 +147,10 @@ export function registerTerminalBridgeTours({
         // The POS comes back with the order, and learns from the server how its payment ended while the page
         // was away (the marker class is gone once the page was really reloaded).
         {
+            ...toPayment(),
             content: "the reloaded POS: back to the payment screen",
-            trigger: "body:not(.tb-before-reload) .pos-content :is(.payment-screen, .product-screen .pay-order-button)",
+            trigger: `body:not(.tb-before-reload) ${toPayment().trigger}`,
             timeout: BRIDGE,
-            run: () => document.querySelector(".product-screen .pay-order-button")?.click(),
         },
         status("Payment Successful"),
         PaymentScreen.clickValidate(),
@@ -172,6 +175,7 @@ export function registerTerminalBridgeTours({
         TicketScreen.selectOrderByPrice("1.98"),
         ProductScreen.clickNumpad("1"),
         TicketScreen.confirmRefund(),
+        toPayment(), // Odoo 19 goes to the payment screen, Odoo 18 back to the products
         PaymentScreen.isShown(),
         PaymentScreen.clickPaymentMethod("Card approves"),
         // Odoo 19 waits for the cashier's "Refund" click on a refund order; Odoo 18 sends it at once.
@@ -179,4 +183,49 @@ export function registerTerminalBridgeTours({
         // Refunded on the terminal: the order validates itself, as a paid one does.
         received(),
     ]);
+}
+
+/**
+ * The speed benchmark (bench/pos_roundtrip.py): ``count`` payments in a row on a terminal that answers at once.
+ * For each, the time of the click on the payment method and the time the line shows "Payment Successful" (the
+ * tour engine watches the page for changes), printed on the console for the Python side.
+ */
+export function registerTerminalBridgeBench({ Chrome, Dialog, ProductScreen, PaymentScreen, ReceiptScreen }, count = 50) {
+    const times = [];
+    const steps = () => {
+        const all = [Chrome.startPoS(), Dialog.confirm("Open Register")];
+        for (let i = 0; i < count; i++) {
+            all.push(
+                ProductScreen.addOrderline("Desk Pad", "1"),
+                ProductScreen.clickPayButton(),
+                {
+                    content: `payment ${i + 1}: click the bridge's payment method`,
+                    trigger: `.paymentmethods .button.paymentmethod .payment-name:contains("Card instant")`,
+                    run: () => {
+                        times.push({ click: Date.now() });
+                        [...document.querySelectorAll(".paymentmethods .button.paymentmethod")]
+                            .find((el) => el.textContent.includes("Card instant"))
+                            .click();
+                    },
+                },
+                {
+                    content: `payment ${i + 1}: the POS shows it paid`,
+                    trigger: `.paymentline .electronic_status:contains("Payment Successful")`,
+                    timeout: 30000,
+                    run: () => {
+                        times[times.length - 1].shown = Date.now();
+                    },
+                },
+                PaymentScreen.clickValidate(),
+                ReceiptScreen.clickNextOrder()
+            );
+        }
+        all.push({
+            content: "report the times",
+            trigger: ".product-screen",
+            run: () => console.log("TBBENCH " + JSON.stringify(times)),
+        });
+        return all.flat();
+    };
+    registry.category("web_tour.tours").add("TerminalBridgeBench", { steps });
 }
