@@ -8,7 +8,11 @@ from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from OpenSSL import SSL
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bridge.api.admission import HELLO_DEADLINE, Admission
 from bridge.api.session import SUBPROTOCOL, Bridge, Session
@@ -17,6 +21,17 @@ from bridge.errors import BridgeError
 #: Close code for "message too large".  RFC 6455's 1009 is reserved to the WebSocket layer itself; an
 #: application may only send 1000 or 3000-4999, so the bridge uses 4009 (docs/protocol.md).
 CLOSE_TOO_BIG = 4009
+
+# Not the protocol's ``log`` attribute (see CommandProtocol)
+_log = Logger(namespace="bridge.api.websocket")
+
+
+def _tls_error_text(error: BaseException) -> str:
+    """OpenSSL's words for a TLS failure, e.g. "tlsv1 alert unknown ca"."""
+    try:
+        return "; ".join(str(entry[2]) for entry in error.args[0]) or str(error)
+    except (IndexError, TypeError):
+        return str(error)
 
 
 class CommandProtocol(WebSocketServerProtocol):
@@ -40,6 +55,13 @@ class CommandProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
         self.factory.admission.gone(self.address, self.token)
+        if reason is not None and reason.check(SSL.Error):
+            # autobahn would log "SSL error: tlsv1 alert unknown ca (in )", without saying who: say it here,
+            # with the peer's address, and hand autobahn a plain lost connection
+            _log.warn("TLS with {peer} failed: {error}. A client that rejects the bridge's certificate pins "
+                      "another fingerprint: compare it with the bridge's (terminal-bridge doctor).",
+                      peer=self.address, error=_tls_error_text(reason.value))
+            reason = Failure(ConnectionLost("TLS failed"))
         super().connectionLost(reason)
 
     def _cancel_deadline(self) -> None:
