@@ -335,3 +335,25 @@ class SessionTests(SynchronousTestCase):
     def test_payment_list_times_too_large_for_a_float_are_bad_requests(self):
         self.hello()
         self.assert_error(self.command("payment.list", {"since": 10 ** 400}), "bad_request")
+
+    # -- rights (issue 13, item 5) -----------------------------------------------------------------------
+
+    def test_an_unlinked_refund_needs_the_refund_right(self):
+        self.hello()
+        reply = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR",
+                                               "kind": "refund"})
+        self.assert_error(reply, "forbidden")
+        self.assertIn("'refund'", reply["error"]["message"])
+        self.assertEqual((self.journal.list(), self.driver.sent), ([], []))
+        # a debit is still the pay right's
+        self.assertTrue(self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR",
+                                                       "kind": "debit"})["ok"])
+
+    def test_a_client_with_the_refund_right_may_start_an_unlinked_refund(self):
+        refunder = add_test_client(self.config.path, "refunder", rights=("pay", "refund"))
+        self.bridge.config = load_config(self.config.path, messages_per_second=1000)
+        session = self.new_session([])
+        self.hello(refunder, session=session)
+        reply = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR",
+                                               "kind": "refund"}, client=refunder, session=session)
+        self.assertEqual(reply["result"]["kind"], "refund")
