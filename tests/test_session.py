@@ -357,3 +357,24 @@ class SessionTests(SynchronousTestCase):
         reply = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR",
                                                "kind": "refund"}, client=refunder, session=session)
         self.assertEqual(reply["result"]["kind"], "refund")
+
+    # -- idempotency per client (issue 13, item 6) -------------------------------------------------------
+
+    def test_another_clients_command_id_is_neither_revealed_nor_taken(self):
+        other = add_test_client(self.config.path, "other", rights=("pay", "read"))
+        self.bridge.config = load_config(self.config.path, messages_per_second=1000)
+        self.hello()
+        mine = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"},
+                            message_id="order-1")["result"]
+        self.driver.finish(APPROVED)
+        session = self.new_session([])
+        self.hello(other, session=session)
+        self.assert_error(self.command("payment.get", {"command_id": "order-1"}, client=other, session=session),
+                          "unknown_payment")
+        theirs = self.command("payment.start", {"terminal": "till-1", "amount": 999, "currency": "EUR"},
+                              client=other, session=session, message_id="order-1")
+        self.assertTrue(theirs["ok"], theirs)
+        self.assertNotEqual(theirs["result"]["id"], mine["id"])
+        self.assertEqual(self.command("payment.get", {"command_id": "order-1"}, client=other,
+                                      session=session)["result"]["id"], theirs["result"]["id"])
+        self.assertEqual(self.command("payment.get", {"command_id": "order-1"})["result"]["id"], mine["id"])

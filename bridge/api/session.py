@@ -325,7 +325,8 @@ class Session:
         if "payment_id" in args:
             view = payments.get(args["payment_id"])
         elif isinstance(args.get("command_id"), str):
-            view = payments.get_by_command(args["command_id"])
+            assert self.client is not None
+            view = payments.get_by_command(self.client.id, args["command_id"])
             if view is None:
                 raise BridgeError("unknown_payment", "No payment was started with that command id.")
         else:

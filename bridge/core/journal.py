@@ -26,16 +26,16 @@ from bridge.core.faults import checkpoint
 from bridge.core.states import check_transition
 from bridge.errors import BridgeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Seconds a client's acknowledgement may wait in memory before it is written (see :meth:`Journal.ack_soon`).
 ACK_WRITE_DELAY = 1.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS payments (
+#: The payments table.  A command id is unique per client (schema 2; it was unique over all clients in schema 1):
+#: one client's ids tell nothing about another's, and never collide with them.
+_PAYMENTS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
     id TEXT PRIMARY KEY,
-    command_id TEXT NOT NULL UNIQUE,
+    command_id TEXT NOT NULL,
     client_id TEXT NOT NULL,
     terminal TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -48,13 +48,21 @@ CREATE TABLE IF NOT EXISTS payments (
     reason_message TEXT,
     details TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
-    updated REAL NOT NULL
-);
+    updated REAL NOT NULL,
+    UNIQUE (client_id, command_id)
+)"""
+
+_PAYMENTS_INDEXES = """
 CREATE INDEX IF NOT EXISTS payments_state ON payments (state);
 CREATE INDEX IF NOT EXISTS payments_terminal_created ON payments (terminal, created);
 CREATE INDEX IF NOT EXISTS payments_created ON payments (created);
 -- for refunded_amount: without it every refund scanned all the payments kept (90 days by default)
-CREATE INDEX IF NOT EXISTS payments_refund_of ON payments (json_extract(details, '$.refund_of')) WHERE kind = 'refund';
+CREATE INDEX IF NOT EXISTS payments_refund_of ON payments (json_extract(details, '$.refund_of')) WHERE kind = 'refund'
+"""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""" + _PAYMENTS_TABLE.replace("{name}", "payments") + ";" + _PAYMENTS_INDEXES + """;
 CREATE TABLE IF NOT EXISTS transitions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     payment_id TEXT NOT NULL REFERENCES payments (id),
@@ -481,9 +489,11 @@ class Journal:
         row = self._read().execute(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id=?", (payment_id,)).fetchone()
         return _record_from_row(row) if row else None
 
-    def get_by_command(self, command_id: str) -> Optional[PaymentRecord]:
+    def get_by_command(self, client_id: str, command_id: str) -> Optional[PaymentRecord]:
+        """The payment ``client_id`` started with ``command_id`` (command ids are each client's own)."""
         row = self._read().execute(
-            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE command_id=?", (command_id,)).fetchone()
+            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE client_id=? AND command_id=?",
+            (client_id, command_id)).fetchone()
         return _record_from_row(row) if row else None
 
     def in_flight(self) -> list[PaymentRecord]:
@@ -648,5 +658,16 @@ def _migrate(path: str) -> None:
         conn.close()
 
 
-#: Statements that bring a journal of version N-1 to version N.  Version 1 is the schema above.
-_MIGRATIONS: dict[int, Iterable[str]] = {1: ()}
+#: Statements that bring a journal of version N-1 to version N.  Version 1 is the first schema.
+_MIGRATIONS: dict[int, Iterable[str]] = {
+    1: (),
+    # 2: command ids unique per client, not over all clients.  SQLite cannot drop a UNIQUE constraint: the
+    # table is rebuilt (same columns and rows), in the migration's transaction.
+    2: (
+        _PAYMENTS_TABLE.replace("{name}", "payments_v2"),
+        f"INSERT INTO payments_v2 ({_PAYMENT_COLUMNS}) SELECT {_PAYMENT_COLUMNS} FROM payments",
+        "DROP TABLE payments",
+        "ALTER TABLE payments_v2 RENAME TO payments",
+        *(statement for statement in _PAYMENTS_INDEXES.split(";") if statement.strip()),
+    ),
+}

@@ -76,9 +76,9 @@ class PaymentService:
         self._clock = clock
         self._new_id = new_id
         self._listeners: list[EventListener] = []
-        # Payments between "command received" and "accepted is on disk", by command id: a duplicate command
-        # arriving meanwhile waits for the first instead of starting a second payment.
-        self._creating: dict[str, Deferred] = {}
+        # Payments between "command received" and "accepted is on disk", by (client id, command id): a duplicate
+        # command arriving meanwhile waits for the first instead of starting a second payment.
+        self._creating: dict[tuple[str, str], Deferred] = {}
         self._running: dict[str, Deferred] = {}
 
     # -- subscribers ----------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class PaymentService:
             amount = validate_amount(args.get("amount", original.amount))
             cur = currency(original.currency)
             digest = args_digest(original.terminal, REFUND, original.method, amount, cur.code) + ":" + original.id
-            existing = self.journal.get_by_command(command_id)
+            existing = self.journal.get_by_command(client_id, command_id)
             if existing is None:
                 refunded = self.journal.refunded_amount(original.id)
                 if amount > original.amount - refunded:
@@ -155,12 +155,14 @@ class PaymentService:
 
     @inlineCallbacks
     def _start(self, client_id, command_id, terminal, kind, method, amount, cur, digest, original):
-        pending = self._creating.get(command_id)
+        # Command ids are each client's own: another client's use of the same id is no concern of this one.
+        key = (client_id, command_id)
+        pending = self._creating.get(key)
         if pending is not None:
             yield _wait(pending)
-        existing = self.journal.get_by_command(command_id)
+        existing = self.journal.get_by_command(client_id, command_id)
         if existing is not None:
-            if existing.args_digest != digest or existing.client_id != client_id:
+            if existing.args_digest != digest:
                 raise BridgeError(
                     "idempotency_mismatch",
                     "This command id was already used for a different payment. Use a new command id.",
@@ -176,7 +178,7 @@ class PaymentService:
             details={"refund_of": original["payment_id"]} if original else {}, created=now, updated=now,
         )
         creating: Deferred = Deferred()
-        self._creating[command_id] = creating
+        self._creating[key] = creating
         try:
             checkpoint("payment.before_write.accepted")
             event = yield self.journal.create(record, {"event": "payment.state", "payment": payment_view(record)},
@@ -185,7 +187,7 @@ class PaymentService:
             self.registry.release(terminal, payment_id)
             raise
         finally:
-            del self._creating[command_id]
+            del self._creating[key]
             creating.callback(None)
         checkpoint("payment.after_write.accepted")
         self._log_state(record, client_id)
@@ -338,8 +340,9 @@ class PaymentService:
         """Forget final payments older than the retention time; ``unknown`` ones are always kept."""
         return self.journal.prune(self._clock.seconds() - retention_seconds)
 
-    def get_by_command(self, command_id: str) -> Optional[dict[str, Any]]:
-        record = self.journal.get_by_command(command_id)
+    def get_by_command(self, client_id: str, command_id: str) -> Optional[dict[str, Any]]:
+        """The payment ``client_id`` started with ``command_id``, as clients see it, or None."""
+        record = self.journal.get_by_command(client_id, command_id)
         return payment_view(record) if record else None
 
     # -- start-up -------------------------------------------------------------------------------
