@@ -93,6 +93,17 @@ class PaymentServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.driver.sent), 2)
         self.assertEqual(self.service.get_by_command("cl_b", "cmd-1")["id"], other["id"])
 
+    def test_a_stopping_bridge_takes_no_new_payment_and_waits_for_the_running_one(self):
+        self.successResultOf(self.start("cmd-1"))
+        self.service.stop_taking()
+        self.assertEqual(self.error_code(self.start("cmd-2", args=dict(ARGS, terminal="till-1"))), "bridge_stopping")
+        self.assertEqual(self.service.running(), 1)
+        idle = self.service.wait_idle()
+        self.assertNoResult(idle)
+        self.driver.finish(APPROVED)
+        self.successResultOf(idle)
+        self.assertEqual((self.service.running(), len(self.driver.sent)), (0, 1))
+
     def test_a_busy_terminal_refuses_a_second_payment(self):
         self.successResultOf(self.start("cmd-1"))
         self.assertEqual(self.error_code(self.start("cmd-2")), "terminal_busy")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from bridge import __version__
@@ -68,10 +68,16 @@ class Bridge:
         #: Sessions that said hello and are still connected; ``on_clients_changed`` hears of each change.
         self.connected: set["Session"] = set()
         self.on_clients_changed: Callable[[], Any] = lambda: None
+        #: What closes the listeners' connections at shutdown (each returns a Deferred); see close_connections.
+        self.closers: list[Callable[[], Any]] = []
         # Sessions streaming events, by client id: one subscription for the bridge, not one per session, so
         # an event costs a dict lookup rather than a call per connected session.
         self._streams: dict[str, set["Session"]] = {}
         payments.subscribe(self._dispatch_event)
+
+    def close_connections(self) -> Deferred:
+        """Close every client connection (at shutdown, after the last payment's events were sent)."""
+        return DeferredList([maybeDeferred(close) for close in self.closers])
 
     def stream_events(self, session: "Session", client_id: str) -> None:
         self._streams.setdefault(client_id, set()).add(session)

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from OpenSSL import SSL
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -21,6 +22,10 @@ from bridge.errors import BridgeError
 #: Close code for "message too large".  RFC 6455's 1009 is reserved to the WebSocket layer itself; an
 #: application may only send 1000 or 3000-4999, so the bridge uses 4009 (docs/protocol.md).
 CLOSE_TOO_BIG = 4009
+#: The close code at shutdown: 1000 (autobahn lets an application send only 1000 or 3000-4999, not 1001).
+CLOSE_STOPPING = 1000
+#: Seconds the closing handshakes may take at shutdown before the connections are dropped.
+CLOSE_ALL_TIMEOUT = 5.0
 
 # Not the protocol's ``log`` attribute (see CommandProtocol)
 _log = Logger(namespace="bridge.api.websocket")
@@ -50,11 +55,16 @@ class CommandProtocol(WebSocketServerProtocol):
         self.transport.setTcpNoDelay(True)
         # From the TCP connection on: TLS, the WebSocket handshake and hello must all fit in the deadline.
         self._deadline = self.factory.bridge.clock.callLater(HELLO_DEADLINE, self._hello_overdue)
+        self.closed: Deferred = Deferred()
+        self.factory.connections.add(self)
         super().connectionMade()
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
         self.factory.admission.gone(self.address, self.token)
+        self.factory.connections.discard(self)
+        if hasattr(self, "closed") and not self.closed.called:
+            self.closed.callback(None)
         if reason is not None and reason.check(SSL.Error):
             # autobahn would log "SSL error: tlsv1 alert unknown ca (in )", without saying who: say it here,
             # with the peer's address, and hand autobahn a plain lost connection
@@ -142,6 +152,9 @@ class CommandFactory(WebSocketServerFactory):
         self.bridge = bridge
         self.admission = Admission(bridge.config.max_connections)
         self._tokens = itertools.count(1)
+        #: Every connection made and not lost yet (for closing them at shutdown).
+        self.connections: set[CommandProtocol] = set()
+        bridge.closers.append(self.close_all)
         limit = bridge.config.max_message_bytes
         # autobahn's own cap drops the connection without a word; ours (in onMessage) answers with
         # message_too_large first.  So autobahn's is set above ours, as the hard backstop.
@@ -171,3 +184,18 @@ class CommandFactory(WebSocketServerFactory):
             refused.factory = self
             return refused
         return protocol
+
+    def close_all(self, timeout: float = CLOSE_ALL_TIMEOUT) -> Deferred:
+        """Close every connection (at shutdown, once the payments in flight have ended): a closing handshake
+        after what was already sent (the last events reach the tills), then an abort for any still open after
+        ``timeout`` seconds.  Fires when all are gone."""
+        connections = list(self.connections)
+        for connection in connections:
+            if connection.state == connection.STATE_OPEN:
+                connection.sendClose(CLOSE_STOPPING, "the bridge is stopping")
+            else:
+                connection.drop()
+        done = DeferredList([c.closed for c in connections])
+        clock = self.bridge.clock
+        late = clock.callLater(timeout, lambda: [c.drop() for c in list(self.connections)])
+        return done.addBoth(lambda _: late.cancel() if late.active() else None)

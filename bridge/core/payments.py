@@ -80,6 +80,7 @@ class PaymentService:
         # command arriving meanwhile waits for the first instead of starting a second payment.
         self._creating: dict[tuple[str, str], Deferred] = {}
         self._running: dict[str, Deferred] = {}
+        self._stopping = False
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -99,9 +100,19 @@ class PaymentService:
 
     # -- commands -------------------------------------------------------------------------------
 
+    def stop_taking(self) -> None:
+        """Refuse new payments from now on (the bridge is stopping); the ones running go on to their end."""
+        self._stopping = True
+
+    def _check_taking(self) -> None:
+        if self._stopping:
+            raise BridgeError("bridge_stopping", "The bridge is stopping, so it started nothing. Send the payment "
+                                                 "again once it is back (usually within a minute).")
+
     def start(self, client_id: str, command_id: object, args: dict[str, Any]) -> "Deferred[dict[str, Any]]":
         """Start a payment (or return the one this command id already started)."""
         try:
+            self._check_taking()
             request = self._validate(command_id, args)
         except BridgeError as e:
             return fail(e)
@@ -114,6 +125,7 @@ class PaymentService:
                see_all: bool = False) -> "Deferred[dict[str, Any]]":
         """Refund an approved payment, in full or in part, on the terminal (or provider) that took it."""
         try:
+            self._check_taking()
             if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_COMMAND_ID_LENGTH:
                 raise BridgeError("bad_request", "The command id must be a non-empty string of at most 128 "
                                                  "characters.")
@@ -392,9 +404,20 @@ class PaymentService:
             return None
         return outcome
 
-    def wait_idle(self) -> Deferred:
-        """A Deferred that fires when every payment running now has been journaled (used at shutdown)."""
-        return DeferredList([_wait(r.finished) for r in self._running.values() if r.finished is not None])
+    def running(self) -> int:
+        """How many payments are between their first journal write and their end's."""
+        return len(self._running) + len(self._creating)
+
+    @inlineCallbacks
+    def wait_idle(self):
+        """Fires when no payment is running any more, each one's end journaled (used at shutdown, after
+        :meth:`stop_taking`); a payment still being created when this is called is waited for too."""
+        while True:
+            waits = [_wait(d) for d in self._creating.values()]
+            waits += [_wait(r.finished) for r in self._running.values() if r.finished is not None]
+            if not waits:
+                return
+            yield DeferredList(waits)
 
     def _log_state(self, record: PaymentRecord, client_id: str) -> None:
         # One line when a payment is taken and one when it ends, at info; the step between at debug (a log
@@ -450,7 +473,7 @@ def _wait(d: Deferred) -> Deferred:
             waiter.callback(None)
         return result
 
-    if d.called:
-        return succeed(None)
+    # Even when ``d`` was called already: its chain may be paused on another Deferred (an end being journaled
+    # again), and then this fires when the chain goes on.
     d.addBoth(fire)
     return waiter
