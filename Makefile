@@ -4,13 +4,14 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-bookworm bench deb check-deb ci clean help
+.PHONY: run test test-bookworm bench fuzz deb check-deb ci clean help
 
 help:
 	@echo "make run            start the bridge in demo mode (simulated terminals, self-signed TLS)"
 	@echo "make test           run the test suite in a virtual environment (current PyPI releases)"
 	@echo "make test-bookworm  run the test suite on Debian bookworm's own python3-* packages"
 	@echo "make bench          run the benchmark and print its figures"
+	@echo "make fuzz           fuzz every parser of outside input, FUZZ_INPUTS (1000000) each; prints inputs and crashes"
 	@echo "make deb            build the .deb into out/ (on Debian bookworm)"
 	@echo "make check-deb      build, lint, install and smoke-test the .deb (needs root)"
 
@@ -33,6 +34,10 @@ test-bookworm:
 
 bench: $(STAMP)
 	$(VPY) bench/bench.py $(BENCH_ARGS)
+
+FUZZ_INPUTS ?= 1000000
+fuzz: $(STAMP)
+	$(VPY) -m tests.test_fuzz --inputs $(FUZZ_INPUTS)
 
 deb:
 	packaging/build-deb.sh
