@@ -189,14 +189,14 @@ class HelloDeadlineTests(SynchronousTestCase):
 
 class AdmissionTests(SynchronousTestCase):
     def test_the_last_slots_are_kept_for_clients_that_logged_in(self):
-        admission = Admission(64, per_address=64)
+        admission = Admission(64, Clock(), per_address=64)
         self.assertEqual(admission.max_pending, 64 - reserved_slots(64))
         for token in range(admission.max_pending):
             self.assertTrue(admission.admit("10.0.0.1", token, lambda: None))
         self.assertFalse(admission.admit("10.0.0.1", 999, lambda: None))
 
     def test_a_newcomer_takes_the_oldest_slot_of_the_biggest_holder(self):
-        admission = Admission(8, per_address=8)  # 6 pending slots
+        admission = Admission(8, Clock(), per_address=8)  # 6 pending slots
         dropped = []
         for token in range(5):
             admission.admit("10.0.0.1", token, lambda t=token: dropped.append(t))
@@ -204,3 +204,28 @@ class AdmissionTests(SynchronousTestCase):
         self.assertTrue(admission.admit("10.0.0.3", 20, lambda: dropped.append(20)))
         self.assertEqual(dropped, [0])
         self.assertEqual((admission.pending_from("10.0.0.1"), admission.pending), (4, 6))
+
+    def test_an_offender_is_logged_once_with_its_address_then_summed_up_once_quiet(self):
+        from twisted.logger import globalLogPublisher
+
+        from bridge.api.admission import QUIET
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        admission = Admission(64, clock, per_address=2)
+        for token in range(500):  # a device opening and abandoning connections, failing TLS, signing badly
+            if admission.admit("10.0.0.9", token, lambda: None):
+                admission.hello_overdue("10.0.0.9") if token % 2 else admission.offence("10.0.0.9", "tls", "x")
+                admission.gone("10.0.0.9", token)
+            admission.offence("10.0.0.9", "bad_signature", "client cl_pos")
+            clock.advance(0.1)
+        mine = [e for e in events if e.get("peer") == "10.0.0.9"]
+        self.assertEqual([e["log_level"].name for e in mine], ["warn"])
+        clock.advance(QUIET)
+        mine = [e for e in events if e.get("peer") == "10.0.0.9"]
+        self.assertEqual([e["log_level"].name for e in mine], ["warn", "info"])
+        self.assertEqual((mine[1]["count_bad_signature"], mine[1]["count_dropped"] + mine[1]["count_tls"]),
+                         (500, 500))
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -107,7 +107,7 @@ class ListenerTLSTests(TestCase):
         _, opened = connect(reactor, self.url, self.creds, fingerprint="AB" * 32)
         with self.assertRaises(BridgeError):
             yield opened
-        while not any(e.get("peer") == "127.0.0.1" and "TLS" in e.get("log_format", "") for e in events):
+        while not any(e.get("peer") == "127.0.0.1" and e.get("kind") == "tls" for e in events):
             yield deferToThread(lambda: None)  # the bridge's side of the failure comes a turn later
         server_side = [e for e in events if "Server" in e.get("log_namespace", "")]
         self.assertFalse([e for e in server_side if "(in )" in str(e.get("log_format", ""))])

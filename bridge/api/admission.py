@@ -11,8 +11,9 @@ connections only:
   its own address is not kept out by a device holding many;
 - a pending connection that has not said ``hello`` within the deadline is dropped (the WebSocket server does it).
 
-Offenders are logged once per address and episode (address and count), not once per socket: a warning the
-first time an address is refused or dropped, and a summary when it holds no pending connection any more.
+Offenders are logged once per address and episode (address and counts), not once per socket: a warning the
+first time an address is refused, dropped, fails TLS or sends a bad signature, and a summary once it has been
+quiet (no offence, no pending connection) for ``QUIET`` seconds.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ from twisted.logger import Logger
 HELLO_DEADLINE = 10.0
 #: Pending connections one peer address may hold.  A till needs one; a local Odoo with several workers a few.
 PENDING_PER_ADDRESS = 8
+#: Seconds without an offence (and without a pending connection) that end an offender's episode.
+QUIET = 60.0
+#: What is counted per offender: the words of its first warning, and of the summary.
+KINDS = {
+    "refused": ("are being refused: it holds too many connections that did not log in", "refused"),
+    "dropped": ("are being dropped: they did not say hello in time", "dropped without hello"),
+    "tls": ("fail TLS", "failed TLS"),
+    "bad_signature": ("send commands with a bad signature", "with a bad signature"),
+}
 
 
 def reserved_slots(max_connections: int) -> int:
@@ -35,12 +45,12 @@ def reserved_slots(max_connections: int) -> int:
 
 
 class _Offender:
-    __slots__ = ("refused", "dropped", "warned")
+    __slots__ = ("counts", "last", "call")
 
     def __init__(self) -> None:
-        self.refused = 0
-        self.dropped = 0
-        self.warned = False
+        self.counts: dict[str, int] = {}
+        self.last = 0.0
+        self.call: Any = None
 
 
 class Admission:
@@ -48,7 +58,8 @@ class Admission:
 
     log = Logger()
 
-    def __init__(self, max_connections: int, per_address: int = PENDING_PER_ADDRESS) -> None:
+    def __init__(self, max_connections: int, clock: Any, per_address: int = PENDING_PER_ADDRESS) -> None:
+        self._clock = clock
         self.max_pending = max(1, max_connections - reserved_slots(max_connections))
         self.per_address = per_address
         # address -> its pending connections, oldest first (each a callable that drops it)
@@ -68,10 +79,10 @@ class Admission:
         ``drop`` is called if the connection later has to give its slot to another one."""
         mine = self._pending.get(address)
         if mine is not None and len(mine) >= self.per_address:
-            self._offence(address, refused=1)
+            self.offence(address, "refused")
             return False
         if self._total >= self.max_pending and not self._make_room(address):
-            self._offence(address, refused=1)
+            self.offence(address, "refused")
             return False
         self._pending.setdefault(address, OrderedDict())[token] = drop
         self._total += 1
@@ -87,7 +98,7 @@ class Admission:
 
     def hello_overdue(self, address: str) -> None:
         """A connection from ``address`` is being dropped for not saying hello in time."""
-        self._offence(address, dropped=1)
+        self.offence(address, "dropped")
 
     def _make_room(self, address: str) -> bool:
         biggest: Optional[str] = None
@@ -98,7 +109,7 @@ class Admission:
             return False
         token, drop = next(iter(self._pending[biggest].items()))
         self._release(biggest, token)
-        self._offence(biggest, dropped=1)
+        self.offence(biggest, "dropped")
         drop()
         return True
 
@@ -110,20 +121,39 @@ class Admission:
         self._total -= 1
         if not mine:
             del self._pending[address]
-            offender = self._offenders.pop(address, None)
-            if offender is not None:
-                self.log.info("Connections from {peer} that did not log in: {refused} refused, {dropped} dropped; "
-                              "it holds none now", peer=address, refused=offender.refused,
-                              dropped=offender.dropped)
 
-    def _offence(self, address: str, refused: int = 0, dropped: int = 0) -> None:
-        offender = self._offenders.setdefault(address, _Offender())
-        offender.refused += refused
-        offender.dropped += dropped
-        if not offender.warned:
-            offender.warned = True
-            self.log.warn("Connections from {peer} are being refused or dropped: it holds {count} connection(s) "
-                          "that did not log in (at most {limit} per address; hello within {deadline:.0f} s). "
-                          "Other offences from it are counted, not logged, until it holds none",
-                          peer=address, count=self.pending_from(address), limit=self.per_address,
-                          deadline=HELLO_DEADLINE)
+    def offence(self, address: str, kind: str, detail: str = "") -> None:
+        """Count an offence of ``kind`` (a key of KINDS) from ``address``; only the first of an episode is logged,
+        with ``detail`` if given."""
+        offender = self._offenders.get(address)
+        first = offender is None
+        if offender is None:
+            offender = self._offenders[address] = _Offender()
+        offender.counts[kind] = offender.counts.get(kind, 0) + 1
+        offender.last = self._clock.seconds()
+        if first:
+            self.log.warn("Connections from {peer} {what}{detail} ({count} not logged in now; at most {limit} per "
+                          "address; hello within {deadline:.0f} s). What follows from {peer} is counted and summed "
+                          "up once it has been quiet for {quiet:.0f} s",
+                          peer=address, what=KINDS[kind][0], detail=f" ({detail})" if detail else "", kind=kind,
+                          count=self.pending_from(address), limit=self.per_address, deadline=HELLO_DEADLINE,
+                          quiet=QUIET)
+            offender.call = self._clock.callLater(QUIET, self._maybe_quiet, address)
+
+    def _maybe_quiet(self, address: str) -> None:
+        offender = self._offenders[address]
+        wait = offender.last + QUIET - self._clock.seconds()
+        if wait > 0 or self.pending_from(address):
+            offender.call = self._clock.callLater(max(wait, 1.0), self._maybe_quiet, address)
+            return
+        del self._offenders[address]
+        summary = ", ".join(f"{count} {KINDS[kind][1]}" for kind, count in offender.counts.items())
+        self.log.info("{peer} has been quiet for {quiet:.0f} s; in all, its connections: {summary}", peer=address,
+                      quiet=QUIET, summary=summary, **{f"count_{k}": v for k, v in offender.counts.items()})
+
+    def stop(self) -> None:
+        """Forget the offenders without their summaries (at shutdown: no timer is left behind)."""
+        for offender in self._offenders.values():
+            if offender.call is not None and offender.call.active():
+                offender.call.cancel()
+        self._offenders.clear()

@@ -112,14 +112,17 @@ class Session:
 
     def __init__(self, bridge: Bridge, send: Send, peer: str,
                  send_bytes: Optional[Callable[[bytes], None]] = None,
-                 on_hello: Callable[[], Any] = lambda: None) -> None:
+                 on_hello: Callable[[], Any] = lambda: None,
+                 on_bad_signature: Optional[Callable[[str], Any]] = None) -> None:
         """``send`` takes each outgoing message as a dict; a transport that carries text may also give
         ``send_bytes``, which then takes the message already serialised (UTF-8 JSON, signed).  ``on_hello`` is
-        called when the client has logged in."""
+        called when the client has logged in; ``on_bad_signature`` (when given) hears of each bad signature (with the client id it claimed)
+        instead of the log (the WebSocket server counts them per address)."""
         self.bridge = bridge
         self._send = send
         self._send_bytes = send_bytes
         self._on_hello = on_hello
+        self._on_bad_signature = on_bad_signature
         self.peer = peer
         self.client: Optional[ClientConfig] = None
         self._limiter = RateLimiter(bridge.clock, bridge.config.messages_per_second,
@@ -208,7 +211,9 @@ class Session:
 
         if not signing.verify(message, client.secret_in, client.algorithm):
             self._bad_signatures += 1
-            if self._bad_signatures == 1:  # once per connection: a flood of them is not a flood of log lines
+            if self._on_bad_signature is not None:
+                self._on_bad_signature(client.id)
+            elif self._bad_signatures == 1:  # once per connection: a flood of them is not a flood of log lines
                 self.log.warn("Bad signature from {peer} for client {client}", peer=self.peer, client=client.id)
             raise BridgeError("bad_signature", "The message signature does not match. Check the client's "
                                                "inbound secret.")

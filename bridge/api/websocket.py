@@ -12,7 +12,6 @@ from OpenSSL import SSL
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge.api.admission import HELLO_DEADLINE, Admission
@@ -26,9 +25,6 @@ CLOSE_TOO_BIG = 4009
 CLOSE_STOPPING = 1000
 #: Seconds the closing handshakes may take at shutdown before the connections are dropped.
 CLOSE_ALL_TIMEOUT = 5.0
-
-# Not the protocol's ``log`` attribute (see CommandProtocol)
-_log = Logger(namespace="bridge.api.websocket")
 
 
 def _tls_error_text(error: BaseException) -> str:
@@ -67,12 +63,19 @@ class CommandProtocol(WebSocketServerProtocol):
             self.closed.callback(None)
         if reason is not None and reason.check(SSL.Error):
             # autobahn would log "SSL error: tlsv1 alert unknown ca (in )", without saying who: say it here,
-            # with the peer's address, and hand autobahn a plain lost connection
-            _log.warn("TLS with {peer} failed: {error}. A client that rejects the bridge's certificate pins "
-                      "another fingerprint: compare it with the bridge's (terminal-bridge doctor).",
-                      peer=self.address, error=_tls_error_text(reason.value))
+            # with the peer's address (once per episode: see Admission), and hand autobahn a plain lost connection
+            error = _tls_error_text(reason.value)
+            hint = ("; a client that rejects the bridge's certificate pins another fingerprint: compare it with "
+                    "the bridge's (terminal-bridge doctor)") if "unknown ca" in error or "certificate" in error else ""
+            self.factory.admission.offence(self.address, "tls", error + hint)
             reason = Failure(ConnectionLost("TLS failed"))
         super().connectionLost(reason)
+        # autobahn leaves its closing-handshake timer running when the peer hangs up first (a close sent at
+        # shutdown crossing the peer's own): cancel it, nothing is left to time
+        call = getattr(self, "closeHandshakeTimeoutCall", None)
+        if call is not None:
+            self.closeHandshakeTimeoutCall = None
+            call.cancel()
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -97,7 +100,9 @@ class CommandProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST,
                                  f"offer the WebSocket subprotocol {SUBPROTOCOL}")
         self.session = Session(self.factory.bridge, self._send_json, peer=request.peer,
-                               send_bytes=self._send_text, on_hello=self._logged_in)
+                               send_bytes=self._send_text, on_hello=self._logged_in,
+                               on_bad_signature=lambda client: self.factory.admission.offence(
+                                   self.address, "bad_signature", f"client {client}"))
         return SUBPROTOCOL
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
@@ -150,7 +155,7 @@ class CommandFactory(WebSocketServerFactory):
         # server=None: no "Server: AutobahnPython/..." banner in the handshake's answer
         super().__init__(url, protocols=[SUBPROTOCOL], server=None)
         self.bridge = bridge
-        self.admission = Admission(bridge.config.max_connections)
+        self.admission = Admission(bridge.config.max_connections, bridge.clock)
         self._tokens = itertools.count(1)
         #: Every connection made and not lost yet (for closing them at shutdown).
         self.connections: set[CommandProtocol] = set()
@@ -173,6 +178,11 @@ class CommandFactory(WebSocketServerFactory):
             # connection (1007) and spend a UTF-8 scan on every frame
             utf8validateIncoming=False,
         )
+
+    def stopFactory(self) -> None:
+        # the listener stopped (the bridge is stopping): no offender summary is left waiting
+        self.admission.stop()
+        super().stopFactory()
 
     def buildProtocol(self, addr: Any) -> Optional[Protocol]:
         address = getattr(addr, "host", None) or str(addr)
