@@ -48,6 +48,9 @@ class LockOutOverRealSocketsTests(TestCase):
         self.creds = credentials_of(add_test_client(path, "pos"))
         self.daemon, self.url, self.fingerprint = yield start_daemon(self, path, reactor)
         self.port = int(self.url.rsplit(":", 1)[1])
+        # This machine has no other addresses than its loopback ones, which the bridge trusts (nobody on the
+        # shop network can send from them): here they stand for the shop network's addresses.
+        self._admission().exempt = lambda address: False
         self.warnings = []
 
         def observe(event):
@@ -130,6 +133,9 @@ class LockOutOverRealSocketsTests(TestCase):
 
     def _factory(self):
         return self.daemon.port.factory.wrappedFactory
+
+    def _admission(self):
+        return self.daemon.port.factory.wrappedFactory.admission
 
     def _pending(self):
         admission = getattr(self._factory(), "admission", None)
@@ -229,3 +235,13 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual((mine[1]["count_bad_signature"], mine[1]["count_dropped"] + mine[1]["count_tls"]),
                          (500, 500))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_the_bridges_own_machine_is_not_capped(self):
+        admission = Admission(64, Clock(), per_address=2)
+        for token in range(60):
+            self.assertTrue(admission.admit("127.0.0.1", token, lambda: None))
+            self.assertTrue(admission.admit("::1", 100 + token, lambda: None))
+        self.assertEqual(admission.pending, 0)
+        self.assertTrue(admission.admit("10.0.0.1", 1000, lambda: None))
+        self.assertTrue(admission.admit("10.0.0.1", 1001, lambda: None))
+        self.assertFalse(admission.admit("10.0.0.1", 1002, lambda: None))

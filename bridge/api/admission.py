@@ -11,6 +11,10 @@ connections only:
   its own address is not kept out by a device holding many;
 - a pending connection that has not said ``hello`` within the deadline is dropped (the WebSocket server does it).
 
+Connections from the bridge's own machine (loopback addresses) are not counted: nobody on the shop network can
+send from them, and local tools (``make bench``'s 50 clients, a local Odoo) may open many at once.  They still
+have the hello deadline.
+
 Offenders are logged once per address and episode (address and counts), not once per socket: a warning the
 first time an address is refused, dropped, fails TLS or sends a bad signature, and a summary once it has been
 quiet (no offence, no pending connection) for ``QUIET`` seconds.
@@ -18,6 +22,7 @@ quiet (no offence, no pending connection) for ``QUIET`` seconds.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
@@ -39,6 +44,16 @@ KINDS = {
 }
 
 
+def is_loopback(address: str) -> bool:
+    """True for an address of the bridge's own machine (127.0.0.0/8, ::1, ::ffff:127.x)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
 def reserved_slots(max_connections: int) -> int:
     """Slots kept for authenticated clients: a quarter of them, at least one when there are two or more."""
     return max(1 if max_connections > 1 else 0, max_connections // 4)
@@ -58,8 +73,10 @@ class Admission:
 
     log = Logger()
 
-    def __init__(self, max_connections: int, clock: Any, per_address: int = PENDING_PER_ADDRESS) -> None:
+    def __init__(self, max_connections: int, clock: Any, per_address: int = PENDING_PER_ADDRESS,
+                 exempt: Callable[[str], bool] = is_loopback) -> None:
         self._clock = clock
+        self.exempt = exempt
         self.max_pending = max(1, max_connections - reserved_slots(max_connections))
         self.per_address = per_address
         # address -> its pending connections, oldest first (each a callable that drops it)
@@ -77,6 +94,8 @@ class Admission:
     def admit(self, address: str, token: int, drop: Callable[[], Any]) -> bool:
         """Take a pending slot for a new connection from ``address``; False if it must be closed at once.
         ``drop`` is called if the connection later has to give its slot to another one."""
+        if self.exempt(address):
+            return True
         mine = self._pending.get(address)
         if mine is not None and len(mine) >= self.per_address:
             self.offence(address, "refused")
