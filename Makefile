@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-bookworm test-odoo lint-odoo bench deb check-deb ci clean help
+.PHONY: run test test-bookworm test-odoo lint-odoo bench fuzz deb check-deb ci clean help
 
 help:
 	@echo "make run            start the bridge in demo mode (simulated terminals, self-signed TLS);"
@@ -16,6 +16,7 @@ help:
 	@echo "                    from ODOO_19_SRC (default $(ODOO_19_SRC)) and ODOO_18_SRC (default $(ODOO_18_SRC))"
 	@echo "make lint-odoo      pylint-odoo on the Odoo addons"
 	@echo "make bench          run the benchmark and print its figures"
+	@echo "make fuzz           fuzz every parser of outside input, FUZZ_INPUTS (1000000) each; prints inputs and crashes"
 	@echo "make deb            build the .deb into out/ (on Debian bookworm)"
 	@echo "make check-deb      build, lint, install and smoke-test the .deb (needs root)"
 
@@ -55,6 +56,10 @@ lint-odoo:
 
 bench: $(STAMP)
 	$(VPY) bench/bench.py $(BENCH_ARGS)
+
+FUZZ_INPUTS ?= 1000000
+fuzz: $(STAMP)
+	$(VPY) -m tests.test_fuzz --inputs $(FUZZ_INPUTS)
 
 deb:
 	packaging/build-deb.sh

@@ -146,7 +146,7 @@ def start_daemon(test: Any, config_path: str, reactor: Any, **options: Any) -> D
     def start():
         daemon = Daemon(load_config(config_path), reactor, **options)
         port = yield daemon.start()
-        test.addCleanup(daemon.stop)
+        test.addCleanup(daemon.stop, grace=10.0)  # not systemd's 180 s: a test ends within its own timeout
         with open(daemon.config.tls_certificate, "rb") as f:
             fingerprint = fingerprint_of_pem(f.read())
         return daemon, f"wss://127.0.0.1:{port.getHost().port}", fingerprint

@@ -701,7 +701,8 @@ def test_catalogue_knows_the_serial_type_and_starts_the_driver_on_the_next_turn(
     assert driver.status()["state"] == "disconnected"
     reactor.advance(0)
     assert "does not exist" in driver.status()["detail"]
-    assert [trigger[0] for trigger in reactor.triggers["before"]["shutdown"]] == [driver.stop]
+    # "during": after the daemon's "before" trigger has let the payments in flight end (issue 13 item 10)
+    assert [trigger[0] for trigger in reactor.triggers["during"]["shutdown"]] == [driver.stop]
     driver.stop()
 
 

@@ -18,7 +18,7 @@ from bridge.api.tls import ensure_certificate, fingerprint_of_pem
 from bridge.cli import doctor
 from bridge.cli.doctor import FAIL, OK, WARN, Account, Context, diagnose
 from bridge.cli.main import main
-from bridge.core.journal import Journal, PaymentRecord
+from bridge.core.journal import SCHEMA_VERSION, Journal, PaymentRecord
 from tests.support import add_test_client, load_config, write_config
 
 NOBODY = 65534
@@ -283,7 +283,7 @@ def journal_lines(config):
 
 def test_an_intact_journal_is_ok_with_its_schema(config):
     Journal.open(config.journal_path, threaded=False).close()
-    assert journal_lines(config) == [(OK, f"journal: {config.journal_path} is intact (schema 1).")]
+    assert journal_lines(config) == [(OK, f"journal: {config.journal_path} is intact (schema {SCHEMA_VERSION}).")]
 
 
 def test_a_corrupt_journal_fails_and_says_to_keep_a_copy(config):

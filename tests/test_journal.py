@@ -30,7 +30,7 @@ class InlineJournalTests(SynchronousTestCase):
         event = self.successResultOf(self.journal.create(record(), {"event": "payment.state"}, actor="cl_a"))
         self.assertEqual((event.seq, event.client_id, event.payment_id), (1, "cl_a", "pay_1"))
         self.assertEqual(self.journal.get("pay_1"), record())
-        self.assertEqual(self.journal.get_by_command("cmd_1").id, "pay_1")
+        self.assertEqual(self.journal.get_by_command("cl_a", "cmd_1").id, "pay_1")
         self.assertIsNone(self.journal.get("pay_2"))
 
     def test_every_transition_is_kept_with_its_actor(self):
@@ -121,6 +121,50 @@ class InlineJournalTests(SynchronousTestCase):
             "AND json_extract(details, '$.refund_of')=? AND state NOT IN ('declined','cancelled','failed')",
             ("pay_1",)).fetchall()
         self.assertIn("USING INDEX payments_refund_of", " ".join(str(row[-1]) for row in plan))
+
+    def test_command_ids_are_unique_per_client_only(self):
+        self.successResultOf(self.journal.create(record(1, client_id="cl_a"), {}, actor="cl_a"))
+        self.successResultOf(self.journal.create(record(2, command_id="cmd_1", client_id="cl_b"), {}, actor="cl_b"))
+        self.assertEqual((self.journal.get_by_command("cl_a", "cmd_1").id,
+                          self.journal.get_by_command("cl_b", "cmd_1").id), ("pay_1", "pay_2"))
+        self.assertIsNone(self.journal.get_by_command("cl_c", "cmd_1"))
+
+    def test_a_journal_made_by_the_first_schema_is_migrated_and_keeps_everything(self):
+        """Schema 1 (until issue 13) made command ids unique over all clients; opening such a journal rebuilds
+        the payments table with ids unique per client, keeping every row, transition, event and ack."""
+        self.journal.close()
+        path = os.path.join(self.mktemp(), "old.sqlite3")
+        os.makedirs(os.path.dirname(path))
+        conn = sqlite3.connect(path)
+        conn.executescript(SCHEMA_1)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute("INSERT INTO payments VALUES ('pay_old', 'cmd_1', 'cl_a', 'till-1', 'debit', 'card', 1234, "
+                     "'EUR', 'digest', 'approved', 'approved', 'ok', '{\"authorisation\": \"9\"}', 1000.0, 1002.0)")
+        conn.execute("INSERT INTO payments VALUES ('pay_ref', 'cmd_2', 'cl_a', 'till-1', 'refund', 'card', 34, "
+                     "'EUR', 'd2', 'approved', NULL, NULL, '{\"refund_of\": \"pay_old\"}', 1003.0, 1004.0)")
+        conn.execute("INSERT INTO transitions (payment_id, state, actor, at) VALUES ('pay_old', 'accepted', 'cl_a', 1000)")
+        conn.execute("INSERT INTO events (client_id, payment_id, body, created) VALUES ('cl_a', 'pay_old', '{}', 1000)")
+        conn.execute("INSERT INTO acks VALUES ('cl_a', 1)")
+        conn.commit()
+        conn.close()
+        journal = Journal.open(path, threaded=False)
+        self.addCleanup(journal.close)
+        old = journal.get_by_command("cl_a", "cmd_1")
+        self.assertEqual((old.id, old.amount, old.state, old.details), ("pay_old", 1234, "approved",
+                                                                        {"authorisation": "9"}))
+        self.assertEqual((len(journal.transitions("pay_old")), journal.last_seq(), journal.acked("cl_a")), (1, 1, 1))
+        self.assertEqual(journal.refunded_amount("pay_old"), 34)
+        # another client may now use the same command id
+        self.successResultOf(journal.create(record(3, command_id="cmd_1", client_id="cl_b"), {}, actor="cl_b"))
+        self.assertEqual(journal.get_by_command("cl_b", "cmd_1").id, "pay_3")
+        failure = self.failureResultOf(journal.create(record(4, command_id="cmd_1", client_id="cl_a"), {},
+                                                      actor="cl_a"), BridgeError)
+        self.assertEqual(failure.value.code, "duplicate_command")
+        version = journal._read().execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        self.assertEqual(int(version), SCHEMA_VERSION)
+        indexes = {row[0] for row in journal._read().execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        self.assertTrue({"payments_state", "payments_terminal_created", "payments_created",
+                         "payments_refund_of"} <= indexes)
 
     def test_the_journal_file_is_private(self):
         self.assertEqual(os.stat(self.path).st_mode & 0o077, 0)
@@ -325,3 +369,27 @@ class PruneTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.journal.prune(before=5000.0)), 1)
         self.assertIsNone(self.journal.get("pay_1"))
         self.assertIsNotNone(self.journal.get("pay_2"))
+
+
+#: The schema the first bridge (journal schema 1) made, as it made it: command ids unique over all clients.
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE payments (
+    id TEXT PRIMARY KEY, command_id TEXT NOT NULL UNIQUE, client_id TEXT NOT NULL, terminal TEXT NOT NULL,
+    kind TEXT NOT NULL, method TEXT NOT NULL, amount INTEGER NOT NULL, currency TEXT NOT NULL,
+    args_digest TEXT NOT NULL, state TEXT NOT NULL, reason_code TEXT, reason_message TEXT,
+    details TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL, updated REAL NOT NULL);
+CREATE INDEX payments_state ON payments (state);
+CREATE INDEX payments_terminal_created ON payments (terminal, created);
+CREATE INDEX payments_created ON payments (created);
+CREATE INDEX payments_refund_of ON payments (json_extract(details, '$.refund_of')) WHERE kind = 'refund';
+CREATE TABLE transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, payment_id TEXT NOT NULL REFERENCES payments (id), state TEXT NOT NULL,
+    reason_code TEXT, reason_message TEXT, details TEXT NOT NULL DEFAULT '{}', actor TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX transitions_payment ON transitions (payment_id);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL, payment_id TEXT NOT NULL, body TEXT NOT NULL,
+    created REAL NOT NULL);
+CREATE INDEX events_client ON events (client_id, seq);
+CREATE TABLE acks (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+"""

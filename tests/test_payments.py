@@ -76,8 +76,33 @@ class PaymentServiceTests(SynchronousTestCase):
     def test_the_same_command_id_with_other_arguments_is_a_mismatch(self):
         self.successResultOf(self.start())
         self.assertEqual(self.error_code(self.start(args=dict(ARGS, amount=999))), "idempotency_mismatch")
-        self.assertEqual(self.error_code(self.start(client="cl_b")), "idempotency_mismatch")
         self.assertEqual(len(self.driver.sent), 1)
+
+    def test_command_ids_are_each_clients_own(self):
+        # issue 13 item 6: another client's id tells nothing, blocks nothing, and is never its payment
+        first = self.successResultOf(self.start("cmd-1", client="cl_a"))
+        self.driver.finish(APPROVED)
+        other = self.successResultOf(self.start("cmd-1", args=dict(ARGS, amount=999), client="cl_b"))
+        self.assertNotEqual(other["id"], first["id"])
+        self.assertEqual((other["amount"], other["state"]), (999, "accepted"))
+        self.assertEqual(len(self.driver.sent), 2)
+        # and each client's repeat still finds its own payment
+        self.assertEqual(self.successResultOf(self.start("cmd-1", client="cl_a"))["id"], first["id"])
+        self.assertEqual(self.successResultOf(self.start("cmd-1", args=dict(ARGS, amount=999),
+                                                         client="cl_b"))["id"], other["id"])
+        self.assertEqual(len(self.driver.sent), 2)
+        self.assertEqual(self.service.get_by_command("cl_b", "cmd-1")["id"], other["id"])
+
+    def test_a_stopping_bridge_takes_no_new_payment_and_waits_for_the_running_one(self):
+        self.successResultOf(self.start("cmd-1"))
+        self.service.stop_taking()
+        self.assertEqual(self.error_code(self.start("cmd-2", args=dict(ARGS, terminal="till-1"))), "bridge_stopping")
+        self.assertEqual(self.service.running(), 1)
+        idle = self.service.wait_idle()
+        self.assertNoResult(idle)
+        self.driver.finish(APPROVED)
+        self.successResultOf(idle)
+        self.assertEqual((self.service.running(), len(self.driver.sent)), (0, 1))
 
     def test_a_busy_terminal_refuses_a_second_payment(self):
         self.successResultOf(self.start("cmd-1"))
@@ -262,7 +287,7 @@ class RefundAndProviderRecoveryTests(PaymentServiceTests):
         self.assertEqual(self.error_code(self.refund("r-2", payment_id=original["id"], amount=235)),
                          "refund_too_large")
         self.successResultOf(self.refund("r-3", payment_id=original["id"], amount=234))
-        self.assertEqual(again["id"], self.journal.get_by_command("r-1").id)
+        self.assertEqual(again["id"], self.journal.get_by_command("cl_a", "r-1").id)
 
     def test_only_approved_debits_of_ones_own_can_be_refunded(self):
         view = self.successResultOf(self.start("d-1"))

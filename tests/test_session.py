@@ -271,3 +271,110 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual((refund["kind"], refund["amount"]), ("refund", 40))
         self.assert_error(self.command("payment.refund", {"payment_id": started["id"], "amount": 61}, client=boss,
                                        session=boss_session), "refund_too_large")
+
+    # -- hostile input (issue 13, item 2): each gets its documented code and the connection stays usable ----
+
+    def wire_session(self):
+        """A session that serialises what it sends, as the WebSocket server does (encoding errors show)."""
+        sink = []
+        session = Session(self.bridge, sink.append, peer="test",
+                          send_bytes=lambda data: sink.append(json.loads(data.decode("utf-8"))))
+        self.sinks[session] = sink
+        return session, sink
+
+    def assert_still_usable(self, session):
+        self.hello(session=session)
+        self.assertTrue(self.command("terminal.list", session=session)["ok"])
+
+    def test_json_nested_thousands_deep_is_bad_json(self):
+        session, sink = self.wire_session()
+        for text in ("[" * 5000 + "]" * 5000, '{"id":"x","args":' + "[" * 40 + "]" * 40 + "}"):
+            session.message_received(text)
+            self.assert_error(sink[-1], "bad_json")
+        self.assert_still_usable(session)
+
+    def test_an_escaped_lone_surrogate_is_bad_json_and_the_reply_can_be_sent(self):
+        session, sink = self.wire_session()
+        session.message_received('{"id": "\\ud800", "op": "hello", "ts": 1, "args": {}}')
+        self.assert_error(sink[-1], "bad_json")
+        self.assertIsNone(sink[-1]["re"])
+        self.assert_still_usable(session)
+
+    def test_non_json_numbers_are_bad_json(self):
+        session, sink = self.wire_session()
+        for text in ('{"id": "a", "ts": NaN}', '{"id": "a", "ts": Infinity}', '{"ts": -Infinity}'):
+            session.message_received(text)
+            self.assert_error(sink[-1], "bad_json")
+
+    def test_a_signed_timestamp_of_ten_to_the_400_is_stale(self):
+        session, sink = self.wire_session()
+        self.assert_error(self.command("hello", {"client": self.client["client_id"]}, ts=10 ** 400,
+                                       session=session), "stale_timestamp")
+        self.assert_error(self.command("hello", {"client": self.client["client_id"]}, ts=1e300,
+                                       session=session), "stale_timestamp")
+        self.assert_still_usable(session)
+
+    def test_events_resume_after_the_last_event_is_a_bad_request(self):
+        session, sink = self.wire_session()
+        self.hello(session=session)
+        for after in (2 ** 63, 2 ** 64 + 5, 1):
+            self.assert_error(self.command("events.resume", {"after": after}, session=session), "bad_request")
+        self.assertTrue(self.command("events.resume", {"after": 0}, session=session)["ok"])
+
+    def test_a_bare_null_is_bad_message(self):
+        self.session.message_received("null")
+        self.assert_error(self.sent[-1], "bad_message")
+
+    def test_unknown_payment_start_arguments_are_refused_by_name(self):
+        self.hello()
+        reply = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR", "tip": 500})
+        self.assert_error(reply, "bad_request")
+        self.assertIn("'tip'", reply["error"]["message"])
+        self.assertEqual((self.journal.list(), self.driver.sent), ([], []))
+
+    def test_payment_list_times_too_large_for_a_float_are_bad_requests(self):
+        self.hello()
+        self.assert_error(self.command("payment.list", {"since": 10 ** 400}), "bad_request")
+
+    # -- rights (issue 13, item 5) -----------------------------------------------------------------------
+
+    def test_an_unlinked_refund_needs_the_refund_right(self):
+        self.hello()
+        reply = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR",
+                                               "kind": "refund"})
+        self.assert_error(reply, "forbidden")
+        self.assertIn("'refund'", reply["error"]["message"])
+        self.assertEqual((self.journal.list(), self.driver.sent), ([], []))
+        # a debit is still the pay right's
+        self.assertTrue(self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR",
+                                                       "kind": "debit"})["ok"])
+
+    def test_a_client_with_the_refund_right_may_start_an_unlinked_refund(self):
+        refunder = add_test_client(self.config.path, "refunder", rights=("pay", "refund"))
+        self.bridge.config = load_config(self.config.path, messages_per_second=1000)
+        session = self.new_session([])
+        self.hello(refunder, session=session)
+        reply = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR",
+                                               "kind": "refund"}, client=refunder, session=session)
+        self.assertEqual(reply["result"]["kind"], "refund")
+
+    # -- idempotency per client (issue 13, item 6) -------------------------------------------------------
+
+    def test_another_clients_command_id_is_neither_revealed_nor_taken(self):
+        other = add_test_client(self.config.path, "other", rights=("pay", "read"))
+        self.bridge.config = load_config(self.config.path, messages_per_second=1000)
+        self.hello()
+        mine = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"},
+                            message_id="order-1")["result"]
+        self.driver.finish(APPROVED)
+        session = self.new_session([])
+        self.hello(other, session=session)
+        self.assert_error(self.command("payment.get", {"command_id": "order-1"}, client=other, session=session),
+                          "unknown_payment")
+        theirs = self.command("payment.start", {"terminal": "till-1", "amount": 999, "currency": "EUR"},
+                              client=other, session=session, message_id="order-1")
+        self.assertTrue(theirs["ok"], theirs)
+        self.assertNotEqual(theirs["result"]["id"], mine["id"])
+        self.assertEqual(self.command("payment.get", {"command_id": "order-1"}, client=other,
+                                      session=session)["result"]["id"], theirs["result"]["id"])
+        self.assertEqual(self.command("payment.get", {"command_id": "order-1"})["result"]["id"], mine["id"])

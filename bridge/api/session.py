@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from bridge import __version__
@@ -26,6 +26,11 @@ SUBPROTOCOL = "terminal-bridge.v1"
 #: Journaled events sent at once on hello or events.resume; the rest follow on the next events.resume.
 REPLAY_LIMIT = 1000
 PROTOCOL_VERSION = 1
+#: Deepest nesting of arrays and objects a message may have (a real command has 2 levels).
+MAX_DEPTH = 32
+
+#: What a message could not be read as: not JSON, or not text.
+_UNREADABLE = object()
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -63,10 +68,16 @@ class Bridge:
         #: Sessions that said hello and are still connected; ``on_clients_changed`` hears of each change.
         self.connected: set["Session"] = set()
         self.on_clients_changed: Callable[[], Any] = lambda: None
+        #: What closes the listeners' connections at shutdown (each returns a Deferred); see close_connections.
+        self.closers: list[Callable[[], Any]] = []
         # Sessions streaming events, by client id: one subscription for the bridge, not one per session, so
         # an event costs a dict lookup rather than a call per connected session.
         self._streams: dict[str, set["Session"]] = {}
         payments.subscribe(self._dispatch_event)
+
+    def close_connections(self) -> Deferred:
+        """Close every client connection (at shutdown, after the last payment's events were sent)."""
+        return DeferredList([maybeDeferred(close) for close in self.closers])
 
     def stream_events(self, session: "Session", client_id: str) -> None:
         self._streams.setdefault(client_id, set()).add(session)
@@ -100,35 +111,51 @@ class Session:
     log = Logger()
 
     def __init__(self, bridge: Bridge, send: Send, peer: str,
-                 send_bytes: Optional[Callable[[bytes], None]] = None) -> None:
+                 send_bytes: Optional[Callable[[bytes], None]] = None,
+                 on_hello: Callable[[], Any] = lambda: None,
+                 on_bad_signature: Optional[Callable[[str], Any]] = None) -> None:
         """``send`` takes each outgoing message as a dict; a transport that carries text may also give
-        ``send_bytes``, which then takes the message already serialised (UTF-8 JSON, signed)."""
+        ``send_bytes``, which then takes the message already serialised (UTF-8 JSON, signed).  ``on_hello`` is
+        called when the client has logged in; ``on_bad_signature`` (when given) hears of each bad signature (with the client id it claimed)
+        instead of the log (the WebSocket server counts them per address)."""
         self.bridge = bridge
         self._send = send
         self._send_bytes = send_bytes
+        self._on_hello = on_hello
+        self._on_bad_signature = on_bad_signature
         self.peer = peer
         self.client: Optional[ClientConfig] = None
         self._limiter = RateLimiter(bridge.clock, bridge.config.messages_per_second,
                                     burst=2 * bridge.config.messages_per_second)
         self._sent_seq = 0
         self._closed = False
+        self._bad_signatures = 0
 
     # -- transport side -------------------------------------------------------------------------
 
     def message_received(self, text: str) -> None:
-        allowed = self._limiter.allow()
+        """Handle one message.  Whatever it holds, it gets an answer and the connection stays usable."""
         try:
-            message = json.loads(text)
-        except ValueError:
-            message = None
+            self._message_received(text)
+        except Exception:
+            # A bug, never an answer to bad input (tests/test_fuzz.py feeds this millions of messages).
+            self.log.failure("A message from {peer} could not be handled", peer=self.peer)
+            self._reply_error(None, BridgeError("internal_error", "The bridge hit an internal error; "
+                                                                  "it has been logged."))
+
+    def _message_received(self, text: str) -> None:
+        allowed = self._limiter.allow()
+        message, problem = _parse(text)
         message_id = message.get("id") if isinstance(message, dict) else None
+        if not isinstance(message_id, str) or problem is not None:
+            message_id = None
         if not allowed:
             # Refused unread, but with its id, so that the client knows which command to send again later.
-            self._reply_error(message_id if isinstance(message_id, str) else None,
+            self._reply_error(message_id,
                               BridgeError("rate_limited", "Too many messages; slow down and send it again."))
             return
-        if message is None:
-            self._reply_error(None, BridgeError("bad_json", "The message is not valid JSON."))
+        if problem is not None:
+            self._reply_error(None, BridgeError("bad_json", problem))
             return
         if not isinstance(message, dict):
             self._reply_error(None, BridgeError("bad_message", "A message must be a JSON object."))
@@ -136,8 +163,9 @@ class Session:
         try:
             op, args = self._check(message)
         except BridgeError as e:
-            self._reply_error(message_id if isinstance(message_id, str) else None, e)
+            self._reply_error(message_id, e)
             return
+        assert message_id is not None
         d = maybeDeferred(self._dispatch, op, message_id, args)
         d.addCallbacks(lambda result: self._reply(message_id, result),
                        lambda f: self._reply_failure(message_id, op, f))
@@ -182,12 +210,20 @@ class Session:
             raise BridgeError("not_authenticated", "Say 'hello' first.")
 
         if not signing.verify(message, client.secret_in, client.algorithm):
-            self.log.warn("Bad signature from {peer} for client {client}", peer=self.peer, client=client.id)
+            self._bad_signatures += 1
+            if self._on_bad_signature is not None:
+                self._on_bad_signature(client.id)
+            elif self._bad_signatures == 1:  # once per connection: a flood of them is not a flood of log lines
+                self.log.warn("Bad signature from {peer} for client {client}", peer=self.peer, client=client.id)
             raise BridgeError("bad_signature", "The message signature does not match. Check the client's "
                                                "inbound secret.")
-        skew = abs(self.bridge.clock.seconds() - ts)
-        if skew > self.bridge.config.clock_skew:
-            raise BridgeError("stale_timestamp", f"The message time is {int(skew)} s away from the bridge's "
+        try:
+            skew = abs(self.bridge.clock.seconds() - float(ts))
+        except OverflowError:  # an integer too large for a float: very far from now
+            skew = float("inf")
+        if not skew <= self.bridge.config.clock_skew:
+            away = f"{int(skew)} s" if skew < 1e9 else "years"
+            raise BridgeError("stale_timestamp", f"The message time is {away} away from the bridge's "
                                                  "clock. Check the clocks of both machines.")
         # payment.start/refund with a known id is answered with the payment it started: idempotency, not a replay.
         if op not in ("payment.start", "payment.refund") and not self.bridge.remember(client.id, message_id, ts):
@@ -195,9 +231,14 @@ class Session:
         right = OPS[op][1]
         if right is not None and right not in client.rights and "admin" not in client.rights:
             raise BridgeError("forbidden", f"This client may not do {op!r} (it needs the {right!r} right).")
+        unknown = sorted(set(args) - OP_ARGS[op])
+        if unknown:
+            raise BridgeError("bad_request", f"{op} does not take the argument(s) {', '.join(map(repr, unknown))}"
+                                             "; nothing was done.")
         if op == "hello":
             self.client = client
             self.bridge.client_connected(self)
+            self._on_hello()
         return op, args
 
     # -- replies --------------------------------------------------------------------------------
@@ -281,6 +322,9 @@ class Session:
 
     def op_payment_start(self, message_id: str, args: dict[str, Any]) -> Deferred:
         assert self.client is not None
+        if args.get("kind") == "refund" and not self._may("refund"):
+            # money out of the shop, linked to a payment or not, needs the refund right
+            raise BridgeError("forbidden", "This client may not start a refund (it needs the 'refund' right).")
         return self.bridge.payments.start(self.client.id, message_id, args)
 
     def op_payment_refund(self, message_id: str, args: dict[str, Any]) -> Deferred:
@@ -292,7 +336,8 @@ class Session:
         if "payment_id" in args:
             view = payments.get(args["payment_id"])
         elif isinstance(args.get("command_id"), str):
-            view = payments.get_by_command(args["command_id"])
+            assert self.client is not None
+            view = payments.get_by_command(self.client.id, args["command_id"])
             if view is None:
                 raise BridgeError("unknown_payment", "No payment was started with that command id.")
         else:
@@ -314,7 +359,7 @@ class Session:
         for key in ("since", "until"):
             value = args.get(key)
             if value is not None:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1e12 < value < 1e12:
                     raise BridgeError("bad_request", f"'{key}' must be a Unix time in seconds.")
                 filters[key] = float(value)
         owner = None if "admin" in self.client.rights else self.client.id
@@ -338,6 +383,9 @@ class Session:
         after = args.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise BridgeError("bad_request", "'after' must be the last event seq you received (0 for all).")
+        last = self.bridge.payments.journal.last_seq()
+        if after > last:
+            raise BridgeError("bad_request", f"'after' {after} is after the last event the bridge has sent ({last}).")
         more = self._start_events(after)
         return {"resumed_after": after, "more_events": more}
 
@@ -353,6 +401,10 @@ class Session:
             raise BridgeError("bad_request", f"'seq' {seq} is after the last event the bridge has sent ({last}).")
         journal.ack_soon(self.client.id, seq)
         return {"acked": seq}
+
+    def _may(self, right: str) -> bool:
+        assert self.client is not None
+        return right in self.client.rights or "admin" in self.client.rights
 
     def _check_owner(self, view: dict[str, Any]) -> None:
         assert self.client is not None
@@ -376,3 +428,66 @@ OPS: dict[str, tuple[Callable[[Session, str, dict[str, Any]], Any], Optional[str
     "events.resume": (Session.op_events_resume, "read"),
     "events.ack": (Session.op_events_ack, "read"),
 }
+
+#: op -> the arguments it takes; any other is refused (bad_request), so that a misspelt or unsupported option
+#: (e.g. a tip) is never silently ignored.
+OP_ARGS: dict[str, frozenset[str]] = {
+    "hello": frozenset({"client"}),
+    "bridge.info": frozenset(),
+    "terminal.list": frozenset(),
+    "terminal.status": frozenset({"terminal"}),
+    "payment.start": frozenset({"terminal", "amount", "currency", "kind", "method"}),
+    "payment.get": frozenset({"payment_id", "command_id"}),
+    "payment.list": frozenset({"terminal", "state", "since", "until", "limit", "cursor"}),
+    "payment.cancel": frozenset({"payment_id"}),
+    "payment.refund": frozenset({"payment_id", "amount"}),
+    "payment.resolve": frozenset({"payment_id", "outcome", "note", "authorisation"}),
+    "events.resume": frozenset({"after"}),
+    "events.ack": frozenset({"seq"}),
+}
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse(text: str) -> tuple[Any, Optional[str]]:
+    """The message's JSON value and None, or None and why it is not a message (``bad_json``)."""
+    try:
+        message = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        return None, f"The message is nested more than {MAX_DEPTH} levels deep."
+    except ValueError:  # also an integer of more than 4300 digits
+        return None, "The message is not valid JSON."
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(message):
+        return None, "The message holds an escaped lone surrogate (\\ud800-\\udfff), which is not text."
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(message) > MAX_DEPTH:
+        return None, f"The message is nested more than {MAX_DEPTH} levels deep."
+    return message, None
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value``'s arrays and objects nest (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            items = item.values()
+        elif isinstance(item, list):
+            items = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in items if isinstance(child, (dict, list)))
+    return deepest

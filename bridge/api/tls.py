@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
@@ -83,23 +83,30 @@ def _write_private(path: str, data: bytes) -> None:
     os.replace(path + ".tmp", path)
 
 
+#: TLS 1.2 suites offered: ECDHE key exchange with an AEAD cipher only (no CBC, no SHA-1 MAC, no static RSA).
+#: TLS 1.3's own suites are all of that kind.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 def server_options(cert_path: str, key_path: str) -> ssl.CertificateOptions:
-    """Server TLS options: TLS 1.2 at least (Twisted 22.4 still allowed 1.0 by default)."""
-    with open(cert_path, "rb") as f:
-        cert_pem = f.read()
-    with open(key_path, "rb") as f:
-        key_pem = f.read()
-    certificate = crypto.load_certificate(crypto.FILETYPE_PEM, cert_pem)
-    key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
-    chain = [crypto.load_certificate(crypto.FILETYPE_PEM, c) for c in _extra_pems(cert_pem)]
-    return ssl.CertificateOptions(privateKey=key, certificate=certificate, extraCertChain=chain or None,
-                                  raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+    """Server TLS options: TLS 1.2 at least (Twisted 22.4 still allowed 1.0 by default), ECDHE with AEAD ciphers.
 
-
-def _extra_pems(pem: bytes) -> list[bytes]:
-    marker = b"-----BEGIN CERTIFICATE-----"
-    parts = [marker + p for p in pem.split(marker)[1:]]
-    return parts[1:]
+    The certificate (with any chain after it in the same file) and the key are loaded into the context from
+    their files, by OpenSSL itself: no pyOpenSSL X509/PKey objects, which pyOpenSSL deprecates, and no
+    cryptography objects, which the pyOpenSSL of Debian bookworm does not take.
+    """
+    options = ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+                                     acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS))
+    # Twisted builds the context once and uses it for every connection (both Twisted 22.4 and current ones)
+    context = options.getContext()
+    try:
+        context.use_certificate_chain_file(cert_path.encode())
+        context.use_privatekey_file(key_path.encode())
+        context.check_privatekey()
+    except SSL.Error as e:
+        raise BridgeError("bad_certificate", f"The TLS certificate {cert_path} or its key {key_path} cannot be "
+                                             "used (unreadable, or they do not belong together).") from e
+    return options
 
 
 @implementer(IOpenSSLClientConnectionCreator)

@@ -26,16 +26,16 @@ from bridge.core.faults import checkpoint
 from bridge.core.states import check_transition
 from bridge.errors import BridgeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Seconds a client's acknowledgement may wait in memory before it is written (see :meth:`Journal.ack_soon`).
 ACK_WRITE_DELAY = 1.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS payments (
+#: The payments table.  A command id is unique per client (schema 2; it was unique over all clients in schema 1):
+#: one client's ids tell nothing about another's, and never collide with them.
+_PAYMENTS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
     id TEXT PRIMARY KEY,
-    command_id TEXT NOT NULL UNIQUE,
+    command_id TEXT NOT NULL,
     client_id TEXT NOT NULL,
     terminal TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -48,13 +48,21 @@ CREATE TABLE IF NOT EXISTS payments (
     reason_message TEXT,
     details TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
-    updated REAL NOT NULL
-);
+    updated REAL NOT NULL,
+    UNIQUE (client_id, command_id)
+)"""
+
+_PAYMENTS_INDEXES = """
 CREATE INDEX IF NOT EXISTS payments_state ON payments (state);
 CREATE INDEX IF NOT EXISTS payments_terminal_created ON payments (terminal, created);
 CREATE INDEX IF NOT EXISTS payments_created ON payments (created);
 -- for refunded_amount: without it every refund scanned all the payments kept (90 days by default)
-CREATE INDEX IF NOT EXISTS payments_refund_of ON payments (json_extract(details, '$.refund_of')) WHERE kind = 'refund';
+CREATE INDEX IF NOT EXISTS payments_refund_of ON payments (json_extract(details, '$.refund_of')) WHERE kind = 'refund'
+"""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""" + _PAYMENTS_TABLE.replace("{name}", "payments") + ";" + _PAYMENTS_INDEXES + """;
 CREATE TABLE IF NOT EXISTS transitions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     payment_id TEXT NOT NULL REFERENCES payments (id),
@@ -146,13 +154,15 @@ class _Writer:
         self._conn: Optional[sqlite3.Connection] = None
         self._queue: "queue.Queue[Optional[tuple[Operation, Deferred]]]" = queue.Queue()
         self._thread: Optional[threading.Thread] = None
+        self._open = False
         self.read_only = False
 
     def open(self, writable: bool = True) -> None:
-        """Open the write connection; with ``writable`` False (the disk is read-only) every batch first tries
-        to open it for writing again and otherwise fails with journal_unavailable."""
-        self._conn = _connect_writable(self._path) if writable else _connect_read_only(self._path)
+        """Open the write connection; with ``writable`` False (the disk is read-only) there is none and every
+        batch fails with journal_unavailable until :meth:`use` hands one over (see Journal._try_writable)."""
+        self._conn = _connect_writable(self._path) if writable else None
         self.read_only = not writable
+        self._open = True
         if self._threaded:
             self._thread = threading.Thread(target=self._loop, name="journal-writer", daemon=True)
             self._thread.start()
@@ -165,14 +175,21 @@ class _Writer:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._open = False
 
     @property
     def closed(self) -> bool:
-        return self._conn is None
+        return not self._open
+
+    def use(self, conn: sqlite3.Connection) -> None:
+        """Write with ``conn`` from now on (a read-only spell is over).  The connection is set before the flag
+        the writer thread reads, so a batch that sees the flag down also sees the connection."""
+        self._conn = conn
+        self.read_only = False
 
     def submit(self, op: Operation) -> Deferred:
         d: Deferred = Deferred()
-        if self._conn is None:
+        if not self._open:
             return fail(_unavailable("the journal is closed"))
         if self._threaded:
             self._queue.put((op, d))
@@ -200,20 +217,8 @@ class _Writer:
             if stop:
                 return
 
-    def _writable_again(self) -> bool:
-        try:
-            _migrate(self._path)
-            conn = _connect_writable(self._path)
-        except (OSError, sqlite3.Error):
-            return False
-        old, self._conn = self._conn, conn
-        self.read_only = False
-        if old is not None:
-            old.close()
-        return True
-
     def _run_batch(self, batch: list[tuple[Operation, Deferred]]) -> None:
-        if self.read_only and not self._writable_again():
+        if self.read_only:
             error = _unavailable("the disk is read-only")
             self._deliver(lambda: _fire([(d, False, error) for _, d in batch]))
             return
@@ -275,7 +280,6 @@ class Journal:
         self.path = path
         self._writer = writer
         self._reader = reader
-        self._reader_read_only = writer.read_only
         self._now = now
         self._clock = clock
         self._ack_delay = ack_delay
@@ -323,13 +327,39 @@ class Journal:
         return not self._writer.read_only
 
     def _read(self) -> sqlite3.Connection:
-        """The read connection; after a read-only spell it is reopened once the journal is writable again
-        (the read-only one may be opened as immutable and would not see new writes)."""
-        if self._reader_read_only and not self._writer.read_only and not self._writer.closed:
-            reader = _connect_reader(self.path)
-            self._reader.close()
-            self._reader, self._reader_read_only = reader, False
         return self._reader
+
+    def _submit(self, op: Operation) -> Deferred:
+        """Hand a write to the writer; while the disk is read-only, first see whether it can be written again."""
+        if self._writer.read_only and not self._writer.closed:
+            try:
+                self._try_writable()
+            except BridgeError as e:  # the journal cannot even be read again
+                return fail(e)
+        return self._writer.submit(op)
+
+    def _try_writable(self) -> bool:
+        """After a read-only start, open the journal for writing as soon as its disk allows it (reactor thread).
+
+        The read-only connection must be closed first: SQLite shares one mapping of the WAL index (the -shm
+        file) among a process's connections to a file, and one opened while the disk was read-only stays
+        read-only, so a writable connection opened beside it could never write (issue 13, item 4)."""
+        if not os.access(os.path.dirname(os.path.abspath(self.path)), os.W_OK):
+            return False  # still read-only (EROFS): a system call, cheap enough for every write refused
+        self._reader.close()
+        try:
+            _migrate(self.path)
+            conn = _connect_writable(self.path)
+            reader = _connect_reader(self.path)
+        except (OSError, sqlite3.Error) as e:
+            self.log.warn("The journal's disk looks writable but the journal cannot be opened for writing yet: "
+                          "{error}", error=str(e), path=self.path)
+            self._reader = _connect_read_only(self.path)
+            return False
+        self._reader = reader
+        self._writer.use(conn)
+        self.log.info("The journal can be written again ({path}): payments are taken again", path=self.path)
+        return True
 
     @classmethod
     def open_readonly(cls, path: str) -> "Journal":
@@ -393,7 +423,7 @@ class Journal:
         def op(conn: sqlite3.Connection) -> None:
             _upsert_ack(conn, client_id, seq)
 
-        return self._writer.submit(op)
+        return self._submit(op)
 
     def ack_soon(self, client_id: str, seq: int) -> None:
         """Like :meth:`ack`, for a client's ``events.ack``: counted at once (:meth:`acked` sees it), written with
@@ -419,7 +449,7 @@ class Journal:
         along for free; if the write fails they go back to waiting)."""
         pending, self._pending_acks = self._pending_acks, {}
         if not pending:
-            return self._writer.submit(op)
+            return self._submit(op)
 
         def with_acks(conn: sqlite3.Connection) -> Any:
             for client_id, seq in pending.items():
@@ -430,7 +460,7 @@ class Journal:
             self._keep_acks(pending)
             return failure
 
-        return self._writer.submit(with_acks).addErrback(put_back)
+        return self._submit(with_acks).addErrback(put_back)
 
     def _keep_acks(self, pending: dict[str, int]) -> None:
         for client_id, seq in pending.items():
@@ -457,7 +487,7 @@ class Journal:
                           error=failure.value.message, clients=len(pending))
             self._keep_acks(pending)
 
-        return self._writer.submit(op).addErrback(failed)
+        return self._submit(op).addErrback(failed)
 
     def prune(self, before: float) -> "Deferred[int]":
         """Delete final payments (never ``unknown``) last changed before ``before``, with their transitions and
@@ -473,7 +503,7 @@ class Journal:
             conn.execute(f"DELETE FROM events WHERE payment_id IN ({doomed})", (before,))
             return conn.execute(f"DELETE FROM payments WHERE id IN ({doomed})", (before,)).rowcount
 
-        return self._writer.submit(op)
+        return self._submit(op)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -481,9 +511,11 @@ class Journal:
         row = self._read().execute(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id=?", (payment_id,)).fetchone()
         return _record_from_row(row) if row else None
 
-    def get_by_command(self, command_id: str) -> Optional[PaymentRecord]:
+    def get_by_command(self, client_id: str, command_id: str) -> Optional[PaymentRecord]:
+        """The payment ``client_id`` started with ``command_id`` (command ids are each client's own)."""
         row = self._read().execute(
-            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE command_id=?", (command_id,)).fetchone()
+            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE client_id=? AND command_id=?",
+            (client_id, command_id)).fetchone()
         return _record_from_row(row) if row else None
 
     def in_flight(self) -> list[PaymentRecord]:
@@ -648,5 +680,16 @@ def _migrate(path: str) -> None:
         conn.close()
 
 
-#: Statements that bring a journal of version N-1 to version N.  Version 1 is the schema above.
-_MIGRATIONS: dict[int, Iterable[str]] = {1: ()}
+#: Statements that bring a journal of version N-1 to version N.  Version 1 is the first schema.
+_MIGRATIONS: dict[int, Iterable[str]] = {
+    1: (),
+    # 2: command ids unique per client, not over all clients.  SQLite cannot drop a UNIQUE constraint: the
+    # table is rebuilt (same columns and rows), in the migration's transaction.
+    2: (
+        _PAYMENTS_TABLE.replace("{name}", "payments_v2"),
+        f"INSERT INTO payments_v2 ({_PAYMENT_COLUMNS}) SELECT {_PAYMENT_COLUMNS} FROM payments",
+        "DROP TABLE payments",
+        "ALTER TABLE payments_v2 RENAME TO payments",
+        *(statement for statement in _PAYMENTS_INDEXES.split(";") if statement.strip()),
+    ),
+}

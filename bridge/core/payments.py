@@ -76,10 +76,11 @@ class PaymentService:
         self._clock = clock
         self._new_id = new_id
         self._listeners: list[EventListener] = []
-        # Payments between "command received" and "accepted is on disk", by command id: a duplicate command
-        # arriving meanwhile waits for the first instead of starting a second payment.
-        self._creating: dict[str, Deferred] = {}
+        # Payments between "command received" and "accepted is on disk", by (client id, command id): a duplicate
+        # command arriving meanwhile waits for the first instead of starting a second payment.
+        self._creating: dict[tuple[str, str], Deferred] = {}
         self._running: dict[str, Deferred] = {}
+        self._stopping = False
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -99,9 +100,19 @@ class PaymentService:
 
     # -- commands -------------------------------------------------------------------------------
 
+    def stop_taking(self) -> None:
+        """Refuse new payments from now on (the bridge is stopping); the ones running go on to their end."""
+        self._stopping = True
+
+    def _check_taking(self) -> None:
+        if self._stopping:
+            raise BridgeError("bridge_stopping", "The bridge is stopping, so it started nothing. Send the payment "
+                                                 "again once it is back (usually within a minute).")
+
     def start(self, client_id: str, command_id: object, args: dict[str, Any]) -> "Deferred[dict[str, Any]]":
         """Start a payment (or return the one this command id already started)."""
         try:
+            self._check_taking()
             request = self._validate(command_id, args)
         except BridgeError as e:
             return fail(e)
@@ -114,6 +125,7 @@ class PaymentService:
                see_all: bool = False) -> "Deferred[dict[str, Any]]":
         """Refund an approved payment, in full or in part, on the terminal (or provider) that took it."""
         try:
+            self._check_taking()
             if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_COMMAND_ID_LENGTH:
                 raise BridgeError("bad_request", "The command id must be a non-empty string of at most 128 "
                                                  "characters.")
@@ -126,7 +138,7 @@ class PaymentService:
             amount = validate_amount(args.get("amount", original.amount))
             cur = currency(original.currency)
             digest = args_digest(original.terminal, REFUND, original.method, amount, cur.code) + ":" + original.id
-            existing = self.journal.get_by_command(command_id)
+            existing = self.journal.get_by_command(client_id, command_id)
             if existing is None:
                 refunded = self.journal.refunded_amount(original.id)
                 if amount > original.amount - refunded:
@@ -155,12 +167,14 @@ class PaymentService:
 
     @inlineCallbacks
     def _start(self, client_id, command_id, terminal, kind, method, amount, cur, digest, original):
-        pending = self._creating.get(command_id)
+        # Command ids are each client's own: another client's use of the same id is no concern of this one.
+        key = (client_id, command_id)
+        pending = self._creating.get(key)
         if pending is not None:
             yield _wait(pending)
-        existing = self.journal.get_by_command(command_id)
+        existing = self.journal.get_by_command(client_id, command_id)
         if existing is not None:
-            if existing.args_digest != digest or existing.client_id != client_id:
+            if existing.args_digest != digest:
                 raise BridgeError(
                     "idempotency_mismatch",
                     "This command id was already used for a different payment. Use a new command id.",
@@ -176,7 +190,7 @@ class PaymentService:
             details={"refund_of": original["payment_id"]} if original else {}, created=now, updated=now,
         )
         creating: Deferred = Deferred()
-        self._creating[command_id] = creating
+        self._creating[key] = creating
         try:
             checkpoint("payment.before_write.accepted")
             event = yield self.journal.create(record, {"event": "payment.state", "payment": payment_view(record)},
@@ -185,7 +199,7 @@ class PaymentService:
             self.registry.release(terminal, payment_id)
             raise
         finally:
-            del self._creating[command_id]
+            del self._creating[key]
             creating.callback(None)
         checkpoint("payment.after_write.accepted")
         self._log_state(record, client_id)
@@ -338,8 +352,9 @@ class PaymentService:
         """Forget final payments older than the retention time; ``unknown`` ones are always kept."""
         return self.journal.prune(self._clock.seconds() - retention_seconds)
 
-    def get_by_command(self, command_id: str) -> Optional[dict[str, Any]]:
-        record = self.journal.get_by_command(command_id)
+    def get_by_command(self, client_id: str, command_id: str) -> Optional[dict[str, Any]]:
+        """The payment ``client_id`` started with ``command_id``, as clients see it, or None."""
+        record = self.journal.get_by_command(client_id, command_id)
         return payment_view(record) if record else None
 
     # -- start-up -------------------------------------------------------------------------------
@@ -389,9 +404,20 @@ class PaymentService:
             return None
         return outcome
 
-    def wait_idle(self) -> Deferred:
-        """A Deferred that fires when every payment running now has been journaled (used at shutdown)."""
-        return DeferredList([_wait(r.finished) for r in self._running.values() if r.finished is not None])
+    def running(self) -> int:
+        """How many payments are between their first journal write and their end's."""
+        return len(self._running) + len(self._creating)
+
+    @inlineCallbacks
+    def wait_idle(self):
+        """Fires when no payment is running any more, each one's end journaled (used at shutdown, after
+        :meth:`stop_taking`); a payment still being created when this is called is waited for too."""
+        while True:
+            waits = [_wait(d) for d in self._creating.values()]
+            waits += [_wait(r.finished) for r in self._running.values() if r.finished is not None]
+            if not waits:
+                return
+            yield DeferredList(waits)
 
     def _log_state(self, record: PaymentRecord, client_id: str) -> None:
         # One line when a payment is taken and one when it ends, at info; the step between at debug (a log
@@ -447,7 +473,7 @@ def _wait(d: Deferred) -> Deferred:
             waiter.callback(None)
         return result
 
-    if d.called:
-        return succeed(None)
+    # Even when ``d`` was called already: its chain may be paused on another Deferred (an end being journaled
+    # again), and then this fires when the chain goes on.
     d.addBoth(fire)
     return waiter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -22,6 +22,9 @@ from bridge.service.sdnotify import StatusReporter
 from bridge.terminals.catalogue import build_driver
 
 
+#: Seconds ``stop`` gives payments in flight to end: systemd's TimeoutStopSec=190 (systemd/terminal-bridge.service)
+#: less 10 s for the drivers, the uplinks and the journal to close.
+STOP_GRACE = 180.0
 #: How often old payments are pruned from the journal.
 PRUNE_INTERVAL = 6 * 3600
 #: How often settling the payments a previous run left in flight is tried again while the journal cannot write.
@@ -221,8 +224,12 @@ class Daemon:
         return d
 
     @inlineCallbacks
-    def stop(self, grace: float = 10.0):
-        """Stop listening, give running payments ``grace`` seconds to be journaled, close the journal."""
+    def stop(self, grace: float = STOP_GRACE):
+        """Stop in the order that lets a payment under way end properly (a customer typing a PIN gets their
+        result): stop listening and taking new payments; give the payments in flight up to ``grace`` seconds to
+        end and be journaled (clients stay connected and hear of it); then close the client connections, stop
+        the terminal drivers (serial ports are closed only now), the uplinks (which have delivered those
+        payments' results meanwhile) and, last, the journal."""
         self._notify("STOPPING=1")
         for loop in (self._pruning, self._recovery):
             if loop is not None and loop.running:
@@ -236,13 +243,35 @@ class Daemon:
         if self.port is not None:
             yield self.port.stopListening()
         if self.payments is not None:
+            self.payments.stop_taking()
+            running = self.payments.running()
+            if running:
+                self.log.info("Stopping: waiting up to {grace:.0f} s for {count} payment(s) in progress to end",
+                              grace=grace, count=running)
             idle = self.payments.wait_idle()
             idle.addTimeout(grace, self.reactor)
             try:
                 yield idle
             except Exception:
                 self.log.warn("Stopping with payments still running; they will be settled at the next start")
+        if self.bridge is not None:
+            yield self.bridge.close_connections()  # after the last events: the tills read them first
+        if self.payments is not None:
+            yield self._stop_drivers()
         if self.uplinks is not None:
             yield self.uplinks.stop()
         if self.journal is not None:
             self.journal.close()
+
+    @inlineCallbacks
+    def _stop_drivers(self):
+        assert self.payments is not None
+        registry = self.payments.registry
+        for name in registry.names():
+            stop = getattr(registry.driver(name), "stop", None)
+            if stop is None:
+                continue
+            try:
+                yield maybeDeferred(stop)
+            except Exception:
+                self.log.failure("Could not stop terminal {terminal} cleanly", terminal=name)

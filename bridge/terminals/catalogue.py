@@ -34,7 +34,9 @@ def _build_caisse_ap_serial(config: TerminalConfig, reactor: Any) -> ITerminalDr
     driver = CaisseAPSerialDriver(config.name, reactor, **kwargs)
     driver.start()  # the device is opened on the next reactor turn, then kept open (and reopened) until shutdown
     if hasattr(reactor, "addSystemEventTrigger"):
-        reactor.addSystemEventTrigger("before", "shutdown", driver.stop)
+        # "during", not "before": the daemon's "before" trigger waits for the payments in flight (the port must
+        # stay open for their answers) and then stops the drivers itself; this one is for anything else
+        reactor.addSystemEventTrigger("during", "shutdown", driver.stop)
     return driver
 
 

@@ -1,0 +1,79 @@
+"""`systemctl stop` during a payment (issue 13, item 10): the real daemon process gets SIGTERM while a serial
+terminal (a pty) is still waiting for the customer's PIN; the payment must end with the terminal's answer."""
+
+import os
+import signal
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from bridge.api.client import connect
+from bridge.api.tls import fingerprint_of_pem
+from bridge.core.journal import Journal
+from bridge.service.daemon import STOP_GRACE
+from bridge.terminals.caisse_ap.serial_simulator import SerialTerminal
+from bridge.terminals.caisse_ap.simulator import SimulatorScript
+from tests.daemon_process import DaemonProcess, free_port
+from tests.support import add_test_client, credentials_of, write_config
+
+
+def _systemd_stop_timeout() -> float:
+    unit = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "systemd",
+                        "terminal-bridge.service")
+    with open(unit) as f:
+        for line in f:
+            if line.startswith("TimeoutStopSec="):
+                return float(line.split("=", 1)[1])
+    raise AssertionError("no TimeoutStopSec in the unit")
+
+
+def test_the_stop_grace_fits_in_systemds_stop_timeout():
+    timeout = _systemd_stop_timeout()
+    assert timeout - 15 <= STOP_GRACE < timeout
+
+
+class StopDuringAPaymentTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_a_payment_under_way_at_sigterm_gets_the_terminals_answer(self):
+        # the customer takes a while: the answer comes well after the stop began
+        terminal = SerialTerminal(reactor, SimulatorScript(delay=1.5))
+        device = terminal.open()
+        self.addCleanup(terminal.vanish)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        port = free_port()
+        path = write_config(directory, {}, port=port)
+        with open(path, "a") as f:
+            f.write(f"[terminal:till-1]\ntype = caisse-ap-serial\ndevice = {device}\nhealth_interval = 0\n")
+        creds = credentials_of(add_test_client(path, "pos"))
+        daemon = DaemonProcess.spawn(reactor, path)
+        self.addCleanup(lambda: daemon.kill() if daemon.alive else None)
+        yield daemon.ready
+        with open(os.path.join(directory, "state", "tls", "bridge.crt"), "rb") as f:
+            fingerprint = fingerprint_of_pem(f.read())
+        factory, opened = connect(reactor, f"wss://127.0.0.1:{port}", creds, fingerprint=fingerprint)
+        till = yield opened
+        events = []
+        factory.on_event = events.append
+        yield till.call("hello", {"client": creds.client_id})
+        payment = yield till.call("payment.start", {"terminal": "till-1", "amount": 1234, "currency": "EUR"})
+        while not terminal.requests:  # the request is on the terminal: the customer is typing the PIN
+            yield deferLater(reactor, 0.01, lambda: None)
+
+        ended = daemon.kill(signal.SIGTERM)  # what `systemctl stop` sends
+        status = yield ended
+        self.assertEqual(status, 0, daemon.tail())
+        journal = Journal.open_readonly(os.path.join(directory, "state", "journal.sqlite3"))
+        self.addCleanup(journal.close)
+        self.assertEqual(journal.get(payment["id"]).state, "approved", daemon.tail())
+        # the till, still connected during the stop, was told (its copy may be read after the daemon's exit)
+        while not [e for e in events if e["payment"]["id"] == payment["id"] and e["payment"]["final"]]:
+            yield deferLater(reactor, 0.01, lambda: None)
+        finals = [e["payment"]["state"] for e in events if e["payment"]["id"] == payment["id"] and e["payment"]["final"]]
+        self.assertEqual(finals, ["approved"])
+        self.assertIn("waiting up to 180 s for 1 payment(s)", daemon.tail(20000))
+        self.assertNotIn("Unhandled error", daemon.tail(20000))
