@@ -110,8 +110,10 @@ export function makeTerminalBridgePayment(PaymentInterface) {
             setStatus(line, "waitingCard");
             let result;
             try {
-                // After a reload the line may already have a payment: learn it before choosing the id.
-                if (!this.tbLast[uuid]) {
+                // A line sent before (then reloaded) may already have attempts: learn the newest before choosing
+                // the id. A new line has none, and saves this round trip.
+                const fresh = [undefined, null, "", "pending"].includes(line.tbStatusBeforeSend);
+                if (!this.tbLast[uuid] && !fresh) {
                     const known = await this.tbRpc("tb_status", [uuid]);
                     if (known.state) {
                         this.tbLast[uuid] = known;
@@ -436,6 +438,12 @@ export function installTerminalBridge({ PaymentInterface, PosStore, register_pay
     });
 
     patch(PaymentScreen.prototype, {
+        async sendPaymentRequest(line) {
+            if (isTerminalBridgeLine(line)) {
+                line.tbStatusBeforeSend = getStatus(line); // pay() sets "waiting" before the interface sees it
+            }
+            return super.sendPaymentRequest(...arguments);
+        },
         /** Never a blind "Force done": the line is paid only when the bridge or the cashier's answer says so. */
         async sendForceDone(line) {
             if (!isTerminalBridgeLine(line)) {
