@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 
-def cmd_password(args: argparse.Namespace, stdin: TextIO = sys.stdin,
+def cmd_password(args: argparse.Namespace, stdin: Optional[TextIO] = None,
                  ask: Callable[[str], str] = getpass.getpass) -> int:
     from bridge.cli.commands import _load_config, _report_config_error
     from bridge.config import ConfigError
@@ -37,7 +37,7 @@ def cmd_password(args: argparse.Namespace, stdin: TextIO = sys.stdin,
         print(f"{args.config} has no [status] section: add one (docs/operations.md) to have a status page.",
               file=sys.stderr)
         return 2
-    password = _read_password(args.stdin, stdin, ask)
+    password = _read_password(args.stdin, stdin or sys.stdin, ask)
     if password is None:
         print("The two passwords differ; nothing was changed.", file=sys.stderr)
         return 2

@@ -140,7 +140,7 @@ class Gate:
 
     def _expire(self, now: float) -> None:
         for token, s in list(self.sessions.items()):
-            if now - s.seen > IDLE_SECONDS or now - s.created > MAX_SESSION_SECONDS:
+            if now - s.seen > IDLE_SECONDS or now - s.created >= MAX_SESSION_SECONDS:
                 del self.sessions[token]
 
 

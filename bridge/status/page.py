@@ -186,6 +186,7 @@ def _terminals(terminals: list[dict[str, Any]], now: float) -> str:
         where = t.get("address") or t.get("device") or t.get("reader") or "-"
         recent = "".join(
             f"<li>{escape(when(r.created))}: {escape(money(r))} {escape(r.kind)}, <b>{escape(r.state)}</b>"
+            f"{(', card ' + escape(str(r.details['card_masked']))) if r.details.get('card_masked') else ''}"
             f"{(' - ' + escape(r.reason_message)) if r.reason_message else ''}</li>" for r in t["recent"]
         ) or "<li>none yet</li>"
         rows.append(
