@@ -158,6 +158,7 @@ class PageTests(TestCase, StatusBridge):
         page = yield self.signed_in()
         home = yield page.request("GET", "/")
         self.assertIn("2 payments await a decision", home.text)
+        self.assertIn("<dd>unknown 2</dd>", home.text)  # payments today, by state
         self.assertIn(f'id="unknown-{by_page}"', home.text)
         form = {"csrf": csrf_of(home.text), "payment_id": by_page, "outcome": "approved", "note": "receipt shows "
                 "approved", "authorisation": "123456", "operator": "Marie Curie"}
@@ -166,6 +167,7 @@ class PageTests(TestCase, StatusBridge):
         home = yield page.request("GET", "/")
         self.assertIn(f"Payment {by_page} recorded as approved by Marie Curie.", home.text)
         self.assertIn("1 payment awaits a decision", home.text)
+        self.assertIn("<dd>approved 1, unknown 1</dd>", home.text)  # kept current by the events
 
         yield cli_resolve(reactor, self.url, self.creds, self.fingerprint, None,
                           {"payment_id": by_cli, "outcome": "approved", "note": "receipt shows approved",

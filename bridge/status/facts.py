@@ -128,13 +128,14 @@ def journal_facts(journal: Journal, commits: CommitWatch) -> dict[str, Any]:
             "last_commit_at": commits.last_at, "last_commit_seconds": commits.last_seconds}
 
 
-def payments_today(journal: Journal, now: float) -> dict[str, int]:
-    """Payments taken since local midnight, by state."""
-    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    counts: dict[str, int] = {}
-    for record in journal.list(since=midnight, limit=1_000_000):
-        counts[record.state] = counts.get(record.state, 0) + 1
-    return counts
+def midnight(now: float) -> float:
+    """Local midnight before ``now``."""
+    return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def payments_since(journal: Journal, since: float) -> dict[str, str]:
+    """Each payment taken since ``since``: its state, by payment id."""
+    return {record.id: record.state for record in journal.list(since=since, limit=1_000_000)}
 
 
 def certificate_facts(path: str) -> dict[str, Any]:

@@ -194,7 +194,7 @@ def _terminals(terminals: list[dict[str, Any]], now: float) -> str:
             f'<h3>{escape(t["name"])} <span class="state">{escape(STATE_WORDS.get(state, state))}</span></h3>'
             + _dl([("type", str(t.get("type"))), ("address or device", str(where)),
                    ("last seen", when(t.get("last_seen")) if isinstance(t.get("last_seen"), (int, float))
-                    else str(t.get("last_seen") or "not since the bridge started")),
+                    else str(t.get("last_seen") or "no answer among its last payments")),
                    ("last link problem", t.get("problem") or "none")])
             + f"<h4>Last payments</h4><ul>{recent}</ul></article>")
     return '<section id="terminals"><h2>Terminals</h2>' + ("".join(rows) or "<p>No terminal configured.</p>") \

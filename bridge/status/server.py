@@ -25,7 +25,7 @@ HEADERS = {
     b"Content-Security-Policy": b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                                 b"img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     b"X-Content-Type-Options": b"nosniff",
-    b"Referrer-Policy": b"no-referrer",
+    b"Referrer-Policy": b"same-origin",  # no-referrer would make browsers send "Origin: null"
     b"Cache-Control": b"no-store",
     b"X-Frame-Options": b"DENY",
 }

@@ -15,12 +15,12 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from bridge.api.tls import server_options
+from bridge.core.journal import Event
+from bridge.core.payments import iso
 from bridge.status import auth, facts
 from bridge.status.metrics import Metrics
 from bridge.status.server import QuietSite, StatusResource
 
-#: Payments-today counts are read from the journal at most this often (a long day is thousands of rows).
-TODAY_CACHE_SECONDS = 30.0
 #: The certificate file is read again at most this often.
 CERTIFICATE_CACHE_SECONDS = 300.0
 
@@ -42,13 +42,18 @@ class StatusService:
         # scrypt takes tens of milliseconds: off the reactor, one at a time.
         self._pool = ThreadPool(minthreads=0, maxthreads=1, name="status-page-login")
         self._checking = False
-        self._today: tuple[float, dict[str, int]] = (float("-inf"), {})
+        # Today's payments by id -> state: read from the journal once a day, then kept by the events (a page
+        # refreshing every few seconds must not read a whole day's payments each time).
+        self._today_since: Optional[float] = None
+        self._today_iso = ""
+        self._today: dict[str, str] = {}
         self._certificate: tuple[float, dict[str, Any]] = (float("-inf"), {})
 
     @inlineCallbacks
     def start(self):
         payments = self.daemon.payments
         payments.subscribe(self.metrics.on_event)
+        payments.subscribe(self._count_today)
         payments.journal.watch_commits(self.metrics.commits)
         self._pool.start()
         config = self.status_config
@@ -74,6 +79,7 @@ class StatusService:
 
     def _stop_watching(self) -> None:
         self.daemon.payments.unsubscribe(self.metrics.on_event)
+        self.daemon.payments.unsubscribe(self._count_today)
         self.daemon.payments.journal.watch_commits(lambda seconds: None)
         if self._pool.started:
             self._pool.stop()
@@ -83,8 +89,13 @@ class StatusService:
     def view(self) -> dict[str, Any]:
         daemon, now = self.daemon, self.reactor.seconds()
         journal = daemon.payments.journal
-        if now - self._today[0] > TODAY_CACHE_SECONDS:
-            self._today = (now, facts.payments_today(journal, now))
+        since = facts.midnight(now)
+        if since != self._today_since:
+            self._today_since, self._today_iso = since, iso(since)
+            self._today = facts.payments_since(journal, since)
+        today: dict[str, int] = {}
+        for state in self._today.values():
+            today[state] = today.get(state, 0) + 1
         if now - self._certificate[0] > CERTIFICATE_CACHE_SECONDS:
             self._certificate = (now, facts.certificate_facts(self.config.tls_certificate))
         return {
@@ -92,11 +103,14 @@ class StatusService:
             "fingerprint": daemon.fingerprint, "certificate": self._certificate[1],
             "clients": len(daemon.bridge.connected), "terminals": facts.terminal_facts(daemon),
             "uplinks": facts.uplink_facts(daemon, now), "unknown": facts.unknown_payments(journal),
-            "journal": facts.journal_facts(journal, self.metrics.commits), "today": self._today[1],
+            "journal": facts.journal_facts(journal, self.metrics.commits), "today": today,
         }
 
-    def forget_today(self) -> None:
-        self._today = (float("-inf"), {})
+    def _count_today(self, event: Event) -> None:
+        payment = event.body.get("payment") or {}
+        # ISO times in UTC with milliseconds compare as text
+        if self._today_since is not None and str(payment.get("created", "")) >= self._today_iso:
+            self._today[payment["id"]] = payment["state"]
 
     # -- signing in -------------------------------------------------------------------------------
 
@@ -126,5 +140,4 @@ class StatusService:
         actor = f"status page: {operator}"
         self.log.info("Status page: {operator} resolves payment {payment_id} as {outcome}", operator=operator,
                       payment_id=payment_id, outcome=outcome)
-        self.forget_today()
         return self.daemon.payments.resolve(payment_id, outcome, actor=actor, note=note, details=details)
