@@ -15,7 +15,8 @@ from bridge import __version__
 from bridge.core.journal import Event
 from bridge.status import facts
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: The certificate file is read again at most this often (a new certificate needs a restart anyway).
+CERTIFICATE_CACHE_SECONDS = 300.0
 
 #: A terminal's answer takes seconds (a cardholder types a PIN); Caisse-AP waits up to a few minutes.
 ANSWER_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300)
@@ -49,6 +50,13 @@ class Metrics:
         self.commits = facts.CommitWatch(self.commit.observe)
         self.registry.register(_LiveFacts(self))
         self._sent: dict[str, float] = {}  # payment id -> when its request went to the terminal
+        self._certificate: tuple[float, dict[str, Any]] = (float("-inf"), {})
+
+    def certificate(self, now: float) -> dict[str, Any]:
+        """The certificate's facts, read from its file at most every CERTIFICATE_CACHE_SECONDS."""
+        if now - self._certificate[0] > CERTIFICATE_CACHE_SECONDS:
+            self._certificate = (now, facts.certificate_facts(self._daemon.config.tls_certificate))
+        return self._certificate[1]
 
     def on_event(self, event: Event) -> None:
         payment = event.body.get("payment")
@@ -145,7 +153,7 @@ class _LiveFacts:
             yield GaugeMetricFamily("terminal_bridge_journal_last_commit_time_seconds", "When the journal last "
                                     "committed (Unix time).", value=journal_facts["last_commit_at"])
 
-        cert = facts.certificate_facts(daemon.config.tls_certificate)
+        cert = metrics.certificate(now)
         if cert["not_after"] is not None:
             yield GaugeMetricFamily("terminal_bridge_certificate_expiry_time_seconds", "When the bridge's TLS "
                                     "certificate ends (Unix time).", value=cert["not_after"])

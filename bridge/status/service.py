@@ -21,8 +21,6 @@ from bridge.status import auth, facts
 from bridge.status.metrics import Metrics
 from bridge.status.server import QuietSite, StatusResource
 
-#: The certificate file is read again at most this often.
-CERTIFICATE_CACHE_SECONDS = 300.0
 
 
 class StatusService:
@@ -47,7 +45,6 @@ class StatusService:
         self._today_since: Optional[float] = None
         self._today_iso = ""
         self._today: dict[str, str] = {}
-        self._certificate: tuple[float, dict[str, Any]] = (float("-inf"), {})
 
     @inlineCallbacks
     def start(self):
@@ -96,11 +93,9 @@ class StatusService:
         today: dict[str, int] = {}
         for state in self._today.values():
             today[state] = today.get(state, 0) + 1
-        if now - self._certificate[0] > CERTIFICATE_CACHE_SECONDS:
-            self._certificate = (now, facts.certificate_facts(self.config.tls_certificate))
         return {
             "bridge": self.config.name, "now": now, "started": self.metrics.started,
-            "fingerprint": daemon.fingerprint, "certificate": self._certificate[1],
+            "fingerprint": daemon.fingerprint, "certificate": self.metrics.certificate(now),
             "clients": len(daemon.bridge.connected), "terminals": facts.terminal_facts(daemon),
             "uplinks": facts.uplink_facts(daemon, now), "unknown": facts.unknown_payments(journal),
             "journal": facts.journal_facts(journal, self.metrics.commits), "today": today,
