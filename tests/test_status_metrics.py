@@ -13,6 +13,7 @@ from bridge.terminals.caisse_ap.simulator import SimulatorScript
 from tests.status_support import PAYMENT, TOKEN, StatusBridge, closed_port, start_simulator, wait_for
 
 PROMTOOL = shutil.which("promtool")
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
 
 def sample(text, name, **labels):
@@ -91,6 +92,36 @@ class MetricsTests(TestCase, StatusBridge):
         response = yield self.scrape()
         checked = subprocess.run([PROMTOOL, "check", "metrics"], input=response.body, capture_output=True,
                                  timeout=60)
+        self.assertEqual(checked.returncode, 0, checked.stdout.decode() + checked.stderr.decode())
+
+    @inlineCallbacks
+    def test_the_documented_alert_rules_and_dashboard_use_only_metrics_the_bridge_exports(self):
+        import json
+        import re
+
+        response = yield self.scrape()
+        exported = set()
+        for line in response.text.splitlines():
+            if line.startswith("# TYPE "):
+                _, _, name, kind = line.split()
+                if kind == "counter":  # prometheus_client names a counter's family with or without _total
+                    name = name if name.endswith("_total") else name + "_total"
+                suffixes = ("_bucket", "_count", "_sum") if kind == "histogram" else ("",)
+                exported.update(name + suffix for suffix in suffixes)
+        with open(os.path.join(DOCS, "prometheus-alerts.yml")) as f:
+            rules = f.read()
+        with open(os.path.join(DOCS, "grafana-dashboard.json")) as f:
+            dashboard = json.load(f)
+        queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+        used = set(re.findall(r"terminal_bridge_[a-z_]+", rules + "\n".join(queries)))
+        self.assertTrue(used)
+        self.assertEqual(used - exported, set())
+
+    def test_promtool_accepts_the_documented_alert_rules(self):
+        if PROMTOOL is None:
+            raise SkipTest("promtool is not installed (Debian package 'prometheus'): the rules are not checked")
+        checked = subprocess.run([PROMTOOL, "check", "rules", os.path.join(DOCS, "prometheus-alerts.yml")],
+                                 capture_output=True, timeout=60)
         self.assertEqual(checked.returncode, 0, checked.stdout.decode() + checked.stderr.decode())
 
     @inlineCallbacks

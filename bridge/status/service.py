@@ -23,6 +23,10 @@ from bridge.status.server import QuietSite, StatusResource
 
 
 
+#: The page's facts are read at most once a second, however many browsers refresh it.
+VIEW_CACHE_SECONDS = 1.0
+
+
 class StatusService:
     """Started and stopped by the daemon when ``[status]`` is enabled."""
 
@@ -45,6 +49,7 @@ class StatusService:
         self._today_since: Optional[float] = None
         self._today_iso = ""
         self._today: dict[str, str] = {}
+        self._view: tuple[float, dict[str, Any]] = (float("-inf"), {})
 
     @inlineCallbacks
     def start(self):
@@ -84,7 +89,14 @@ class StatusService:
     # -- what the page shows ----------------------------------------------------------------------
 
     def view(self) -> dict[str, Any]:
-        daemon, now = self.daemon, self.reactor.seconds()
+        """What the page shows; read again once VIEW_CACHE_SECONDS old (or after a resolve)."""
+        now = self.reactor.seconds()
+        if not 0 <= now - self._view[0] < VIEW_CACHE_SECONDS:
+            self._view = (now, self._read_view(now))
+        return self._view[1]
+
+    def _read_view(self, now: float) -> dict[str, Any]:
+        daemon = self.daemon
         journal = daemon.payments.journal
         since = facts.midnight(now)
         if since != self._today_since:
@@ -135,4 +147,10 @@ class StatusService:
         actor = f"status page: {operator}"
         self.log.info("Status page: {operator} resolves payment {payment_id} as {outcome}", operator=operator,
                       payment_id=payment_id, outcome=outcome)
-        return self.daemon.payments.resolve(payment_id, outcome, actor=actor, note=note, details=details)
+        d = self.daemon.payments.resolve(payment_id, outcome, actor=actor, note=note, details=details)
+
+        def resolved(payment: dict[str, Any]) -> dict[str, Any]:
+            self._view = (float("-inf"), {})  # the page that follows shows the decision
+            return payment
+
+        return d.addCallback(resolved)
