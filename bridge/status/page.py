@@ -71,7 +71,7 @@ def health(view: Mapping[str, Any]) -> tuple[bool, str]:
     down = [t["name"] for t in view["terminals"] if not t["up"]]
     if down:
         problems.append(("terminal " if len(down) == 1 else "terminals ") + ", ".join(down)
-                        + (" cannot take payments" if len(down) > 1 else " cannot take payments"))
+                        + " cannot take payments")
     unknown = len(view["unknown"])
     if unknown:
         problems.append(f"{unknown} payment{'s' if unknown > 1 else ''} await{'' if unknown > 1 else 's'} "

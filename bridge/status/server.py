@@ -178,14 +178,25 @@ class StatusResource(Resource):
             self.finish(request, self.html(request, page.login_page(
                 self.app.config.name, "Another sign-in is being checked; try again in a moment.")))
 
+        waiting = self.later(request)
         d.addCallbacks(checked, busy)
-        return NOT_DONE_YET
+        return waiting
 
     def finish(self, request: Any, body: bytes) -> None:
-        if request.finished or getattr(request, "_disconnected", False):
+        """End an answer given later (after a password check or a journal write), unless the browser left."""
+        if request.finished or getattr(request, "status_page_gone", False):
             return
         request.write(body)
         request.finish()
+
+    def later(self, request: Any) -> Any:
+        """NOT_DONE_YET, noting when the browser goes away meanwhile."""
+
+        def gone(failure: Any) -> None:
+            request.status_page_gone = True
+
+        request.notifyFinish().addErrback(gone)
+        return NOT_DONE_YET
 
     def logout(self, request: Any) -> bytes:
         session = self.session(request)
@@ -226,8 +237,9 @@ class StatusResource(Resource):
             session.flash = ("error", f"Not recorded: {words}")
             self.finish(request, self.redirect(request, b"/"))
 
+        waiting = self.later(request)
         d.addCallbacks(done, refused)
-        return NOT_DONE_YET
+        return waiting
 
     # -- metrics ----------------------------------------------------------------------------------
 
