@@ -791,16 +791,18 @@ def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[
 
 # -- the status page phase (issue #16): payments with the page closed, then open and refreshing -------------
 #
-# A third start of the bridge, with its [status] section on: payments one after the other on terminal t0,
-# first with nobody looking, then while another process (``--poll-status-page``) keeps the page open the way
-# many browsers would, fetching its refreshing part every STATUS_PAGE_INTERVAL s and /metrics every
-# STATUS_SCRAPE_INTERVAL s.  The measuring client is a blocking one (websocket-client) because the reactor of
-# this process cannot be run twice; both halves use it, so they compare with each other, not with the figures
-# above.
+# A third start of the bridge, with its [status] section on: payments one after the other on terminal t0, in
+# windows where nobody looks at the page and windows where another process (``--poll-status-page``, paused with
+# SIGSTOP in between) keeps it open the way many browsers would, fetching its refreshing part every
+# STATUS_PAGE_INTERVAL s and /metrics every STATUS_SCRAPE_INTERVAL s.  The measuring client is a blocking one
+# (websocket-client) because the reactor of this process cannot be run twice; both kinds of window use it, so
+# they compare with each other, not with the figures above.
 
 #: As 20 browsers showing the page (each refreshes every 5 s), and a Prometheus scraping every second.
 STATUS_PAGE_INTERVAL = 0.25
 STATUS_SCRAPE_INTERVAL = 1.0
+#: Closed and open windows, in turn, over --duration seconds each way.
+STATUS_WINDOWS = 5
 STATUS_PASSWORD = "bench status page password"
 
 
@@ -882,6 +884,9 @@ def poll_status_page(port: int) -> int:
     next_page = next_scrape = time.perf_counter()
     while not stop:
         now = time.perf_counter()
+        # after a pause (SIGSTOP: the page "closed"), start again at the normal pace rather than in a burst
+        next_page = max(next_page, now - STATUS_PAGE_INTERVAL)
+        next_scrape = max(next_scrape, now - STATUS_SCRAPE_INTERVAL)
         if now >= next_scrape:
             path, headers, samples = "/metrics", {"Authorization": "Bearer " + os.environ["TB_BENCH_TOKEN"]}, scrapes
             next_scrape += STATUS_SCRAPE_INTERVAL
@@ -929,30 +934,20 @@ def status_phase(args: argparse.Namespace, directory: str, config: str, port: in
     poller: Optional[subprocess.Popen] = None
     made = 0
     try:
-        def run(label: str) -> list[float]:
-            """Warm-up payments, then payments one after the other for --duration seconds (long enough for
-            the page to refresh many times)."""
+        def window(seconds: float, samples: Optional[list[float]]) -> int:
+            """Payments one after the other for ``seconds``; returns how many."""
             nonlocal made
-            samples: list[float] = []
-            deadline = None
-            for i in itertools.count():
-                if i == args.warmup:
-                    deadline = time.perf_counter() + args.duration
-                if deadline is not None and time.perf_counter() >= deadline:
-                    return samples
+            count, deadline = 0, time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
                 elapsed, state = payer.pay("t0")
                 made += 1
+                count += 1
                 if state != "approved":
                     raise BenchError(f"status page phase: a payment ended {state}")
-                if deadline is not None:
+                if samples is not None:
                     samples.append(elapsed * 1000)
-            return samples
+            return count
 
-        print(f"  .. status page closed: {args.warmup} warm-up payments, then payments for {args.duration:g} s",
-              file=sys.stderr, flush=True)
-        cpu0, t0 = proc_cpu_seconds(bridge.pid), time.perf_counter()
-        closed = run("closed")
-        r["status_closed_cpu_pct"] = 100 * (proc_cpu_seconds(bridge.pid) - cpu0) / (time.perf_counter() - t0)
         poller = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--poll-status-page", str(status_port)],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
                                   env=child_env({"TB_BENCH_CAFILE": cafile, "TB_BENCH_TOKEN": token}),
@@ -960,24 +955,42 @@ def status_phase(args: argparse.Namespace, directory: str, config: str, port: in
         assert poller.stdout is not None
         if poller.stdout.readline().strip() != "signed in":
             raise BenchError("status page phase: the poller could not sign in")
-        print(f"  .. status page open, refreshing every {STATUS_PAGE_INTERVAL:g} s and scraped every "
-              f"{STATUS_SCRAPE_INTERVAL:g} s: {args.warmup} warm-up payments, then payments for "
-              f"{args.duration:g} s", file=sys.stderr, flush=True)
-        cpu0, t0 = proc_cpu_seconds(bridge.pid), time.perf_counter()
-        opened = run("open")
-        elapsed = time.perf_counter() - t0
-        r["status_open_cpu_pct"] = 100 * (proc_cpu_seconds(bridge.pid) - cpu0) / elapsed
+        poller.send_signal(signal.SIGSTOP)  # the page is closed until a window opens it
+        for _ in range(args.warmup):
+            payer.pay("t0")
+            made += 1
+        # Closed and open alternate in short windows, so that the rest of the machine's load falls on both alike.
+        print(f"  .. status page closed, then open (refreshed every {STATUS_PAGE_INTERVAL:g} s, scraped every "
+              f"{STATUS_SCRAPE_INTERVAL:g} s), in turn: {STATUS_WINDOWS} windows of {args.duration / STATUS_WINDOWS:g} "
+              f"s each", file=sys.stderr, flush=True)
+        samples: dict[str, list[float]] = {"closed": [], "open": []}
+        cpu = {"closed": 0.0, "open": 0.0}
+        seconds = {"closed": 0.0, "open": 0.0}
+        counts = {"closed": 0, "open": 0}
+        for _ in range(STATUS_WINDOWS):
+            for key in ("closed", "open"):
+                poller.send_signal(signal.SIGCONT if key == "open" else signal.SIGSTOP)
+                cpu0, t0 = proc_cpu_seconds(bridge.pid), time.perf_counter()
+                counts[key] += window(args.duration / STATUS_WINDOWS, samples[key])
+                seconds[key] += time.perf_counter() - t0
+                cpu[key] += proc_cpu_seconds(bridge.pid) - cpu0
+        poller.send_signal(signal.SIGCONT)
         poller.send_signal(signal.SIGTERM)
         out, _ = poller.communicate(timeout=30)
         polled = json.loads(out.strip().splitlines()[-1])
         if polled.get("error") or polled["errors"]:
             raise BenchError(f"status page phase: the page did not answer every fetch: {polled.get('error')}"
                              f" ({polled.get('errors')} failed)")
-        for key, samples in (("closed", closed), ("open", opened)):
-            r[f"status_{key}_p50"] = percentile(samples, 50)
-            r[f"status_{key}_p99"] = percentile(samples, 99)
-            r[f"status_{key}_n"] = len(samples)
+        for key in ("closed", "open"):
+            r[f"status_{key}_p50"] = percentile(samples[key], 50)
+            r[f"status_{key}_p99"] = percentile(samples[key], 99)
+            r[f"status_{key}_n"] = len(samples[key])
+            r[f"status_{key}_cpu_pct"] = 100 * cpu[key] / seconds[key]
         r["status_pages"], r["status_scrapes"] = len(polled["pages"]), len(polled["scrapes"])
+        # The bridge's CPU while open, less what as many payments cost while closed: the page's share (counted
+        # in clock ticks of 10 ms: meaningful over a full run, not a quick one).
+        page_cpu = cpu["open"] - counts["open"] * cpu["closed"] / max(1, counts["closed"])
+        r["status_cpu_ms_per_fetch"] = 1000 * page_cpu / max(1, r["status_pages"] + r["status_scrapes"])
         r["status_page_p50"] = percentile([x * 1000 for x in polled["pages"]], 50) if polled["pages"] else math.nan
         r["status_scrape_p50"] = (percentile([x * 1000 for x in polled["scrapes"]], 50) if polled["scrapes"]
                                   else math.nan)
@@ -1000,7 +1013,8 @@ def status_report(r: dict[str, Any]) -> str:
         f"status page open: {r['status_pages']} refreshes (every {STATUS_PAGE_INTERVAL:g} s, fetch p50 "
         f"{r['status_page_p50']:.1f} ms) and {r['status_scrapes']} /metrics scrapes (every "
         f"{STATUS_SCRAPE_INTERVAL:g} s, p50 {r['status_scrape_p50']:.1f} ms) during the payments; bridge CPU "
-        f"{r['status_closed_cpu_pct']:.0f} % page closed, {r['status_open_cpu_pct']:.0f} % page open; resident "
+        f"{r['status_closed_cpu_pct']:.0f} % page closed, {r['status_open_cpu_pct']:.0f} % page open (about "
+        f"{r['status_cpu_ms_per_fetch']:.1f} ms of bridge CPU per refresh or scrape); resident "
         f"memory with [status] on {r['status_rss_ready'] / 1e6:.1f} MB when ready, {r['status_rss'] / 1e6:.1f} MB "
         f"after",
     ])

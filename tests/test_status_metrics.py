@@ -75,6 +75,8 @@ class MetricsTests(TestCase, StatusBridge):
         self.assertEqual(sample(text, "terminal_bridge_payments_total", terminal="till-3", state="failed"), 1)
         self.assertEqual(sample(text, "terminal_bridge_terminal_answer_seconds_count", terminal="till-1"), 2)
         self.assertEqual(sample(text, "terminal_bridge_added_seconds_count", terminal="till-1"), 2)
+        # a payment that never reached its terminal has no answer time, and its connection attempt is no "added" time
+        self.assertIsNone(sample(text, "terminal_bridge_added_seconds_count", terminal="till-3"))
         self.assertGreaterEqual(sample(text, "terminal_bridge_journal_commit_seconds_count"), 8)
         self.assertEqual(sample(text, "terminal_bridge_terminal_up", terminal="till-1"), 1)
         self.assertEqual(sample(text, "terminal_bridge_terminal_up", terminal="till-3"), 0)

@@ -42,9 +42,9 @@ class Metrics:
         self.answer = Histogram("terminal_bridge_terminal_answer_seconds", "Time from the request leaving the "
                                 "bridge to the terminal's answer.", ["terminal"], buckets=ANSWER_BUCKETS,
                                 registry=self.registry)
-        self.added = Histogram("terminal_bridge_added_seconds", "Time the bridge adds to a payment: from taking "
-                               "it to telling its end, less the terminal's answer time.", ["terminal"],
-                               buckets=ADDED_BUCKETS, registry=self.registry)
+        self.added = Histogram("terminal_bridge_added_seconds", "Time the bridge adds to a payment that reached "
+                               "the terminal: from taking it to telling its end, less the terminal's answer time.",
+                               ["terminal"], buckets=ADDED_BUCKETS, registry=self.registry)
         self.commit = Histogram("terminal_bridge_journal_commit_seconds", "Time of one journal commit, its fsync "
                                 "included.", buckets=COMMIT_BUCKETS, registry=self.registry)
         self.commits = facts.CommitWatch(self.commit.observe)
@@ -77,9 +77,10 @@ class Metrics:
         record = self._daemon.payments.journal.get(payment_id)
         if record is None:
             return
-        answer = max(0.0, record.updated - sent) if sent is not None else 0.0
-        if sent is not None:
-            self.answer.labels(terminal).observe(answer)
+        if sent is None:  # never reached the terminal (unreachable, cancelled before sending): no answer to time
+            return
+        answer = max(0.0, record.updated - sent)
+        self.answer.labels(terminal).observe(answer)
         self.added.labels(terminal).observe(max(0.0, self._clock.seconds() - record.created - answer))
 
     def exposition(self) -> bytes:

@@ -241,6 +241,7 @@ def _bridge(view: Mapping[str, Any]) -> str:
            if cert.get("not_after") else f"cannot be read: {cert.get('error')}")
     return ('<section id="bridge"><h2>Bridge</h2>'
             + _dl([("version", __version__), ("up for", ago(view["now"] - view["started"])),
-                   ("started", when(view["started"])), ("certificate fingerprint (SHA-256)", view["fingerprint"] or "-"),
+                   ("started", when(view["started"])),
+                   ("certificate fingerprint (SHA-256)", view["fingerprint"] or "-"),
                    ("certificate ends", end), ("clients connected", str(view["clients"]))])
             + "</section>")
