@@ -57,14 +57,18 @@ def terminal_facts(daemon: Any) -> list[dict[str, Any]]:
 
 
 def _problem_words(status: dict[str, Any], recent: list[PaymentRecord]) -> Optional[str]:
-    """The driver keeps the last link problem as a code; the payment it ended says it in words."""
+    """The driver keeps the last link problem as a code; the payment it ended says it in words (kept under
+    ``resolved_from`` once a person resolved that payment)."""
     code = status.get("last_error")
     if not code:
         return status.get("detail") if not terminal_is_up(status) else None
     for record in recent:
         if record.reason_code == code and record.reason_message:
             return record.reason_message
-    return status.get("detail") if not terminal_is_up(status) else code.replace("_", " ")
+        earlier = record.details.get("resolved_from") or {}
+        if isinstance(earlier, dict) and earlier.get("code") == code and earlier.get("message"):
+            return str(earlier["message"])
+    return str(code).replace("_", " ")
 
 
 def _last_answer(recent: list[PaymentRecord]) -> Optional[float]:

@@ -24,8 +24,8 @@ OUTCOMES = (("approved", "Paid: the receipt shows the payment approved"),
             ("cancelled", "Not paid: the receipt shows it cancelled"),
             ("failed", "Not paid: no receipt, nothing was charged"))
 STATE_WORDS = {"idle": "ready", "busy": "busy with a payment", "unreachable": "cannot be reached",
-               "disconnected": "disconnected", "down": "not answering", "offline": "offline", "error": "error",
-               "unknown": "not known yet"}
+               "link_problem": "its last payment lost the link", "disconnected": "disconnected",
+               "down": "not answering", "offline": "offline", "error": "error", "unknown": "not known yet"}
 
 
 def when(ts: Optional[float]) -> str:
@@ -182,7 +182,8 @@ def _terminals(terminals: list[dict[str, Any]], now: float) -> str:
     for t in terminals:
         state = str(t.get("state"))
         if not t["up"] and state in ("idle", "unknown"):
-            state = "unreachable"
+            lost = t.get("last_error") not in (None, "terminal_unreachable")
+            state = "link_problem" if lost else "unreachable"
         where = t.get("address") or t.get("device") or t.get("reader") or "-"
         recent = "".join(
             f"<li>{escape(when(r.created))}: {escape(money(r))} {escape(r.kind)}, <b>{escape(r.state)}</b>"
