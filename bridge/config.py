@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from bridge.api.signing import ALGORITHMS, MIN_SECRET_BYTES, REFUSED_ALGORITHMS
+from bridge.status.config import StatusConfig, parse_status
 from bridge.uplink.config import UplinkConfig, check_clients, parse_uplink
 
 DEFAULT_CONFIG_PATH = "/etc/terminal-bridge/bridge.conf"
@@ -75,6 +76,7 @@ class BridgeConfig:
     clients: Mapping[str, ClientConfig]
     terminals: Mapping[str, TerminalConfig]
     uplinks: Mapping[str, UplinkConfig] = field(default_factory=dict)
+    status: Optional[StatusConfig] = None
 
     @property
     def journal_path(self) -> str:
@@ -157,8 +159,13 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
 
     terminals: dict[str, TerminalConfig] = {}
     uplinks: dict[str, UplinkConfig] = {}
+    status: Optional[StatusConfig] = None
     for section in parser.sections():
         if section == "bridge":
+            continue
+        if section == "status":
+            status, found = parse_status(dict(parser[section]), state_dir, _host_port)
+            problems.extend(Problem(where(section, key), message) for key, message in found)
             continue
         kind, _, name = section.partition(":")
         if kind == "uplink" and name:
@@ -193,7 +200,7 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
         state_dir=state_dir, tls_certificate=os.path.join(base, cert), tls_key=os.path.join(base, key),
         clients_file=clients_file, max_message_bytes=max_message, clock_skew=skew, messages_per_second=rate,
         max_connections=max_connections, log_level=log_level, retention_days=retention_days, clients=clients, terminals=terminals,
-        uplinks=uplinks,
+        uplinks=uplinks, status=status,
     )
 
 

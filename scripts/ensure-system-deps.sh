@@ -19,7 +19,8 @@ mode=${1:-dev}
 case "$mode" in
   dev) packages="python3-venv" ;;
   bookworm) packages="python3-twisted python3-autobahn python3-serial python3-stripe python3-cryptography
-                      python3-openssl python3-service-identity python3-systemd python3-pytest python3-hypothesis" ;;
+                      python3-openssl python3-service-identity python3-systemd python3-pytest python3-hypothesis
+                      python3-prometheus-client prometheus python3-websocket" ;;
   *) echo "usage: $0 dev|bookworm" >&2; exit 2 ;;
 esac
 missing=""

@@ -64,6 +64,11 @@ class BenchSmokeTest(unittest.TestCase):
             self.assertGreater(figures["throughput_payments"], 0)
             self.assertGreater(figures["rss"], 0)
             self.assertGreater(figures["echo_p50"], 0)
+            # the status page phase: payments with the page closed, then open and refreshing
+            self.assertIn("status page (a third start, [status] on;", proc.stdout)
+            self.assertGreater(figures["status_closed_n"], 0)
+            self.assertGreater(figures["status_open_n"], 0)
+            self.assertGreater(figures["status_pages"], 0)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from bridge.cli import uplink as uplink_cli
 
     uplink_cli.register(sub)
+    from bridge.cli import status_page
+
+    status_page.register(sub)
 
     p = sub.add_parser("simulate", help="run a simulated terminal (for demos and tests)")
     sim_sub = p.add_subparsers(dest="simulator", metavar="KIND")

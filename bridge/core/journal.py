@@ -156,6 +156,8 @@ class _Writer:
         self._thread: Optional[threading.Thread] = None
         self._open = False
         self.read_only = False
+        #: Told (on the writer's thread) how long each batch's COMMIT, and so its fsync, took in seconds.
+        self.on_commit: Callable[[float], None] = lambda seconds: None
 
     def open(self, writable: bool = True) -> None:
         """Open the write connection; with ``writable`` False (the disk is read-only) there is none and every
@@ -239,7 +241,9 @@ class _Writer:
                     conn.execute("RELEASE op")
                     results.append((d, True, value))
             checkpoint("journal.before_commit")
+            started = time.perf_counter()
             conn.execute("COMMIT")
+            took = time.perf_counter() - started
             checkpoint("journal.after_commit")
         except sqlite3.Error as e:
             try:
@@ -248,6 +252,11 @@ class _Writer:
                 pass
             error = _unavailable(_describe_sqlite_error(e))
             results = [(d, False, error) for _, d in batch]
+        else:
+            try:
+                self.on_commit(took)
+            except Exception:  # a watcher never stops the journal
+                pass
         self._deliver(lambda: _fire(results))
 
 
@@ -325,6 +334,11 @@ class Journal:
     @property
     def writable(self) -> bool:
         return not self._writer.read_only
+
+    def watch_commits(self, listener: Callable[[float], None]) -> None:
+        """Have ``listener(seconds)`` told how long each commit (its fsync) took, on the writer's thread: it
+        must be quick and thread-safe (the status page's metrics)."""
+        self._writer.on_commit = listener
 
     def _read(self) -> sqlite3.Connection:
         return self._reader

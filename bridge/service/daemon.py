@@ -80,6 +80,7 @@ class Daemon:
         self._recovery: Optional[LoopingCall] = None
         self.uplinks: Any = None
         self._reload_lock = DeferredLock()
+        self.status_page: Any = None
 
     @inlineCallbacks
     def start(self):
@@ -126,6 +127,11 @@ class Daemon:
 
             self.uplinks = Uplinks(bridge, self.reactor)
             yield self.uplinks.start()
+        if config.status is not None and config.status.enabled:
+            from bridge.status.service import StatusService  # prometheus_client: only loaded when used
+
+            self.status_page = StatusService(self, self.reactor)
+            yield self.status_page.start()
         self._status.ready(self.status())
         bridge.on_clients_changed = self._report_status_soon
         self.payments.subscribe(lambda event: self._report_status_soon())
@@ -240,6 +246,8 @@ class Daemon:
             self._status_refresh = None
         if self._status_pending is not None and self._status_pending.active():
             self._status_pending.cancel()
+        if self.status_page is not None:
+            yield self.status_page.stop()
         if self.port is not None:
             yield self.port.stopListening()
         if self.payments is not None:

@@ -1,0 +1,253 @@
+"""The status page over real HTTPS: login, cookie, lock-out, what it shows, and resolving an unknown payment."""
+
+import re
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from bridge.api.client import connect
+from bridge.cli.resolve import resolve as cli_resolve
+from bridge.status import auth
+from bridge.terminals.caisse_ap.simulator import SimulatorScript
+from tests.status_support import PASSWORD, PAYMENT, StatusBridge, closed_port, start_simulator, wait_for
+
+
+def csrf_of(html):
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+class PageTests(TestCase, StatusBridge):
+    timeout = 30
+
+    @inlineCallbacks
+    def setUp(self):
+        _, approver = yield start_simulator(self, reactor)
+        _, dropper = yield start_simulator(self, reactor, SimulatorScript(disconnect=True))
+        yield self.start_bridge(self, {"till-1": approver, "till-2": dropper, "till-3": closed_port()}, admin=True)
+
+    @inlineCallbacks
+    def open(self):
+        factory, opened = connect(reactor, self.url, self.creds, fingerprint=self.fingerprint)
+        proto = yield opened
+        proto.events = []
+        factory.on_event = proto.events.append
+        self.addCleanup(lambda: (proto.sendClose(), factory.closed)[1])
+        yield proto.call("hello", {"client": self.creds.client_id})
+        return proto
+
+    @inlineCallbacks
+    def pay(self, proto, terminal):
+        started = yield proto.call("payment.start", dict(PAYMENT, terminal=terminal))
+        yield wait_for(lambda: any(e["payment"]["id"] == started["id"] and e["payment"]["final"]
+                                   for e in proto.events), "the payment's end")
+        return started["id"]
+
+    @inlineCallbacks
+    def signed_in(self):
+        page = self.page()
+        response = yield page.login()
+        self.assertEqual(response.status, 303)
+        return page
+
+    # -- access -------------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_nothing_is_shown_before_signing_in(self):
+        page = self.page()
+        response = yield page.request("GET", "/")
+        self.assertEqual((response.status, response.header("Location")), (303, "/login"))
+        response = yield page.request("GET", "/fragment")
+        self.assertEqual(response.status, 401)
+        self.assertNotIn(b"till-1", response.body)
+        response = yield page.request("GET", "/login")
+        self.assertEqual(response.status, 200)
+        self.assertIn(b'type="password"', response.body)
+
+    @inlineCallbacks
+    def test_signing_in_sets_a_secure_httponly_strict_cookie_and_shows_the_page(self):
+        page = self.page()
+        response = yield page.login()
+        cookie = response.header("Set-Cookie")
+        self.assertRegex(cookie, r"^tb_status=[A-Za-z0-9_-]{40,}; Path=/; Secure; HttpOnly; SameSite=Strict$")
+        response = yield page.request("GET", "/")
+        self.assertEqual(response.status, 200)
+        self.assertIn("All is well: 3 terminals ready to take payments.", response.text)
+        self.assertIn(self.fingerprint, response.text)
+        for name in ("till-1", "till-2", "till-3"):
+            self.assertIn(f'id="terminal-{name}"', response.text)
+        self.assertIn("default-src 'none'", response.header("Content-Security-Policy"))
+        self.assertEqual(response.header("Cache-Control"), "no-store")
+
+    @inlineCallbacks
+    def test_a_wrong_password_is_refused_and_five_lock_the_device_out(self):
+        page = self.page()
+        for attempt in range(auth.MAX_FAILURES):
+            response = yield page.login("wrong password")
+            self.assertIsNone(page.cookie)
+            self.assertIn("Wrong password", response.text)
+        self.assertEqual(response.status, 429)
+        self.assertIn("locked out", response.text)
+        response = yield page.login(PASSWORD)  # even the right one, while locked out
+        self.assertEqual(response.status, 429)
+        self.assertIsNone(page.cookie)
+
+    @inlineCallbacks
+    def test_without_a_password_set_nobody_signs_in_and_the_page_says_how_to_set_one(self):
+        import os
+
+        os.remove(self.daemon.config.status.password_file)
+        page = self.page()
+        response = yield page.login("")
+        self.assertEqual(response.status, 503)
+        self.assertIn("terminal-bridge status-page password", response.text)
+        self.assertIsNone(page.cookie)
+
+    @inlineCallbacks
+    def test_signing_out_ends_the_session(self):
+        page = yield self.signed_in()
+        home = yield page.request("GET", "/")
+        cookie = page.cookie
+        yield page.request("POST", "/logout", {"csrf": csrf_of(home.text)})
+        response = yield page.request("GET", "/", headers={"Cookie": cookie})
+        self.assertEqual(response.status, 303)
+
+    @inlineCallbacks
+    def test_the_page_reads_without_javascript_and_loads_nothing_from_elsewhere(self):
+        page = yield self.signed_in()
+        response = yield page.request("GET", "/")
+        self.assertIn('<noscript><meta http-equiv="refresh"', response.text)
+        for url in re.findall(r'(?:src|href|action)="([^"]*)"', response.text):
+            self.assertTrue(url.startswith("/"), url)
+        for asset in ("/static/status.css", "/static/status.js"):
+            got = yield page.request("GET", asset)
+            self.assertEqual(got.status, 200, asset)
+
+    # -- what it shows ------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_an_unreachable_terminal_is_named_with_its_problem_in_words(self):
+        proto = yield self.open()
+        yield self.pay(proto, "till-3")
+        page = yield self.signed_in()
+        response = yield page.request("GET", "/fragment")
+        self.assertIn("Needs attention: terminal till-3 cannot take payments.", response.text)
+        block = response.text.split('id="terminal-till-3"')[1].split("</article>")[0]
+        self.assertIn("cannot be reached", block)
+        self.assertIn("Check that it is switched on and connected.", block)
+
+    @inlineCallbacks
+    def test_an_approved_payment_shows_the_masked_card_number_and_no_full_one(self):
+        proto = yield self.open()
+        payment_id = yield self.pay(proto, "till-1")
+        masked = self.daemon.payments.journal.get(payment_id).details["card_masked"]
+        page = yield self.signed_in()
+        response = yield page.request("GET", "/")
+        self.assertIn("approved 1", response.text)  # payments today, by outcome
+        self.assertIn("12.34 EUR", response.text)
+        self.assertIn(masked, response.text)
+        self.assertIsNone(re.search(r"\d{13,19}", response.text))
+
+    # -- resolving ----------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_an_unknown_payment_resolved_on_the_page_is_journaled_as_terminal_bridge_resolve_does(self):
+        proto = yield self.open()
+        by_cli = yield self.pay(proto, "till-2")
+        by_page = yield self.pay(proto, "till-2")
+        page = yield self.signed_in()
+        home = yield page.request("GET", "/")
+        self.assertIn("2 payments await a decision", home.text)
+        self.assertIn("<dd>unknown 2</dd>", home.text)  # payments today, by state
+        self.assertIn(f'id="unknown-{by_page}"', home.text)
+        yield cli_resolve(reactor, self.url, self.creds, self.fingerprint, None,
+                          {"payment_id": by_cli, "outcome": "approved", "note": "receipt shows approved",
+                           "authorisation": "123456"}, echo=lambda line: None)
+        form = {"csrf": csrf_of(home.text), "payment_id": by_page, "outcome": "approved", "note": "receipt shows "
+                "approved", "authorisation": "123456", "operator": "Marie Curie"}
+        response = yield page.request("POST", "/resolve", form)
+        self.assertEqual((response.status, response.header("Location")), (303, "/"))
+        home = yield page.request("GET", "/")
+        self.assertIn(f"Payment {by_page} recorded as approved by Marie Curie.", home.text)
+        self.assertIn("None: every payment's outcome is known.", home.text)
+        self.assertIn("<dd>approved 2</dd>", home.text)  # kept current by the events
+        # the terminal's last link problem is still told in words once the payments it ended are resolved
+        block = home.text.split('id="terminal-till-2"')[1].split("</article>")[0]
+        self.assertIn("its last payment lost the link", block)
+        self.assertIn("The connection to the payment terminal was lost", block)
+
+        journal = self.daemon.payments.journal
+        page_record, cli_record = journal.get(by_page), journal.get(by_cli)
+        self.assertEqual((page_record.state, page_record.reason_code, page_record.reason_message),
+                         (cli_record.state, cli_record.reason_code, cli_record.reason_message))
+        self.assertEqual(page_record.details["resolved_by"], "status page: Marie Curie")
+        self.assertEqual(cli_record.details["resolved_by"], self.creds.client_id)
+        for details in (page_record.details, cli_record.details):
+            details.pop("resolved_by")
+        self.assertEqual(page_record.details, cli_record.details)
+        page_steps, cli_steps = journal.transitions(by_page), journal.transitions(by_cli)
+        self.assertEqual([(t["state"], t["code"]) for t in page_steps], [(t["state"], t["code"]) for t in cli_steps])
+        self.assertEqual(page_steps[-1]["actor"], "status page: Marie Curie")
+        # the client that started the payment hears of it like of any other change
+        yield wait_for(lambda: any(e["payment"]["id"] == by_page and e["payment"]["state"] == "approved"
+                                   for e in proto.events), "the resolution's event")
+
+    @inlineCallbacks
+    def test_a_resolve_without_the_csrf_token_or_from_another_site_changes_nothing(self):
+        proto = yield self.open()
+        payment_id = yield self.pay(proto, "till-2")
+        page = yield self.signed_in()
+        home = yield page.request("GET", "/")
+        form = {"payment_id": payment_id, "outcome": "approved", "note": "receipt", "operator": "Eve"}
+        response = yield page.request("POST", "/resolve", dict(form, csrf="forged"))
+        self.assertEqual(response.status, 403)
+        response = yield page.request("POST", "/resolve", dict(form, csrf=csrf_of(home.text)),
+                                      headers={"Origin": "https://evil.example"})
+        self.assertEqual(response.status, 403)
+        response = yield self.page().request("POST", "/resolve", dict(form, csrf=csrf_of(home.text)))
+        self.assertEqual(response.status, 401)  # the token without the session cookie
+        self.assertEqual(self.daemon.payments.journal.get(payment_id).state, "unknown")
+
+    @inlineCallbacks
+    def test_a_resolve_without_a_name_or_a_note_is_refused_in_words_and_changes_nothing(self):
+        proto = yield self.open()
+        payment_id = yield self.pay(proto, "till-2")
+        page = yield self.signed_in()
+        home = yield page.request("GET", "/")
+        form = {"csrf": csrf_of(home.text), "payment_id": payment_id, "outcome": "approved", "note": "receipt",
+                "operator": "  "}
+        yield page.request("POST", "/resolve", form)
+        home = yield page.request("GET", "/")
+        self.assertIn("Write your name", home.text)
+        yield page.request("POST", "/resolve", dict(form, operator="Marie", note=""))
+        home = yield page.request("GET", "/")
+        self.assertIn("Not recorded: Say in &#x27;note&#x27; what the resolution is based on", home.text)
+        yield page.request("POST", "/resolve", dict(form, operator="Marie", outcome="maybe"))
+        self.assertEqual(self.daemon.payments.journal.get(payment_id).state, "unknown")
+
+
+class UplinkDownTests(TestCase, StatusBridge):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_an_uplink_that_cannot_reach_its_cloud_is_named(self):
+        import os
+
+        _, approver = yield start_simulator(self, reactor)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, "odoo.secrets"), "w") as f:
+            f.write("channel_token = a1b2c3d4e5f6a7b8c9d0e1f2\nfeedback_secret = Feedback-Passphrase-0123456789\n")
+        os.chmod(os.path.join(directory, "odoo.secrets"), 0o600)
+        extra = (f"[uplink:odoo]\nurl = https://{closed_port()}\ndatabase = shop\nclient = pos\n"
+                 f"secrets_file = {directory}/odoo.secrets\n")
+        yield self.start_bridge(self, {"till-1": approver}, extra=extra)
+        service = self.daemon.uplinks.services[0]
+        yield wait_for(lambda: service.status.data.get("last_error"), "the uplink's first error")
+        page = self.page()
+        yield page.login()
+        response = yield page.request("GET", "/")
+        self.assertIn("Needs attention: uplink odoo cannot reach the cloud.", response.text)
+        block = response.text.split('id="uplink-odoo"')[1].split("</article>")[0]
+        self.assertIn("not connected", block)
+        self.assertIn(service.status.data["last_error"].split(":")[0], block)
