@@ -85,6 +85,23 @@ class MetricsTests(TestCase, StatusBridge):
         self.assertEqual(sample(text, "terminal_bridge_journal_writable"), 1)
 
     @inlineCallbacks
+    def test_refused_commands_are_counted_by_error_code(self):
+        factory, opened = connect(reactor, self.url, self.creds, fingerprint=self.fingerprint)
+        proto = yield opened
+        yield proto.call("hello", {"client": self.creds.client_id})
+        for args in (dict(PAYMENT, terminal="no-such-till"), dict(PAYMENT, terminal="no-such-till"),
+                     dict(PAYMENT, terminal="till-1", amount=-5)):
+            try:
+                yield proto.call("payment.start", args)
+            except Exception:
+                pass  # the refusal itself is the protocol tests' business; here it must be counted
+        proto.sendClose()
+        yield factory.closed
+        text = (yield self.scrape()).text
+        self.assertEqual(sample(text, "terminal_bridge_commands_refused_total", code="unknown_terminal"), 2)
+        self.assertEqual(sample(text, "terminal_bridge_commands_refused_total", code="invalid_amount"), 1)
+
+    @inlineCallbacks
     def test_promtool_accepts_the_exposition(self):
         if PROMTOOL is None:
             raise SkipTest("promtool is not installed (Debian package 'prometheus'): the exposition format "

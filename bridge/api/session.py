@@ -68,6 +68,8 @@ class Bridge:
         #: Sessions that said hello and are still connected; ``on_clients_changed`` hears of each change.
         self.connected: set["Session"] = set()
         self.on_clients_changed: Callable[[], Any] = lambda: None
+        #: Hears the error code of every command refused, on any session (the status page counts them).
+        self.on_refused: Callable[[str], Any] = lambda code: None
         #: What closes the listeners' connections at shutdown (each returns a Deferred); see close_connections.
         self.closers: list[Callable[[], Any]] = []
         # Sessions streaming events, by client id: one subscription for the bridge, not one per session, so
@@ -261,6 +263,7 @@ class Session:
         self._out({"re": message_id, "ok": True, "result": result})
 
     def _reply_error(self, message_id: Optional[str], error: BridgeError) -> None:
+        self.bridge.on_refused(error.code)
         self._out({"re": message_id, "ok": False, "error": error.as_dict()})
 
     def _reply_failure(self, message_id: str, op: str, failure: Any) -> None:

@@ -39,6 +39,9 @@ class Metrics:
                                 ["terminal", "kind", "state"], registry=self.registry)
         self.resolved = Counter("terminal_bridge_resolutions", "Unknown payments settled by a person, by terminal "
                                 "and the outcome they recorded.", ["terminal", "state"], registry=self.registry)
+        self.refused = Counter("terminal_bridge_commands_refused", "Commands refused, by error code "
+                               "(docs/protocol.md, Error codes), from the LAN and the uplinks.", ["code"],
+                               registry=self.registry)
         self.answer = Histogram("terminal_bridge_terminal_answer_seconds", "Time from the request leaving the "
                                 "bridge to the terminal's answer.", ["terminal"], buckets=ANSWER_BUCKETS,
                                 registry=self.registry)
@@ -51,6 +54,9 @@ class Metrics:
         self.registry.register(_LiveFacts(self))
         self._sent: dict[str, float] = {}  # payment id -> when its request went to the terminal
         self._certificate: tuple[float, dict[str, Any]] = (float("-inf"), {})
+
+    def on_refused(self, code: str) -> None:
+        self.refused.labels(code=code).inc()
 
     def certificate(self, now: float) -> dict[str, Any]:
         """The certificate's facts, read from its file at most every CERTIFICATE_CACHE_SECONDS."""

@@ -57,6 +57,7 @@ class StatusService:
         payments.subscribe(self.metrics.on_event)
         payments.subscribe(self._count_today)
         payments.journal.watch_commits(self.metrics.commits)
+        self.daemon.bridge.on_refused = self.metrics.on_refused
         self._pool.start()
         config = self.status_config
         endpoint = SSL4ServerEndpoint(self.reactor, config.listen_port,
@@ -83,6 +84,7 @@ class StatusService:
         self.daemon.payments.unsubscribe(self.metrics.on_event)
         self.daemon.payments.unsubscribe(self._count_today)
         self.daemon.payments.journal.watch_commits(lambda seconds: None)
+        self.daemon.bridge.on_refused = lambda code: None
         if self._pool.started:
             self._pool.stop()
 
