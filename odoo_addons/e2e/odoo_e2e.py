@@ -20,6 +20,7 @@ failure or Ctrl-C. scripts/test-odoo.sh runs it after Odoo's runner, on the Post
 
     odoo_e2e.py --odoo-src /opt/odoo-src/19.0 --version 19.0 --db-host /tmp/.../socket --db-user odoo --work DIR
 """
+# pylint: disable=print-used  (a command-line script: its output is its report)
 
 import argparse
 import importlib.util
