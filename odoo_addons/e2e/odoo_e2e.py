@@ -303,6 +303,7 @@ class Run:
             self.checks.check("terminal-bridge uplink pair URL CODE --database DB2", True, f"uplink {uplink}")
         except AssertionError as error:
             self.checks.must("terminal-bridge uplink pair URL CODE --database DB2", False, str(error))
+        self.odoo_log_from = len(self.odoo.output())  # the bridge's requests start here
         self.daemon = self.spawn("daemon", [PYTHON, "-m", "bridge", "-c", self.config_path, "run"], env=env,
                                  cwd=self.source)
         self.daemon.wait_line(bp.READY_LINE)
@@ -310,8 +311,11 @@ class Run:
                             lambda: self.uplink_status().get("bus") is True)
         self.checks.check("the bridge's bus link to DB2 is up (/websocket served by odoo-bin --workers=0)", True,
                           f"{took:.1f} s after the daemon started")
-        paired = self.rpc2("terminal.bridge", "read", [self.bridge_id], ["status_text"])[0]["status_text"]
-        self.checks.check("DB2 shows the bridge paired", "Paired" in (paired or ""), repr(paired))
+        def seen():
+            text = self.rpc2("terminal.bridge", "read", [self.bridge_id], ["status_text"])[0]["status_text"]
+            return "last seen" in (text or "") and text
+        paired, _ = self.wait("DB2 shows the bridge paired and seen (its HTTPS requests reach DB2)", seen, timeout=60)
+        self.checks.check("DB2 shows the bridge paired and seen (its HTTPS requests reach DB2)", True, repr(paired))
 
         command_id = str(uuid.uuid4())
         started = time.monotonic()
@@ -385,9 +389,16 @@ class Run:
         self.wait("the bus link is up again after the restart", lambda: self.uplink_status().get("bus") is True,
                   timeout=90)
         self.checks.check("the bus link is up again after the restart", True)
-        done = self.bridge_cli("uplink", "status")
-        self.checks.check("terminal-bridge uplink status exits 0 (payments can flow)", done.returncode == 0,
-                          done.stdout.strip().replace("\n", " | ")[:200])
+        # The next periodic fetch (30 s) at the latest shows that commands can be fetched again.
+        done, took = self.wait("terminal-bridge uplink status exits 0 again (payments can flow)",
+                               lambda: (lambda d: d.returncode == 0 and d)(self.bridge_cli("uplink", "status")),
+                               timeout=75)
+        self.checks.check("terminal-bridge uplink status exits 0 again (payments can flow)", True,
+                          f"{took:.1f} s after the result landed")
+        refused = [line.split(": ", 1)[-1] for line in self.odoo.output()[self.odoo_log_from:].splitlines()
+                   if "odoo.addons.terminal_bridge.controllers.main: terminal bridge /" in line and "refused" in line]
+        self.checks.check("Odoo refused no request of the paired bridge (before or after the restart)", not refused,
+                          "; ".join(refused)[:400])
 
     def stop_all(self):
         for process in reversed(self.processes):
