@@ -90,6 +90,43 @@ class PosPaymentMethod(models.Model):
         config = self.env["pos.config"].browse(int(data.get("pos_config_id") or 0)).exists()
         return config
 
+    def _tb_link(self, payment, data):
+        """Remember which POS, order and method started the payment (the first call says it)."""
+        if payment.pos_config_id:
+            return
+        values = {"pos_payment_method_id": self.id}
+        config = self._tb_pos_config(data)
+        if config:
+            values["pos_config_id"] = config.id
+        if isinstance(data.get("order_uuid"), str):
+            values["pos_order_uuid"] = data["order_uuid"][:64]
+        payment.sudo().write(values)
+
+    @api.model
+    def tb_lost_lines(self, config_id):
+        """Payments of this POS that may have charged a card but whose payment line Odoo has not recorded.
+
+        A POS page reloaded before it saved a new payment line loses the line, not the payment: the POS puts
+        these lines back on their orders when it loads.
+        """
+        if not self.env.su and not self.env.user.has_group("point_of_sale.group_pos_user"):
+            raise AccessError(self.env._("Only Point of Sale users can pay through a terminal bridge."))
+        since = fields.Datetime.subtract(fields.Datetime.now(), days=2)
+        payments = self.env["terminal.bridge.payment"].sudo().search([
+            ("pos_config_id", "=", int(config_id)), ("create_date", ">=", since),
+            ("state", "not in", ("declined", "cancelled", "failed")), ("pos_order_uuid", "!=", False),
+        ])
+        lines = {}
+        for payment in payments.sorted("id"):
+            line_uuid = payment.command_id.split("/")[0]
+            lines[line_uuid] = payment  # the newest attempt of each line
+        recorded = set(self.env["pos.payment"].sudo().search([("uuid", "in", list(lines))]).mapped("uuid"))
+        return [
+            dict(payment.to_client_dict(), line_uuid=line_uuid, pos_order_uuid=payment.pos_order_uuid,
+                 payment_method_id=payment.pos_payment_method_id.id)
+            for line_uuid, payment in lines.items() if line_uuid not in recorded
+        ]
+
     def _tb_error(self, message):
         return {"error": message}
 
@@ -123,9 +160,7 @@ class PosPaymentMethod(models.Model):
             )
         except UserError as error:
             return self._tb_error(str(error.args[0]) if error.args else str(error))
-        config = self._tb_pos_config(data)
-        if config and not payment.pos_config_id:
-            payment.pos_config_id = config
+        self._tb_link(payment, data)
         _logger.info("POS payment %s queued on %s for %s %s", command_id, bridge.display_name, amount,
                      currency.name)
         return self._tb_client_dict(payment)
@@ -148,9 +183,7 @@ class PosPaymentMethod(models.Model):
             payment = original.refund(amount=amount, command_id=command_id)
         except UserError as error:
             return self._tb_error(str(error.args[0]) if error.args else str(error))
-        config = self._tb_pos_config(data)
-        if config and not payment.pos_config_id:
-            payment.pos_config_id = config
+        self._tb_link(payment, data)
         return self._tb_client_dict(payment)
 
     def _tb_refunded(self, data):

@@ -18,6 +18,12 @@ class TerminalBridgePayment(models.Model):
         help="The point of sale that started this payment: its screens are told of every change.",
     )
 
+    pos_order_uuid = fields.Char(
+        string="POS order", index="btree_not_null", readonly=True,
+        help="The uuid of the POS order the payment line belongs to (to put the line back after a reload).",
+    )
+    pos_payment_method_id = fields.Many2one("pos.payment.method", string="POS payment method", readonly=True)
+
     def _tb_state_changed(self):
         result = super()._tb_state_changed()
         for payment in self:

@@ -170,3 +170,11 @@ class TestPaymentMethod(TerminalBridgePosCase):
         self.tb_method.tb_refund(self.pay_data("refund-twice", amount=12.34, refund_of="twice-line"))
         refund = self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "refund-twice")])
         self.assertEqual(refund.refund_of_id, approved)
+
+    def test_lines_lost_by_a_reload_are_found_again(self):
+        self.tb_method.tb_send_payment(self.pay_data("lost-line", order_uuid="order-1"))
+        self.tb_method.tb_send_payment(self.pay_data("declined-line", order_uuid="order-1"))
+        self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "declined-line")]).state = "declined"
+        lost = self.tb_method.tb_lost_lines(self.main_pos_config.id)
+        self.assertEqual([(p["line_uuid"], p["pos_order_uuid"], p["payment_method_id"]) for p in lost],
+                         [("lost-line", "order-1", self.tb_method.id)])

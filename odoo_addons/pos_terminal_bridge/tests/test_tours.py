@@ -65,10 +65,7 @@ class TerminalBridgeTourCase(TerminalBridgePosCase):
 
     def spawn_daemon(self):
         """Start the daemon without waiting for it (a request thread may call this)."""
-        bench = self.bench
-        bench.daemon = bench._spawn(
-            "daemon", [bridge_process.PYTHON, "-m", "bridge", "-c", bench.config_path, "run"],
-            env=bridge_process.bridge_env(bench.source), cwd=bench.source)
+        self.bench.start_bridge(wait=False)
 
     def authenticate(self, *args, **kwargs):
         result = super().authenticate(*args, **kwargs)

@@ -125,6 +125,7 @@ export function makeTerminalBridgePayment(PaymentInterface) {
                     amount: Math.abs(line.amount),
                     currency: this.pos.currency.name,
                     reference: order?.pos_reference || order?.name || "",
+                    order_uuid: order?.uuid || "",
                     pos_config_id: this.pos.config.id,
                 };
                 if (line.amount < 0) {
@@ -137,8 +138,7 @@ export function makeTerminalBridgePayment(PaymentInterface) {
                 this.tbAlert(
                     _t("Odoo cannot be reached"),
                     _t(
-                        "The payment may or may not have reached the terminal. Press Retry when the connection " +
-                            "is back: the same payment is asked again, it is never charged twice."
+                        "The payment may or may not have reached the terminal. Press Retry when the connection is back: the same payment is asked again, it is never charged twice."
                     )
                 );
                 return false;
@@ -290,9 +290,7 @@ export function makeTerminalBridgePayment(PaymentInterface) {
                 ? this.env.utils.formatCurrency(payment.amount / 10 ** (this.pos.currency.decimal_places ?? 2))
                 : String(payment.amount);
             const body = _t(
-                "The terminal may have charged the card: the bridge does not know how the payment of %(amount)s " +
-                    "ended. What the bridge knows: %(message)s Look at the terminal's screen or its last " +
-                    "receipt, then say what it shows.",
+                "The terminal may have charged the card: the bridge does not know how the payment of %(amount)s ended. What the bridge knows: %(message)s Look at the terminal's screen or its last receipt, then say what it shows.",
                 { amount, message: payment.message || "" }
             );
             const answer = async (paidOnTerminal) => {
@@ -433,6 +431,47 @@ export function installTerminalBridge({ PaymentInterface, PosStore, register_pay
                 if (WAITING.has(getStatus(line))) {
                     line.payment_method_id.payment_terminal?.tbRecover(line);
                 }
+            }
+            this.tbRestoreLostLines();
+        },
+
+        /** Put back the payment lines a reload lost before the POS saved them (their payments go on). */
+        async tbRestoreLostLines() {
+            let lost = [];
+            try {
+                lost = await this.env.services.orm.silent.call("pos.payment.method", "tb_lost_lines", [
+                    this.config.id,
+                ]);
+            } catch {
+                return;
+            }
+            for (const payment of lost) {
+                if (this.models["pos.payment"].find((l) => l.uuid === payment.line_uuid)) {
+                    continue;
+                }
+                const order = this.models["pos.order"].find((o) => o.uuid === payment.pos_order_uuid);
+                const method = this.models["pos.payment.method"].get(payment.payment_method_id);
+                const decimals = this.currency.decimal_places ?? 2;
+                const amount = (payment.amount / 10 ** decimals) * (payment.kind === "refund" ? -1 : 1);
+                if (!order || !method || order.finalized || (order.state && order.state !== "draft")) {
+                    this.env.services.notification.add(
+                        _t("A card payment of %(amount)s (%(state)s) belongs to no open order of this POS: look at the bridge's payments.", {
+                            amount: this.env.utils.formatCurrency(amount),
+                            state: payment.state,
+                        }),
+                        { type: "warning", sticky: true }
+                    );
+                    continue;
+                }
+                const line = this.models["pos.payment"].create({
+                    uuid: payment.line_uuid,
+                    pos_order_id: order,
+                    payment_method_id: method,
+                    amount,
+                });
+                setStatus(line, "waitingCard");
+                call(order, "selectPaymentline", "select_paymentline", line); // its status shows when selected
+                method.payment_terminal?.tbRecover(line);
             }
         },
     });
