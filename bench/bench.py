@@ -881,6 +881,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     p.add_argument("--profile", metavar="FILE", help="run the measured bridge under cProfile and write its "
                    "stats to FILE (figures are then slower; read with python -m pstats FILE)")
+    p.add_argument("--journal-payments", type=int, default=0, metavar="N",
+                   help="start the bridge on a journal already holding N payments of 90 days (other clients' "
+                        "than the benchmark's; bench/journal_growth.py builds it)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds of measuring")
     p.add_argument("--serve-simulators", type=int, metavar="N", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -919,6 +922,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         with open(os.path.join(directory, "clients.json"), encoding="utf-8") as f:
             clients = json.load(f)
         r: dict[str, Any] = {}
+        if args.journal_payments:
+            from journal_growth import prefill  # bench/ is sys.path[0]: bench.py runs as a script
+
+            r["journal_prefill"] = prefill(os.path.join(directory, "state"), args.journal_payments)
 
         print("  .. first start of the bridge (fresh state: makes its TLS key)", file=sys.stderr, flush=True)
         first = BridgeProcess(directory, config, port, "first")
@@ -963,7 +970,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise BenchError(f"{len(not_approved)} payment(s) did not end approved, e.g. {not_approved[:3]}")
         journal = sqlite3.connect(f"file:{os.path.join(directory, 'state', 'journal.sqlite3')}?mode=ro", uri=True)
         try:
-            states = dict(journal.execute("SELECT state, count(*) FROM payments GROUP BY state").fetchall())
+            # Only the benchmark's own clients' payments (--journal-payments adds others' before the run).
+            states = dict(journal.execute("SELECT state, count(*) FROM payments WHERE client_id LIKE 'cl_bench_%' "
+                                          "GROUP BY state").fetchall())
         finally:
             journal.close()
         if states != {"approved": bridge_payments}:
