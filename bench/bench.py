@@ -123,6 +123,19 @@ def _set_parent_death_signal() -> None:
         pass
 
 
+#: ``--bridge-cgroup``: the cgroup directory the bridge runs in (bench/pi.py's CPU quota), or None.
+BRIDGE_CGROUP: Optional[str] = None
+
+
+def _bridge_preexec() -> None:
+    """In the bridge's process, before exec: the parent death signal, and the cgroup if one was given (joined
+    before the bridge runs a single instruction, so its start is under the quota too)."""
+    _set_parent_death_signal()
+    if BRIDGE_CGROUP:
+        with open(os.path.join(BRIDGE_CGROUP, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+
 def child_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_FDS")}
@@ -395,7 +408,7 @@ class BridgeProcess:
             self.proc = subprocess.Popen(python + ["-m", "bridge", "-c", self.config, "run"],
                                          cwd=self.directory, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=child_env({"NOTIFY_SOCKET": notify_path}),
-                                         preexec_fn=_set_parent_death_signal)
+                                         preexec_fn=_bridge_preexec)
             ready = accepted = None
             while ready is None or accepted is None:
                 now = time.perf_counter()
@@ -884,6 +897,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--journal-payments", type=int, default=0, metavar="N",
                    help="start the bridge on a journal already holding N payments of 90 days (other clients' "
                         "than the benchmark's; bench/journal_growth.py builds it)")
+    p.add_argument("--bridge-cgroup", metavar="DIR", help="run the bridge in this cgroup (bench/pi.py makes one "
+                   "with a CPU quota)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds of measuring")
     p.add_argument("--serve-simulators", type=int, metavar="N", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -897,9 +912,11 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    global BRIDGE_CGROUP
     args = parse_args(argv)
     if args.serve_simulators:
         return serve_simulators(args.serve_simulators)
+    BRIDGE_CGROUP = args.bridge_cgroup
 
     def terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
