@@ -401,8 +401,9 @@ class Journal:
         if not os.access(os.path.dirname(os.path.abspath(self.path)), os.W_OK):
             return False  # still read-only (EROFS): a system call, cheap enough for every write refused
         self._reader.close()
+        threaded = self._writer._threaded
         try:
-            _migrate(self.path)
+            _migrate(self.path, check=not threaded)  # the whole-file check on the reactor would stall it
             conn = _connect_writable(self.path)
             reader = _connect_reader(self.path)
         except (OSError, sqlite3.Error) as e:
@@ -412,6 +413,8 @@ class Journal:
             return False
         self._reader = reader
         self._writer.use(conn)
+        if threaded:
+            self._check_in_background(self._writer._deliver)
         self.log.info("The journal can be written again ({path}): payments are taken again", path=self.path)
         return True
 
