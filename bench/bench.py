@@ -995,8 +995,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         if states != {"approved": bridge_payments}:
             raise BenchError(f"the journal holds {states}, expected {bridge_payments} approved payments")
         problems = sum(b.log_problems() for b in bridges)
+        from baseline import libraries_only_rss  # bench/ is sys.path[0]: bench.py runs as a script
+
+        r["rss_libraries"], r["libraries_modules"] = libraries_only_rss(
+            child_env(), lambda pid: proc_status(pid, "VmRSS"))
 
         print(report(info, r, args.quick), flush=True)
+        over = (r["rss"] - r["rss_libraries"]) / 1e6
+        print(f"bridge resident memory after the load over a libraries-only process measured in this run "
+              f"({r['libraries_modules']} modules imported, nothing run): {r['rss'] / 1e6:.1f} - "
+              f"{r['rss_libraries'] / 1e6:.1f} = {over:.1f} MB  (target <= 10 MB) {'PASS' if over <= 10 else 'MISS'}",
+              flush=True)
         print(f"journal check: {bridge_payments} payments sent through the bridge, {bridge_payments} journaled "
               f"approved; log events at warn level or above in the bridge's log: {problems}", flush=True)
         if args.json:
