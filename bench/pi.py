@@ -27,16 +27,16 @@ TARGETS = {
 }
 
 
-def make_cgroup(name: str, share: float) -> tuple[str, str]:
+def make_cgroup(name: str, share: float, period: int = PERIOD_US) -> tuple[str, str]:
     """A cgroup limited to ``share`` of one core: (its directory, 'v1' or 'v2')."""
     v1 = "/sys/fs/cgroup/cpu"
     if os.path.exists(os.path.join(v1, "cpu.cfs_quota_us")):
         path = os.path.join(v1, name)
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "cpu.cfs_period_us"), "w") as f:
-            f.write(str(PERIOD_US))
+            f.write(str(period))
         with open(os.path.join(path, "cpu.cfs_quota_us"), "w") as f:
-            f.write(str(int(PERIOD_US * share)))
+            f.write(str(int(period * share)))
         return path, "v1"
     v2 = "/sys/fs/cgroup"
     if os.path.exists(os.path.join(v2, "cgroup.controllers")):
@@ -45,7 +45,7 @@ def make_cgroup(name: str, share: float) -> tuple[str, str]:
         path = os.path.join(v2, name)
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "cpu.max"), "w") as f:
-            f.write(f"{int(PERIOD_US * share)} {PERIOD_US}")
+            f.write(f"{int(period * share)} {period}")
         return path, "v2"
     raise OSError("no cgroup CPU controller found under /sys/fs/cgroup")
 
@@ -58,17 +58,19 @@ def cpu_stat(path: str) -> dict[str, int]:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--share", type=float, default=0.25, help="the bridge's CPU, in cores (default 0.25)")
+    p.add_argument("--period", type=int, default=PERIOD_US, help="the quota's period in microseconds (default "
+                   f"{PERIOD_US}, the kernel's); the bridge may use its share of each period, then waits for the next")
     p.add_argument("bench_args", nargs="*", help="more arguments for bench.py (after --)")
     args = p.parse_args(argv)
     name = f"tb-bench-pi-{os.getpid()}"
     try:
-        path, version = make_cgroup(name, args.share)
+        path, version = make_cgroup(name, args.share, args.period)
     except OSError as e:
         print(f"cannot make a cgroup with a CPU quota ({e}); this needs root", file=sys.stderr)
         return 1
     try:
         print(f"load average before: {os.getloadavg()[0]:.2f}; the bridge runs in {path} (cgroup {version}), "
-              f"{args.share * 100:.0f} % of one core ({int(PERIOD_US * args.share)} us per {PERIOD_US} us)",
+              f"{args.share * 100:.0f} % of one core ({int(args.period * args.share)} us per {args.period} us)",
               flush=True)
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench.py"), "--bridge-cgroup", path,
@@ -78,7 +80,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             with open(out.name, encoding="utf-8") as f:
                 figures: dict[str, Any] = json.load(f)["figures"]
         stat = cpu_stat(path)
-        print(f"Raspberry Pi stand-in: the bridge held to {args.share * 100:.0f} % of one core (cgroup {version})",
+        print(f"Raspberry Pi stand-in: the bridge held to {args.share * 100:.0f} % of one core (cgroup {version}, "
+              f"period {args.period / 1000:g} ms)",
               flush=True)
         for key, (label, unit, target, check) in TARGETS.items():
             value = figures[key]
@@ -91,7 +94,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         periods = stat.get("nr_periods", 0)
         held = stat.get("throttled_time", stat.get("throttled_usec", 0) * 1000) / 1e9
         print(f"  the quota held the bridge back in {throttled} of {periods} periods of "
-              f"{PERIOD_US // 1000} ms ({held:.1f} s in all)", flush=True)
+              f"{args.period / 1000:g} ms ({held:.1f} s in all)", flush=True)
         print(f"load average after: {os.getloadavg()[0]:.2f}", flush=True)
         return 0
     finally:
