@@ -550,7 +550,7 @@ class Journal:
         """Delete final payments (never ``unknown``) last changed before ``before``, with their transitions and
         events.  Fires with the number of payments removed.
 
-        A few hundred payments at a time (``batch``, default :data:`PRUNE_BATCH`), each batch a write of its
+        A hundred payments at a time (``batch``, default :data:`PRUNE_BATCH`), each batch a write of its
         own, the next one started on a later turn of the reactor: on a journal of two million payments a day's
         worth is 20 000 payments, and one transaction for all of them would hold the writer (and so every
         payment's write) for seconds, and the reactor too when the journal commits inline."""
