@@ -957,6 +957,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                                profile=os.path.abspath(args.profile) if args.profile else None)
         bridges.append(bridge)
         r["ready_second"], r["accept_second"] = bridge.start()
+        if args.journal_payments:
+            from journal_growth import wait_for_integrity_check
+
+            r["journal_check_seconds"] = wait_for_integrity_check(bridge.pid)
         r["rss_ready"] = proc_status(bridge.pid, "VmRSS")
 
         from bridge.api.tls import fingerprint_of_pem
