@@ -124,6 +124,19 @@ def _set_parent_death_signal() -> None:
         pass
 
 
+#: ``--bridge-cgroup``: the cgroup directory the bridge runs in (bench/pi.py's CPU quota), or None.
+BRIDGE_CGROUP: Optional[str] = None
+
+
+def _bridge_preexec() -> None:
+    """In the bridge's process, before exec: the parent death signal, and the cgroup if one was given (joined
+    before the bridge runs a single instruction, so its start is under the quota too)."""
+    _set_parent_death_signal()
+    if BRIDGE_CGROUP:
+        with open(os.path.join(BRIDGE_CGROUP, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+
 def child_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_FDS")}
@@ -396,7 +409,7 @@ class BridgeProcess:
             self.proc = subprocess.Popen(python + ["-m", "bridge", "-c", self.config, "run"],
                                          cwd=self.directory, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=child_env({"NOTIFY_SOCKET": notify_path}),
-                                         preexec_fn=_set_parent_death_signal)
+                                         preexec_fn=_bridge_preexec)
             ready = accepted = None
             while ready is None or accepted is None:
                 now = time.perf_counter()
@@ -1113,6 +1126,11 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     p.add_argument("--profile", metavar="FILE", help="run the measured bridge under cProfile and write its "
                    "stats to FILE (figures are then slower; read with python -m pstats FILE)")
+    p.add_argument("--journal-payments", type=int, default=0, metavar="N",
+                   help="start the bridge on a journal already holding N payments of 90 days (other clients' "
+                        "than the benchmark's; bench/journal_growth.py builds it)")
+    p.add_argument("--bridge-cgroup", metavar="DIR", help="run the bridge in this cgroup (bench/pi.py makes one "
+                   "with a CPU quota)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds of measuring")
     p.add_argument("--serve-simulators", type=int, metavar="N", help=argparse.SUPPRESS)
     p.add_argument("--poll-status-page", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -1127,11 +1145,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    global BRIDGE_CGROUP
     args = parse_args(argv)
     if args.serve_simulators:
         return serve_simulators(args.serve_simulators)
     if args.poll_status_page:
         return poll_status_page(args.poll_status_page)
+    BRIDGE_CGROUP = args.bridge_cgroup
 
     def terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -1154,6 +1174,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         with open(os.path.join(directory, "clients.json"), encoding="utf-8") as f:
             clients = json.load(f)
         r: dict[str, Any] = {}
+        if args.journal_payments:
+            from journal_growth import prefill  # bench/ is sys.path[0]: bench.py runs as a script
+
+            r["journal_prefill"] = prefill(os.path.join(directory, "state"), args.journal_payments)
 
         print("  .. first start of the bridge (fresh state: makes its TLS key)", file=sys.stderr, flush=True)
         first = BridgeProcess(directory, config, port, "first")
@@ -1168,6 +1192,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                                profile=os.path.abspath(args.profile) if args.profile else None)
         bridges.append(bridge)
         r["ready_second"], r["accept_second"] = bridge.start()
+        if args.journal_payments:
+            from journal_growth import wait_for_integrity_check
+
+            r["journal_check_seconds"] = wait_for_integrity_check(bridge.pid)
         r["rss_ready"] = proc_status(bridge.pid, "VmRSS")
 
         from bridge.api.tls import fingerprint_of_pem
@@ -1198,7 +1226,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise BenchError(f"{len(not_approved)} payment(s) did not end approved, e.g. {not_approved[:3]}")
         journal = sqlite3.connect(f"file:{os.path.join(directory, 'state', 'journal.sqlite3')}?mode=ro", uri=True)
         try:
-            states = dict(journal.execute("SELECT state, count(*) FROM payments GROUP BY state").fetchall())
+            # Only the benchmark's own clients' payments (--journal-payments adds others' before the run).
+            states = dict(journal.execute("SELECT state, count(*) FROM payments WHERE client_id LIKE 'cl_bench_%' "
+                                          "GROUP BY state").fetchall())
         finally:
             journal.close()
         if states != {"approved": bridge_payments}:
@@ -1215,8 +1245,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise BenchError(f"after the status page phase the journal holds {states}, expected "
                              f"{bridge_payments} approved payments")
         problems = sum(b.log_problems() for b in bridges)
+        from baseline import libraries_only_rss  # bench/ is sys.path[0]: bench.py runs as a script
+
+        r["rss_libraries"], r["libraries_modules"] = libraries_only_rss(
+            child_env(), lambda pid: proc_status(pid, "VmRSS"))
 
         print(report(info, r, args.quick) + status_report(r), flush=True)
+        over = (r["rss"] - r["rss_libraries"]) / 1e6
+        print(f"bridge resident memory after the load over a libraries-only process measured in this run "
+              f"({r['libraries_modules']} modules imported, nothing run): {r['rss'] / 1e6:.1f} - "
+              f"{r['rss_libraries'] / 1e6:.1f} = {over:.1f} MB  (target <= 10 MB) {'PASS' if over <= 10 else 'MISS'}",
+              flush=True)
         print(f"journal check: {bridge_payments} payments sent through the bridge, {bridge_payments} journaled "
               f"approved; log events at warn level or above in the bridge's log: {problems}", flush=True)
         if args.json:

@@ -28,6 +28,21 @@ from bridge.errors import BridgeError
 
 SCHEMA_VERSION = 2
 
+#: Payments deleted in one write when old ones are pruned (see :meth:`Journal.prune`).
+PRUNE_BATCH = 100
+
+#: One batch of payments to prune: final, last changed before ?1, at most ?2, oldest first.  created <= updated,
+#: so ``created < ?1`` loses none and lets the created index find them (``+state`` keeps SQLite from scanning
+#: the state index instead: nearly every payment is final).  A payment whose feedback an uplink has not
+#: delivered yet is kept, however old: its result must still reach the cloud (the uplinks' delivery cursors are
+#: ack rows named "uplink:NAME").
+_PRUNE_SELECT = (
+    "SELECT id FROM payments AS p WHERE created < ?1 AND updated < ?1 "
+    "AND +state IN ('approved','declined','cancelled','failed') "
+    "AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.payment_id = p.id AND e.seq > "
+    "(SELECT min(seq) FROM acks WHERE client_id LIKE 'uplink:%')) "
+    "ORDER BY created LIMIT ?2")
+
 #: Seconds a client's acknowledgement may wait in memory before it is written (see :meth:`Journal.ack_soon`).
 ACK_WRITE_DELAY = 1.0
 
@@ -56,6 +71,8 @@ _PAYMENTS_INDEXES = """
 CREATE INDEX IF NOT EXISTS payments_state ON payments (state);
 CREATE INDEX IF NOT EXISTS payments_terminal_created ON payments (terminal, created);
 CREATE INDEX IF NOT EXISTS payments_created ON payments (created);
+-- payment.list of one client, newest first, without sorting all that client's payments
+CREATE INDEX IF NOT EXISTS payments_client_created ON payments (client_id, created);
 -- for refunded_amount: without it every refund scanned all the payments kept (90 days by default)
 CREATE INDEX IF NOT EXISTS payments_refund_of ON payments (json_extract(details, '$.refund_of')) WHERE kind = 'refund'
 """
@@ -82,6 +99,8 @@ CREATE TABLE IF NOT EXISTS events (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_client ON events (client_id, seq);
+-- pruning deletes a payment's events (and keeps those an uplink has not delivered) without scanning them all
+CREATE INDEX IF NOT EXISTS events_payment ON events (payment_id);
 CREATE TABLE IF NOT EXISTS acks (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
@@ -158,6 +177,7 @@ class _Writer:
         self.read_only = False
         #: Told (on the writer's thread) how long each batch's COMMIT, and so its fsync, took in seconds.
         self.on_commit: Callable[[float], None] = lambda seconds: None
+        self.damaged = False
 
     def open(self, writable: bool = True) -> None:
         """Open the write connection; with ``writable`` False (the disk is read-only) there is none and every
@@ -220,8 +240,8 @@ class _Writer:
                 return
 
     def _run_batch(self, batch: list[tuple[Operation, Deferred]]) -> None:
-        if self.read_only:
-            error = _unavailable("the disk is read-only")
+        if self.damaged or self.read_only:
+            error = _unavailable("the journal file is damaged" if self.damaged else "the disk is read-only")
             self._deliver(lambda: _fire([(d, False, error) for _, d in batch]))
             return
         conn = self._conn
@@ -313,7 +333,9 @@ class Journal:
             os.makedirs(directory, mode=0o750, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
-            _migrate(path)
+            # The integrity check reads the whole file (seconds for a big shop's 90 days, minutes on an SD
+            # card): with a writer thread it runs beside the bridge instead of before it (_check_in_background).
+            _migrate(path, check=not threaded)
             reader = _connect_reader(path)
         except (OSError, sqlite3.Error) as e:
             reason = _describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else e.strerror or str(e)
@@ -329,7 +351,39 @@ class Journal:
             deliver = lambda f: f()  # noqa: E731
         writer = _Writer(path, deliver, threaded)
         writer.open(writable)
-        return cls(path, writer, reader, now, clock=reactor, ack_delay=ack_delay)
+        journal = cls(path, writer, reader, now, clock=reactor, ack_delay=ack_delay)
+        if threaded and writable:
+            journal._check_in_background(deliver)
+        return journal
+
+    def _check_in_background(self, deliver: Callable[[Callable[[], None]], None]) -> None:
+        """SQLite's integrity check of the whole file on a thread of its own (at the lowest CPU priority), its
+        answer delivered on the reactor thread: a damaged journal then refuses every write with
+        journal_unavailable, as it would have refused to open."""
+
+        def run() -> None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            except (OSError, AttributeError):
+                pass
+            try:
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+                try:
+                    result = conn.execute("PRAGMA quick_check").fetchone()[0]
+                finally:
+                    conn.close()
+            except sqlite3.Error as e:
+                result = str(e)
+            deliver(lambda: self._checked(result))
+
+        threading.Thread(target=run, name="journal-check", daemon=True).start()
+
+    def _checked(self, result: str) -> None:
+        if result == "ok" or self.closed:
+            return
+        self._writer.damaged = True
+        self.log.critical("The journal file is damaged ({check}): payments are refused. Stop the bridge, copy "
+                          "{path}* somewhere safe and run terminal-bridge doctor.", check=result, path=self.path)
 
     @property
     def writable(self) -> bool:
@@ -361,8 +415,9 @@ class Journal:
         if not os.access(os.path.dirname(os.path.abspath(self.path)), os.W_OK):
             return False  # still read-only (EROFS): a system call, cheap enough for every write refused
         self._reader.close()
+        threaded = self._writer._threaded
         try:
-            _migrate(self.path)
+            _migrate(self.path, check=not threaded)  # the whole-file check on the reactor would stall it
             conn = _connect_writable(self.path)
             reader = _connect_reader(self.path)
         except (OSError, sqlite3.Error) as e:
@@ -372,6 +427,8 @@ class Journal:
             return False
         self._reader = reader
         self._writer.use(conn)
+        if threaded:
+            self._check_in_background(self._writer._deliver)
         self.log.info("The journal can be written again ({path}): payments are taken again", path=self.path)
         return True
 
@@ -503,19 +560,45 @@ class Journal:
 
         return self._submit(op).addErrback(failed)
 
-    def prune(self, before: float) -> "Deferred[int]":
+    def prune(self, before: float, batch: Optional[int] = None) -> "Deferred[int]":
         """Delete final payments (never ``unknown``) last changed before ``before``, with their transitions and
-        events.  Fires with the number of payments removed."""
+        events.  Fires with the number of payments removed.
+
+        A hundred payments at a time (``batch``, default :data:`PRUNE_BATCH`), each batch a write of its
+        own, the next one started on a later turn of the reactor: on a journal of two million payments a day's
+        worth is 20 000 payments, and one transaction for all of them would hold the writer (and so every
+        payment's write) for seconds, and the reactor too when the journal commits inline."""
+        limit = batch or PRUNE_BATCH
+        result: "Deferred[int]" = Deferred()
+        total = 0
+
+        def step() -> None:
+            self._prune_batch(before, limit).addCallbacks(done, result.errback)
+
+        def done(count: int) -> None:
+            nonlocal total
+            total += count
+            if count < limit:
+                result.callback(total)
+            elif self._clock is not None:
+                self._clock.callLater(0, step)
+            else:
+                step()  # no reactor (unit tests, the payments command): each batch is still its own write
+
+        step()
+        return result
+
+    def _prune_batch(self, before: float, limit: int) -> "Deferred[int]":
+        """One batch of :meth:`prune`: at most ``limit`` payments, oldest first."""
 
         def op(conn: sqlite3.Connection) -> int:
-            # A payment whose feedback an uplink has not delivered yet is kept, however old: its result must
-            # still reach the cloud (the uplinks' delivery cursors are ack rows named "uplink:NAME").
-            doomed = ("SELECT id FROM payments WHERE updated < ? AND state IN ('approved','declined','cancelled',"
-                      "'failed') AND id NOT IN (SELECT payment_id FROM events WHERE seq > "
-                      "(SELECT min(seq) FROM acks WHERE client_id LIKE 'uplink:%'))")
-            conn.execute(f"DELETE FROM transitions WHERE payment_id IN ({doomed})", (before,))
-            conn.execute(f"DELETE FROM events WHERE payment_id IN ({doomed})", (before,))
-            return conn.execute(f"DELETE FROM payments WHERE id IN ({doomed})", (before,)).rowcount
+            ids = [row[0] for row in conn.execute(_PRUNE_SELECT, (before, limit))]
+            if not ids:
+                return 0
+            marks = ",".join("?" * len(ids))
+            conn.execute(f"DELETE FROM transitions WHERE payment_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM events WHERE payment_id IN ({marks})", ids)
+            return conn.execute(f"DELETE FROM payments WHERE id IN ({marks})", ids).rowcount
 
         return self._submit(op)
 
@@ -668,13 +751,14 @@ def _is_read_only_error(e: BaseException) -> bool:
     return "readonly" in text or "read-only" in text
 
 
-def _migrate(path: str) -> None:
+def _migrate(path: str, check: bool = True) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(f"database disk image is malformed ({check})")
+        if check:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
         conn.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA.split(";"):
             if statement.strip():

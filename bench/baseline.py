@@ -1,0 +1,66 @@
+"""The "libraries only" baseline of the bridge's memory: a process that imports what the bridge imports and does
+nothing else, measured in the same run as the bridge (bench.py prints the difference).
+
+What the bridge imports is found by a first process that imports the daemon's modules (and installs the reactor
+the daemon runs on) and lists ``sys.modules`` minus the bridge's own; a second, fresh process imports exactly
+that list, says so, and waits: its resident memory is the baseline.  The modules the daemon imports only later
+(when a serial terminal or an uplink is configured) are not in either: the benchmark configures neither.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Callable
+
+#: What ``python -m bridge -c CONFIG run`` imports of the bridge before it is ready, for the benchmark's
+#: configuration (TCP terminals, no uplink).
+DAEMON_MODULES = ("bridge.cli.main", "bridge.service.run", "bridge.service.daemon", "bridge.api.websocket",
+                  "bridge.api.tls", "bridge.terminals.caisse_ap.tcp", "bridge.core.journal")
+
+_LIST = """
+import importlib, json, sys
+from twisted.internet import epollreactor
+epollreactor.install()
+for name in {modules!r}:
+    importlib.import_module(name)
+from twisted.internet import reactor, ssl  # noqa: F401
+print(json.dumps(sorted(m for m in sys.modules if m != "bridge" and not m.startswith("bridge."))))
+"""
+
+_HOLD = """
+import importlib, json, sys
+from twisted.internet import epollreactor
+epollreactor.install()
+for name in json.loads(sys.stdin.readline()):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass  # a module that only imports from its package's own import (none so far)
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def libraries_only_rss(env: dict[str, str], rss_of: Callable[[int], int]) -> tuple[int, int]:
+    """(resident bytes of the libraries-only process, how many modules it imported)."""
+    listed = subprocess.run([sys.executable, "-c", _LIST.format(modules=DAEMON_MODULES)], env=env,
+                            stdout=subprocess.PIPE, check=True, text=True, timeout=120)
+    modules = json.loads(listed.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD], env=env, cwd=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(modules) + "\n")
+        proc.stdin.flush()
+        if proc.stdout.readline().strip() != "ready":
+            raise OSError("the libraries-only process did not start")
+        time.sleep(0.2)
+        return rss_of(proc.pid), len(modules)
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=30)

@@ -1,0 +1,42 @@
+"""bench/journal_growth.py's generator and measurements on a small journal (the figures are not checked: a test
+machine's timings mean nothing; what is checked is that the journal it builds is one the bridge reads as its own,
+and that the measurement prunes a day in batches)."""
+
+import os
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge.core.journal import Journal
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import journal_growth  # noqa: E402
+
+
+class GeneratorTests(SynchronousTestCase):
+    def test_the_generated_journal_is_the_bridges_own_kind(self):
+        path = os.path.join(self.mktemp(), "j.sqlite3")
+        os.makedirs(os.path.dirname(path))
+        made = journal_growth.generate(path, 900, days=90, now=90 * 86400.0)
+        self.assertEqual((made["payments"], made["last_seq"]), (900, 2700))
+        journal = Journal.open(path, threaded=False)  # the integrity check included
+        self.addCleanup(journal.close)
+        newest = journal.list(limit=3)
+        self.assertEqual([r.state for r in newest], ["approved"] * 3)
+        self.assertGreater(newest[0].created, newest[1].created)
+        self.assertEqual([t["state"] for t in journal.transitions(newest[0].id)],
+                         ["accepted", "in_progress", "approved"])
+        self.assertEqual(journal.acked(journal_growth.AWAY_CLIENT), made["away_seq"])
+        self.assertEqual(len(journal.events_after(journal_growth.ARCHIVE_CLIENTS[1], 0, limit=10000)), 270)
+        self.assertFalse(any(r.client_id.startswith("cl_bench_") for r in journal.list(limit=1000)))
+
+    def test_the_measurement_prunes_the_oldest_day_in_batches(self):
+        path = os.path.join(self.mktemp(), "j.sqlite3")
+        os.makedirs(os.path.dirname(path))
+        made = journal_growth.generate(path, 9000, days=90)
+        r = journal_growth.measure(path, made["away_seq"])
+        self.assertEqual(r["pruned"], 100)  # one day of 100 a day, nothing else
+        self.assertEqual(r["prune_batches"], 2)  # 100, then one that finds none left
+        self.assertEqual(r["replay_page_events"], 1001)
+        self.assertEqual(r["check"], "ok")
+        self.assertIn("pruning one day (100 payments, 2 batches", journal_growth.report(9000, r))
