@@ -53,9 +53,10 @@ test-odoo:
 	scripts/test-odoo.sh
 
 LINT_VENV ?= .venv-lint
+ODOO_ADDONS = $(patsubst %/__manifest__.py,%,$(wildcard odoo_addons/*/__manifest__.py))
 lint-odoo:
 	test -x $(LINT_VENV)/bin/pylint || { $(PYTHON) -m venv $(LINT_VENV) && $(LINT_VENV)/bin/pip install --quiet pylint-odoo; }
-	$(LINT_VENV)/bin/pylint --rcfile=odoo_addons/.pylintrc --disable=manifest-version-format odoo_addons/*/
+	$(LINT_VENV)/bin/pylint --rcfile=odoo_addons/.pylintrc --disable=manifest-version-format $(ODOO_ADDONS)
 
 bench: $(STAMP)
 	$(VPY) bench/bench.py $(BENCH_ARGS)

@@ -55,7 +55,9 @@ def _body(limit):
     length = request.httprequest.content_length
     if length is None or length > limit:
         raise Refused(413, f"the body is missing its length or larger than {limit} bytes", "too_large")
-    return request.httprequest.get_data(cache=False)
+    # Cached: when two requests of a bridge collide on a row, Odoo retries the request from the start, and an
+    # uncached body would then read as empty ("not JSON").
+    return request.httprequest.get_data()
 
 
 def _json_body(limit):

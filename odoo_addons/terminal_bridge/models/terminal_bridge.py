@@ -14,6 +14,8 @@ _logger = logging.getLogger(__name__)
 CLIENT_RIGHTS = ("pay", "read", "refund", "resolve")
 #: The bus channel of a bridge is this prefix and its channel token.
 CHANNEL_PREFIX = "terminal_bridge-"
+#: Seconds within which a bridge counts as just seen: "last seen" is not written again sooner (see _seen).
+SEEN_GRANULARITY = 10
 #: Bridge ops Odoo may queue (hello and events.* belong to a live LAN connection).
 UPLINK_OPS = (
     "bridge.info",
@@ -284,8 +286,16 @@ class TerminalBridge(models.Model):
     # -- what the routes record -------------------------------------------------------------------
 
     def _seen(self):
-        """The bridge made a signed request: it is alive and its last problem is over."""
-        self.sudo().write({"last_seen": fields.Datetime.now(), "last_problem": False})
+        """The bridge made a signed request: it is alive and its last problem is over.
+
+        ``last_seen`` is written at most every SEEN_GRANULARITY seconds: a bridge's /pending, /ack and
+        /feedback often arrive together, and each write of the same row makes the others' transactions fail
+        with a serialization error (Odoo retries them, but for nothing)."""
+        now = fields.Datetime.now()
+        for bridge in self.sudo():
+            fresh = bridge.last_seen and (now - bridge.last_seen).total_seconds() < SEEN_GRANULARITY
+            if bridge.last_problem or not fresh:
+                bridge.write({"last_seen": now, "last_problem": False})
 
     def _problem(self, words):
         self.sudo().write({"last_problem": words[:250]})

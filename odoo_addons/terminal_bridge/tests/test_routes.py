@@ -3,6 +3,9 @@
 import json
 import time
 from datetime import timedelta
+from unittest.mock import patch
+
+from psycopg2 import errors
 
 from odoo import fields
 from odoo.tests import HttpCase, tagged
@@ -57,6 +60,42 @@ class TestRoutes(HttpCase):
         self.assertFalse(signing.verify(start, self.side.client["secret_out"]))
         self.assertTrue(self.bridge.last_seen)
         self.assertEqual(payment.command_ids.served_count, 1)
+
+    def test_pending_retried_after_a_serialization_failure_reads_its_body_again(self):
+        """Odoo runs a request again when its transaction collides with another one (a bridge's /feedback and
+        /pending both touch its row): the second run must still read the body."""
+
+        class Collision(errors.SerializationFailure):
+            pgcode = "40001"  # what PostgreSQL sets on a real one
+
+        Bridge = type(self.env["terminal.bridge"])
+        original, calls = Bridge._seen, []
+
+        def seen_once_too_late(records):
+            calls.append(1)
+            if len(calls) == 1:
+                raise Collision("could not serialize access due to concurrent update")
+            return original(records)
+
+        self.bridge.action_refresh_terminals()
+        with patch.object(Bridge, "_seen", seen_once_too_late):
+            response = self.pending(self.side.signed(self.side.request()))
+        self.assertEqual(response.status_code, 200, response.text)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual([c["op"] for c in response.json()["commands"]], ["terminal.list"])
+
+    def test_last_seen_is_written_at_most_every_few_seconds(self):
+        self.bridge._seen()
+        first = self.bridge.last_seen
+        self.bridge.write({"last_seen": first - timedelta(seconds=3)})
+        self.bridge._seen()
+        self.assertEqual(self.bridge.last_seen, first - timedelta(seconds=3), "written again within 10 s")
+        self.bridge.write({"last_problem": "the box's clock is off"})
+        self.bridge._seen()
+        self.assertFalse(self.bridge.last_problem, "a problem is cleared at once")
+        self.bridge.write({"last_seen": first - timedelta(seconds=11)})
+        self.bridge._seen()
+        self.assertGreaterEqual(self.bridge.last_seen, first)
 
     def test_pending_at_most_50_oldest_first(self):
         for _i in range(52):
