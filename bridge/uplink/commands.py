@@ -325,6 +325,8 @@ def _parse_pending(code: int, body: bytes) -> list[Any]:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise BridgeError("uplink_bad_answer", "Odoo's list of commands is not JSON") from None
+    except RecursionError:
+        raise BridgeError("uplink_bad_answer", "Odoo's list of commands is nested too deeply to read") from None
     commands = data.get("commands") if isinstance(data, dict) else None
     if not isinstance(commands, list):
         raise BridgeError("uplink_bad_answer", "Odoo's answer has no 'commands' list")

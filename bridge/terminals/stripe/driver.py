@@ -70,40 +70,53 @@ def _outcome(state: str, code: str, message: Optional[str] = None, **details: An
     return Outcome(state, code, message or _WORDS.get(code) or MESSAGES.get(code, code), details)
 
 
+def _obj(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a JSON object, else an empty one: Stripe's answers are read, never trusted."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
 def _action_pi(reader: Optional[Mapping[str, Any]]) -> Optional[str]:
-    action = (reader or {}).get("action") or {}
+    action = _obj(_obj(reader).get("action"))
     if action.get("type") != "process_payment_intent":
         return None
-    pi = (action.get("process_payment_intent") or {}).get("payment_intent")
-    return pi.get("id") if isinstance(pi, dict) else pi
+    pi = _obj(action.get("process_payment_intent")).get("payment_intent")
+    return _text(_obj(pi).get("id") if isinstance(pi, dict) else pi)
 
 
 def _iso_ms(ms: Any) -> Optional[str]:
-    if not isinstance(ms, (int, float)):
+    if not isinstance(ms, (int, float)) or isinstance(ms, bool):
         return None
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _charge_details(pi: Mapping[str, Any]) -> dict[str, Any]:
     """What the bridge keeps of an authorised PaymentIntent: ids and the masked card, never a full number."""
-    details: dict[str, Any] = {"payment_intent": pi.get("id")}
+    details: dict[str, Any] = {"payment_intent": _text(pi.get("id"))}
     charge = pi.get("latest_charge")
-    if not isinstance(charge, dict):
-        charges = (pi.get("charges") or {}).get("data") or []
-        charge = charges[0] if charges else None
+    if not isinstance(charge, (dict, str)):
+        charges = _obj(pi.get("charges")).get("data")
+        charge = charges[0] if isinstance(charges, list) and charges else None
     if isinstance(charge, dict):
-        card = (charge.get("payment_method_details") or {}).get("card_present") or {}
-        details["charge"] = charge.get("id")
-        if card.get("last4"):
-            details["card_masked"] = "############" + str(card["last4"])
+        card = _obj(_obj(charge.get("payment_method_details")).get("card_present"))
+        details["charge"] = _text(charge.get("id"))
+        if isinstance(card.get("last4"), str) and card["last4"]:
+            details["card_masked"] = "############" + card["last4"]
         for key, value in (("card_brand", card.get("brand")), ("entry_mode", card.get("read_method")),
-                           ("authorisation", (card.get("receipt") or {}).get("authorization_code"))):
-            if value:
+                           ("authorisation", _obj(card.get("receipt")).get("authorization_code"))):
+            if isinstance(value, str) and value:
                 details[key] = value
     elif isinstance(charge, str):
         details["charge"] = charge
-    if pi.get("amount_received"):
-        details["amount_authorised"] = pi["amount_received"]
+    received = pi.get("amount_received")
+    if isinstance(received, int) and not isinstance(received, bool) and received:
+        details["amount_authorised"] = received
     return details
 
 
@@ -210,8 +223,9 @@ class StripeReaderDriver:
         self._remember(reader)
 
     def _remember(self, reader: Mapping[str, Any]) -> None:
-        self._reader_info = {k: reader.get(k) for k in ("id", "serial_number", "label", "device_type", "status",
-                                                        "last_seen_at", "location")}
+        self._reader_info = {k: _text(reader.get(k)) for k in ("id", "serial_number", "label", "device_type",
+                                                              "status", "location")}
+        self._reader_info["last_seen_at"] = reader.get("last_seen_at")
         self._last_error = None
 
     def _find_reader(self) -> "Deferred[str]":
@@ -226,10 +240,11 @@ class StripeReaderDriver:
         self._lookup_waiters = [waiter]
 
         def found(answer: Mapping[str, Any]) -> Any:
-            readers = answer.get("data") or []
-            if not readers:
+            readers = answer.get("data")
+            first = _text(_obj(readers[0]).get("id")) if isinstance(readers, list) and readers else None
+            if first is None:
                 return Failure(BridgeError("reader_not_found", _WORDS["reader_not_found"]))
-            self._reader_id = readers[0]["id"]
+            self._reader_id = first
             self._log.info("Stripe reader {terminal}: serial {serial} is {reader}", terminal=self.name,
                            serial=self._serial, reader=self._reader_id)
             return self._reader_id
@@ -270,6 +285,12 @@ class StripeReaderDriver:
                                                       self._key(current, "pi"), f"terminal-bridge {self.name}")
         except BridgeError as error:
             return _outcome(states.FAILED, error.code, error.message)
+        if _text(pi.get("id")) is None:
+            # Nothing reached the reader; a PaymentIntent Stripe may have made charges nobody and lapses.
+            self._log.warn("Payment {payment_id}: Stripe's answer to creating the PaymentIntent has no id; "
+                           "nothing was sent to the reader", payment_id=request.payment_id, terminal=self.name)
+            return _outcome(states.FAILED, "stripe_bad_answer", f"{MESSAGES['stripe_bad_answer']} "
+                                                                f"{_NOTHING_CHARGED}")
         current.pi_id = pi["id"]
         try:
             yield maybeDeferred(before_send, {"payment_intent": pi["id"], "reader": reader_id})
@@ -344,7 +365,7 @@ class StripeReaderDriver:
                 outcome = yield self._from_pi(current, pi)
                 return outcome
             if reader is not None and pi is not None and pi.get("status") == "requires_payment_method":
-                action = reader.get("action") or {}
+                action = _obj(reader.get("action"))
                 if _action_pi(reader) != current.pi_id:
                     # Our action is gone: cancelled (by us or on the reader) or replaced by another.
                     outcome = yield self._end(current, _outcome(states.CANCELLED, "cancelled"))
@@ -381,9 +402,9 @@ class StripeReaderDriver:
             return outcome
 
     def _declined(self, pi: Mapping[str, Any], action: Mapping[str, Any]) -> Outcome:
-        error = pi.get("last_payment_error") or {}
-        failure = action.get("failure_code") or error.get("code")
-        said = error.get("message") or action.get("failure_message") or "The card was declined."
+        error = _obj(pi.get("last_payment_error"))
+        failure = _text(action.get("failure_code")) or _text(error.get("code"))
+        said = _text(error.get("message")) or _text(action.get("failure_message")) or "The card was declined."
         if failure == "customer_canceled":
             return _outcome(states.CANCELLED, "customer_cancelled", payment_intent=pi.get("id"))
         if failure in _NOT_DECLINES and not error:
@@ -392,8 +413,8 @@ class StripeReaderDriver:
                 f"The reader could not finish the payment ({said}). {_NOTHING_CHARGED}"
             return _outcome(states.FAILED, code or "reader_error", words, payment_intent=pi.get("id"),
                             stripe_code=failure)
-        details = {"payment_intent": pi.get("id"), "stripe_code": error.get("code") or failure,
-                   "decline_code": error.get("decline_code"), "stripe_message": said}
+        details = {"payment_intent": pi.get("id"), "stripe_code": _text(error.get("code")) or failure,
+                   "decline_code": _text(error.get("decline_code")), "stripe_message": said}
         return Outcome(states.DECLINED, "card_declined", f"The card was declined: {said}",
                        {k: v for k, v in details.items() if v})
 
@@ -558,8 +579,9 @@ class StripeReaderDriver:
         try:
             if details.get("refund_key"):
                 refunds = yield self.api.list_refunds(pi_id)
-                mine = [r for r in refunds.get("data") or []
-                        if (r.get("metadata") or {}).get("payment_id") == payment_id]
+                listed = refunds.get("data")
+                mine = [r for r in (listed if isinstance(listed, list) else [])
+                        if _obj(_obj(r).get("metadata")).get("payment_id") == payment_id]
                 if not mine:
                     return _outcome(states.FAILED, "refund_not_sent", payment_intent=pi_id)
                 return self._refund_outcome(mine[0])
@@ -575,7 +597,7 @@ class StripeReaderDriver:
             reader_id = details.get("reader") or self._reader_id
             if reader_id:
                 reader = yield self._read(self.api.get_reader(reader_id))
-                action = (reader or {}).get("action") or {}
+                action = _obj(_obj(reader).get("action"))
                 if _action_pi(reader) == pi_id and action.get("status") == "in_progress":
                     yield self._read(self.api.cancel_action(reader_id))
             if pi.get("last_payment_error"):
