@@ -10,7 +10,7 @@ from zope.interface import implementer
 
 from bridge.api.signing import new_secret
 from bridge.config import add_client, load
-from bridge.terminals.base import ITerminalDriver, Outcome, PaymentRequest
+from bridge.core.contract import ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.catalogue import VALIDATORS
 
 
@@ -52,6 +52,12 @@ class RecordingDriver:
 
     def status(self) -> dict[str, Any]:
         return {"state": "idle", "detail": "recording"}
+
+    def cancel(self, payment_id):
+        return None  # like a terminal without a cancel message
+
+    def recover(self, payment_id, details):
+        return succeed(None)
 
 
 APPROVED = Outcome("approved", "approved", "The payment was approved.", {"authorisation": "123456"})

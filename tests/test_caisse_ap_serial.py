@@ -27,7 +27,7 @@ from bridge.config import TerminalConfig
 from bridge.core import states
 from bridge.core.money import CURRENCIES
 from bridge.errors import BridgeError
-from bridge.terminals.base import DEBIT, REFUND, ITerminalDriver, PaymentRequest
+from bridge.core.contract import DEBIT, REFUND, ITerminalDriver, PaymentRequest
 from bridge.terminals.caisse_ap import concert_v2
 from bridge.terminals.caisse_ap.codec import encode_request
 from bridge.terminals.caisse_ap.link import ENQ, EOT

@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from bridge.errors import BridgeError
-from bridge.terminals.base import ITerminalDriver
+from bridge.core.contract import ITerminalDriver
 from bridge.terminals.stripe.api import _E, MESSAGES, TERMINAL_CODES, map_error
 from tests.stripe_support import SERIAL, SendRecorder, StripeTestCase, sleep
 

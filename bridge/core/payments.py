@@ -30,7 +30,7 @@ from bridge.core.journal import Event, Journal, PaymentRecord
 from bridge.core.money import currency, validate_amount
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
-from bridge.terminals.base import CARD, CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest
+from bridge.core.contract import CARD, CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest
 
 EventListener = Callable[[Event], None]
 
@@ -282,6 +282,29 @@ class PaymentService:
     def get(self, payment_id: object) -> dict[str, Any]:
         return payment_view(self.record(payment_id))
 
+    # -- the reads a client's session needs (events, acknowledgements, ownership) -----------------
+
+    def owner(self, payment_id: str) -> Optional[str]:
+        """The id of the client that started the payment; None when there is no such payment."""
+        record = self.journal.get(payment_id)
+        return record.client_id if record is not None else None
+
+    def events_after(self, client_id: str, seq: int, limit: int) -> list[Event]:
+        """The journaled events for ``client_id`` after ``seq``, oldest first, at most ``limit``."""
+        return self.journal.events_after(client_id, seq, limit=limit)
+
+    def acked(self, client_id: str) -> int:
+        """The last event seq ``client_id`` acknowledged (0 for none)."""
+        return self.journal.acked(client_id)
+
+    def last_seq(self) -> int:
+        """The seq of the newest journaled event."""
+        return self.journal.last_seq()
+
+    def ack_soon(self, client_id: str, seq: int) -> None:
+        """Record ``client_id``'s acknowledgement of ``seq`` (written within a second, not at once)."""
+        self.journal.ack_soon(client_id, seq)
+
     def cancel(self, payment_id: str, actor: str) -> "Deferred[dict[str, Any]]":
         """Ask for a payment to be cancelled.
 
@@ -304,12 +327,15 @@ class PaymentService:
         if running.record.state == states.ACCEPTED:
             return succeed({"payment": payment_view(running.record), "cancel": "before_send",
                             "message": "The payment will not be sent to the terminal."})
-        cancel = getattr(running.driver, "cancel", None)
-        if cancel is None:
-            message = "Cancel the payment on the terminal itself; the bridge reports what the terminal answers."
-            return succeed({"payment": payment_view(running.record), "cancel": "on_terminal", "message": message})
-        return maybeDeferred(cancel, record.id).addCallback(
-            lambda message: {"payment": payment_view(running.record), "cancel": "requested", "message": message})
+
+        def answered(message: Optional[str]) -> dict[str, Any]:
+            if message is None:
+                message = ("Cancel the payment on the terminal itself; the bridge reports what the terminal "
+                           "answers.")
+                return {"payment": payment_view(running.record), "cancel": "on_terminal", "message": message}
+            return {"payment": payment_view(running.record), "cancel": "requested", "message": message}
+
+        return maybeDeferred(running.driver.cancel, record.id).addCallback(answered)
 
     def resolve(self, payment_id: object, outcome: object, actor: str, note: object,
                 details: Optional[dict[str, Any]] = None) -> "Deferred[dict[str, Any]]":
@@ -392,11 +418,8 @@ class PaymentService:
             driver = self.registry.driver(record.terminal)
         except BridgeError:
             return None
-        recover = getattr(driver, "recover", None)
-        if recover is None:
-            return None
         try:
-            outcome = yield maybeDeferred(recover, record.id, record.details)
+            outcome = yield maybeDeferred(driver.recover, record.id, record.details)
         except Exception:
             self.log.failure("Could not ask the provider about payment {payment_id}", payment_id=record.id)
             return None

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from bridge.core import states
 from bridge.core.journal import Event, Journal
 from bridge.core.money import CURRENCIES, format_major
-from bridge.terminals.base import CHEQUE, REFUND
+from bridge.core.contract import CHEQUE, REFUND
 
 #: Ogone's SHA-OUT allow-list as Odoo 15.0+ ``payment_ogone`` carries it (63 names).
 SHA_OUT_KEYS = frozenset("""

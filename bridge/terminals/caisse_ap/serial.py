@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from bridge.core import states
 from bridge.errors import BridgeError
-from bridge.terminals.base import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.caisse_ap import concert_v2
 from bridge.terminals.caisse_ap.codec import (
     MalformedAnswer,
@@ -486,6 +486,10 @@ class CaisseAPSerialDriver:
     def cancel(self, payment_id: str) -> str:
         """Concert has no cancel message: only the cashier can cancel, on the terminal."""
         return CANCEL_MESSAGE
+
+    def recover(self, payment_id: str, details: Mapping[str, Any]) -> "Deferred[Optional[Outcome]]":
+        """A Caisse-AP terminal keeps no record the bridge can read: its receipt settles the payment."""
+        return succeed(None)
 
     def pay(self, request: PaymentRequest, before_send: BeforeSend) -> Deferred[Outcome]:
         if self._payment is not None:

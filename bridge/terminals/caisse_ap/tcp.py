@@ -7,7 +7,7 @@ line stays quiet for ``quiet_period`` seconds or the terminal closes.  Once the 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
@@ -21,7 +21,7 @@ from zope.interface import implementer
 from bridge.core import states
 from bridge.core.faults import checkpoint
 from bridge.errors import BridgeError
-from bridge.terminals.base import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID, parse_timings_and_identity
 from bridge.terminals.caisse_ap.codec import (
     IDENTITY_FIELDS,
@@ -202,6 +202,14 @@ class CaisseAPTCPDriver:
         else:
             state, detail = "busy", f"Payment {self._payment_id} in progress."
         return {"state": state, "detail": detail, "address": self.address, "last_error": self._last_error}
+
+    def cancel(self, payment_id: str) -> None:
+        """Caisse-AP over TCP has no cancel message: the cashier cancels on the terminal itself."""
+        return None
+
+    def recover(self, payment_id: str, details: Mapping[str, Any]) -> "Deferred[Optional[Outcome]]":
+        """A Caisse-AP terminal keeps no record the bridge can read: its receipt settles the payment."""
+        return succeed(None)
 
     def pay(self, request: PaymentRequest, before_send: BeforeSend) -> Deferred[Outcome]:
         if self._payment_id is not None:

@@ -31,7 +31,7 @@ from bridge.config import TerminalConfig
 from bridge.core import states
 from bridge.core.money import format_major
 from bridge.errors import BridgeError
-from bridge.terminals.base import REFUND, BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.core.contract import REFUND, BeforeSend, ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.stripe.api import MESSAGES, MINIMUM_CHARGE, TERMINAL_CODES, StripeAPI, StripeCallError
 from bridge.terminals.stripe.options import parse_stripe_options, read_api_key
 
