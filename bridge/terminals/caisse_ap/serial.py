@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bridge.core import states
+from bridge.core import safety, states
 from bridge.errors import BridgeError
 from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.caisse_ap import concert_v2
@@ -97,9 +97,7 @@ _MESSAGES = {
         "The payment terminal refused the request on the line, so nothing was charged. Check the terminal's "
         "settings (line, speed, protocol)."
     ),
-    "journal_unavailable": "The bridge could not record the payment, so nothing was sent to the terminal.",
     "invalid_request": "The bridge could not build a request for this terminal. Check the terminal's settings.",
-    "internal_error": "Something went wrong in the bridge during the payment.",
 }
 _LINK_PROBLEMS = frozenset(
     {"terminal_unreachable", "link_lost", "no_ack", "answer_timeout", "malformed_answer", "frame_rejected",
@@ -537,14 +535,7 @@ class CaisseAPSerialDriver:
             return _outcome(states.UNKNOWN, "malformed_answer", reason=error.reason)
 
     def _not_sent(self, payment: _Payment, failure: Failure) -> None:
-        error = failure.value
-        if isinstance(error, BridgeError):
-            outcome = Outcome(states.FAILED, error.code, error.message)
-        else:
-            self._log.failure("before_send failed for payment {payment_id}", failure,
-                              payment_id=payment.request.payment_id, terminal=self.name)
-            outcome = _outcome(states.FAILED, "journal_unavailable")
-        self._finish(payment, outcome)
+        self._finish(payment, safety.not_sent(failure, self._log, payment.request.payment_id, self.name))
 
     def _send(self, payment: _Payment, payload: bytes) -> None:
         if self._payment is not payment:
@@ -610,13 +601,10 @@ class CaisseAPSerialDriver:
             payment.result.callback(outcome)
 
     def _crashed(self, failure: Failure, payment: _Payment) -> None:
-        self._log.failure("Driver error during payment {payment_id}", failure,
-                          payment_id=payment.request.payment_id, terminal=self.name)
         runner = self._runner
-        if payment.sending and (runner is None or runner.link.frame_sent):
-            self._finish(payment, _outcome(states.UNKNOWN, "internal_error", MAY_HAVE_PAID))
-        else:
-            self._finish(payment, _outcome(states.FAILED, "internal_error", "Nothing was charged."))
+        sent = payment.sending and (runner is None or runner.link.frame_sent)
+        self._finish(payment, safety.crashed(failure, self._log, payment.request.payment_id, self.name, sent,
+                                             MAY_HAVE_PAID))
 
     def _done(self, outcome: Outcome, request: PaymentRequest) -> Outcome:
         if outcome.code in _LINK_PROBLEMS:

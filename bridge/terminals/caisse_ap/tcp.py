@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bridge.core import states
+from bridge.core import safety, states
 from bridge.core.faults import checkpoint
 from bridge.errors import BridgeError
 from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
@@ -42,9 +42,7 @@ _MESSAGES = {
     "link_lost": f"The connection to the payment terminal was lost after the payment was sent. {MAY_HAVE_PAID}",
     "answer_timeout": f"The payment terminal did not answer in time. {MAY_HAVE_PAID}",
     "malformed_answer": f"The payment terminal's answer could not be read. {MAY_HAVE_PAID}",
-    "journal_unavailable": "The bridge could not record the payment, so nothing was sent to the terminal.",
     "invalid_request": "The bridge could not build a request for this terminal. Check the terminal's settings.",
-    "internal_error": "Something went wrong in the bridge during the payment.",
 }
 #: Codes that say something about the link to the terminal; ``status()`` shows the last one.
 _LINK_PROBLEMS = frozenset(
@@ -253,13 +251,7 @@ class CaisseAPTCPDriver:
             yield maybeDeferred(before_send)
         except Exception as error:
             yield reader.close()
-            if isinstance(error, BridgeError):
-                return Outcome(states.FAILED, error.code, error.message)
-            self._log.failure(
-                "before_send failed for payment {payment_id}", Failure(error),
-                payment_id=request.payment_id, terminal=self.name,
-            )
-            return _outcome(states.FAILED, "journal_unavailable")
+            return safety.not_sent(error, self._log, request.payment_id, self.name)
         if reader.lost:
             return _outcome(states.FAILED, "terminal_unreachable")
 
@@ -277,12 +269,7 @@ class CaisseAPTCPDriver:
         return outcome_from_answer(request, answer, self._identity["pos_number"])
 
     def _crashed(self, failure: Failure, request: PaymentRequest) -> Outcome:
-        self._log.failure(
-            "Driver error during payment {payment_id}", failure, payment_id=request.payment_id, terminal=self.name
-        )
-        if self._sent:
-            return _outcome(states.UNKNOWN, "internal_error", MAY_HAVE_PAID)
-        return _outcome(states.FAILED, "internal_error", "Nothing was charged.")
+        return safety.crashed(failure, self._log, request.payment_id, self.name, self._sent, MAY_HAVE_PAID)
 
     def _done(self, outcome: Outcome, request: PaymentRequest) -> Outcome:
         self._payment_id = None

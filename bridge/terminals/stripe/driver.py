@@ -28,14 +28,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bridge.config import TerminalConfig
-from bridge.core import states
+from bridge.core import safety, states
 from bridge.core.money import format_major
 from bridge.errors import BridgeError
 from bridge.core.contract import REFUND, BeforeSend, ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.stripe.api import MESSAGES, MINIMUM_CHARGE, TERMINAL_CODES, StripeAPI, StripeCallError
 from bridge.terminals.stripe.options import parse_stripe_options, read_api_key
 
-_NOTHING_CHARGED = "Nothing was charged."
+_NOTHING_CHARGED = safety.NOTHING_CHARGED
 _ASK_STRIPE = ("Stripe could not be asked what became of the payment: the bridge asks again at its next start; "
                "until then check the payment in the Stripe Dashboard before trying again.")
 _WORDS = {
@@ -53,10 +53,8 @@ _WORDS = {
     "capture_unconfirmed": "The card was accepted but Stripe has not confirmed the payment yet.",
     "capture_failed": "The card was accepted but Stripe could not complete the payment, so the bridge released "
                       "it. Nothing was charged; try again.",
-    "journal_unavailable": "The bridge could not record the payment, so nothing was sent to the reader.",
     "refund_needs_original": "A Stripe reader can only refund an earlier card payment: use 'refund' on that "
                              "payment.",
-    "internal_error": "Something went wrong in the bridge during the payment.",
     "bridge_restarted": "The bridge restarted before the card was presented, so the payment was stopped. "
                         "Nothing was charged.",
     "refund_not_sent": "The bridge restarted before the refund reached Stripe. Nothing was refunded.",
@@ -296,11 +294,7 @@ class StripeReaderDriver:
             yield maybeDeferred(before_send, {"payment_intent": pi["id"], "reader": reader_id})
         except Exception as error:
             yield self._void(current)
-            if isinstance(error, BridgeError):
-                return _outcome(states.FAILED, error.code, error.message)
-            self._log.failure("before_send failed for payment {payment_id}", Failure(error),
-                              payment_id=request.payment_id, terminal=self.name)
-            return _outcome(states.FAILED, "journal_unavailable")
+            return safety.not_sent(error, self._log, request.payment_id, self.name, device="the reader")
         current.sent = True
         self._log.info("Payment {payment_id}: PaymentIntent {pi} sent to reader {reader}",
                        payment_id=request.payment_id, pi=pi["id"], reader=reader_id, terminal=self.name,
@@ -538,8 +532,8 @@ class StripeReaderDriver:
         key = self._key(current, "refund")
         try:
             yield maybeDeferred(before_send, {"payment_intent": pi_id, "refund_key": key})
-        except BridgeError as error:
-            return _outcome(states.FAILED, error.code, error.message)
+        except Exception as error:
+            return safety.not_sent(error, self._log, request.payment_id, self.name, device="Stripe")
         current.sent = True
         try:
             refund = yield self.api.create_refund(pi_id, request.amount, request.payment_id, key)
@@ -647,12 +641,8 @@ class StripeReaderDriver:
                 waiter.callback(None)
 
     def _crashed(self, failure: Failure, request: PaymentRequest, current: _Current) -> Outcome:
-        self._log.failure("Driver error during payment {payment_id}", failure, payment_id=request.payment_id,
-                          terminal=self.name)
-        if current.sent:
-            return _outcome(states.UNKNOWN, "internal_error", f"{_WORDS['internal_error']} {_ASK_STRIPE}",
-                            payment_intent=current.pi_id)
-        return _outcome(states.FAILED, "internal_error", f"{_WORDS['internal_error']} {_NOTHING_CHARGED}")
+        return safety.crashed(failure, self._log, request.payment_id, self.name, current.sent, _ASK_STRIPE,
+                              payment_intent=current.pi_id)
 
     def _done(self, outcome: Outcome, request: PaymentRequest) -> Outcome:
         self._current = None
