@@ -43,3 +43,29 @@ def test_a_layer_imports_nothing_above_it(package):
 def test_the_session_reads_payments_through_the_payment_service():
     text = (ROOT / "api" / "session.py").read_text(encoding="utf-8")
     assert "payments.journal" not in text
+
+
+def test_the_command_line_modules_import_each_other_without_cycles():
+    graph = {}
+    for path in sorted((ROOT / "cli").glob("*.py")):
+        graph[f"bridge.cli.{path.stem}"] = {name for name in imported(path) if name.startswith("bridge.cli.")}
+    for path in sorted((ROOT / "cli").glob("*.py")):  # "from bridge.cli import doctor" names a module too
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "bridge.cli":
+                graph[f"bridge.cli.{path.stem}"] |= {f"bridge.cli.{a.name}" for a in node.names}
+
+    def reaches(start, goal, seen):
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    assert sorted(m for m in graph if reaches(m, m, {m})) == []
+
+
+def test_the_catalogues_terminal_types_each_have_a_doctor_check():
+    from bridge.cli.doctor import TERMINAL_CHECKS
+    from bridge.terminals.catalogue import TYPES
+
+    assert sorted(TERMINAL_CHECKS) == sorted(TYPES)
