@@ -25,6 +25,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from bridge.core import states
+from bridge.core.backoff import backoff
+from bridge.core.deferreds import follow
 from bridge.core.faults import checkpoint
 from bridge.core.journal import Event, Journal, PaymentRecord
 from bridge.core.money import currency, validate_amount
@@ -246,18 +248,19 @@ class PaymentService:
         moved = record.moved_to(state, code, message, details, self._clock.seconds())
         return self._journal_end(moved)
 
-    def _journal_end(self, record: PaymentRecord, delay: float = 1.0) -> "Deferred[PaymentRecord]":
+    def _journal_end(self, record: PaymentRecord, attempt: int = 0) -> "Deferred[PaymentRecord]":
         """Journal a payment's end, trying again while the journal refuses (disk full, read-only): the end is
         told only once it is on disk, and must be told once it can be.  The terminal stays reserved meanwhile."""
 
         def again(failure: Any) -> Deferred:
             failure.trap(BridgeError)
+            delay = _END_RETRY(attempt)
             if self.journal.closed:  # the bridge is stopping: the next start settles the payment
                 return failure
             self.log.warn("Could not journal payment {payment_id} as {state}: {error} Trying again in {delay} s.",
                           payment_id=record.id, terminal=record.terminal, state=record.state,
                           code=failure.value.code, error=failure.value.message, delay=delay)
-            return deferLater(self._clock, delay, self._journal_end, record, min(delay * 2, RETRY_MAX))
+            return deferLater(self._clock, delay, self._journal_end, record, attempt + 1)
 
         return self._transition(record, actor="terminal").addErrback(again)
 
@@ -462,6 +465,7 @@ class PaymentService:
 CANCELLED_BEFORE_SEND = "cancelled_before_send"
 #: The longest wait between two tries to journal a payment's end that the journal refused.
 RETRY_MAX = 60.0
+_END_RETRY = backoff(1.0, RETRY_MAX)
 
 
 class _Running:
@@ -487,16 +491,7 @@ def _parse_cursor(cursor: object) -> tuple[float, str]:
         raise BridgeError("bad_request", "'cursor' must be a next_cursor from a previous payment.list.") from None
 
 
+
 def _wait(d: Deferred) -> Deferred:
     """A Deferred that fires (with None) when ``d`` fires, without touching ``d``'s own result chain."""
-    waiter: Deferred = Deferred()
-
-    def fire(result):
-        if not waiter.called:
-            waiter.callback(None)
-        return result
-
-    # Even when ``d`` was called already: its chain may be paused on another Deferred (an end being journaled
-    # again), and then this fires when the chain goes on.
-    d.addBoth(fire)
-    return waiter
+    return follow(d).addBoth(lambda _: None)

@@ -19,7 +19,6 @@ from functools import partial
 from typing import Any, Callable, Mapping, Optional
 
 import serial as pyserial
-from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -37,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bridge.core import safety, states
+from bridge.core.backoff import backoff
 from bridge.errors import BridgeError
 from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.caisse_ap import concert_v2
@@ -292,7 +292,7 @@ class CaisseAPSerialDriver:
         self._ack_timeout = ack_timeout
         self._retry_delay = retry_delay
         self._identity = checked_identity(pos_number, protocol_version, cash_register_id)
-        self._reopen_delay = backoffPolicy(reopen_initial_delay, reopen_max_delay, factor=2.0, jitter=lambda: 0.0)
+        self._reopen_delay = backoff(reopen_initial_delay, reopen_max_delay)
         self._port_factory = port_factory
 
         self._port: Any = None

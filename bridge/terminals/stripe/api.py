@@ -28,6 +28,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from bridge.core.backoff import backoff
 from bridge.errors import BridgeError
 from bridge.terminals.stripe.options import API_VERSION, DEFAULT_API_BASE
 
@@ -284,7 +285,7 @@ class StripeAPI:
             except StripeCallError as error:
                 if not error.retryable or attempt >= self._retries or self._stopping:
                     raise
-                delay = min(self._backoff * 2 ** attempt, MAX_BACKOFF)
+                delay = backoff(self._backoff, MAX_BACKOFF)(attempt)
                 self.log.info("Stripe {method} {url} failed ({code}); retry {attempt} in {delay}s with the "
                               "same idempotency key", method=method.upper(), url=url, code=error.code,
                               attempt=attempt + 1, delay=delay)
