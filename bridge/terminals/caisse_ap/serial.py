@@ -39,7 +39,7 @@ from bridge.core import safety, states
 from bridge.core.backoff import backoff
 from bridge.errors import BridgeError
 from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
-from bridge.terminals.caisse_ap import concert_v2
+from bridge.terminals.caisse_ap import concert_v2, device_states
 from bridge.terminals.caisse_ap.codec import (
     MalformedAnswer,
     encode_request,
@@ -303,21 +303,17 @@ class CaisseAPSerialDriver:
         self._attempt = 0
         self._reopen_call: Optional[IDelayedCall] = None
         self._health_loop: Optional[LoopingCall] = None
-        self._waking = False  # the port is being closed on purpose, to reopen it for a terminal gone deaf
         self._payment: Optional[_Payment] = None
         self._last_error: Optional[str] = None
-        self._started = False
-        self._stopping = False
+        self._device = device_states.CLOSED  # the device's life cycle: see device_states
         self._stop_waiters: list[Deferred[None]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Open the device on the next reactor turn, keep it open, and check the terminal periodically."""
-        if self._started:
+        if self._device not in (device_states.CLOSED, device_states.STOPPING):
             return
-        self._started = True
-        self._stopping = False
         self._schedule_open(0.0)
         if self._health_interval > 0:
             self._health_loop = LoopingCall(self._check_health)
@@ -326,8 +322,6 @@ class CaisseAPSerialDriver:
 
     def stop(self) -> Deferred[None]:
         """Stop reopening and checking, close the device; fires once it is closed."""
-        self._stopping = True
-        self._started = False
         if self._reopen_call is not None and self._reopen_call.active():
             self._reopen_call.cancel()
         self._reopen_call = None
@@ -335,7 +329,10 @@ class CaisseAPSerialDriver:
             self._health_loop.stop()
         self._health_loop = None
         if self._port is None:
+            if self._device != device_states.CLOSED:
+                self._move(device_states.CLOSED)
             return succeed(None)
+        self._move(device_states.STOPPING)
         waiter: Deferred[None] = Deferred()
         self._stop_waiters.append(waiter)
         self._port.loseConnection()
@@ -345,12 +342,17 @@ class CaisseAPSerialDriver:
     def connected(self) -> bool:
         return self._runner is not None
 
+    def _move(self, new: str) -> None:
+        device_states.check(self._device, new)
+        self._device = new
+
     def _schedule_open(self, delay: float) -> None:
+        self._move(device_states.OPENING)
         self._reopen_call = self._reactor.callLater(delay, self._open)
 
     def _open(self) -> None:
         self._reopen_call = None
-        if self._stopping:
+        if self._device != device_states.OPENING:
             return
         bytesize, parity, stopbits = line_settings(self.device, self._line)
         protocol = _LineProtocol(self)
@@ -374,6 +376,7 @@ class CaisseAPSerialDriver:
             self._schedule_open(delay)
             return
         self._attempt = 0
+        self._move(device_states.OPEN)
         self._port = port
         link = ConcertLink(ack_timeout=self._ack_timeout, retry_delay=self._retry_delay)
         self._runner = LinkRunner(link, self._reactor, port.write, self._event)
@@ -402,10 +405,12 @@ class CaisseAPSerialDriver:
         self._port = None
         self._line_protocol = None
         self._health = HEALTH_UNCHECKED  # nothing can answer on a device that is gone
-        if self._stopping:
+        stopping = self._device == device_states.STOPPING
+        if stopping:
             self._disconnected = "Stopped."
+            self._move(device_states.CLOSED)
         else:
-            if self._waking:
+            if self._device == device_states.WAKING:
                 self._disconnected = (f"Reopening {self.device}: the terminal stopped answering. Check that it "
                                       "is on and in cash-register mode.")
             else:
@@ -419,14 +424,13 @@ class CaisseAPSerialDriver:
                 )
             self._schedule_open(self._reopen_delay(0))
             self._attempt = 1
-        self._waking = False
         payment = self._payment
         if payment is not None:
             if payment.sending and frame_sent:
                 self._finish(payment, _outcome(states.UNKNOWN, "link_lost"))
             else:
                 self._finish(payment, _outcome(states.FAILED, "terminal_unreachable", self._disconnected))
-        if self._stopping:
+        if stopping:
             waiters, self._stop_waiters = self._stop_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
@@ -440,11 +444,11 @@ class CaisseAPSerialDriver:
         runner.ping()
 
     def _reopen_to_wake(self) -> None:
-        if self._port is None:
+        if self._port is None or self._device != device_states.OPEN:
             return
         self._log.warn("Terminal {terminal} still does not answer: reopening {device} to wake it",
                        terminal=self.name, device=self.device, state="down")
-        self._waking = True
+        self._move(device_states.WAKING)
         self._port.loseConnection()
 
     def _set_health(self, health: str) -> None:
