@@ -29,7 +29,7 @@ from bridge.core.backoff import backoff
 from bridge.core.deferreds import follow
 from bridge.core.faults import checkpoint
 from bridge.core.journal import Event, Journal, PaymentRecord
-from bridge.core.money import currency, validate_amount
+from bridge.core.money import Currency, currency, validate_amount
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
 from bridge.core.contract import CARD, CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest
@@ -121,7 +121,8 @@ class PaymentService:
         terminal, kind, method, amount, cur = request
         digest = args_digest(terminal, kind, method, amount, cur.code)
         assert isinstance(command_id, str)
-        return self._start(client_id, command_id, terminal, kind, method, amount, cur, digest, None)
+        return self._start(client_id=client_id, command_id=command_id, terminal=terminal, kind=kind, method=method,
+                           amount=amount, cur=cur, digest=digest, original=None)
 
     def refund(self, client_id: str, command_id: object, args: dict[str, Any],
                see_all: bool = False) -> "Deferred[dict[str, Any]]":
@@ -149,8 +150,8 @@ class PaymentService:
         except BridgeError as e:
             return fail(e)
         origin = {"payment_id": original.id, "amount": original.amount, "details": original.details}
-        return self._start(client_id, command_id, original.terminal, REFUND, original.method, amount, cur, digest,
-                           origin)
+        return self._start(client_id=client_id, command_id=command_id, terminal=original.terminal, kind=REFUND,
+                           method=original.method, amount=amount, cur=cur, digest=digest, original=origin)
 
     def _validate(self, command_id: object, args: dict[str, Any]) -> tuple:
         if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_COMMAND_ID_LENGTH:
@@ -168,7 +169,8 @@ class PaymentService:
         return terminal, kind, method, amount, cur
 
     @inlineCallbacks
-    def _start(self, client_id, command_id, terminal, kind, method, amount, cur, digest, original):
+    def _start(self, *, client_id: str, command_id: str, terminal: str, kind: str, method: str, amount: int,
+               cur: Currency, digest: str, original: Optional[dict[str, Any]]) -> Any:
         # Command ids are each client's own: another client's use of the same id is no concern of this one.
         key = (client_id, command_id)
         pending = self._creating.get(key)

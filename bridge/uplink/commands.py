@@ -19,6 +19,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from bridge.api import signing
@@ -53,7 +54,7 @@ class CommandFetcher:
 
     log = Logger()
 
-    def __init__(self, uplink: UplinkConfig, client: ClientConfig, bridge: Bridge, https: HTTPS, clock: Any,
+    def __init__(self, uplink: UplinkConfig, client: ClientConfig, bridge: Bridge, https: HTTPS, clock: IReactorTime,
                  on_result: Callable[[Optional[str]], None] = lambda error: None) -> None:
         self.uplink = uplink
         self.client = client

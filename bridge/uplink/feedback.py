@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Optional
 from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -193,8 +194,8 @@ class FeedbackPoster:
 
     log = Logger()
 
-    def __init__(self, name: str, journal: Journal, client_id: str, cursor_id: str, url: str, passphrase: str,
-                 hash_name: str, bridge_name: str, post: Post, clock: Any, *, refused_path: str,
+    def __init__(self, *, name: str, journal: Journal, client_id: str, cursor_id: str, url: str, passphrase: str,
+                 hash_name: str, bridge_name: str, post: Post, clock: IReactorTime, refused_path: str,
                  on_result: Callable[[Optional[str]], None] = lambda error: None,
                  retry_initial: Optional[float] = None, retry_max: Optional[float] = None,
                  rand: Callable[[], float] = random.random) -> None:

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Optional
 
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -134,8 +135,8 @@ class StripeReaderDriver:
     kind = "stripe"
     _log = Logger()
 
-    def __init__(self, name: str, reactor: Any, api: Optional[StripeAPI], reader_id: Optional[str] = None,
-                 serial_number: Optional[str] = None, clock: Any = None, poll_interval: float = 1.0,
+    def __init__(self, name: str, reactor: IReactorTime, api: Optional[StripeAPI], *, reader_id: Optional[str] = None,
+                 serial_number: Optional[str] = None, clock: Optional[IReactorTime] = None, poll_interval: float = 1.0,
                  payment_timeout: float = 120.0, cancel_grace: float = 30.0, status_interval: float = 30.0,
                  busy_retries: int = 3, timeout_retries: int = 3,
                  config_error: Optional[str] = None) -> None:
@@ -668,7 +669,8 @@ def build_stripe_driver(config: TerminalConfig, reactor: Any,
                      terminal=config.name)
         api = StripeAPI(reactor, key, api_base=settings["api_base"], api_version=settings["api_version"],
                         timeout=settings["request_timeout"], max_threads=settings["max_threads"], name=config.name)
-    driver = StripeReaderDriver(config.name, reactor, api, settings["reader_id"], settings["serial_number"],
+    driver = StripeReaderDriver(config.name, reactor, api, reader_id=settings["reader_id"],
+                                serial_number=settings["serial_number"],
                                 poll_interval=settings["poll_interval"],
                                 payment_timeout=settings["payment_timeout"],
                                 status_interval=settings["status_interval"])
