@@ -69,3 +69,19 @@ def test_the_catalogues_terminal_types_each_have_a_doctor_check():
     from bridge.terminals.catalogue import TYPES
 
     assert sorted(TERMINAL_CHECKS) == sorted(TYPES)
+
+
+def test_the_test_doubles_ship_from_one_place():
+    import bridge.testing as testing
+    from zope.interface.verify import verifyObject
+
+    from bridge.core.contract import ITerminalDriver
+    from bridge.terminals.caisse_ap.serial_simulator import SerialTerminal
+    from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
+    from bridge.terminals.stripe.fake import FakeStripe
+
+    assert verifyObject(ITerminalDriver, testing.RecordingDriver("till-1"))
+    assert (testing.FakeStripe, testing.SimulatorFactory, testing.SimulatorScript, testing.SerialTerminal) == \
+        (FakeStripe, SimulatorFactory, SimulatorScript, SerialTerminal)
+    assert sorted(testing.__all__) == ["FakeStripe", "RecordingDriver", "SerialTerminal", "SimulatorFactory",
+                                       "SimulatorScript"]
