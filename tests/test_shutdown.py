@@ -30,7 +30,12 @@ def _systemd_stop_timeout() -> float:
 
 
 def test_the_stop_grace_fits_in_systemds_stop_timeout():
-    timeout = _systemd_stop_timeout()
+    import pytest
+
+    try:
+        timeout = _systemd_stop_timeout()
+    except FileNotFoundError:  # the .deb's build runs the tests without systemd/ around them
+        pytest.skip("no source tree around the tests (systemd/terminal-bridge.service is missing)")
     assert timeout - 15 <= STOP_GRACE < timeout
 
 
