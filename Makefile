@@ -4,7 +4,8 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-bookworm test-odoo lint-odoo bench bench-journal bench-pi soak fuzz deb check-deb ci clean help
+.PHONY: run test test-bookworm lint lint-bookworm test-odoo lint-odoo bench bench-journal bench-pi soak fuzz deb check-deb ci \
+        clean help
 
 help:
 	@echo "make run            start the bridge in demo mode (simulated terminals, self-signed TLS);"
@@ -14,6 +15,8 @@ help:
 	@echo "make test-odoo      the Odoo addons (odoo_addons/) under Odoo's own test runner on 19.0 and 18.0, with"
 	@echo "                    PostgreSQL, the real bridge daemon and headless Chromium; Odoo's source trees are read"
 	@echo "                    from ODOO_19_SRC (default $(ODOO_19_SRC)) and ODOO_18_SRC (default $(ODOO_18_SRC))"
+	@echo "make lint           ruff and mypy (from PyPI, in the virtual environment) on the bridge's code"
+	@echo "make lint-bookworm  mypy from Debian (python3-mypy) against bookworm's own python3-* packages"
 	@echo "make lint-odoo      pylint-odoo on the Odoo addons"
 	@echo "make bench          run the benchmark and print its figures"
 	@echo "make soak           an hour of 50 terminals x 10 clients: is the bridge's memory flat, any error?"
@@ -43,6 +46,18 @@ test: $(STAMP)
 test-bookworm:
 	scripts/ensure-system-deps.sh bookworm
 	PYTHONPATH=$(CURDIR) /usr/bin/python3 -m pytest $(PYTEST_ARGS)
+
+# Lint: ruff reads source text, so one run (from the venv) covers both stacks; mypy checks the code against the
+# libraries it imports, so it runs on both: PyPI's mypy against the venv's releases, Debian's python3-mypy (1.0)
+# against bookworm's packages.  Settings and the modules not yet checked: pyproject.toml.
+lint: $(STAMP)
+	test -x $(VENV)/bin/ruff -a -x $(VENV)/bin/mypy || $(VPY) -m pip install --quiet ruff mypy
+	$(VENV)/bin/ruff check bridge tests bench scripts
+	$(VENV)/bin/mypy
+
+lint-bookworm:
+	scripts/ensure-system-deps.sh lint-bookworm
+	/usr/bin/python3 -m mypy
 
 # Odoo's source trees: not in this repository (docs/odoo.md says how to get them).
 ODOO_19_SRC ?= /opt/odoo-src/19.0

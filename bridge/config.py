@@ -108,7 +108,9 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
     def where(section: str, key: Optional[str] = None) -> str:
         return f"{path} [{section}]" + (f" {key}" if key else "")
 
-    bridge = parser["bridge"] if parser.has_section("bridge") else {}
+    bridge: Mapping[str, str] = {}
+    if parser.has_section("bridge"):
+        bridge = parser["bridge"]
     known_bridge_keys = {"name", "listen", "state_dir", "tls_certificate", "tls_key", "clients_file",
                          "max_message_bytes", "clock_skew", "messages_per_second", "max_connections", "log_level",
                          "retention_days"}

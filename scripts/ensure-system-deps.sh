@@ -4,6 +4,7 @@
 # Debian bookworm machine; asks for sudo when not root.
 #   scripts/ensure-system-deps.sh dev        python3-venv (the virtual environment of `make run`/`make test`)
 #   scripts/ensure-system-deps.sh bookworm   Debian's own python3-* packages, for `make test-bookworm`
+#   scripts/ensure-system-deps.sh lint-bookworm   Debian's mypy and those packages, for `make lint-bookworm`
 #
 # Why the dev environment does not build systemd-python (issue #14 item 8, #17 item 9): building it from
 # source needs gcc, python3-dev, pkg-config and libsystemd-dev, and libsystemd-dev must be the exact version of
@@ -21,7 +22,10 @@ case "$mode" in
   bookworm) packages="python3-twisted python3-autobahn python3-serial python3-stripe python3-cryptography
                       python3-openssl python3-service-identity python3-systemd python3-pytest python3-hypothesis
                       python3-prometheus-client prometheus python3-websocket" ;;
-  *) echo "usage: $0 dev|bookworm" >&2; exit 2 ;;
+  lint-bookworm) packages="python3-mypy python3-twisted python3-autobahn python3-serial python3-stripe
+                      python3-cryptography python3-openssl python3-service-identity python3-systemd
+                      python3-prometheus-client" ;;
+  *) echo "usage: $0 dev|bookworm|lint-bookworm" >&2; exit 2 ;;
 esac
 missing=""
 for p in $packages; do

@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from bridge.core.money import CURRENCIES
-from bridge.terminals.base import DEBIT, REFUND, PaymentRequest
+from bridge.core.contract import DEBIT, REFUND, PaymentRequest
 from bridge.terminals.stripe.api import StripeAPI
 from bridge.terminals.stripe.driver import StripeReaderDriver
 from bridge.terminals.stripe.fake import LATEST_CHARGE_VERSION, FakeStripe

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from bridge.core import states
 from bridge.core.money import CURRENCIES
 from bridge.errors import BridgeError
-from bridge.terminals.base import CHEQUE, DEBIT, REFUND, PaymentRequest
+from bridge.core.contract import CHEQUE, DEBIT, REFUND, PaymentRequest
 from bridge.terminals.caisse_ap.codec import (
     MAX_MESSAGE_SIZE,
     AnswerParser,

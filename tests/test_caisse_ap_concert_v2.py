@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from bridge.core import states
 from bridge.core.money import CURRENCIES
 from bridge.errors import BridgeError
-from bridge.terminals.base import CHEQUE, DEBIT, REFUND, PaymentRequest
+from bridge.core.contract import CHEQUE, DEBIT, REFUND, PaymentRequest
 from bridge.terminals.caisse_ap import concert_v2
 from bridge.terminals.caisse_ap.codec import MalformedAnswer
 from bridge.terminals.caisse_ap.concert_v2 import (

@@ -27,10 +27,11 @@ from bridge.config import TerminalConfig
 from bridge.core import states
 from bridge.core.money import CURRENCIES
 from bridge.errors import BridgeError
-from bridge.terminals.base import DEBIT, REFUND, ITerminalDriver, PaymentRequest
+from bridge.core.contract import DEBIT, REFUND, ITerminalDriver, PaymentRequest
 from bridge.terminals.caisse_ap import concert_v2
 from bridge.terminals.caisse_ap.codec import encode_request
 from bridge.terminals.caisse_ap.link import ENQ, EOT
+from bridge.terminals.caisse_ap import device_states
 from bridge.terminals.caisse_ap.serial import (
     CANCEL_MESSAGE,
     CaisseAPSerialDriver,
@@ -735,3 +736,43 @@ def test_simulate_without_serial_keeps_the_tcp_simulator():
 
     args = build_parser().parse_args(["simulate", "caisse-ap", "--listen", "tcp:0"])
     assert args.serial is False and args.listen == "tcp:0"
+
+
+def test_the_device_life_cycle_follows_its_table():
+    clock, factory, driver = clock_driver()
+    seen = [driver._device]
+    original = driver._move
+
+    def move(new):
+        original(new)
+        seen.append(new)
+
+    driver._move = move
+    clock.advance(0)  # the device is missing: stays opening
+    factory.error = None
+    clock.advance(1.0)  # opened
+    clock.advance(1.0)  # the check at open goes unanswered: down
+    clock.advance(59.0)
+    clock.advance(1.0)  # unanswered again: closed on purpose to wake the terminal
+    clock.advance(1.0)  # reopened
+    assert len(factory.ports) == 2
+    factory.ports[-1].loseConnection()  # unplugged
+    clock.advance(1.0)
+    driver.stop()
+    assert seen == ["opening", "opening", "open", "waking", "opening", "open", "opening", "open", "stopping",
+                    "closed"]
+    with pytest.raises(device_states.IllegalDeviceTransition):
+        device_states.check("closed", "open")
+    # every state can be left, and only stopping or an open never made ends in closed
+    assert all(device_states.TRANSITIONS[state] for state in device_states.TRANSITIONS)
+    assert {s for s, nxt in device_states.TRANSITIONS.items() if "closed" in nxt} == {"opening", "stopping"}
+
+
+def test_a_deaf_terminal_is_not_woken_while_the_device_is_stopping():
+    clock, factory, driver = clock_driver()
+    factory.error = None
+    clock.advance(0)
+    factory.ports[0].loseConnection = lambda: None  # the close takes its time
+    driver.stop()
+    driver._reopen_to_wake()
+    assert driver._device == "stopping"

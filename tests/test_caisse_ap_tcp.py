@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 from bridge.core import states
 from bridge.core.money import CURRENCIES
 from bridge.errors import BridgeError
-from bridge.terminals.base import CHEQUE, DEBIT, REFUND, ITerminalDriver, PaymentRequest
+from bridge.core.contract import CHEQUE, DEBIT, REFUND, ITerminalDriver, PaymentRequest
 from bridge.terminals.caisse_ap.codec import encode_request
 from bridge.terminals.caisse_ap.simulator import (
     SimulatorFactory,

@@ -177,17 +177,6 @@ def test_a_stripe_credential_the_unit_does_not_load_fails_with_the_line_to_add(t
     assert level == FAIL and "LoadCredential=stripe-api-key:/etc/terminal-bridge/stripe-api-key" in text
 
 
-def test_a_terminal_type_may_bring_its_own_check(monkeypatch, context):
-    from bridge.terminals import catalogue
-
-    def own(options, ctx):
-        return [(OK, f"asked the provider with {options['x']}")]
-
-    monkeypatch.setitem(catalogue.TYPES, "x-test", SimpleNamespace(doctor=own))
-    assert doctor.terminal_check("x-test") is own
-    assert doctor._check_terminal("x-test", {"x": "1"}, context) == [(OK, "asked the provider with 1")]
-
-
 def test_a_type_without_a_check_is_a_warning_not_a_failure(context):
     assert doctor.terminal_check("no-such-type") is None
     assert doctor._check_terminal("no-such-type", {}, context)[0][0] == WARN

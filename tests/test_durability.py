@@ -18,7 +18,7 @@ from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
 from bridge.service.daemon import Daemon
-from bridge.terminals.base import Outcome
+from bridge.core.contract import Outcome
 from bridge.terminals.caisse_ap.codec import AnswerParser, encode_fields
 from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript, answer_fields
 from tests.daemon_process import DaemonProcess, free_port

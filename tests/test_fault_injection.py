@@ -414,8 +414,8 @@ class FaultInjectionTests(TestCase):
                 for name, count in lane.fired.items():
                     fired[name] = fired.get(name, 0) + count
             runs = sum(len(lane.runs) for lane in lanes)
-            print(f"fault injection: seed {SEED}: {runs} runs, {sum(l.restarts for l in lanes)} restarts, "
-                  f"{sum(len(l.commands) for l in lanes)} payments; checkpoints hit: "
+            print(f"fault injection: seed {SEED}: {runs} runs, {sum(lane.restarts for lane in lanes)} restarts, "
+                  f"{sum(len(lane.commands) for lane in lanes)} payments; checkpoints hit: "
                   + ", ".join(f"{k} x{v}" for k, v in sorted(fired.items())))
             self.assertGreaterEqual(runs, RUNS)
             if RUNS >= 2 * len(POINTS):

@@ -143,7 +143,7 @@ SESSION_SEEDS = [
 
 def _caisse_request() -> Any:
     from bridge.core.money import currency
-    from bridge.terminals.base import PaymentRequest
+    from bridge.core.contract import PaymentRequest
 
     return PaymentRequest(payment_id="pay_fuzz", kind="debit", amount=1234, currency=currency("EUR"))
 

@@ -9,7 +9,7 @@ from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
-from bridge.terminals.base import Outcome
+from bridge.core.contract import Outcome
 from tests.support import APPROVED, DECLINED, LINK_LOST, RecordingDriver
 
 ARGS = {"terminal": "till-1", "amount": 1234, "currency": "EUR"}

@@ -30,7 +30,12 @@ def _systemd_stop_timeout() -> float:
 
 
 def test_the_stop_grace_fits_in_systemds_stop_timeout():
-    timeout = _systemd_stop_timeout()
+    import pytest
+
+    try:
+        timeout = _systemd_stop_timeout()
+    except FileNotFoundError:  # the .deb's build runs the tests without systemd/ around them
+        pytest.skip("no source tree around the tests (systemd/terminal-bridge.service is missing)")
     assert timeout - 15 <= STOP_GRACE < timeout
 
 
@@ -77,3 +82,34 @@ class StopDuringAPaymentTests(TestCase):
         self.assertEqual(finals, ["approved"])
         self.assertIn("waiting up to 180 s for 1 payment(s)", daemon.tail(20000))
         self.assertNotIn("Unhandled error", daemon.tail(20000))
+
+
+def test_the_stop_order_is_written_once_and_each_step_ends_before_the_next():
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    from bridge.service.daemon import Daemon
+
+    daemon = Daemon(config=None, reactor=Clock())
+    assert [name for name, _ in daemon.stop_order()] == [
+        "the timers", "listening", "payments in flight", "client connections", "terminal drivers", "uplinks",
+        "journal"]
+    started, held = [], {name: Deferred() for name, _ in daemon.stop_order()}
+    daemon.stop_order = lambda grace=0: [(name, lambda name=name: started.append(name) or held[name])
+                                         for name in held]
+    stopped = daemon.stop()
+    assert started == ["the timers"]
+    for count, name in enumerate(held, start=1):
+        assert len(started) == count
+        held[name].callback(None)
+    assert stopped.called
+
+
+def test_stopping_a_daemon_that_never_started_does_nothing():
+    from twisted.internet.task import Clock
+
+    from bridge.service.daemon import Daemon
+
+    notes = []
+    stopped = Daemon(config=None, reactor=Clock(), notify=notes.append).stop()
+    assert stopped.called and notes == ["STOPPING=1"]

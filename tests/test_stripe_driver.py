@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import stripe
 from twisted.internet.defer import fail, inlineCallbacks
+from twisted.logger import globalLogPublisher
 from twisted.python import threadable
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from bridge.errors import BridgeError
-from bridge.terminals.base import ITerminalDriver
+from bridge.core.contract import ITerminalDriver
 from bridge.terminals.stripe.api import _E, MESSAGES, TERMINAL_CODES, map_error
 from tests.stripe_support import SERIAL, SendRecorder, StripeTestCase, sleep
 
@@ -617,3 +619,97 @@ class TerminalErrorCodeTests(TestCase):
             self.assertNotEqual(mapped.message, MESSAGES["stripe_error"], code)
             self.assertEqual(mapped.message, MESSAGES[mapped.code])
 
+
+
+class Reshaper:
+    """Answers of the wrong shape from "Stripe": rewrites the fake's 200 answers to matching requests, after the
+    OpenAPI checker has seen the fake's own answer (the fake stays true to Stripe; the wire does not)."""
+
+    def __init__(self, fake):
+        self._handle = fake.handle
+        fake.handle = self.handle
+        self._rules = []
+
+    def reshape(self, method, fragment, change, count=1000):
+        self._rules.append([method, fragment, change, count])
+
+    def handle(self, method, path, headers, body, query):
+        status, out_headers, payload, dropped = self._handle(method, path, headers, body, query)
+        for rule in self._rules:
+            if status == 200 and rule[3] > 0 and rule[0] == method and rule[1] in path:
+                rule[3] -= 1
+                payload = json.dumps(rule[2](json.loads(payload))).encode()
+                break
+        return status, out_headers, payload, dropped
+
+
+class MalformedAnswerTests(StripeTestCase):
+    """Answers that are not what Stripe documents end the payment by the safety rule, with a log line, never a
+    traceback: ``failed`` while nothing was sent to the reader, ``unknown`` once it may have been."""
+
+    def setUp(self):
+        d = super().setUp()
+        self.reshaper = Reshaper(self.fake)
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        return d
+
+    def tracebacks(self):
+        return [e.get("log_format") for e in self.logged if e.get("log_failure") is not None]
+
+    @inlineCallbacks
+    def test_a_payment_intent_created_without_an_id_fails_and_nothing_is_sent(self):
+        self.reshaper.reshape("POST", "/v1/payment_intents", lambda pi: {**pi, "id": 17})
+        send = SendRecorder(self.fake)
+        outcome = yield self.make_driver().pay(self.request(), send)
+        self.assertEqual((outcome.state, outcome.code), ("failed", "stripe_bad_answer"))
+        self.assertIn("Nothing was charged", outcome.message)
+        self.assertEqual((send.calls, self.paths("process_payment_intent")), ([], []))
+        self.assertEqual(self.tracebacks(), [])
+        self.assertTrue(any("has no id" in (e.get("log_format") or "") for e in self.logged))
+
+    @inlineCallbacks
+    def test_a_hand_over_answered_with_no_object_and_no_void_possible_is_unknown(self):
+        self.reshaper.reshape("POST", "process_payment_intent", lambda answer: [answer])
+        self.reshaper.reshape("POST", "/cancel", lambda answer: "canceled")
+        send = SendRecorder(self.fake)
+        outcome = yield self.make_driver().pay(self.request(), send)
+        self.assertEqual((outcome.state, outcome.code), ("unknown", "stripe_bad_answer"))
+        self.assertEqual(len(send.calls), 1)
+        self.assertEqual(self.tracebacks(), [])
+        self.assertTrue(any("not an object" in (e.get("log_format") or "") for e in self.logged))
+
+    @inlineCallbacks
+    def test_a_hand_over_answered_with_no_object_then_voided_fails_and_nothing_is_charged(self):
+        self.reshaper.reshape("POST", "process_payment_intent", lambda answer: 1.5)
+        outcome = yield self.make_driver().pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("failed", "stripe_bad_answer"))
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+        self.assertEqual(self.tracebacks(), [])
+
+    @inlineCallbacks
+    def test_reader_reads_of_the_wrong_shape_are_read_as_nothing_new(self):
+        self.auto_present(delay=0.2)
+        self.reshaper.reshape("GET", "/v1/terminal/readers/", lambda reader: {
+            **reader, "status": {"online": 1}, "label": ["x"], "last_seen_at": "soon"})
+        driver = self.make_driver(by_serial=False)
+        outcome = yield driver.pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code), ("approved", "approved"))
+        status = driver.status()
+        self.assertEqual((status["online"], status["label"], status["last_seen"]), (None, None, None))
+        self.assertEqual(self.tracebacks(), [])
+
+    @inlineCallbacks
+    def test_a_failed_action_with_reasons_of_the_wrong_shape_is_a_decline_and_the_intent_voided(self):
+        def failed(reader):
+            action = dict(reader.get("action") or {}, status="failed", failure_code=7, failure_message={})
+            return {**reader, "action": action}
+
+        self.reshaper.reshape("GET", "/v1/terminal/readers/", failed)
+        self.reshaper.reshape("GET", "/v1/payment_intents/", lambda pi: {**pi, "last_payment_error": "EUR"})
+        outcome = yield self.make_driver(by_serial=False).pay(self.request(), SendRecorder(self.fake))
+        self.assertEqual((outcome.state, outcome.code, outcome.message),
+                         ("declined", "card_declined", "The card was declined: The card was declined."))
+        self.assertEqual(self.intent(outcome.details["payment_intent"])["status"], "canceled")
+        self.assertEqual(self.tracebacks(), [])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
@@ -15,7 +15,7 @@ from bridge.config import TerminalConfig
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
-from bridge.terminals.base import ITerminalDriver
+from bridge.core.contract import ITerminalDriver
 from bridge.terminals.catalogue import VALIDATORS
 from bridge.terminals.stripe.driver import build_stripe_driver
 from bridge.terminals.stripe.options import parse_stripe_options, read_api_key
@@ -117,6 +117,12 @@ class _CrashingDriver:
 
     def status(self):
         return {"state": "idle", "detail": ""}
+
+    def cancel(self, payment_id):
+        return None  # like a terminal without a cancel message
+
+    def recover(self, payment_id, details):
+        return succeed(None)
 
 
 class CrashRecoveryTests(StripeTestCase):

@@ -11,6 +11,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "ensure-system-deps.sh")
+if not os.path.exists(SCRIPT):  # the .deb's build runs the tests without scripts/ around them
+    pytest.skip(f"no source tree around the tests ({SCRIPT} is missing)", allow_module_level=True)
 
 FAKE = """#!/bin/sh
 echo "$(basename "$0") $*" >> "$CALLS"

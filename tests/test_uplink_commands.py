@@ -5,6 +5,7 @@ import os
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
@@ -29,6 +30,7 @@ class FakeHTTPS:
     def __init__(self):
         self.pending = []  # commands to serve
         self.pending_code = 200
+        self.pending_body = None  # bytes served instead of {"commands": pending}
         self.fail = False
         self.hold: Deferred = None
         self.requests = []
@@ -40,7 +42,8 @@ class FakeHTTPS:
         if self.fail:
             return fail(BridgeError("uplink_unreachable", "no answer from https://odoo in time"))
         if url.endswith("/pending"):
-            answer = Response(self.pending_code, Headers(), json.dumps({"commands": self.pending}).encode())
+            body = self.pending_body or json.dumps({"commands": self.pending}).encode()
+            answer = Response(self.pending_code, Headers(), body)
             if self.hold is not None:
                 return self.hold.addCallback(lambda _: answer)
             return succeed(answer)
@@ -234,6 +237,22 @@ class CommandFetcherTests(SynchronousTestCase):
         self.https.pending_code = 404
         self.fetcher.fetch()
         self.assertIn("module installed", self.results[-1])
+
+    def test_a_list_of_commands_nested_too_deeply_is_a_logged_error_and_the_next_fetch_runs(self):
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.https.pending_body = b"[" * 100_000 + b"]" * 100_000
+        self.fetcher.start()
+        self.assertIn("nested too deeply", self.results[-1])
+        warned = [e for e in logged if "could not fetch commands" in e.get("log_format", "")]
+        self.assertEqual([e["code"] for e in warned], ["uplink_bad_answer"])
+        self.https.pending_body = None
+        self.https.pending = [self.command()]
+        self.clock.advance(self.fetcher.interval)
+        self.assertEqual(self.results[-1], None)
+        self.assertIn("c-1", self.acked())
+        self.fetcher.stop()
 
     def test_a_wake_up_during_a_fetch_fetches_once_more(self):
         self.fetcher.start()

@@ -58,8 +58,9 @@ class PosterTests(SynchronousTestCase):
         self.journal = Journal.open(self.path, threaded=False, now=self.clock.seconds)
         self.driver = RecordingDriver("till-1")
         self.payments = PaymentService(self.journal, TerminalRegistry([self.driver]), self.clock)
-        self.poster = FeedbackPoster("odoo", self.journal, "cl_odoo", "uplink:odoo", "https://odoo/fb", SECRET,
-                                     "sha512", "shop", self.receiver.post, self.clock, on_result=self.errors.append,
+        self.poster = FeedbackPoster(name="odoo", journal=self.journal, client_id="cl_odoo", cursor_id="uplink:odoo",
+                                     url="https://odoo/fb", passphrase=SECRET, hash_name="sha512", bridge_name="shop",
+                                     post=self.receiver.post, clock=self.clock, on_result=self.errors.append,
                                      retry_initial=2.0, retry_max=300.0, rand=lambda: 0.5,
                                      refused_path=self.refused_path)
         self.payments.subscribe(self.poster.on_event)

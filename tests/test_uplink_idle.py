@@ -4,7 +4,7 @@ bus down, the periodic fetch every fetch_interval takes over."""
 import json
 import os
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers

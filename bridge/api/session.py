@@ -282,7 +282,7 @@ class Session:
         assert self.client is not None
         self.bridge.stream_events(self, self.client.id)
         self._sent_seq = after
-        events = self.bridge.payments.journal.events_after(self.client.id, after, limit=REPLAY_LIMIT + 1)
+        events = self.bridge.payments.events_after(self.client.id, after, limit=REPLAY_LIMIT + 1)
         for event in events[:REPLAY_LIMIT]:
             self.send_event(event)
         return len(events) > REPLAY_LIMIT
@@ -302,14 +302,14 @@ class Session:
 
     def op_hello(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
         assert self.client is not None
-        journal = self.bridge.payments.journal
-        acked = journal.acked(self.client.id)
+        payments = self.bridge.payments
+        acked = payments.acked(self.client.id)
         self.log.info("Client {client} connected from {peer}", client=self.client.id, peer=self.peer)
         # Events start flowing from the last acknowledged one; events.resume can move the starting point.
         more = self._start_events(acked)
         return {"bridge": self.bridge.config.name, "version": __version__, "protocol": SUBPROTOCOL,
                 "client": self.client.id, "rights": sorted(self.client.rights), "acked_seq": acked,
-                "last_seq": journal.last_seq(), "more_events": more}
+                "last_seq": payments.last_seq(), "more_events": more}
 
     def op_bridge_info(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
         return {"bridge": self.bridge.config.name, "version": __version__, "protocol": SUBPROTOCOL,
@@ -386,7 +386,7 @@ class Session:
         after = args.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise BridgeError("bad_request", "'after' must be the last event seq you received (0 for all).")
-        last = self.bridge.payments.journal.last_seq()
+        last = self.bridge.payments.last_seq()
         if after > last:
             raise BridgeError("bad_request", f"'after' {after} is after the last event the bridge has sent ({last}).")
         more = self._start_events(after)
@@ -397,12 +397,12 @@ class Session:
         seq = args.get("seq")
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise BridgeError("bad_request", "'seq' must be the seq of the last event you handled.")
-        journal = self.bridge.payments.journal
-        last = journal.last_seq()
+        payments = self.bridge.payments
+        last = payments.last_seq()
         if seq > last:
             # Acked ahead of what exists, the client would never be sent the events it has not seen yet.
             raise BridgeError("bad_request", f"'seq' {seq} is after the last event the bridge has sent ({last}).")
-        journal.ack_soon(self.client.id, seq)
+        payments.ack_soon(self.client.id, seq)
         return {"acked": seq}
 
     def _may(self, right: str) -> bool:
@@ -411,8 +411,8 @@ class Session:
 
     def _check_owner(self, view: dict[str, Any]) -> None:
         assert self.client is not None
-        record = self.bridge.payments.journal.get(view["id"])
-        if record is not None and record.client_id != self.client.id and "admin" not in self.client.rights:
+        owner = self.bridge.payments.owner(view["id"])
+        if owner is not None and owner != self.client.id and "admin" not in self.client.rights:
             raise BridgeError("unknown_payment", "There is no such payment for this client.")
 
 

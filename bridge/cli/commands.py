@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import json
+import configparser
 import os
+import socket
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from bridge.config import DEFAULT_RIGHTS, RIGHTS, ConfigError, _host_port, add_client, load
+from bridge.api.signing import new_secret
+from bridge.cli import doctor, stripe as stripe_cli, uplink as uplink_cli
+from bridge.cli.common import (EX_CONFIG, clients_file_and_state_dir, load_config, report_config_error, usage_of,
+                               write_private_json)
+from bridge.cli.pay import add_connection_arguments
+from bridge.cli.payments import list_payments
+from bridge.config import (DEFAULT_PORT, DEFAULT_RIGHTS, DEFAULT_STATE_DIR, RIGHTS, ConfigError, _host_port, add_client,
+                           load_clients)
 from bridge.core.states import ALL_STATES
+from bridge.terminals.caisse_ap.serial_simulator import add_serial_arguments
+from bridge.terminals.caisse_ap.simulator import add_simulator_arguments
 
-EX_CONFIG = 78  # sysexits.h: configuration error; systemd shows it, Restart=on-failure won't loop fast
+__all__ = ["EX_CONFIG", "register", "write_private_json"]
+
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Read the configuration and the clients file and report every problem with "
                                    "its file, section and key. Exit status 0 when all is well, 78 otherwise.")
     p.set_defaults(handler=cmd_check_config)
-
-    from bridge.cli import doctor
 
     doctor.register(sub)
 
@@ -73,13 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--currency", default="EUR", help="ISO 4217 code (default: %(default)s)")
     p.add_argument("--refund", action="store_true", help="a refund (credit) instead of a payment")
     p.add_argument("--cheque", action="store_true", help="pay by cheque (Caisse-AP terminals with a printer)")
-    from bridge.cli.pay import add_connection_arguments
-
     add_connection_arguments(p)
     p.add_argument("--command-id", help="the command id (default: a new random one); re-use it to retry safely")
     p.add_argument("--timeout", type=float, default=240.0,
                    help="stop waiting after this many seconds; the outcome is then unknown (default: %(default)s)")
-    p.set_defaults(handler=cmd_pay)
+    p.set_defaults(handler="bridge.cli.pay:run_pay")
 
     p = sub.add_parser(
         "refund", help="refund an approved payment through a running bridge", formatter_class=formatter,
@@ -94,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--command-id", help="the command id (default: a new random one); re-use it to retry safely")
     p.add_argument("--timeout", type=float, default=240.0,
                    help="stop waiting after this many seconds; the outcome is then unknown (default: %(default)s)")
-    p.set_defaults(handler=cmd_refund)
+    p.set_defaults(handler="bridge.cli.pay:run_refund")
 
     p = sub.add_parser(
         "resolve", help="settle an unknown payment with what the terminal's receipt shows",
@@ -115,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                  "approved, auth 123456\"")
     p.add_argument("--authorisation", help="the authorisation number printed on the receipt")
     add_connection_arguments(p)
-    p.set_defaults(handler=cmd_resolve)
+    p.set_defaults(handler="bridge.cli.resolve:run_resolve")
 
     p = sub.add_parser("payments", help="list recent payments from the journal (for store IT)",
                        description="List recent payments and their states, newest first, read from the "
@@ -125,8 +132,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state", choices=ALL_STATES, metavar="STATE",
                    help=f"only the payments in this state: {', '.join(ALL_STATES)}")
     p.set_defaults(handler=cmd_payments)
-    from bridge.cli import uplink as uplink_cli
-
     uplink_cli.register(sub)
     from bridge.cli import status_page
 
@@ -134,20 +139,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("simulate", help="run a simulated terminal (for demos and tests)")
     sim_sub = p.add_subparsers(dest="simulator", metavar="KIND")
-    from bridge.terminals.caisse_ap.simulator import add_simulator_arguments
-
     sim = sim_sub.add_parser(
         "caisse-ap", help="a Caisse-AP terminal over TCP, or on a serial line (--serial)", formatter_class=formatter,
         description="Answer Caisse-AP requests like a real terminal, with scripted outcomes: over TCP (--listen), "
                     "or with --serial on a pseudo-terminal that stands for a serial or USB cable, speaking "
                     "Caisse-AP or Concert V2 (--protocol).")
     add_simulator_arguments(sim)
-    from bridge.terminals.caisse_ap.serial_simulator import add_serial_arguments
-
     add_serial_arguments(sim)
     sim.set_defaults(handler=cmd_simulate_caisse_ap)
-    from bridge.cli import stripe as stripe_cli
-
     stripe_cli.simulate_parser(sim_sub)
     p.set_defaults(handler=usage_of(p))
     stripe_cli.register(sub)
@@ -160,37 +159,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8443, help="the bridge's port (default: %(default)s)")
     p.add_argument("--terminal-port", type=int, default=18888,
                    help="first port of the simulated terminals (default: %(default)s)")
-    p.set_defaults(handler=cmd_demo)
-
-
-def usage_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    """The handler of a command given without its action: its own usage, exit status 2."""
-
-    def handler(args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 2
-
-    return handler
-
-
-def _load_config(args: argparse.Namespace):
-    from bridge.terminals.catalogue import VALIDATORS
-
-    return load(args.config, VALIDATORS)
-
-
-def _report_config_error(error: ConfigError) -> int:
-    print(f"The configuration has {len(error.problems)} problem(s):", file=sys.stderr)
-    for problem in error.problems:
-        print(f"  - {problem}", file=sys.stderr)
-    return EX_CONFIG
+    p.set_defaults(handler="bridge.cli.demo:run_demo")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        config = _load_config(args)
+        config = load_config(args)
     except ConfigError as e:
-        return _report_config_error(e)
+        return report_config_error(e)
     print(f"{args.config}: OK - {len(config.terminals)} terminal(s), {len(config.clients)} client(s), "
           f"listening on {config.listen_host}:{config.listen_port}, state in {config.state_dir}")
     if not config.clients:
@@ -200,23 +176,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        config = _load_config(args)
+        config = load_config(args)
     except ConfigError as e:
-        return _report_config_error(e)
+        return report_config_error(e)
     from bridge.service.run import run_daemon
 
     return run_daemon(config)
 
 
 def cmd_client_add(args: argparse.Namespace) -> int:
-    from bridge.api.signing import new_secret
 
     rights = tuple(r.strip() for r in args.rights.split(",") if r.strip())
     bad = [r for r in rights if r not in RIGHTS]
     if bad:
         print(f"Unknown right(s): {', '.join(bad)}. Choose among {', '.join(RIGHTS)}.", file=sys.stderr)
         return 2
-    clients_file, state_dir = _clients_file_and_state_dir(args.config)
+    clients_file, state_dir = clients_file_and_state_dir(args.config)
     client_id = "cl_" + uuid.uuid4().hex[:16]
     secret_in, secret_out = new_secret(), new_secret()
     # Run as root (sudo), the file must still be readable by the account the bridge runs as: the owner of
@@ -243,9 +218,7 @@ def cmd_client_add(args: argparse.Namespace) -> int:
 
 
 def cmd_client_credentials(args: argparse.Namespace) -> int:
-    from bridge.config import load_clients
-
-    clients_file, _state_dir = _clients_file_and_state_dir(args.config)
+    clients_file, _state_dir = clients_file_and_state_dir(args.config)
     clients = load_clients(clients_file, [])
     client = clients.get(args.name)
     if client is None:
@@ -308,10 +281,7 @@ class BridgeEndpoint:
 def bridge_endpoint(config_path: str) -> BridgeEndpoint:
     """The bridge's wss:// address and certificate fingerprint, read from the ``[bridge]`` section alone: the
     rest of the configuration (terminals, uplinks) may have problems, or types this need not know."""
-    import configparser
-
-    from bridge.api.tls import fingerprint_of_pem
-    from bridge.config import DEFAULT_PORT, DEFAULT_STATE_DIR
+    from bridge.api.tls import fingerprint_of_pem  # cryptography: only when needed
 
     parser = configparser.ConfigParser(interpolation=None, default_section="__no_defaults__")
     try:
@@ -340,8 +310,6 @@ def bridge_endpoint(config_path: str) -> BridgeEndpoint:
 def machine_address(ipv6: bool = False) -> str:
     """The address the shop's other machines reach this one at: the source address of the default route (no
     packet is sent), else the host name's address, else the loopback address."""
-    import socket
-
     family, probe = (socket.AF_INET6, "2001:db8::1") if ipv6 else (socket.AF_INET, "192.0.2.1")
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as s:
@@ -357,58 +325,11 @@ def machine_address(ipv6: bool = False) -> str:
     return "::1" if ipv6 else "127.0.0.1"
 
 
-def _clients_file_and_state_dir(config_path: str) -> tuple[str, str]:
-    """Where the clients file and the state directory are, even when the configuration has other problems."""
-    import configparser
-
-    from bridge.config import DEFAULT_STATE_DIR
-
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(config_path, encoding="utf-8")
-    except configparser.Error:
-        pass
-    base = os.path.dirname(os.path.abspath(config_path))
-    name = parser.get("bridge", "clients_file", fallback="") or "clients.conf"
-    state_dir = parser.get("bridge", "state_dir", fallback="") or DEFAULT_STATE_DIR
-    return os.path.join(base, name), os.path.join(base, state_dir)
-
-
-def write_private_json(path: str, data: dict[str, Any], owner: Optional[tuple[int, int]] = None) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        os.fchmod(f.fileno(), 0o600)  # a file that already existed keeps its mode through os.open
-        if owner is not None:
-            os.fchown(f.fileno(), *owner)
-        json.dump(data, f, indent=2)
-        f.write("\n")
-
-
-def cmd_pay(args: argparse.Namespace) -> int:
-    from bridge.cli.pay import run_pay
-
-    return run_pay(args)
-
-
-def cmd_refund(args: argparse.Namespace) -> int:
-    from bridge.cli.pay import run_refund
-
-    return run_refund(args)
-
-
-def cmd_resolve(args: argparse.Namespace) -> int:
-    from bridge.cli.resolve import run_resolve
-
-    return run_resolve(args)
-
-
 def cmd_payments(args: argparse.Namespace) -> int:
     try:
-        config = _load_config(args)
+        config = load_config(args)
     except ConfigError as e:
-        return _report_config_error(e)
-    from bridge.cli.payments import list_payments
-
+        return report_config_error(e)
     return list_payments(config, args)
 
 
@@ -444,9 +365,3 @@ def cmd_simulate_caisse_ap(args: argparse.Namespace) -> int:
     start_simulator(reactor, args).addCallbacks(started, failed)
     reactor.run()
     return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from bridge.cli.demo import run_demo
-
-    return run_demo(args)

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
+from bridge.cli.common import write_private_json
 from bridge.config import ConfigError, add_client, load
 from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
 
@@ -67,7 +68,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from bridge.api.signing import new_secret
     from bridge.api.tls import ensure_certificate, fingerprint_of_pem
-    from bridge.cli.commands import write_private_json
     from bridge.service.daemon import Daemon
     from bridge.service.run import start_logging
     from bridge.terminals.catalogue import VALIDATORS

@@ -10,9 +10,9 @@ never a payment).  This is a command, not the daemon, so it blocks; every networ
 Files are also checked for the account the service runs as: the owner of the state directory (the .deb's
 ``_terminal-bridge``), the same account `client add` gives the clients file to.
 
-Terminal checks are per type.  A terminal type in :mod:`bridge.terminals.catalogue` may carry its own as an
-optional ``doctor`` attribute; otherwise :data:`TERMINAL_CHECKS` here has one.  Either is called as
-``check(options, context)`` with the section's options and a :class:`Context`, and returns ``[(level, text)]``.
+Terminal checks are per type: :data:`TERMINAL_CHECKS` has one for each type of
+:mod:`bridge.terminals.catalogue`, called as ``check(options, context)`` with the section's options and a
+:class:`Context`; it returns ``[(level, text)]``.
 """
 
 from __future__ import annotations
@@ -378,11 +378,8 @@ def _check_terminal(kind: str, options: Mapping[str, str], context: Context) -> 
 
 
 def terminal_check(kind: str) -> Optional[TerminalCheck]:
-    """The type's own check from the catalogue, else this module's, else None."""
-    from bridge.terminals.catalogue import TYPES
-
-    own = getattr(TYPES.get(kind), "doctor", None)
-    return own if own is not None else TERMINAL_CHECKS.get(kind)
+    """This module's check for a terminal type, or None."""
+    return TERMINAL_CHECKS.get(kind)
 
 
 def check_caisse_ap_tcp(options: Mapping[str, str], context: Context) -> list[Line]:
@@ -562,7 +559,7 @@ def _credential_source(name: str) -> Optional[str]:
     return found
 
 
-#: Checks for the terminal types whose catalogue entry has no ``doctor`` of its own.
+#: The check of each terminal type (a new type adds its line here).
 TERMINAL_CHECKS: dict[str, TerminalCheck] = {
     "caisse-ap-tcp": check_caisse_ap_tcp,
     "caisse-ap-serial": check_caisse_ap_serial,

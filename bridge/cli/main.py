@@ -8,6 +8,8 @@ import sys
 from typing import Optional, Sequence
 
 from bridge import __version__
+from bridge.cli import commands
+from bridge.cli.common import resolve_handler
 from bridge.config import DEFAULT_CONFIG_PATH
 
 DESCRIPTION = """\
@@ -31,8 +33,6 @@ Documentation: /usr/share/doc/terminal-bridge/README.md, /usr/share/doc/terminal
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bridge.cli import commands
-
     parser = argparse.ArgumentParser(
         prog="terminal-bridge", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
+        return int(resolve_handler(args.handler)(args) or 0)
     except KeyboardInterrupt:
         return 130
 

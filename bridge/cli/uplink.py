@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from bridge.cli.common import clients_file_and_state_dir, load_config, report_config_error
 from bridge.config import PID_FILE, BridgeConfig, ConfigError
 from bridge.core.journal import Journal
 from bridge.errors import BridgeError
@@ -56,17 +57,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_uplink_status(args: argparse.Namespace) -> int:
-    from bridge.cli.commands import _load_config, _report_config_error
 
     try:
-        config = _load_config(args)
+        config = load_config(args)
     except ConfigError as e:
-        return _report_config_error(e)
+        return report_config_error(e)
     return show_status(config, as_json=args.json)
 
 
 def cmd_uplink_pair(args: argparse.Namespace) -> int:
-    from bridge.cli.commands import _clients_file_and_state_dir, _load_config, _report_config_error
     from bridge.uplink.config import _check_pem
     from bridge.uplink.pairing import check_url, default_name, normalize_code, write_pairing
 
@@ -88,7 +87,7 @@ def cmd_uplink_pair(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.config):
         print(f"There is no configuration at {args.config}; name it with --config.", file=sys.stderr)
         return 2
-    clients_file, state_dir = _clients_file_and_state_dir(args.config)
+    clients_file, state_dir = clients_file_and_state_dir(args.config)
     bridge_name, fingerprint = _identity(args.config, state_dir)
     try:
         pairing = _exchange(url, args.database, code, bridge_name, fingerprint, ca_file)
@@ -116,10 +115,10 @@ def cmd_uplink_pair(args: argparse.Namespace) -> int:
     print(f"  secrets in {written.secrets_file}")
     print(f"  [uplink:{name}] {'replaced' if written.replaced else 'added'} in {written.config_file}")
     try:
-        config = _load_config(args)
+        config = load_config(args)
     except ConfigError as e:
         print("The configuration does not load now, so the bridge was not asked to reload:", file=sys.stderr)
-        return _report_config_error(e)
+        return report_config_error(e)
     reloaded, words = ask_reload(config.state_dir)
     print(words, file=sys.stdout if reloaded else sys.stderr)
     return 0

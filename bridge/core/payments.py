@@ -25,12 +25,14 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from bridge.core import states
+from bridge.core.backoff import backoff
+from bridge.core.deferreds import follow
 from bridge.core.faults import checkpoint
 from bridge.core.journal import Event, Journal, PaymentRecord
-from bridge.core.money import currency, validate_amount
+from bridge.core.money import Currency, currency, validate_amount
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
-from bridge.terminals.base import CARD, CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest
+from bridge.core.contract import CARD, CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest
 
 EventListener = Callable[[Event], None]
 
@@ -119,7 +121,8 @@ class PaymentService:
         terminal, kind, method, amount, cur = request
         digest = args_digest(terminal, kind, method, amount, cur.code)
         assert isinstance(command_id, str)
-        return self._start(client_id, command_id, terminal, kind, method, amount, cur, digest, None)
+        return self._start(client_id=client_id, command_id=command_id, terminal=terminal, kind=kind, method=method,
+                           amount=amount, cur=cur, digest=digest, original=None)
 
     def refund(self, client_id: str, command_id: object, args: dict[str, Any],
                see_all: bool = False) -> "Deferred[dict[str, Any]]":
@@ -147,8 +150,8 @@ class PaymentService:
         except BridgeError as e:
             return fail(e)
         origin = {"payment_id": original.id, "amount": original.amount, "details": original.details}
-        return self._start(client_id, command_id, original.terminal, REFUND, original.method, amount, cur, digest,
-                           origin)
+        return self._start(client_id=client_id, command_id=command_id, terminal=original.terminal, kind=REFUND,
+                           method=original.method, amount=amount, cur=cur, digest=digest, original=origin)
 
     def _validate(self, command_id: object, args: dict[str, Any]) -> tuple:
         if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_COMMAND_ID_LENGTH:
@@ -166,7 +169,8 @@ class PaymentService:
         return terminal, kind, method, amount, cur
 
     @inlineCallbacks
-    def _start(self, client_id, command_id, terminal, kind, method, amount, cur, digest, original):
+    def _start(self, *, client_id: str, command_id: str, terminal: str, kind: str, method: str, amount: int,
+               cur: Currency, digest: str, original: Optional[dict[str, Any]]) -> Any:
         # Command ids are each client's own: another client's use of the same id is no concern of this one.
         key = (client_id, command_id)
         pending = self._creating.get(key)
@@ -246,18 +250,19 @@ class PaymentService:
         moved = record.moved_to(state, code, message, details, self._clock.seconds())
         return self._journal_end(moved)
 
-    def _journal_end(self, record: PaymentRecord, delay: float = 1.0) -> "Deferred[PaymentRecord]":
+    def _journal_end(self, record: PaymentRecord, attempt: int = 0) -> "Deferred[PaymentRecord]":
         """Journal a payment's end, trying again while the journal refuses (disk full, read-only): the end is
         told only once it is on disk, and must be told once it can be.  The terminal stays reserved meanwhile."""
 
         def again(failure: Any) -> Deferred:
             failure.trap(BridgeError)
+            delay = _END_RETRY(attempt)
             if self.journal.closed:  # the bridge is stopping: the next start settles the payment
                 return failure
             self.log.warn("Could not journal payment {payment_id} as {state}: {error} Trying again in {delay} s.",
                           payment_id=record.id, terminal=record.terminal, state=record.state,
                           code=failure.value.code, error=failure.value.message, delay=delay)
-            return deferLater(self._clock, delay, self._journal_end, record, min(delay * 2, RETRY_MAX))
+            return deferLater(self._clock, delay, self._journal_end, record, attempt + 1)
 
         return self._transition(record, actor="terminal").addErrback(again)
 
@@ -282,6 +287,29 @@ class PaymentService:
     def get(self, payment_id: object) -> dict[str, Any]:
         return payment_view(self.record(payment_id))
 
+    # -- the reads a client's session needs (events, acknowledgements, ownership) -----------------
+
+    def owner(self, payment_id: str) -> Optional[str]:
+        """The id of the client that started the payment; None when there is no such payment."""
+        record = self.journal.get(payment_id)
+        return record.client_id if record is not None else None
+
+    def events_after(self, client_id: str, seq: int, limit: int) -> list[Event]:
+        """The journaled events for ``client_id`` after ``seq``, oldest first, at most ``limit``."""
+        return self.journal.events_after(client_id, seq, limit=limit)
+
+    def acked(self, client_id: str) -> int:
+        """The last event seq ``client_id`` acknowledged (0 for none)."""
+        return self.journal.acked(client_id)
+
+    def last_seq(self) -> int:
+        """The seq of the newest journaled event."""
+        return self.journal.last_seq()
+
+    def ack_soon(self, client_id: str, seq: int) -> None:
+        """Record ``client_id``'s acknowledgement of ``seq`` (written within a second, not at once)."""
+        self.journal.ack_soon(client_id, seq)
+
     def cancel(self, payment_id: str, actor: str) -> "Deferred[dict[str, Any]]":
         """Ask for a payment to be cancelled.
 
@@ -304,12 +332,15 @@ class PaymentService:
         if running.record.state == states.ACCEPTED:
             return succeed({"payment": payment_view(running.record), "cancel": "before_send",
                             "message": "The payment will not be sent to the terminal."})
-        cancel = getattr(running.driver, "cancel", None)
-        if cancel is None:
-            message = "Cancel the payment on the terminal itself; the bridge reports what the terminal answers."
-            return succeed({"payment": payment_view(running.record), "cancel": "on_terminal", "message": message})
-        return maybeDeferred(cancel, record.id).addCallback(
-            lambda message: {"payment": payment_view(running.record), "cancel": "requested", "message": message})
+
+        def answered(message: Optional[str]) -> dict[str, Any]:
+            if message is None:
+                message = ("Cancel the payment on the terminal itself; the bridge reports what the terminal "
+                           "answers.")
+                return {"payment": payment_view(running.record), "cancel": "on_terminal", "message": message}
+            return {"payment": payment_view(running.record), "cancel": "requested", "message": message}
+
+        return maybeDeferred(running.driver.cancel, record.id).addCallback(answered)
 
     def resolve(self, payment_id: object, outcome: object, actor: str, note: object,
                 details: Optional[dict[str, Any]] = None) -> "Deferred[dict[str, Any]]":
@@ -392,11 +423,8 @@ class PaymentService:
             driver = self.registry.driver(record.terminal)
         except BridgeError:
             return None
-        recover = getattr(driver, "recover", None)
-        if recover is None:
-            return None
         try:
-            outcome = yield maybeDeferred(recover, record.id, record.details)
+            outcome = yield maybeDeferred(driver.recover, record.id, record.details)
         except Exception:
             self.log.failure("Could not ask the provider about payment {payment_id}", payment_id=record.id)
             return None
@@ -439,6 +467,7 @@ class PaymentService:
 CANCELLED_BEFORE_SEND = "cancelled_before_send"
 #: The longest wait between two tries to journal a payment's end that the journal refused.
 RETRY_MAX = 60.0
+_END_RETRY = backoff(1.0, RETRY_MAX)
 
 
 class _Running:
@@ -464,16 +493,7 @@ def _parse_cursor(cursor: object) -> tuple[float, str]:
         raise BridgeError("bad_request", "'cursor' must be a next_cursor from a previous payment.list.") from None
 
 
+
 def _wait(d: Deferred) -> Deferred:
     """A Deferred that fires (with None) when ``d`` fires, without touching ``d``'s own result chain."""
-    waiter: Deferred = Deferred()
-
-    def fire(result):
-        if not waiter.called:
-            waiter.callback(None)
-        return result
-
-    # Even when ``d`` was called already: its chain may be paused on another Deferred (an end being journaled
-    # again), and then this fires when the chain goes on.
-    d.addBoth(fire)
-    return waiter
+    return follow(d).addBoth(lambda _: None)

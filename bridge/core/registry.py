@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 from bridge.errors import BridgeError
-from bridge.terminals.base import ITerminalDriver
+from bridge.core.contract import ITerminalDriver
 
 
 class TerminalRegistry:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, NamedTuple
 
 from bridge.config import TerminalConfig
-from bridge.terminals.base import ITerminalDriver
+from bridge.core.contract import ITerminalDriver
 from bridge.terminals.caisse_ap.serial_options import parse_serial_options
 from bridge.terminals.caisse_ap.tcp import CaisseAPTCPDriver, parse_tcp_options
 from bridge.terminals.stripe.options import parse_stripe_options

@@ -36,6 +36,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from bridge.core.backoff import backoff as _backoff
 from bridge.errors import BridgeError
 from bridge.uplink.config import UplinkConfig
 from bridge.uplink.https import HTTPS, USER_AGENT, TLSPolicy, describe
@@ -69,8 +70,8 @@ class Decision:
 
 def backoff(failures: int, rand: Callable[[], float]) -> float:
     """1 s, 1.5 s, 2.25 s ... up to 60 s, each with +-25 % jitter, never outside 1-60 s."""
-    base = min(BACKOFF_MAX, 1.5 ** max(failures - 1, 0))
-    return min(BACKOFF_MAX, max(BACKOFF_MIN, base * (0.75 + 0.5 * rand())))
+    return _backoff(BACKOFF_MIN, BACKOFF_MAX, factor=1.5, spread=0.25, rand=rand, floor=BACKOFF_MIN,
+                    clamp=True)(failures - 1)
 
 
 def after_close(code: Optional[int], reason: Optional[str], opened: bool, lived: float, failures: int,

@@ -18,11 +18,13 @@ import uuid
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from bridge.api import signing
 from bridge.api.session import Bridge, Session
+from bridge.core.deferreds import OnceMore, follow
 from bridge.config import ClientConfig
 from bridge.errors import BridgeError
 from bridge.uplink.config import ACK_PATH, PENDING_PATH, UplinkConfig
@@ -52,7 +54,7 @@ class CommandFetcher:
 
     log = Logger()
 
-    def __init__(self, uplink: UplinkConfig, client: ClientConfig, bridge: Bridge, https: HTTPS, clock: Any,
+    def __init__(self, uplink: UplinkConfig, client: ClientConfig, bridge: Bridge, https: HTTPS, clock: IReactorTime,
                  on_result: Callable[[Optional[str]], None] = lambda error: None) -> None:
         self.uplink = uplink
         self.client = client
@@ -67,8 +69,7 @@ class CommandFetcher:
         #: command id -> (op, digest of args, reply): what ran, to answer it again without running it twice
         self._replies: "OrderedDict[str, tuple[str, str, dict[str, Any]]]" = OrderedDict()
         self._skipped: "OrderedDict[str, None]" = OrderedDict()  # commands without an id, logged once
-        self._running: Optional[Deferred] = None
-        self._again = False
+        self._runs = OnceMore(self._start_fetch, self._fetched)
         self._started = False  # start() arms the periodic fetch
         self._stopped = False  # stop(): no fetch any more
         self._timer: Any = None  # the next periodic fetch
@@ -85,13 +86,7 @@ class CommandFetcher:
         self._started = False
         self._stopped = True
         self._cancel_timer()
-        running = self._running
-        if running is None:
-            return succeed(None)
-        waiter: Deferred = Deferred()
-        running.addBoth(lambda _: waiter.callback(None) if not waiter.called else None)
-        running.cancel()
-        return waiter
+        return self._runs.stop()
 
     # -- fetching -------------------------------------------------------------------------------
 
@@ -117,19 +112,16 @@ class CommandFetcher:
         """Fetch now (a wake-up, a (re)connect, the timer).  A fetch already running is followed by one more."""
         if self._stopped:
             return
-        if self._running is not None:
-            self._again = True
-            return
-        self._cancel_timer()
-        self._running = self._fetch()
-        self._running.addBoth(self._fetched)
+        self._runs.ask()
 
-    def _fetched(self, result: Any) -> None:
-        self._running = None
+    def _start_fetch(self) -> Deferred:
+        self._cancel_timer()
+        return self._fetch()
+
+    def _fetched(self, result: Any, again: bool) -> None:
         if self._stopped:
             return
-        if self._again:
-            self._again = False
+        if again:
             self.fetch()
             return
         # The next periodic fetch counts from the last one, whatever made it: an idle bridge with its bus up makes
@@ -263,7 +255,7 @@ class CommandFetcher:
     def _run(self, command: dict[str, Any]) -> Deferred:
         command_id = command["id"]
         if command_id in self._waiting:
-            return _follow(self._waiting[command_id])
+            return follow(self._waiting[command_id])
         d: Deferred = Deferred()
         self._waiting[command_id] = d
         self._current = command_id
@@ -274,7 +266,7 @@ class CommandFetcher:
         if not d.called:
             self.log.info("Uplink {uplink}: running {op} {command_id}", uplink=self.uplink.name,
                           op=command.get("op"), command_id=command_id, client=self.client.id)
-        return _follow(d)
+        return follow(d)
 
     def _on_reply(self, message: dict[str, Any]) -> None:
         if "seq" in message and "re" not in message:
@@ -325,6 +317,8 @@ def _parse_pending(code: int, body: bytes) -> list[Any]:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise BridgeError("uplink_bad_answer", "Odoo's list of commands is not JSON") from None
+    except RecursionError:
+        raise BridgeError("uplink_bad_answer", "Odoo's list of commands is nested too deeply to read") from None
     commands = data.get("commands") if isinstance(data, dict) else None
     if not isinstance(commands, list):
         raise BridgeError("uplink_bad_answer", "Odoo's answer has no 'commands' list")
@@ -335,15 +329,3 @@ def _digest(args: Any) -> str:
     return hashlib.sha256(json.dumps(args or {}, sort_keys=True, ensure_ascii=False).encode("utf-8",
                                                                                           "replace")).hexdigest()
 
-
-def _follow(d: Deferred) -> Deferred:
-    """A Deferred with ``d``'s result that leaves ``d``'s own chain alone (several may wait on one command)."""
-    follower: Deferred = Deferred()
-
-    def fire(result: Any) -> Any:
-        if not follower.called:
-            follower.callback(result)
-        return result
-
-    d.addCallback(fire)
-    return follower

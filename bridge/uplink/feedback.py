@@ -23,13 +23,16 @@ from typing import Any, Callable, Mapping, Optional
 from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge.core import states
 from bridge.core.journal import Event, Journal
 from bridge.core.money import CURRENCIES, format_major
-from bridge.terminals.base import CHEQUE, REFUND
+from bridge.core.backoff import backoff
+from bridge.core.contract import CHEQUE, REFUND
+from bridge.core.deferreds import OnceMore
 
 #: Ogone's SHA-OUT allow-list as Odoo 15.0+ ``payment_ogone`` carries it (63 names).
 SHA_OUT_KEYS = frozenset("""
@@ -191,8 +194,8 @@ class FeedbackPoster:
 
     log = Logger()
 
-    def __init__(self, name: str, journal: Journal, client_id: str, cursor_id: str, url: str, passphrase: str,
-                 hash_name: str, bridge_name: str, post: Post, clock: Any, *, refused_path: str,
+    def __init__(self, *, name: str, journal: Journal, client_id: str, cursor_id: str, url: str, passphrase: str,
+                 hash_name: str, bridge_name: str, post: Post, clock: IReactorTime, refused_path: str,
                  on_result: Callable[[Optional[str]], None] = lambda error: None,
                  retry_initial: Optional[float] = None, retry_max: Optional[float] = None,
                  rand: Callable[[], float] = random.random) -> None:
@@ -217,8 +220,7 @@ class FeedbackPoster:
         self._down_until: Optional[float] = None  # no answer: nothing is posted before this time
         self._refused: dict[int, tuple[int, float]] = {}  # seq -> (refusals, when to try again)
         self._retry: Any = None
-        self._running: Optional[Deferred] = None
-        self._again = False
+        self._runs = OnceMore(self._start_delivery, self._delivered)
         self._stopped = True
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -236,15 +238,7 @@ class FeedbackPoster:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        running = self._running
-        if running is None:
-            done: Deferred = Deferred()
-            done.callback(None)
-            return done
-        waiter: Deferred = Deferred()
-        running.addBoth(lambda _: waiter.callback(None) if not waiter.called else None)
-        running.cancel()
-        return waiter
+        return self._runs.stop()
 
     def on_event(self, event: Event) -> None:
         """A PaymentService listener: a final state of our client's payments goes out at once."""
@@ -271,28 +265,24 @@ class FeedbackPoster:
         """Deliver what is due now: new results at once (online first), refused ones when their time came."""
         if self._stopped:
             return
-        if self._running is not None:
-            self._again = True
-            return
+        self._runs.ask()
+
+    def _start_delivery(self) -> Deferred:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
         self._down_until = None  # a new result is tried at once even while the receiver seemed down
-        self._running = self._deliver()
-        self._running.addBoth(self._delivered)
+        return self._deliver()
 
-    def _delivered(self, result: Any) -> None:
-        self._running = None
+    def _delivered(self, result: Any, again: bool) -> None:
         if isinstance(result, Failure) and not result.check(CancelledError):
             # e.g. the refused file cannot be written: the cursor stayed, so nothing is skipped; retried later.
             self.log.failure("Feedback delivery of uplink {uplink} stopped; it is tried again", result,
                              uplink=self.name)
             self._unreachable()  # tried again after the shared backoff
-        if self._again and not self._stopped:
-            self._again = False
+        if again and not self._stopped:
             self.kick()
             return
-        self._again = False
         self._schedule()
 
     def _pending(self, limit: int) -> list[Event]:
@@ -382,8 +372,7 @@ class FeedbackPoster:
         return outcome
 
     def _delay(self, failures: int) -> float:
-        delay = min(self._retry_max, self._retry_initial * 2 ** (max(failures, 1) - 1))
-        return delay * (0.8 + 0.4 * self._rand())
+        return backoff(self._retry_initial, self._retry_max, spread=0.2, rand=self._rand)(failures - 1)
 
     def _schedule(self) -> None:
         """One timer, for the earliest of: the end of the no-answer backoff, a refused result's retry."""

@@ -129,8 +129,9 @@ class UplinkService:
         # The status file is written at the first start; before it, the uplink has never run.
         self._first_run = not os.path.exists(self.status.path) and journal.acked(uplink.cursor_id) == 0
         self.poster = FeedbackPoster(
-            uplink.name, journal, self.client.id, uplink.cursor_id, uplink.feedback_target, uplink.feedback_secret,
-            uplink.feedback_hash, config.name, self._post, reactor, on_result=self.status.feedback,
+            name=uplink.name, journal=journal, client_id=self.client.id, cursor_id=uplink.cursor_id,
+            url=uplink.feedback_target, passphrase=uplink.feedback_secret, hash_name=uplink.feedback_hash,
+            bridge_name=config.name, post=self._post, clock=reactor, on_result=self.status.feedback,
             refused_path=refused_path(config.state_dir, uplink.name))
         self.fetcher: Optional[CommandFetcher] = None
         self.bus: Optional[BusLink] = None

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 
 from bridge.core import states
 from bridge.core.money import format_major, validate_amount
-from bridge.terminals.base import CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest
+from bridge.core.contract import CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest
 
 #: No answer from a terminal may be larger than this (a ticket is under 1 KiB; the cap guards memory).
 MAX_MESSAGE_SIZE = 64 * 1024

@@ -21,7 +21,7 @@ from typing import Optional
 from bridge.core import states
 from bridge.core.money import format_major, validate_amount
 from bridge.errors import BridgeError
-from bridge.terminals.base import CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest
+from bridge.core.contract import CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest
 from bridge.terminals.caisse_ap.codec import MalformedAnswer
 
 REQUEST_SIZE = 34

@@ -19,7 +19,6 @@ from functools import partial
 from typing import Any, Callable, Mapping, Optional
 
 import serial as pyserial
-from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -36,10 +35,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bridge.core import states
+from bridge.core import safety, states
+from bridge.core.backoff import backoff
 from bridge.errors import BridgeError
-from bridge.terminals.base import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
-from bridge.terminals.caisse_ap import concert_v2
+from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.terminals.caisse_ap import concert_v2, device_states
 from bridge.terminals.caisse_ap.codec import (
     MalformedAnswer,
     encode_request,
@@ -97,9 +97,7 @@ _MESSAGES = {
         "The payment terminal refused the request on the line, so nothing was charged. Check the terminal's "
         "settings (line, speed, protocol)."
     ),
-    "journal_unavailable": "The bridge could not record the payment, so nothing was sent to the terminal.",
     "invalid_request": "The bridge could not build a request for this terminal. Check the terminal's settings.",
-    "internal_error": "Something went wrong in the bridge during the payment.",
 }
 _LINK_PROBLEMS = frozenset(
     {"terminal_unreachable", "link_lost", "no_ack", "answer_timeout", "malformed_answer", "frame_rejected",
@@ -294,7 +292,7 @@ class CaisseAPSerialDriver:
         self._ack_timeout = ack_timeout
         self._retry_delay = retry_delay
         self._identity = checked_identity(pos_number, protocol_version, cash_register_id)
-        self._reopen_delay = backoffPolicy(reopen_initial_delay, reopen_max_delay, factor=2.0, jitter=lambda: 0.0)
+        self._reopen_delay = backoff(reopen_initial_delay, reopen_max_delay)
         self._port_factory = port_factory
 
         self._port: Any = None
@@ -305,21 +303,17 @@ class CaisseAPSerialDriver:
         self._attempt = 0
         self._reopen_call: Optional[IDelayedCall] = None
         self._health_loop: Optional[LoopingCall] = None
-        self._waking = False  # the port is being closed on purpose, to reopen it for a terminal gone deaf
         self._payment: Optional[_Payment] = None
         self._last_error: Optional[str] = None
-        self._started = False
-        self._stopping = False
+        self._device = device_states.CLOSED  # the device's life cycle: see device_states
         self._stop_waiters: list[Deferred[None]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Open the device on the next reactor turn, keep it open, and check the terminal periodically."""
-        if self._started:
+        if self._device not in (device_states.CLOSED, device_states.STOPPING):
             return
-        self._started = True
-        self._stopping = False
         self._schedule_open(0.0)
         if self._health_interval > 0:
             self._health_loop = LoopingCall(self._check_health)
@@ -328,8 +322,6 @@ class CaisseAPSerialDriver:
 
     def stop(self) -> Deferred[None]:
         """Stop reopening and checking, close the device; fires once it is closed."""
-        self._stopping = True
-        self._started = False
         if self._reopen_call is not None and self._reopen_call.active():
             self._reopen_call.cancel()
         self._reopen_call = None
@@ -337,7 +329,10 @@ class CaisseAPSerialDriver:
             self._health_loop.stop()
         self._health_loop = None
         if self._port is None:
+            if self._device != device_states.CLOSED:
+                self._move(device_states.CLOSED)
             return succeed(None)
+        self._move(device_states.STOPPING)
         waiter: Deferred[None] = Deferred()
         self._stop_waiters.append(waiter)
         self._port.loseConnection()
@@ -347,12 +342,17 @@ class CaisseAPSerialDriver:
     def connected(self) -> bool:
         return self._runner is not None
 
+    def _move(self, new: str) -> None:
+        device_states.check(self._device, new)
+        self._device = new
+
     def _schedule_open(self, delay: float) -> None:
+        self._move(device_states.OPENING)
         self._reopen_call = self._reactor.callLater(delay, self._open)
 
     def _open(self) -> None:
         self._reopen_call = None
-        if self._stopping:
+        if self._device != device_states.OPENING:
             return
         bytesize, parity, stopbits = line_settings(self.device, self._line)
         protocol = _LineProtocol(self)
@@ -376,6 +376,7 @@ class CaisseAPSerialDriver:
             self._schedule_open(delay)
             return
         self._attempt = 0
+        self._move(device_states.OPEN)
         self._port = port
         link = ConcertLink(ack_timeout=self._ack_timeout, retry_delay=self._retry_delay)
         self._runner = LinkRunner(link, self._reactor, port.write, self._event)
@@ -404,10 +405,12 @@ class CaisseAPSerialDriver:
         self._port = None
         self._line_protocol = None
         self._health = HEALTH_UNCHECKED  # nothing can answer on a device that is gone
-        if self._stopping:
+        stopping = self._device == device_states.STOPPING
+        if stopping:
             self._disconnected = "Stopped."
+            self._move(device_states.CLOSED)
         else:
-            if self._waking:
+            if self._device == device_states.WAKING:
                 self._disconnected = (f"Reopening {self.device}: the terminal stopped answering. Check that it "
                                       "is on and in cash-register mode.")
             else:
@@ -421,14 +424,13 @@ class CaisseAPSerialDriver:
                 )
             self._schedule_open(self._reopen_delay(0))
             self._attempt = 1
-        self._waking = False
         payment = self._payment
         if payment is not None:
             if payment.sending and frame_sent:
                 self._finish(payment, _outcome(states.UNKNOWN, "link_lost"))
             else:
                 self._finish(payment, _outcome(states.FAILED, "terminal_unreachable", self._disconnected))
-        if self._stopping:
+        if stopping:
             waiters, self._stop_waiters = self._stop_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
@@ -442,11 +444,11 @@ class CaisseAPSerialDriver:
         runner.ping()
 
     def _reopen_to_wake(self) -> None:
-        if self._port is None:
+        if self._port is None or self._device != device_states.OPEN:
             return
         self._log.warn("Terminal {terminal} still does not answer: reopening {device} to wake it",
                        terminal=self.name, device=self.device, state="down")
-        self._waking = True
+        self._move(device_states.WAKING)
         self._port.loseConnection()
 
     def _set_health(self, health: str) -> None:
@@ -486,6 +488,10 @@ class CaisseAPSerialDriver:
     def cancel(self, payment_id: str) -> str:
         """Concert has no cancel message: only the cashier can cancel, on the terminal."""
         return CANCEL_MESSAGE
+
+    def recover(self, payment_id: str, details: Mapping[str, Any]) -> "Deferred[Optional[Outcome]]":
+        """A Caisse-AP terminal keeps no record the bridge can read: its receipt settles the payment."""
+        return succeed(None)
 
     def pay(self, request: PaymentRequest, before_send: BeforeSend) -> Deferred[Outcome]:
         if self._payment is not None:
@@ -533,14 +539,7 @@ class CaisseAPSerialDriver:
             return _outcome(states.UNKNOWN, "malformed_answer", reason=error.reason)
 
     def _not_sent(self, payment: _Payment, failure: Failure) -> None:
-        error = failure.value
-        if isinstance(error, BridgeError):
-            outcome = Outcome(states.FAILED, error.code, error.message)
-        else:
-            self._log.failure("before_send failed for payment {payment_id}", failure,
-                              payment_id=payment.request.payment_id, terminal=self.name)
-            outcome = _outcome(states.FAILED, "journal_unavailable")
-        self._finish(payment, outcome)
+        self._finish(payment, safety.not_sent(failure, self._log, payment.request.payment_id, self.name))
 
     def _send(self, payment: _Payment, payload: bytes) -> None:
         if self._payment is not payment:
@@ -606,13 +605,10 @@ class CaisseAPSerialDriver:
             payment.result.callback(outcome)
 
     def _crashed(self, failure: Failure, payment: _Payment) -> None:
-        self._log.failure("Driver error during payment {payment_id}", failure,
-                          payment_id=payment.request.payment_id, terminal=self.name)
         runner = self._runner
-        if payment.sending and (runner is None or runner.link.frame_sent):
-            self._finish(payment, _outcome(states.UNKNOWN, "internal_error", MAY_HAVE_PAID))
-        else:
-            self._finish(payment, _outcome(states.FAILED, "internal_error", "Nothing was charged."))
+        sent = payment.sending and (runner is None or runner.link.frame_sent)
+        self._finish(payment, safety.crashed(failure, self._log, payment.request.payment_id, self.name, sent,
+                                             MAY_HAVE_PAID))
 
     def _done(self, outcome: Outcome, request: PaymentRequest) -> Outcome:
         if outcome.code in _LINK_PROBLEMS:

@@ -7,7 +7,7 @@ line stays quiet for ``quiet_period`` seconds or the terminal closes.  Once the 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
@@ -18,10 +18,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bridge.core import states
+from bridge.core import safety, states
 from bridge.core.faults import checkpoint
 from bridge.errors import BridgeError
-from bridge.terminals.base import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID, parse_timings_and_identity
 from bridge.terminals.caisse_ap.codec import (
     IDENTITY_FIELDS,
@@ -42,9 +42,7 @@ _MESSAGES = {
     "link_lost": f"The connection to the payment terminal was lost after the payment was sent. {MAY_HAVE_PAID}",
     "answer_timeout": f"The payment terminal did not answer in time. {MAY_HAVE_PAID}",
     "malformed_answer": f"The payment terminal's answer could not be read. {MAY_HAVE_PAID}",
-    "journal_unavailable": "The bridge could not record the payment, so nothing was sent to the terminal.",
     "invalid_request": "The bridge could not build a request for this terminal. Check the terminal's settings.",
-    "internal_error": "Something went wrong in the bridge during the payment.",
 }
 #: Codes that say something about the link to the terminal; ``status()`` shows the last one.
 _LINK_PROBLEMS = frozenset(
@@ -203,6 +201,14 @@ class CaisseAPTCPDriver:
             state, detail = "busy", f"Payment {self._payment_id} in progress."
         return {"state": state, "detail": detail, "address": self.address, "last_error": self._last_error}
 
+    def cancel(self, payment_id: str) -> None:
+        """Caisse-AP over TCP has no cancel message: the cashier cancels on the terminal itself."""
+        return None
+
+    def recover(self, payment_id: str, details: Mapping[str, Any]) -> "Deferred[Optional[Outcome]]":
+        """A Caisse-AP terminal keeps no record the bridge can read: its receipt settles the payment."""
+        return succeed(None)
+
     def pay(self, request: PaymentRequest, before_send: BeforeSend) -> Deferred[Outcome]:
         if self._payment_id is not None:
             self._log.warn(
@@ -245,13 +251,7 @@ class CaisseAPTCPDriver:
             yield maybeDeferred(before_send)
         except Exception as error:
             yield reader.close()
-            if isinstance(error, BridgeError):
-                return Outcome(states.FAILED, error.code, error.message)
-            self._log.failure(
-                "before_send failed for payment {payment_id}", Failure(error),
-                payment_id=request.payment_id, terminal=self.name,
-            )
-            return _outcome(states.FAILED, "journal_unavailable")
+            return safety.not_sent(error, self._log, request.payment_id, self.name)
         if reader.lost:
             return _outcome(states.FAILED, "terminal_unreachable")
 
@@ -269,12 +269,7 @@ class CaisseAPTCPDriver:
         return outcome_from_answer(request, answer, self._identity["pos_number"])
 
     def _crashed(self, failure: Failure, request: PaymentRequest) -> Outcome:
-        self._log.failure(
-            "Driver error during payment {payment_id}", failure, payment_id=request.payment_id, terminal=self.name
-        )
-        if self._sent:
-            return _outcome(states.UNKNOWN, "internal_error", MAY_HAVE_PAID)
-        return _outcome(states.FAILED, "internal_error", "Nothing was charged.")
+        return safety.crashed(failure, self._log, request.payment_id, self.name, self._sent, MAY_HAVE_PAID)
 
     def _done(self, outcome: Outcome, request: PaymentRequest) -> Outcome:
         self._payment_id = None

@@ -28,6 +28,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from bridge.core.backoff import backoff
 from bridge.errors import BridgeError
 from bridge.terminals.stripe.options import API_VERSION, DEFAULT_API_BASE
 
@@ -70,6 +71,7 @@ MESSAGES = {
     "stripe_idempotency_error": "The bridge sent Stripe two different requests under one key. Nothing was "
                                 "changed; this is a bug in the bridge, please report it.",
     "stripe_error": "Stripe refused the request.",
+    "stripe_bad_answer": "Stripe's answer could not be read (it is not shaped as Stripe's API documents).",
     "bridge_stopping": "The bridge is stopping; try again once it is back.",
 }
 
@@ -273,11 +275,17 @@ class StripeAPI:
             try:
                 result = yield deferToThreadPool(self._reactor, self._pool, self._requestor.perform, method, url,
                                                  params or {}, idempotency_key)
+                if not isinstance(result, dict):
+                    # Not an object: the request may have been carried out all the same, so it counts as one
+                    # whose outcome is unsure (asked again with the same key, then "may have happened").
+                    self.log.warn("Stripe {method} {url} answered {kind}, not an object", method=method.upper(),
+                                  url=url, kind=type(result).__name__)
+                    raise StripeCallError("stripe_bad_answer", retryable=True)
                 return result
             except StripeCallError as error:
                 if not error.retryable or attempt >= self._retries or self._stopping:
                     raise
-                delay = min(self._backoff * 2 ** attempt, MAX_BACKOFF)
+                delay = backoff(self._backoff, MAX_BACKOFF)(attempt)
                 self.log.info("Stripe {method} {url} failed ({code}); retry {attempt} in {delay}s with the "
                               "same idempotency key", method=method.upper(), url=url, code=error.code,
                               attempt=attempt + 1, delay=delay)

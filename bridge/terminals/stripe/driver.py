@@ -22,20 +22,21 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Optional
 
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bridge.config import TerminalConfig
-from bridge.core import states
+from bridge.core import safety, states
 from bridge.core.money import format_major
 from bridge.errors import BridgeError
-from bridge.terminals.base import REFUND, BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.core.contract import REFUND, BeforeSend, ITerminalDriver, Outcome, PaymentRequest
 from bridge.terminals.stripe.api import MESSAGES, MINIMUM_CHARGE, TERMINAL_CODES, StripeAPI, StripeCallError
 from bridge.terminals.stripe.options import parse_stripe_options, read_api_key
 
-_NOTHING_CHARGED = "Nothing was charged."
+_NOTHING_CHARGED = safety.NOTHING_CHARGED
 _ASK_STRIPE = ("Stripe could not be asked what became of the payment: the bridge asks again at its next start; "
                "until then check the payment in the Stripe Dashboard before trying again.")
 _WORDS = {
@@ -53,10 +54,8 @@ _WORDS = {
     "capture_unconfirmed": "The card was accepted but Stripe has not confirmed the payment yet.",
     "capture_failed": "The card was accepted but Stripe could not complete the payment, so the bridge released "
                       "it. Nothing was charged; try again.",
-    "journal_unavailable": "The bridge could not record the payment, so nothing was sent to the reader.",
     "refund_needs_original": "A Stripe reader can only refund an earlier card payment: use 'refund' on that "
                              "payment.",
-    "internal_error": "Something went wrong in the bridge during the payment.",
     "bridge_restarted": "The bridge restarted before the card was presented, so the payment was stopped. "
                         "Nothing was charged.",
     "refund_not_sent": "The bridge restarted before the refund reached Stripe. Nothing was refunded.",
@@ -70,40 +69,53 @@ def _outcome(state: str, code: str, message: Optional[str] = None, **details: An
     return Outcome(state, code, message or _WORDS.get(code) or MESSAGES.get(code, code), details)
 
 
+def _obj(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a JSON object, else an empty one: Stripe's answers are read, never trusted."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
 def _action_pi(reader: Optional[Mapping[str, Any]]) -> Optional[str]:
-    action = (reader or {}).get("action") or {}
+    action = _obj(_obj(reader).get("action"))
     if action.get("type") != "process_payment_intent":
         return None
-    pi = (action.get("process_payment_intent") or {}).get("payment_intent")
-    return pi.get("id") if isinstance(pi, dict) else pi
+    pi = _obj(action.get("process_payment_intent")).get("payment_intent")
+    return _text(_obj(pi).get("id") if isinstance(pi, dict) else pi)
 
 
 def _iso_ms(ms: Any) -> Optional[str]:
-    if not isinstance(ms, (int, float)):
+    if not isinstance(ms, (int, float)) or isinstance(ms, bool):
         return None
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _charge_details(pi: Mapping[str, Any]) -> dict[str, Any]:
     """What the bridge keeps of an authorised PaymentIntent: ids and the masked card, never a full number."""
-    details: dict[str, Any] = {"payment_intent": pi.get("id")}
+    details: dict[str, Any] = {"payment_intent": _text(pi.get("id"))}
     charge = pi.get("latest_charge")
-    if not isinstance(charge, dict):
-        charges = (pi.get("charges") or {}).get("data") or []
-        charge = charges[0] if charges else None
+    if not isinstance(charge, (dict, str)):
+        charges = _obj(pi.get("charges")).get("data")
+        charge = charges[0] if isinstance(charges, list) and charges else None
     if isinstance(charge, dict):
-        card = (charge.get("payment_method_details") or {}).get("card_present") or {}
-        details["charge"] = charge.get("id")
-        if card.get("last4"):
-            details["card_masked"] = "############" + str(card["last4"])
+        card = _obj(_obj(charge.get("payment_method_details")).get("card_present"))
+        details["charge"] = _text(charge.get("id"))
+        if isinstance(card.get("last4"), str) and card["last4"]:
+            details["card_masked"] = "############" + card["last4"]
         for key, value in (("card_brand", card.get("brand")), ("entry_mode", card.get("read_method")),
-                           ("authorisation", (card.get("receipt") or {}).get("authorization_code"))):
-            if value:
+                           ("authorisation", _obj(card.get("receipt")).get("authorization_code"))):
+            if isinstance(value, str) and value:
                 details[key] = value
     elif isinstance(charge, str):
         details["charge"] = charge
-    if pi.get("amount_received"):
-        details["amount_authorised"] = pi["amount_received"]
+    received = pi.get("amount_received")
+    if isinstance(received, int) and not isinstance(received, bool) and received:
+        details["amount_authorised"] = received
     return details
 
 
@@ -123,8 +135,8 @@ class StripeReaderDriver:
     kind = "stripe"
     _log = Logger()
 
-    def __init__(self, name: str, reactor: Any, api: Optional[StripeAPI], reader_id: Optional[str] = None,
-                 serial_number: Optional[str] = None, clock: Any = None, poll_interval: float = 1.0,
+    def __init__(self, name: str, reactor: IReactorTime, api: Optional[StripeAPI], *, reader_id: Optional[str] = None,
+                 serial_number: Optional[str] = None, clock: Optional[IReactorTime] = None, poll_interval: float = 1.0,
                  payment_timeout: float = 120.0, cancel_grace: float = 30.0, status_interval: float = 30.0,
                  busy_retries: int = 3, timeout_retries: int = 3,
                  config_error: Optional[str] = None) -> None:
@@ -210,8 +222,9 @@ class StripeReaderDriver:
         self._remember(reader)
 
     def _remember(self, reader: Mapping[str, Any]) -> None:
-        self._reader_info = {k: reader.get(k) for k in ("id", "serial_number", "label", "device_type", "status",
-                                                        "last_seen_at", "location")}
+        self._reader_info = {k: _text(reader.get(k)) for k in ("id", "serial_number", "label", "device_type",
+                                                              "status", "location")}
+        self._reader_info["last_seen_at"] = reader.get("last_seen_at")
         self._last_error = None
 
     def _find_reader(self) -> "Deferred[str]":
@@ -226,10 +239,11 @@ class StripeReaderDriver:
         self._lookup_waiters = [waiter]
 
         def found(answer: Mapping[str, Any]) -> Any:
-            readers = answer.get("data") or []
-            if not readers:
+            readers = answer.get("data")
+            first = _text(_obj(readers[0]).get("id")) if isinstance(readers, list) and readers else None
+            if first is None:
                 return Failure(BridgeError("reader_not_found", _WORDS["reader_not_found"]))
-            self._reader_id = readers[0]["id"]
+            self._reader_id = first
             self._log.info("Stripe reader {terminal}: serial {serial} is {reader}", terminal=self.name,
                            serial=self._serial, reader=self._reader_id)
             return self._reader_id
@@ -270,16 +284,18 @@ class StripeReaderDriver:
                                                       self._key(current, "pi"), f"terminal-bridge {self.name}")
         except BridgeError as error:
             return _outcome(states.FAILED, error.code, error.message)
+        if _text(pi.get("id")) is None:
+            # Nothing reached the reader; a PaymentIntent Stripe may have made charges nobody and lapses.
+            self._log.warn("Payment {payment_id}: Stripe's answer to creating the PaymentIntent has no id; "
+                           "nothing was sent to the reader", payment_id=request.payment_id, terminal=self.name)
+            return _outcome(states.FAILED, "stripe_bad_answer", f"{MESSAGES['stripe_bad_answer']} "
+                                                                f"{_NOTHING_CHARGED}")
         current.pi_id = pi["id"]
         try:
             yield maybeDeferred(before_send, {"payment_intent": pi["id"], "reader": reader_id})
         except Exception as error:
             yield self._void(current)
-            if isinstance(error, BridgeError):
-                return _outcome(states.FAILED, error.code, error.message)
-            self._log.failure("before_send failed for payment {payment_id}", Failure(error),
-                              payment_id=request.payment_id, terminal=self.name)
-            return _outcome(states.FAILED, "journal_unavailable")
+            return safety.not_sent(error, self._log, request.payment_id, self.name, device="the reader")
         current.sent = True
         self._log.info("Payment {payment_id}: PaymentIntent {pi} sent to reader {reader}",
                        payment_id=request.payment_id, pi=pi["id"], reader=reader_id, terminal=self.name,
@@ -344,7 +360,7 @@ class StripeReaderDriver:
                 outcome = yield self._from_pi(current, pi)
                 return outcome
             if reader is not None and pi is not None and pi.get("status") == "requires_payment_method":
-                action = reader.get("action") or {}
+                action = _obj(reader.get("action"))
                 if _action_pi(reader) != current.pi_id:
                     # Our action is gone: cancelled (by us or on the reader) or replaced by another.
                     outcome = yield self._end(current, _outcome(states.CANCELLED, "cancelled"))
@@ -381,9 +397,9 @@ class StripeReaderDriver:
             return outcome
 
     def _declined(self, pi: Mapping[str, Any], action: Mapping[str, Any]) -> Outcome:
-        error = pi.get("last_payment_error") or {}
-        failure = action.get("failure_code") or error.get("code")
-        said = error.get("message") or action.get("failure_message") or "The card was declined."
+        error = _obj(pi.get("last_payment_error"))
+        failure = _text(action.get("failure_code")) or _text(error.get("code"))
+        said = _text(error.get("message")) or _text(action.get("failure_message")) or "The card was declined."
         if failure == "customer_canceled":
             return _outcome(states.CANCELLED, "customer_cancelled", payment_intent=pi.get("id"))
         if failure in _NOT_DECLINES and not error:
@@ -392,8 +408,8 @@ class StripeReaderDriver:
                 f"The reader could not finish the payment ({said}). {_NOTHING_CHARGED}"
             return _outcome(states.FAILED, code or "reader_error", words, payment_intent=pi.get("id"),
                             stripe_code=failure)
-        details = {"payment_intent": pi.get("id"), "stripe_code": error.get("code") or failure,
-                   "decline_code": error.get("decline_code"), "stripe_message": said}
+        details = {"payment_intent": pi.get("id"), "stripe_code": _text(error.get("code")) or failure,
+                   "decline_code": _text(error.get("decline_code")), "stripe_message": said}
         return Outcome(states.DECLINED, "card_declined", f"The card was declined: {said}",
                        {k: v for k, v in details.items() if v})
 
@@ -517,8 +533,8 @@ class StripeReaderDriver:
         key = self._key(current, "refund")
         try:
             yield maybeDeferred(before_send, {"payment_intent": pi_id, "refund_key": key})
-        except BridgeError as error:
-            return _outcome(states.FAILED, error.code, error.message)
+        except Exception as error:
+            return safety.not_sent(error, self._log, request.payment_id, self.name, device="Stripe")
         current.sent = True
         try:
             refund = yield self.api.create_refund(pi_id, request.amount, request.payment_id, key)
@@ -558,8 +574,9 @@ class StripeReaderDriver:
         try:
             if details.get("refund_key"):
                 refunds = yield self.api.list_refunds(pi_id)
-                mine = [r for r in refunds.get("data") or []
-                        if (r.get("metadata") or {}).get("payment_id") == payment_id]
+                listed = refunds.get("data")
+                mine = [r for r in (listed if isinstance(listed, list) else [])
+                        if _obj(_obj(r).get("metadata")).get("payment_id") == payment_id]
                 if not mine:
                     return _outcome(states.FAILED, "refund_not_sent", payment_intent=pi_id)
                 return self._refund_outcome(mine[0])
@@ -575,7 +592,7 @@ class StripeReaderDriver:
             reader_id = details.get("reader") or self._reader_id
             if reader_id:
                 reader = yield self._read(self.api.get_reader(reader_id))
-                action = (reader or {}).get("action") or {}
+                action = _obj(_obj(reader).get("action"))
                 if _action_pi(reader) == pi_id and action.get("status") == "in_progress":
                     yield self._read(self.api.cancel_action(reader_id))
             if pi.get("last_payment_error"):
@@ -625,12 +642,8 @@ class StripeReaderDriver:
                 waiter.callback(None)
 
     def _crashed(self, failure: Failure, request: PaymentRequest, current: _Current) -> Outcome:
-        self._log.failure("Driver error during payment {payment_id}", failure, payment_id=request.payment_id,
-                          terminal=self.name)
-        if current.sent:
-            return _outcome(states.UNKNOWN, "internal_error", f"{_WORDS['internal_error']} {_ASK_STRIPE}",
-                            payment_intent=current.pi_id)
-        return _outcome(states.FAILED, "internal_error", f"{_WORDS['internal_error']} {_NOTHING_CHARGED}")
+        return safety.crashed(failure, self._log, request.payment_id, self.name, current.sent, _ASK_STRIPE,
+                              payment_intent=current.pi_id)
 
     def _done(self, outcome: Outcome, request: PaymentRequest) -> Outcome:
         self._current = None
@@ -656,7 +669,8 @@ def build_stripe_driver(config: TerminalConfig, reactor: Any,
                      terminal=config.name)
         api = StripeAPI(reactor, key, api_base=settings["api_base"], api_version=settings["api_version"],
                         timeout=settings["request_timeout"], max_threads=settings["max_threads"], name=config.name)
-    driver = StripeReaderDriver(config.name, reactor, api, settings["reader_id"], settings["serial_number"],
+    driver = StripeReaderDriver(config.name, reactor, api, reader_id=settings["reader_id"],
+                                serial_number=settings["serial_number"],
                                 poll_interval=settings["poll_interval"],
                                 payment_timeout=settings["payment_timeout"],
                                 status_interval=settings["status_interval"])

@@ -657,7 +657,7 @@ class FakeStripe:
         if pi["status"] != "requires_payment_method":
             raise ApiError(400, "Payment intent must be in the requires_payment_method state to be processed by "
                                 "a reader.", "intent_invalid_state")
-        config = params.get("process_config") or {}
+        config = dict(params.get("process_config") or {})  # a copy: params are kept for idempotent replays
         if "enable_customer_cancellation" in config:
             config["enable_customer_cancellation"] = _bool(config["enable_customer_cancellation"],
                                                            "process_config[enable_customer_cancellation]")

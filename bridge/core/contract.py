@@ -1,0 +1,90 @@
+"""The driver contract: the one interface every terminal driver implements, and the values that cross it.
+
+The payment path reads downwards: ``api`` (sessions, commands) -> ``core`` (:mod:`bridge.core.payments`, the
+journal, the states) -> this contract -> a driver under ``bridge.terminals``.  A driver knows its wire protocol
+and nothing of clients, journals or WebSockets: the core hands it a :class:`PaymentRequest` and a
+``before_send`` hook, the driver answers with an :class:`Outcome`.  Adding a terminal family means a codec, a
+transport and one class that provides :class:`ITerminalDriver`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Union
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from bridge.core.money import Currency
+
+DEBIT = "debit"
+REFUND = "refund"
+CARD = "card"
+CHEQUE = "cheque"
+
+
+@dataclass(frozen=True)
+class PaymentRequest:
+    payment_id: str
+    kind: str  # DEBIT or REFUND
+    amount: int  # minor units, > 0
+    currency: Currency
+    method: str = CARD  # CARD or CHEQUE
+    #: For a refund of an earlier payment (``payment.refund``): that payment's id, amount and the details its
+    #: driver recorded (e.g. a Stripe PaymentIntent id).  None for a plain refund or a debit.
+    original: Optional[Mapping[str, Any]] = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a driver reports at the end of a payment.
+
+    ``state`` is one of the final states of :mod:`bridge.core.states`.  ``code`` is a stable reason string
+    (``approved``, ``card_declined``, ``cardholder_abandon``, ``terminal_unreachable``, ``link_lost``, ...) and
+    ``message`` says it in words a cashier understands.  ``details`` carries what the terminal told
+    (``authorisation``, ``card_masked``, ``application``, ``entry_mode``, ``amount_authorised``,
+    ``terminal_code``); never a full card number.
+    """
+
+    state: str
+    code: str
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: ``before_send(details=None)``: journal the payment ``in_progress`` (with ``details`` the driver wants kept,
+#: e.g. a provider's own id, so that recovery can find the payment again) before anything reaches the terminal.
+BeforeSend = Callable[..., "Deferred[None]"]
+
+#: What :meth:`ITerminalDriver.cancel` returns: words for the cashier, or None when the terminal cannot be told
+#: to stop by the bridge (the cashier cancels on the terminal itself).
+CancelAnswer = Union[Optional[str], "Deferred[Optional[str]]"]
+
+
+class ITerminalDriver(Interface):
+    name = Attribute("The terminal's name from the configuration, e.g. 'till-1'.")
+    kind = Attribute("The driver family, e.g. 'caisse-ap-tcp'.")
+
+    def pay(request: PaymentRequest, before_send: BeforeSend) -> "Deferred[Outcome]":
+        """Run one payment on the terminal.
+
+        The driver calls ``before_send()`` exactly once, after the link to the terminal is up and immediately
+        before the first byte of the request is written, and writes nothing until the Deferred it returns has
+        fired.  If that Deferred fails, nothing is sent and the outcome is ``failed`` with the failure's code.
+        The returned Deferred never fails: every problem is an Outcome (``failed`` when the request certainly
+        did not reach the terminal, ``unknown`` when it may have).
+        """
+
+    def cancel(payment_id: str) -> CancelAnswer:
+        """Ask the terminal to cancel the payment now running; what to tell the cashier, or None when this
+        terminal cannot be told to stop (the cashier cancels on the terminal).  It must not claim the
+        cancellation: the payment ends with what :meth:`pay` reports."""
+
+    def recover(payment_id: str, details: Mapping[str, Any]) -> "Deferred[Optional[Outcome]]":
+        """After a restart or for an ``unknown`` payment, ask the provider what became of it (``details`` as
+        journaled, e.g. the PaymentIntent id).  None when the provider cannot say (a terminal that keeps no
+        record the bridge can read always says None); the payment then stays ``unknown`` until a person
+        resolves it."""
+
+    def status() -> Mapping[str, Any]:
+        """A small dict for ``terminal.status``: at least ``{"state": "idle"|"busy"|..., "detail": str}``."""
