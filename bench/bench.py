@@ -23,7 +23,6 @@ or the bridge misbehaved (a payment that did not end approved, a journal that do
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os

@@ -25,14 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_password(args: argparse.Namespace, stdin: Optional[TextIO] = None,
                  ask: Callable[[str], str] = getpass.getpass) -> int:
-    from bridge.cli.commands import _load_config, _report_config_error
+    from bridge.cli.common import load_config, report_config_error
     from bridge.config import ConfigError
     from bridge.status.auth import MIN_PASSWORD_LENGTH, write_password_file
 
     try:
-        config = _load_config(args)
+        config = load_config(args)
     except ConfigError as e:
-        return _report_config_error(e)
+        return report_config_error(e)
     if config.status is None:
         print(f"{args.config} has no [status] section: add one (docs/operations.md) to have a status page.",
               file=sys.stderr)

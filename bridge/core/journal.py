@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -655,14 +655,15 @@ class Journal:
             (payment_id,)).fetchone()
         return row[0]
 
-    def transitions(self, payment_id: str) -> list[dict[str, Any]]:
+    # typing.List below: inside this class the name ``list`` is the method above, for type checkers.
+    def transitions(self, payment_id: str) -> List[dict[str, Any]]:
         rows = self._read().execute(
             "SELECT state, reason_code, reason_message, actor, at FROM transitions WHERE payment_id=? ORDER BY id",
             (payment_id,),
         ).fetchall()
         return [dict(zip(("state", "code", "message", "actor", "at"), r)) for r in rows]
 
-    def events_after(self, client_id: str, seq: int, limit: int = 500) -> list[Event]:
+    def events_after(self, client_id: str, seq: int, limit: int = 500) -> List[Event]:
         rows = self._read().execute(
             "SELECT seq, client_id, payment_id, body FROM events WHERE client_id=? AND seq>? ORDER BY seq LIMIT ?",
             (client_id, seq, limit),

@@ -10,6 +10,7 @@ from typing import Any, Iterator, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from bridge import __version__
 from bridge.core.journal import Event
@@ -68,7 +69,7 @@ class Metrics:
         payment = event.body.get("payment")
         if not isinstance(payment, dict):
             return
-        payment_id, state = payment.get("id"), payment.get("state")
+        payment_id, state = str(payment.get("id")), payment.get("state")
         if state == "in_progress":
             self._sent[payment_id] = self._clock.seconds()
             return
@@ -93,7 +94,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class _LiveFacts:
+class _LiveFacts(Collector):
     """The gauges, read from the bridge's parts when Prometheus scrapes."""
 
     def __init__(self, metrics: Metrics) -> None:

@@ -215,6 +215,7 @@ class StatusResource(Resource):
         if not auth.csrf_ok(session, self.field(request, "csrf")):
             request.setResponseCode(403)
             return self.text(request, "This form is out of date; reload the status page and fill it in again.")
+        signed_in = session  # not Optional: the closures below keep it narrowed (older mypy would not)
         operator = " ".join(self.field(request, "operator").split())
         if not operator or len(operator) > MAX_OPERATOR:
             session.flash = ("error", f"Write your name (at most {MAX_OPERATOR} characters): the decision is "
@@ -225,7 +226,7 @@ class StatusResource(Resource):
                                     self.field(request, "authorisation"))
 
         def done(payment: dict[str, Any]) -> None:
-            session.flash = ("ok", f"Payment {payment['id']} recorded as {payment['state']} by {operator}.")
+            signed_in.flash = ("ok", f"Payment {payment['id']} recorded as {payment['state']} by {operator}.")
             self.finish(request, self.redirect(request, b"/"))
 
         def refused(failure: Any) -> None:
@@ -234,7 +235,7 @@ class StatusResource(Resource):
             else:
                 self.log.failure("Status page: resolve failed", failure)
                 words = "The bridge hit an internal error; it has been logged."
-            session.flash = ("error", f"Not recorded: {words}")
+            signed_in.flash = ("error", f"Not recorded: {words}")
             self.finish(request, self.redirect(request, b"/"))
 
         waiting = self.later(request)
