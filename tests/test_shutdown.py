@@ -92,8 +92,8 @@ def test_the_stop_order_is_written_once_and_each_step_ends_before_the_next():
 
     daemon = Daemon(config=None, reactor=Clock())
     assert [name for name, _ in daemon.stop_order()] == [
-        "the timers", "listening", "payments in flight", "client connections", "terminal drivers", "uplinks",
-        "journal"]
+        "the timers", "the status page", "listening", "payments in flight", "client connections",
+        "terminal drivers", "uplinks", "journal"]
     started, held = [], {name: Deferred() for name, _ in daemon.stop_order()}
     daemon.stop_order = lambda grace=0: [(name, lambda name=name: started.append(name) or held[name])
                                          for name in held]

@@ -101,9 +101,25 @@ class HTTPS:
         self._agent = Agent(reactor, contextFactory=policy, connectTimeout=timeout, pool=self._pool)
         self._timeout = timeout
         self._max_body = max_body
+        self._in_flight: set[Deferred] = set()
+        self._closing = False
 
     def close(self) -> Deferred:
+        """Cancel what is still in flight (a login or fetch its owner no longer waits for: the uplink is stopping)
+        and close the kept connections."""
+        self._closing = True
+        for d in list(self._in_flight):
+            d.cancel()
         return self._pool.closeCachedConnections()
+
+    def _track(self, d: Deferred) -> Deferred:
+        self._in_flight.add(d)
+
+        def done(result: Any) -> Any:
+            self._in_flight.discard(d)
+            return result
+
+        return d.addBoth(done)
 
     @inlineCallbacks
     def request(self, method: str, url: str, body: Optional[bytes] = None, content_type: Optional[str] = None,
@@ -118,16 +134,18 @@ class HTTPS:
         try:
             d = self._agent.request(method.encode("ascii"), url.encode("ascii"), raw, producer)
             d.addTimeout(self._timeout, self._reactor)
-            response = yield d
+            response = yield self._track(d)
             finished: Deferred = Deferred()
             response.deliverBody(_Body(finished, self._max_body))
             finished.addTimeout(self._timeout, self._reactor)
-            data = yield finished
+            data = yield self._track(finished)
         except CancelledError:
             raise
         except BridgeError:
             raise
         except Exception:
+            if self._closing:  # cancelled by close(): a ConnectingCancelledError or a cancelled response
+                raise CancelledError() from None
             raise BridgeError("uplink_unreachable", describe(Failure(), url)) from None
         return Response(response.code, response.headers, data)
 
