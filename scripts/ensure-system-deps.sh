@@ -5,6 +5,8 @@
 #   scripts/ensure-system-deps.sh dev        python3-venv (the virtual environment of `make run`/`make test`)
 #   scripts/ensure-system-deps.sh bookworm   Debian's own python3-* packages, for `make test-bookworm`
 #   scripts/ensure-system-deps.sh lint-bookworm   Debian's mypy and those packages, for `make lint-bookworm`
+#   scripts/ensure-system-deps.sh packages NAME...   these packages (scripts/ensure-odoo-deps.sh); a name this
+#                                            Debian does not have is skipped with a note
 #
 # Why the dev environment does not build systemd-python (issue #14 item 8, #17 item 9): building it from
 # source needs gcc, python3-dev, pkg-config and libsystemd-dev, and libsystemd-dev must be the exact version of
@@ -17,7 +19,9 @@
 # installed package the script stops and names the packages instead of installing them.
 set -eu
 mode=${1:-dev}
+optional=0
 case "$mode" in
+  packages) shift; packages="$*"; optional=1 ;;
   dev) packages="python3-venv" ;;
   bookworm) packages="python3-twisted python3-autobahn python3-serial python3-stripe python3-cryptography
                       python3-openssl python3-service-identity python3-systemd python3-pytest python3-hypothesis
@@ -25,7 +29,7 @@ case "$mode" in
   lint-bookworm) packages="python3-mypy python3-twisted python3-autobahn python3-serial python3-stripe
                       python3-cryptography python3-openssl python3-service-identity python3-systemd
                       python3-prometheus-client" ;;
-  *) echo "usage: $0 dev|bookworm|lint-bookworm" >&2; exit 2 ;;
+  *) echo "usage: $0 dev|bookworm|lint-bookworm|packages NAME..." >&2; exit 2 ;;
 esac
 missing=""
 for p in $packages; do
@@ -40,6 +44,14 @@ if [ "$(id -u)" -ne 0 ]; then
 else SUDO=""; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
+if [ "$optional" -eq 1 ]; then
+  known=""
+  for p in $missing; do
+    if apt-cache show "$p" >/dev/null 2>&1; then known="$known $p"; else echo "note: Debian has no $p; skipped" >&2; fi
+  done
+  missing=$known
+  [ -z "$missing" ] && exit 0
+fi
 # What apt would do: "Inst NAME [OLD-VERSION] (NEW ...)" upgrades an installed package, "Remv" removes one.
 changes=$(apt-get install -s --no-install-recommends --no-upgrade $missing | grep -E '^(Inst [^ ]+ \[|Remv )' || true)
 if [ -n "$changes" ]; then

@@ -19,6 +19,7 @@ echo "$(basename "$0") $*" >> "$CALLS"
 case "$(basename "$0") $*" in
   "dpkg-query "*) case "$*" in *" $INSTALLED") echo "install ok installed" ;; *) exit 1 ;; esac ;;
   "apt-get install -s "*) cat "$SIMULATION" ;;
+  "apt-cache show "*) case "$*" in *" $UNKNOWN") exit 100 ;; esac ;;
   "sudo "*) shift 0; exec "$@" ;;
 esac
 exit 0
@@ -29,7 +30,7 @@ exit 0
 def machine(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("apt-get", "dpkg-query", "sudo"):
+    for name in ("apt-get", "apt-cache", "dpkg-query", "sudo"):
         path = bin_dir / name
         path.write_text(FAKE)
         path.chmod(0o755)
@@ -38,11 +39,11 @@ def machine(tmp_path):
     calls = tmp_path / "calls"
     calls.write_text("")
 
-    def run(mode="dev", installed="nothing", simulated=""):
+    def run(mode="dev", installed="nothing", simulated="", names=(), unknown="nothing"):
         simulation.write_text(simulated)
         env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin", CALLS=str(calls), SIMULATION=str(simulation),
-                   INSTALLED=installed)
-        result = subprocess.run(["sh", SCRIPT, mode], capture_output=True, text=True, env=env, timeout=30)
+                   INSTALLED=installed, UNKNOWN=unknown)
+        result = subprocess.run(["sh", SCRIPT, mode, *names], capture_output=True, text=True, env=env, timeout=30)
         return result, calls.read_text().splitlines()
 
     return run
@@ -74,3 +75,13 @@ def test_nothing_is_installed_when_it_would_upgrade_the_machine(machine):
 def test_nothing_is_asked_of_apt_when_everything_is_there(machine):
     result, calls = machine(installed="python3-venv")
     assert result.returncode == 0 and [c for c in calls if c.startswith("apt-get")] == []
+
+
+def test_named_packages_are_installed_and_a_name_debian_lacks_is_skipped(machine):
+    """The `packages` mode serves scripts/ensure-odoo-deps.sh: Odoo's debian/control may name a package that
+    bookworm does not ship."""
+    result, calls = machine("packages", installed="python3-lxml", unknown="python3-lxml-html-clean",
+                            names=("python3-lxml", "python3-babel", "python3-lxml-html-clean"))
+    assert result.returncode == 0, result.stderr
+    assert installs(calls) == ["apt-get install -y -qq --no-install-recommends --no-upgrade python3-babel"]
+    assert "Debian has no python3-lxml-html-clean; skipped" in result.stderr

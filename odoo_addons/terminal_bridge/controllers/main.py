@@ -105,16 +105,16 @@ def _authenticate(data):
     return bridge
 
 
-class TerminalBridgeController(http.Controller):
-    @http.route(
-        "/terminal_bridge/pair",
-        type="http",
-        auth="none",
-        methods=["POST"],
-        csrf=False,
-        readonly=False,
-        save_session=False,
+def _bridge_route(path):
+    """A route the box calls: plain HTTP POSTs of its own (no CSRF token, no browser session kept), on a
+    writable cursor (routes with auth='none' get a read-only one by default on 18.0 and 19.0)."""
+    return http.route(
+        path, type="http", auth="none", methods=["POST"], csrf=False, readonly=False, save_session=False
     )
+
+
+class TerminalBridgeController(http.Controller):
+    @_bridge_route("/terminal_bridge/pair")
     def pair(self, **_kwargs):
         try:
             data = _json_body(MAX_PAIR_BODY)
@@ -135,15 +135,7 @@ class TerminalBridgeController(http.Controller):
         _logger.info("terminal bridge %r paired (box %r)", answer["bridge"], str(box.get("name"))[:64])
         return _answer(answer)
 
-    @http.route(
-        "/terminal_bridge/pending",
-        type="http",
-        auth="none",
-        methods=["POST"],
-        csrf=False,
-        readonly=False,
-        save_session=False,
-    )
+    @_bridge_route("/terminal_bridge/pending")
     def pending(self, **_kwargs):
         try:
             bridge = _authenticate(_json_body(MAX_PENDING_BODY))
@@ -153,15 +145,7 @@ class TerminalBridgeController(http.Controller):
         commands = request.env["terminal.bridge.command"].sudo()._serve(bridge)
         return _answer({"commands": commands})
 
-    @http.route(
-        "/terminal_bridge/ack",
-        type="http",
-        auth="none",
-        methods=["POST"],
-        csrf=False,
-        readonly=False,
-        save_session=False,
-    )
+    @_bridge_route("/terminal_bridge/ack")
     def ack(self, **_kwargs):
         try:
             data = _json_body(MAX_ACK_BODY)
@@ -186,15 +170,7 @@ class TerminalBridgeController(http.Controller):
             _apply_ack(bridge, command, reply)
         return _answer({"ok": True})
 
-    @http.route(
-        "/terminal_bridge/feedback",
-        type="http",
-        auth="none",
-        methods=["POST"],
-        csrf=False,
-        readonly=False,
-        save_session=False,
-    )
+    @_bridge_route("/terminal_bridge/feedback")
     def feedback(self, **_kwargs):
         try:
             params = _form(MAX_FEEDBACK_BODY)
