@@ -81,31 +81,61 @@ run_e2e() {
   if [ "$e2e_rc" -ne 0 ]; then status=1; fi
   summary+=("$line")
 }
-for v in $present; do
+# One run of Odoo's test runner: a new database, the addons installed, the tests of $3 run.  Sets rc and stats.
+odoo_run() {
+  local v=$1 db=$2 run_tags=$3 run_log=$4 src
   src=$(src_of "$v")
-  db="tb_test_${v%%.*}_$$"
-  log="$log_dir/odoo-$v.log"
-  port=$(free_port)
-  echo "== Odoo $v: installing $addons in $db and running $tags (log: $log)"
   rc=0
   # The tests find the bridge's own source (to start the real daemon) through TERMINAL_BRIDGE_SRC.
   TERMINAL_BRIDGE_SRC="$repo" PYTHONPATH= /usr/bin/python3 "$src/odoo-bin" \
     --addons-path="$src/addons,$src/odoo/addons,$repo/odoo_addons" \
     --data-dir="$work/data-$v" -d "$db" --db_host="$pgsock" --db_user=odoo \
-    --http-interface=127.0.0.1 --http-port="$port" --gevent-port="$(free_port)" --workers=0 \
-    --max-cron-threads=0 -i "$addons" --test-enable --test-tags="$tags" --stop-after-init \
-    --log-level=test --screenshots="$log_dir/screenshots-$v" >"$log" 2>&1 || rc=$?
-  stats=$(grep -Eo '[0-9]+ failed, [0-9]+ error\(s\) of [0-9]+ tests' "$log" | tail -n1 || true)
+    --http-interface=127.0.0.1 --http-port="$(free_port)" --gevent-port="$(free_port)" --workers=0 \
+    --max-cron-threads=0 -i "$addons" --test-enable --test-tags="$run_tags" --stop-after-init \
+    --log-level=test --screenshots="$log_dir/screenshots-$v" >"$run_log" 2>&1 || rc=$?
+  stats=$(grep -Eo '[0-9]+ failed, [0-9]+ error\(s\) of [0-9]+ tests' "$run_log" | tail -n1 || true)
+}
+count() {  # count FIELD STATS: failed, errors or total of "N failed, M error(s) of K tests"
+  case "$1" in
+    failed) sed -E 's/^([0-9]+) failed.*/\1/' <<<"$2" ;;
+    errors) sed -E 's/.* ([0-9]+) error.*/\1/' <<<"$2" ;;
+    total) sed -E 's/.* of ([0-9]+) tests/\1/' <<<"$2" ;;
+  esac
+}
+for v in $present; do
+  src=$(src_of "$v")
+  db="tb_test_${v%%.*}_$$"
+  log="$log_dir/odoo-$v.log"
+  echo "== Odoo $v: installing $addons in $db and running $tags (log: $log)"
+  odoo_run "$v" "$db" "$tags" "$log"
   grep -E ' (ERROR|CRITICAL) |FAIL: |ERROR: ' "$log" | head -n 60 || true
   if [ -z "$stats" ]; then
     echo "Odoo $v: no test statistics in the log (rc $rc); its last lines:"; tail -n 40 "$log"
     status=1; summary+=("odoo-$v: 0 passed, 1 failed"); run_e2e "$v" "$src"; continue
   fi
-  failed=$(sed -E 's/^([0-9]+) failed.*/\1/' <<<"$stats")
-  errors=$(sed -E 's/.* ([0-9]+) error.*/\1/' <<<"$stats")
-  total=$(sed -E 's/.* of ([0-9]+) tests/\1/' <<<"$stats")
+  failed=$(count failed "$stats"); errors=$(count errors "$stats"); total=$(count total "$stats")
   bad=$((failed + errors)); passed=$((total - bad))
   if [ "$total" -eq 0 ]; then echo "Odoo $v ran no test"; bad=1; fi
+  if [ "$rc" -ne 0 ] || [ "$bad" -ne 0 ]; then
+    # What failed, with its traceback (the log itself goes away with the temporary folder unless ODOO_LOG_DIR).
+    awk '/ (ERROR|FAIL): Test/ {n = 80} n-- > 0' "$log" | head -n 400
+    # The failed tests, as test tags: "... odoo.addons.ADDON.tests.FILE: ERROR: Class.method" -> /ADDON:Class.method
+    again=$(grep -Eo 'odoo\.addons\.[a-z_]+\.tests\.[a-z_0-9]+: (ERROR|FAIL): Test[A-Za-z0-9_]+\.test_[A-Za-z0-9_]+' \
+      "$log" | sed -E 's/^odoo\.addons\.([a-z_]+)\.tests\.[a-z_0-9]+: (ERROR|FAIL): /\/\1:/' | sort -u | paste -sd, -)
+    if [ "$bad" -gt 0 ] && [ "$bad" -le 3 ] && [ -n "$again" ] && [ "$(tr ',' '\n' <<<"$again" | wc -l)" -eq "$bad" ]; then
+      # A browser tour on a loaded machine fails now and then; a test that fails again is a failure. Every flake
+      # is printed (FLAKY:) so that it gets looked into rather than hidden.
+      echo "Odoo $v: running the failed test(s) once more, alone: $again"
+      odoo_run "$v" "${db}_again" "$again" "$log_dir/odoo-$v-again.log"
+      if [ -n "$stats" ] && [ "$rc" -eq 0 ] && [ "$(count total "$stats")" -eq "$bad" ] \
+          && [ "$(count failed "$stats")" -eq 0 ] && [ "$(count errors "$stats")" -eq 0 ]; then
+        echo "FLAKY: Odoo $v: $again failed once, then passed alone (its first traceback is above)"
+        passed=$total; bad=0; rc=0
+      else
+        awk '/ (ERROR|FAIL): Test/ {n = 80} n-- > 0' "$log_dir/odoo-$v-again.log" | head -n 200
+      fi
+    fi
+  fi
   if [ "$rc" -ne 0 ] || [ "$bad" -ne 0 ]; then status=1; fi
   echo "Odoo $v: $stats (odoo-bin exit $rc)"
   summary+=("odoo-$v: $passed passed, $bad failed")
