@@ -13,6 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
+from bridge.api.client import connect
 from bridge.status.auth import write_password_file
 from tests.support import add_test_client, credentials_of, start_daemon, start_simulator, write_config
 
@@ -122,6 +123,25 @@ class StatusBridge:
 
     def page(self) -> PageClient:
         return PageClient(self.page_port, self.daemon.config.tls_certificate)
+
+    @inlineCallbacks
+    def open(self):
+        """A till's connection to the bridge, logged in, its events gathered in ``proto.events``."""
+        factory, opened = connect(reactor, self.url, self.creds, fingerprint=self.fingerprint)
+        proto = yield opened
+        proto.events = []
+        factory.on_event = proto.events.append
+        self.addCleanup(lambda: (proto.sendClose(), factory.closed)[1])
+        yield proto.call("hello", {"client": self.creds.client_id})
+        return proto
+
+    @inlineCallbacks
+    def pay(self, proto, terminal):
+        """A payment on ``terminal`` through ``proto``, followed to its end; its id."""
+        started = yield proto.call("payment.start", dict(PAYMENT, terminal=terminal))
+        yield wait_for(lambda: any(e["payment"]["id"] == started["id"] and e["payment"]["final"]
+                                   for e in proto.events), "the payment's end")
+        return started["id"]
 
 
 __all__ = ["PASSWORD", "TOKEN", "PAYMENT", "StatusBridge", "PageClient", "start_simulator", "wait_for", "sleep",

@@ -12,10 +12,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from bridge.api.client import connect
 from bridge.terminals.caisse_ap.simulator import SimulatorScript
 from tests import chromium
-from tests.status_support import PASSWORD, PAYMENT, StatusBridge, closed_port, start_simulator, wait_for
+from tests.status_support import PASSWORD, StatusBridge, closed_port, start_simulator, wait_for
 
 
 class BrowserTest(TestCase, StatusBridge):
@@ -58,23 +57,6 @@ class SignInAndStates(BrowserTest):
         _, approver = yield start_simulator(self, reactor)
         _, dropper = yield start_simulator(self, reactor, SimulatorScript(disconnect=True))
         yield self.start_bridge(self, {"till-1": approver, "till-2": dropper, "till-3": closed_port()})
-
-    @inlineCallbacks
-    def open(self):
-        factory, opened = connect(reactor, self.url, self.creds, fingerprint=self.fingerprint)
-        proto = yield opened
-        proto.events = []
-        factory.on_event = proto.events.append
-        self.addCleanup(lambda: (proto.sendClose(), factory.closed)[1])
-        yield proto.call("hello", {"client": self.creds.client_id})
-        return proto
-
-    @inlineCallbacks
-    def pay(self, proto, terminal):
-        started = yield proto.call("payment.start", dict(PAYMENT, terminal=terminal))
-        yield wait_for(lambda: any(e["payment"]["id"] == started["id"] and e["payment"]["final"]
-                                   for e in proto.events), "the payment's end")
-        return started["id"]
 
     @inlineCallbacks
     def test_a_wrong_password_is_refused_then_the_right_one_shows_all_is_well(self):
