@@ -228,8 +228,8 @@ class PosPaymentMethod(models.Model):
         payment = self._tb_payment(command_id)
         if not payment:
             return {"command_id": command_id, "state": False}
-        if payment.state != "unknown":
-            return self._tb_client_dict(payment)
+        if payment.state != "unknown" or payment.resolved_by:
+            return self._tb_client_dict(payment)  # settled, or an answer already on its way: one answer only
         cashier = (cashier or self.env.user.name or "").strip()[:64]
         if answer == "paid":
             note = self.env._("the terminal shows it paid (cashier: %(cashier)s)", cashier=cashier)

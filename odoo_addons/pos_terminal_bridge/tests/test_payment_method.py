@@ -137,6 +137,11 @@ class TestPaymentMethod(TerminalBridgePosCase):
         args = json.loads(command.args)
         self.assertEqual(args["outcome"], "approved")
         self.assertIn("Jane Cashier", args["note"])
+        # a second screen, or the dialog asked again before the bridge answered: nothing more is sent
+        answer = self.tb_method.tb_resolve("unknown-line", "not_paid", "John Cashier")
+        self.assertTrue(answer["resolution_pending"])
+        self.assertEqual(len(self.commands(payment).filtered(lambda c: c.op == "payment.resolve")), 1)
+        self.assertIn("Jane Cashier", payment.resolution_note)
 
     def test_cancel_asks_the_bridge(self):
         self.tb_method.tb_send_payment(self.pay_data("cancel-line"))

@@ -294,6 +294,10 @@ def _apply_ack(bridge, command, reply):
             payment._apply_error(code or "refused", message or "The bridge refused the payment.")
     elif payment and command.op in _PAYMENT_RESULT_OPS and ok:
         payment._apply_view(result)
+    elif payment and command.op == "payment.resolve" and payment.state == "unknown":
+        # The bridge refused the answer (e.g. the payment ended meanwhile, or a right is missing): it is not
+        # recorded anywhere, so the question is open again.
+        payment.write({"resolved_by": False, "resolution_note": False})
     elif payment and command.op == "payment.cancel":
         if ok and isinstance(result, dict):
             payment._apply_view(result.get("payment"))

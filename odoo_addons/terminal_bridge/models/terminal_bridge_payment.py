@@ -192,6 +192,11 @@ class TerminalBridgePayment(models.Model):
         payment = self.sudo()
         if payment.state != "unknown":
             raise UserError(self.env._("Only a payment whose outcome is unknown can be resolved."))
+        if payment.resolved_by:
+            # One answer per unknown payment: a second one (another screen, a dialog asked again) must not send
+            # the bridge another outcome while the first is on its way.
+            raise UserError(self.env._("An answer about this payment is already being recorded by %(name)s.",
+                                       name=payment.resolved_by))
         if outcome not in RESOLVED_STATES:
             raise UserError(self.env._("The outcome must be approved, declined, cancelled or failed."))
         if not note or not str(note).strip():
@@ -223,6 +228,8 @@ class TerminalBridgePayment(models.Model):
             "pay_ref": payment.pay_ref or "",
             "kind": payment.kind,
             "refund_of": payment.refund_of_id.command_id or False,
+            # An answer was given and goes to the bridge: don't ask the cashier again.
+            "resolution_pending": payment.state == "unknown" and bool(payment.resolved_by),
         }
 
     def _tb_state_changed(self):

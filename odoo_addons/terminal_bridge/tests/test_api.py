@@ -116,6 +116,12 @@ class TestApi(TransactionCase):
                          f"Resolved by {self.env.user.name} at the till: receipt shows approved, auth 123456")
         resolve = self.commands("payment.resolve")
         self.assertEqual(resolve._args()["outcome"], "approved")
+        # one answer only: a second one (another screen, the dialog asked again) sends nothing
+        self.assertTrue(unknown.to_client_dict()["resolution_pending"])
+        with self.assertRaises(UserError):
+            unknown.resolve("failed", "receipt shows nothing")
+        self.assertEqual(len(self.commands("payment.resolve")), 1)
+        self.assertIn("approved, auth 123456", unknown.resolution_note)
 
     def test_states_never_go_backwards(self):
         payment = self.bridge.start_payment("till-1", 1234, "EUR")

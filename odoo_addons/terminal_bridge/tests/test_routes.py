@@ -168,6 +168,19 @@ class TestRoutes(HttpCase):
                          ("failed", "unknown_terminal", "There is no terminal till-9."))
         self.assertTrue(payment.is_final)
 
+    def test_a_resolve_the_bridge_refuses_opens_the_question_again(self):
+        payment = self.bridge.start_payment("till-1", 99, "EUR", command_id="odoo-ack-3")
+        payment._apply_view({"id": "pay_3", "state": "unknown"})
+        payment.resolve("failed", "receipt shows nothing")
+        self.assertTrue(payment.to_client_dict()["resolution_pending"])
+        command = payment.command_ids.filtered(lambda c: c.op == "payment.resolve")
+        error = {"code": "forbidden", "message": "This client may not resolve payments."}
+        with self.assertLogs(CONTROLLER_LOGGER, "WARNING"):
+            self.post("/terminal_bridge/ack", as_json(self.side.ack(command.uuid, error=error)))
+        self.assertEqual(payment.state, "unknown")
+        self.assertFalse(payment.to_client_dict()["resolution_pending"])
+        self.assertFalse(payment.resolved_by)
+
     def test_ack_terminal_list_fills_terminals(self):
         self.bridge.action_refresh_terminals()
         command = self.bridge.command_ids.filtered(lambda c: c.op == "terminal.list")

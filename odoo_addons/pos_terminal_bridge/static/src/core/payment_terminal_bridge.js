@@ -218,7 +218,9 @@ export function makeTerminalBridgePayment(PaymentInterface) {
                 return;
             }
             if (payment.state === "unknown") {
-                this.tbAskUnknown(line, payment);
+                if (!payment.resolution_pending) {
+                    this.tbAskUnknown(line, payment); // not while an answer goes to the bridge
+                }
                 return;
             }
             const paid = payment.state === "approved";
@@ -330,8 +332,10 @@ export function makeTerminalBridgePayment(PaymentInterface) {
                 return true; // never started
             }
             if (last.state === "unknown") {
-                this.tbDialogs[uuid] = false;
-                this.tbAskUnknown(this.tbLine(uuid), last);
+                if (!last.resolution_pending) {
+                    this.tbDialogs[uuid] = false;
+                    this.tbAskUnknown(this.tbLine(uuid), last);
+                }
                 return false;
             }
             let result;
