@@ -1,9 +1,13 @@
 """The status page over real HTTPS: login, cookie, lock-out, what it shows, and resolving an unknown payment."""
 
+import http.client
 import re
+import socket
+import ssl
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from bridge.cli.resolve import resolve as cli_resolve
@@ -33,6 +37,36 @@ class PageTests(TestCase, StatusBridge):
         return page
 
     # -- access -------------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_stopping_the_page_closes_a_browser_s_open_connection(self):
+        # A browser keeps its connection open after a page has loaded (keep-alive).  Stopping the page (a
+        # shutdown) must close it, not leave it and its idle timer to the browser's goodwill.
+        context = ssl.create_default_context(cafile=self.daemon.config.tls_certificate)
+        context.check_hostname = False
+        conn = http.client.HTTPSConnection("127.0.0.1", self.page_port, context=context, timeout=10)
+        self.addCleanup(conn.close)
+
+        def load_then_keep_open():
+            conn.request("GET", "/login")
+            response = conn.getresponse()
+            response.read()
+            return response.status
+
+        self.assertEqual((yield deferToThread(load_then_keep_open)), 200)
+        self.assertEqual(len(self.daemon.status_page.connections.protocols), 1)
+        yield self.daemon.status_page.stop()
+        self.assertEqual(self.daemon.status_page.connections.protocols, {})
+
+        def what_the_browser_reads():
+            try:
+                return conn.sock.recv(1)
+            except socket.timeout:
+                return "still open"
+            except (OSError, ssl.SSLError):
+                return b""  # reset: closed as well
+
+        self.assertEqual((yield deferToThread(what_the_browser_reads)), b"")
 
     @inlineCallbacks
     def test_nothing_is_shown_before_signing_in(self):
