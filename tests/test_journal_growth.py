@@ -141,13 +141,17 @@ class BackgroundCheckTests(TestCase):
     def open_and_wait_for_the_check(self, path: str) -> Deferred:
         checked: Deferred = Deferred()
         original = Journal._checked
+        opened: list[Journal] = []
 
         def spy(journal, result):
             original(journal, result)
-            checked.callback(journal)
+            # Only this test's journal: another test's journal, closed since, may finish its check now.
+            if opened and journal is opened[0]:
+                checked.callback(journal)
 
         self.patch(Journal, "_checked", spy)
         journal = Journal.open(path, reactor=reactor)
+        opened.append(journal)  # the check's result comes through the reactor, after open() has returned
         self.addCleanup(journal.close)
         return checked
 
