@@ -199,9 +199,11 @@ class PosChecks:
             page.click(".control-buttons button", "Refund")
         details = self.rpc("pos.order", "read", [order["id"]], ["pos_reference", "tracking_number"])[0]
         row = next(filter(None, (details.get("tracking_number"), details.get("pos_reference"))), "1.98")
-        page.click(".ticket-screen .order-row", str(row).split(" ")[-1])
+        row = str(row).split(" ")[-1]
+        page.click(".ticket-screen .order-row", row)
+        page.wait(".ticket-screen .order-row.highlight", row)  # selected: its lines are shown
         page.numpad("1")
-        page.click(".ticket-screen .btn-primary.pay-order-button")
+        page.click(".ticket-screen .btn-primary.pay-order-button:not([disabled]):not(.disabled)")
         page.wait(".pos-content :is(.payment-screen, .product-screen .pay-order-button)")
         if not page.has(".payment-screen"):  # 18.0 goes back to the products first
             page.click(".product-screen .pay-order-button")
