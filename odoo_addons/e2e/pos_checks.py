@@ -120,9 +120,9 @@ class PosChecks:
         page.pay_with("Card (till 3)")
         page.wait(".modal-dialog", "Did the terminal take the payment?")
         text = page.dialog_text()
+        words = ("may have charged the card", "Paid on the terminal", "Not paid")
         self.checks.check("unknown: the POS asks whether the terminal took the payment (Paid on the terminal / "
-                          "Not paid)", all(words in text for words in ("may have charged the card", "Paid on the terminal",
-                                                                        "Not paid")), repr(text))
+                          "Not paid)", all(word in text for word in words), repr(text))
         page.shot("odoo-pos-unknown")
         page.dialog_button("Paid on the terminal")
         page.wait(".receipt-screen")
