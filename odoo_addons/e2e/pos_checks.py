@@ -16,7 +16,7 @@ the browser, then, as a cashier:
    original payment (payment.refund), the terminal asked once more.
 
 Screenshots (when a folder is given) are named as in docs/images: odoo-payment-method, odoo-pos-waiting,
-odoo-pos-odoo-down, odoo-pos-approved, odoo-pos-declined, odoo-pos-unknown, odoo-pos-refund-waiting,
+odoo-pos-approved, odoo-pos-declined, odoo-pos-unknown, odoo-pos-refund-waiting,
 odoo-pos-refund.
 """
 
@@ -140,18 +140,17 @@ class PosChecks:
         page.wait(".paymentline .electronic_status", "Waiting for card")
         run.wait("the slow terminal has the POS's payment request",
                  lambda: len(run.requests_of("till-pos")) == 1, timeout=60)
-        page.shot("odoo-pos-waiting")
         page.browser.evaluate("window.tbE2EMarker = 'not reloaded'")
-        run.kill_odoo()
+        run.kill_odoo()  # at once: the terminal answers 8 s after it got the request
         self.checks.check("odoo-bin killed (SIGKILL) while the terminal holds the POS's payment",
                           not run.odoo.alive and len(run.requests_of("till-pos")) == 1,
                           f"the line says {page.line_status()!r}")
+        page.shot("odoo-pos-waiting")  # what the cashier sees, Odoo up or down alike
         run.wait("the terminal approves while Odoo is down; the result waits on the box",
                  lambda: run.uplink_status().get("feedback_waiting") == 1, timeout=60)
         status = page.line_status()
         self.checks.check("while Odoo is down the POS keeps waiting (it claims nothing)",
                           "Waiting for card" in status and not page.has(".receipt-screen"), repr(status))
-        page.shot("odoo-pos-odoo-down")
         time.sleep(2)  # the POS and the bridge try again while Odoo is still down
         run.start_odoo()
         back = time.monotonic()
