@@ -11,7 +11,11 @@ through a TLS front on loopback, and simulated Caisse-AP terminals. It checks:
    get), with it they do not; a payment started over JSON-RPC in DB2 (the addon's Python API) reaches approved in
    DB2 with its feedback stored there, and DB1 holds nothing;
 2. Odoo killed mid-payment: the terminal approves while odoo-bin is down, the result waits on the box, odoo-bin
-   starts again and the result lands once (the bridge retries it), approved in Odoo, nothing doubled.
+   starts again and the result lands once (the bridge retries it), approved in Odoo, nothing doubled;
+3. the same through the POS in headless Chromium (DB2 also has point_of_sale and pos_terminal_bridge; see
+   pos_checks.py): declined, unknown answered from the POS, then Odoo killed while the terminal holds the card,
+   the same page shows the order paid once Odoo is back. With ``--screenshots DIR`` (or ODOO_E2E_SCREENSHOTS;
+   default: a folder of ``--work``) it writes what the cashier sees as PNGs, the pictures of docs/odoo.md.
 
 The pieces (TLS front, certificate, pairing, processes) are those of
 ``odoo_addons/terminal_bridge/tests/bridge_process.py``, loaded by path. It prints one line per check, then
@@ -48,6 +52,7 @@ def _load_bridge_process():
 
 
 bp = _load_bridge_process()
+import pos_checks  # noqa: E402  (next to this script; it needs nothing of the above)
 
 #: The slow terminal holds the card this long: time to kill odoo-bin after the bridge took the payment.
 SLOW_TERMINAL = ["--outcome", "approve", "--delay", "8"]
@@ -184,14 +189,16 @@ class Run:
     def create_databases(self):
         started = time.monotonic()
         demo = ["--without-demo=all"] if self.options.version == "18.0" else []
+        # DB2 also gets the POS (pos_terminal_bridge depends on point_of_sale and terminal_bridge).
         installs = [
-            self.spawn(f"odoo-install-{db}", self.odoo_argv("-d", db, "-i", "terminal_bridge", "--stop-after-init",
+            self.spawn(f"odoo-install-{db}", self.odoo_argv("-d", db, "-i", addon, "--stop-after-init",
                                                             f"--http-port={bp.free_port()}", *demo),
                        env=self.odoo_env())
-            for db in (self.db1, self.db2)
+            for db, addon in ((self.db1, "terminal_bridge"), (self.db2, "pos_terminal_bridge"))
         ]
-        codes = [process.popen.wait(600) for process in installs]
-        self.checks.must(f"two databases with terminal_bridge installed by odoo-bin -i ({self.db1}, {self.db2})",
+        codes = [process.popen.wait(900) for process in installs]
+        self.checks.must(f"two databases installed by odoo-bin -i: terminal_bridge ({self.db1}), "
+                         f"pos_terminal_bridge ({self.db2})",
                          codes == [0, 0], f"{time.monotonic() - started:.0f} s" if codes == [0, 0] else
                          f"exit {codes}:\n" + "\n".join(p.tail(1500) for p in installs))
 
@@ -253,8 +260,9 @@ class Run:
         raise Failed(what)
 
     def logs(self):
-        return "\n".join(f"--- {p.name} ---\n{p.tail(2000)}" for p in self.processes
-                         if p.name in ("daemon", "odoo") or p.name.startswith("simulator"))
+        shown = {p.log_path: p for p in self.processes  # odoo-bin started again writes to the same log
+                 if p.name in ("daemon", "odoo") or p.name.startswith("simulator")}
+        return "\n".join(f"--- {p.name} ---\n{p.tail(2000)}" for p in shown.values())
 
     # scenarios
 
@@ -281,7 +289,8 @@ class Run:
 
         env = bp.bridge_env(self.source)
         addresses = {}
-        for terminal, script in (("till-1", bp.OUTCOMES["approve"]), ("till-slow", SLOW_TERMINAL)):
+        terminals = {"till-1": bp.OUTCOMES["approve"], "till-slow": SLOW_TERMINAL, **pos_checks.TERMINALS}
+        for terminal, script in terminals.items():
             port = bp.free_port()
             simulator = self.spawn(
                 f"simulator-{terminal}",
@@ -420,6 +429,9 @@ def main(argv=None):
     parser.add_argument("--db-user", default="odoo")
     parser.add_argument("--work", required=True, help="a folder for logs, the bridge's state and Odoo's data")
     parser.add_argument("--keep", action="store_true", help="keep the two databases at the end")
+    parser.add_argument("--screenshots", default=os.environ.get("ODOO_E2E_SCREENSHOTS"),
+                        help="write the POS's screenshots (PNG) here (default: ODOO_E2E_SCREENSHOTS, else "
+                             "WORK/screenshots)")
     options = parser.parse_args(argv)
 
     def interrupted(signum, _frame):
@@ -427,19 +439,23 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, interrupted)
 
     run = Run(options)
+    pos = pos_checks.PosChecks(run, options.screenshots or os.path.join(run.work, "screenshots"))
     started = time.monotonic()
     print(f"== odoo-e2e-{options.version}: odoo-bin served from {options.odoo_src} (logs: {run.work})", flush=True)
     try:
         run.create_databases()
         run.multi_database()
         run.odoo_restarted()
+        pos.run_all()
     except Failed:
         pass
     except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - reported as a failed check
         run.checks.check("the run went to its end", False, f"{type(error).__name__}: {error}\n{run.logs()}")
     finally:
+        pos.close()
         run.stop_all()
-    print(f"(odoo-e2e-{options.version} took {time.monotonic() - started:.0f} s)", flush=True)
+    print(f"(odoo-e2e-{options.version} took {time.monotonic() - started:.0f} s; the POS's screenshots are in "
+          f"{pos.shots})", flush=True)
     print(run.checks.summary(), flush=True)
     return 1 if run.checks.failed or not run.checks.passed else 0
 
