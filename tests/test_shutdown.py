@@ -84,25 +84,50 @@ class StopDuringAPaymentTests(TestCase):
         self.assertNotIn("Unhandled error", daemon.tail(20000))
 
 
-def test_the_stop_order_is_written_once_and_each_step_ends_before_the_next():
+def test_the_daemon_stops_its_parts_in_the_stop_order_each_once_the_one_before_has_stopped():
     from twisted.internet.defer import Deferred
     from twisted.internet.task import Clock
 
-    from bridge.service.daemon import Daemon
+    from bridge.service.daemon import STOP_ORDER, Daemon, Part
 
+    assert STOP_ORDER == ("watchdog", "timers", "status page", "listening", "payments in flight",
+                          "client connections", "terminal drivers", "uplinks", "journal")
     daemon = Daemon(config=None, reactor=Clock())
-    assert [name for name, _ in daemon.stop_order()] == [
-        "the timers", "the status page", "listening", "payments in flight", "client connections",
-        "terminal drivers", "uplinks", "journal"]
-    started, held = [], {name: Deferred() for name, _ in daemon.stop_order()}
-    daemon.stop_order = lambda grace=0: [(name, lambda name=name: started.append(name) or held[name])
-                                         for name in held]
+    daemon.running = 1  # as start() makes it: each part added is started
+    stopping, held = [], {name: Deferred() for name in STOP_ORDER}
+    # added in the order a start adds them, which is not the stop order
+    for name in ("journal", "terminal drivers", "payments in flight", "timers", "client connections", "listening",
+                 "uplinks", "status page", "watchdog"):
+        Part(name, lambda name=name: stopping.append(name) or held[name]).setServiceParent(daemon)
     stopped = daemon.stop()
-    assert started == ["the timers"]
-    for count, name in enumerate(held, start=1):
-        assert len(started) == count
+    assert stopping == ["watchdog"]
+    for count, name in enumerate(STOP_ORDER, start=1):
+        assert stopping == list(STOP_ORDER[:count])
         held[name].callback(None)
     assert stopped.called
+    assert not any(part.running for part in daemon)
+
+
+def test_a_part_that_fails_to_stop_does_not_keep_the_journal_open():
+    from twisted.internet.task import Clock
+
+    from bridge.service.daemon import Daemon, Part
+
+    daemon, stopped = Daemon(config=None, reactor=Clock()), []
+    daemon.running = 1
+    Part("journal", lambda: stopped.append("journal")).setServiceParent(daemon)
+    Part("terminal drivers", lambda: 1 / 0).setServiceParent(daemon)
+    assert daemon.stop().called and stopped == ["journal"]
+
+
+def test_a_part_without_a_place_in_the_stop_order_is_refused():
+    import pytest
+    from twisted.internet.task import Clock
+
+    from bridge.service.daemon import Daemon, Part
+
+    with pytest.raises(ValueError):
+        Part("new thing", lambda: None).setServiceParent(Daemon(config=None, reactor=Clock()))
 
 
 def test_stopping_a_daemon_that_never_started_does_nothing():

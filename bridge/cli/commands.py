@@ -20,8 +20,7 @@ from bridge.cli.payments import list_payments
 from bridge.config import (DEFAULT_PORT, DEFAULT_RIGHTS, DEFAULT_STATE_DIR, RIGHTS, ConfigError, _host_port, add_client,
                            load_clients)
 from bridge.core.states import ALL_STATES
-from bridge.terminals.caisse_ap.serial_simulator import add_serial_arguments
-from bridge.terminals.caisse_ap.simulator import add_simulator_arguments
+from bridge.cli.simulators import add_serial_arguments, add_simulator_arguments
 
 __all__ = ["EX_CONFIG", "register", "write_private_json"]
 
@@ -337,7 +336,7 @@ def cmd_simulate_caisse_ap(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
     if args.serial:
-        from bridge.terminals.caisse_ap.serial_simulator import start_serial_simulator
+        from bridge.cli.simulators import start_serial_simulator
 
         try:
             terminal = start_serial_simulator(reactor, args)
@@ -351,7 +350,7 @@ def cmd_simulate_caisse_ap(args: argparse.Namespace) -> int:
         reactor.run()
         return 0
 
-    from bridge.terminals.caisse_ap.simulator import start_simulator
+    from bridge.cli.simulators import start_simulator
 
     def started(port: Any) -> None:
         address = port.getHost()

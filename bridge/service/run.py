@@ -36,23 +36,20 @@ def run_daemon(config: BridgeConfig) -> int:
     from twisted.internet import reactor
 
     start_logging(config.log_level)
-    daemon = Daemon(config, reactor, notify=notify)
-    watchdog = WatchdogService(reactor, notify=notify, interval=watchdog_interval())
+    daemon = Daemon(config, reactor, notify=notify,
+                    watchdog=WatchdogService(reactor, notify=notify, interval=watchdog_interval()))
     exit_code = [0]
     reload_asked = [False]  # SIGHUP before the daemon was ready: reload once it is
 
     def started(_: Any) -> None:
-        watchdog.startService()
         reactor.addSystemEventTrigger("before", "shutdown", stopping)
         record_pid(daemon.config.pid_path)
         if reload_asked[0]:
             reload()
 
     def stopping() -> Any:
-        if watchdog.running:
-            watchdog.stopService()
         forget_pid(daemon.config.pid_path)
-        return daemon.stop()
+        return daemon.stopService()
 
     def reload() -> None:
         if daemon.bridge is None:
@@ -72,9 +69,10 @@ def run_daemon(config: BridgeConfig) -> int:
         else:
             log.failure("The bridge cannot start", failure)
         exit_code[0] = 1
-        reactor.stop()
+        # what did start (the journal, the drivers: a serial port) stops in the daemon's order, then the reactor
+        daemon.stopService().addBoth(lambda _: reactor.stop())
 
-    reactor.callWhenRunning(lambda: daemon.start().addCallbacks(started, failed))
+    reactor.callWhenRunning(lambda: daemon.startService().addCallbacks(started, failed))
     reactor.run()
     return exit_code[0]
 

@@ -208,7 +208,6 @@ class StripeAPI:
         self._retries = retries
         self._backoff = backoff
         self._pool = ThreadPool(minthreads=0, maxthreads=max_threads, name=f"stripe-{name}")
-        self._shutdown_trigger: Any = None
         self._stopping = False
         self._busy = 0  # calls on the pool now
         self._stop_waiters: list[Deferred] = []
@@ -225,9 +224,6 @@ class StripeAPI:
         the threads.  The reactor keeps running meanwhile: joining a busy thread from the reactor thread would
         block it until that call's timeout."""
         self._stopping = True
-        if self._shutdown_trigger is not None:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-            self._shutdown_trigger = None
         waiter: Deferred = Deferred()
         self._stop_waiters.append(waiter)
         self._maybe_stopped()
@@ -263,9 +259,7 @@ class StripeAPI:
         if self._stopping:
             raise StripeCallError("bridge_stopping")
         if not self._pool.started:
-            # A driver nobody started (a tool, a test): start now and stop with the reactor.
-            self.start()
-            self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+            self.start()  # an API nobody started (a tool, a test): whoever made it stops it
         method = method.lower()
         if method == "post" and idempotency_key is None:
             idempotency_key = "tb-" + uuid.uuid4().hex  # made here so that our retries reuse it
