@@ -138,3 +138,36 @@ def test_stopping_a_daemon_that_never_started_does_nothing():
     notes = []
     stopped = Daemon(config=None, reactor=Clock(), notify=notes.append).stop()
     assert stopped.called and notes == ["STOPPING=1"]
+
+
+class StartThatFailsTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_a_start_that_fails_half_way_stops_what_did_start_and_only_that(self):
+        import socket
+
+        from bridge.service.daemon import Daemon
+        from tests.support import load_config
+
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = write_config(directory, {"till-1": "127.0.0.1:9"}, port=taken.getsockname()[1])
+        daemon = Daemon(load_config(path), reactor)
+        try:
+            yield daemon.start()
+        except Exception as e:
+            error = e
+        else:
+            self.fail("the daemon listened on a port already taken")
+        self.assertIn("Address already in use", str(error))
+        # up before listening failed: the journal, the drivers, the payment service, the client connections
+        self.assertEqual(sorted(part.name for part in daemon if part.running),
+                         ["client connections", "journal", "payments in flight", "terminal drivers", "timers"])
+        yield daemon.stop(grace=1.0)
+        self.assertTrue(daemon.journal.closed)
+        self.assertEqual([part.name for part in daemon if part.running], [])
