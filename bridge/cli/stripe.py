@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from bridge.cli.simulators import add_fake_arguments, start_fake
 from bridge.config import ConfigError
+from bridge.service.reactor import global_reactor
 
 EPILOG = """\
 The key and Stripe's address come from a [terminal:NAME] section with type = stripe in the configuration
@@ -168,7 +169,7 @@ def _slug(label: str) -> str:
 
 
 def cmd_simulate_stripe(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     def started(fake: Any) -> None:
         print(f"Fake Stripe API on {fake.url} (test keys sk_test_... or rk_test_...). Readers:", flush=True)

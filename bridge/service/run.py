@@ -14,6 +14,7 @@ from bridge.config import BridgeConfig
 from bridge.errors import BridgeError
 from bridge.service.daemon import Daemon
 from bridge.service.journald import make_observer
+from bridge.service.reactor import global_reactor
 from bridge.service.sdnotify import WatchdogService, notify, watchdog_interval
 
 log = Logger()
@@ -26,14 +27,17 @@ def start_logging(level: str) -> None:
 
     # autobahn logs through txaio; at its global level the calls below it become no-ops instead of events
     # that are built and then filtered out (a measurable share of a payment's CPU, docs/performance.md).
-    txaio.set_global_log_level(level if level in ("debug", "info", "warn", "error") else "info")
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS.get(level, LogLevel.info))
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(make_observer(), [predicate])],
-                                     redirectStandardIO=False)
+    txaio.set_global_log_level(  # type: ignore[attr-defined]  # set by txaio.use_twisted(), so unseen by mypy
+        level if level in ("debug", "info", "warn", "error") else "info")
+    # Any: ILogObserver and ILogFilterPredicate values, which mypy cannot match without the mypy-zope plugin
+    journal_or_text: Any = make_observer()
+    predicates: list[Any] = [LogLevelFilterPredicate(defaultLogLevel=LEVELS.get(level, LogLevel.info))]
+    observer: Any = FilteringLogObserver(journal_or_text, predicates)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def run_daemon(config: BridgeConfig) -> int:
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     start_logging(config.log_level)
     daemon = Daemon(config, reactor, notify=notify,

@@ -17,6 +17,7 @@ growing pause.  Every POST carries an idempotency key (the caller's, or one made
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from typing import Any, Mapping, Optional
 from urllib.parse import quote
@@ -171,8 +172,8 @@ class _Requestor:
                 api_key, stripe_version=api_version, base_addresses={"api": self._base},
                 max_network_retries=0, http_client=stripe.RequestsClient(timeout=timeout))
         else:
-            from stripe import http_client
-
+            # stripe 5.0's modules, which the current library (and so mypy in the venv) no longer has
+            http_client: Any = importlib.import_module("stripe.http_client")
             self._http = http_client.RequestsClient(timeout=timeout)
 
     def perform(self, method: str, url: str, params: Mapping[str, Any],
@@ -183,8 +184,7 @@ class _Requestor:
                 if idempotency_key is not None:
                     options["idempotency_key"] = idempotency_key
                 return self._client.raw_request(method, url, **dict(params), **options).data
-            from stripe import api_requestor
-
+            api_requestor: Any = importlib.import_module("stripe.api_requestor")
             requestor = api_requestor.APIRequestor(key=self._key, client=self._http, api_base=self._base,
                                                    api_version=self._version)
             headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None

@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     from bridge.terminals.stripe.fake.model import FakeStripe
 
 
+class _QuietSite(Site):
+    """No access log: the fake's requests are recorded on the fake itself (``FakeStripe.requests``)."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 class FakeServer:
     """Listens for the fake; :meth:`stop` stops listening and drops the connections still open."""
 
@@ -26,10 +35,7 @@ class FakeServer:
         self.port: Any = None
 
     def listen(self, reactor: Any, description: str) -> "Deferred[Any]":
-        site = Site(self._fake.resource())
-        site.noisy = False
-        site.log = lambda request: None  # type: ignore[method-assign]
-        self._wrapper = TrackingFactory(site)
+        self._wrapper = TrackingFactory(_QuietSite(self._fake.resource()))
         d = serverFromString(reactor, description).listen(self._wrapper)
 
         def listening(port: Any) -> Any:
