@@ -3,8 +3,13 @@
 The payment path reads downwards: ``api`` (sessions, commands) -> ``core`` (:mod:`bridge.core.payments`, the
 journal, the states) -> this contract -> a driver under ``bridge.terminals``.  A driver knows its wire protocol
 and nothing of clients, journals or WebSockets: the core hands it a :class:`PaymentRequest` and a
-``before_send`` hook, the driver answers with an :class:`Outcome`.  Adding a terminal family means a codec, a
-transport and one class that provides :class:`ITerminalDriver`.
+``before_send`` hook, the driver answers with an :class:`Outcome`; it says how its terminal is with a
+:class:`TerminalStatus`.  The daemon (:mod:`bridge.service.daemon`) starts every driver before recovery and stops
+it once the payments in flight have ended; a driver never hooks the reactor's shutdown itself.
+
+Adding a terminal family means a codec, a transport and one class that provides :class:`ITerminalDriver`, then
+one line in :mod:`bridge.terminals.catalogue` (its option checker and builder) and its configuration check in
+:data:`bridge.cli.doctor.TERMINAL_CHECKS`.
 """
 
 from __future__ import annotations
