@@ -10,14 +10,16 @@ Test knobs never sit under ``/v1``: call them on :class:`FakeStripe` directly, o
 JSON body from another process (``terminal-bridge simulate stripe``).  Loopback only.
 
 One module per job: :mod:`.model` (the account's objects and the API's routes: locations, readers, PaymentIntents,
-refunds, idempotency), :mod:`.wire` (form bodies, parameter checks and error bodies, as Stripe has them),
+refunds), :mod:`.edge` (a request as Stripe's edge takes it: recorded, failed on purpose, authenticated,
+replayed from its idempotency key), :mod:`.wire` (form bodies, parameter checks and error bodies, as Stripe has them),
 :mod:`.reference` (what Stripe's documentation gives: test cards and amounts, minimums, messages, versions),
 :mod:`.knobs` (what a test turns: a reader's behaviour, failures to inject, the ``/_fake/...`` routes) and
 :mod:`.http` (the twisted.web face).  Its command line (``simulate stripe``) is in :mod:`bridge.cli.simulators`.
 """
 
 from bridge.terminals.stripe.fake.knobs import ReaderKnobs
-from bridge.terminals.stripe.fake.model import FakeStripe, Recorded
+from bridge.terminals.stripe.fake.model import FakeStripe
+from bridge.terminals.stripe.fake.edge import Recorded
 from bridge.terminals.stripe.fake.reference import (API_ERROR_VERSION, LATEST_CHARGE_VERSION, MINIMUMS,
                                                     SIMULATED_CODES, TEST_AMOUNTS, TEST_CARDS)
 from bridge.terminals.stripe.fake.wire import ApiError, decode_form

@@ -3,11 +3,9 @@ over them, with Stripe's authentication, idempotency and injected failures (:met
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import uuid
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
@@ -16,33 +14,12 @@ from twisted.web.resource import Resource
 
 from bridge.terminals.stripe.fake.http import FakeResource, FakeServer
 from bridge.terminals.stripe.fake.knobs import FailureKnob, ReaderKnobs, handle_knob
+from bridge.terminals.stripe.fake.edge import Recorded, Stored, handle
 from bridge.terminals.stripe.fake.reference import (API_ERROR_VERSION, DECLINE_MESSAGES, DOC, GUIDE,
                                                     LATEST_CHARGE_VERSION, MINIMUMS, SIMULATED_CODES,
                                                     TERMINAL_MESSAGES, TEST_AMOUNTS, TEST_CARDS, no_billing_details)
-from bridge.terminals.stripe.fake.wire import (ApiError, as_bool, as_int, check_params, decode_form, missing, no_such,
-                                               raise_, rand, timeout_error, to_json)
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    params: dict[str, Any]
-    idempotency_key: Optional[str]
-    stripe_version: Optional[str]
-    authorization: Optional[str]
-
-
-@dataclass
-class _Stored:
-    method: str
-    path: str
-    params: Any
-    status: int = 0
-    body: bytes = b""
-    request_id: str = ""
-    created: float = 0.0
-    in_flight: bool = True
+from bridge.terminals.stripe.fake.wire import (ApiError, as_bool, as_int, check_params, missing, no_such,
+                                               raise_, rand, timeout_error)
 
 
 class FakeStripe:
@@ -66,13 +43,13 @@ class FakeStripe:
         self.slow: float = 0.0  # seconds before every answer
         self.allow_over_capture = False
         self.capture_status = "succeeded"  # the status a capture leaves the PaymentIntent in ("processing"...)
-        self._failures: list[FailureKnob] = []
+        self.failures: list[FailureKnob] = []  # fail_next / drop_next: answered before the endpoint runs
         self._inside: list[FailureKnob] = []  # 5xx once the endpoint runs: stored under the idempotency key
-        self._idempotency: dict[tuple[str, str], _Stored] = {}
+        self.idempotency: dict[tuple[str, str], Stored] = {}  # (API key, Idempotency-Key) -> the answer
         self._calls: dict[str, Any] = {}  # delayed calls, cancelled by stop()
         self._authorizing: set[str] = set()  # readers authorising a card now
         self._server = FakeServer(self)
-        self.last_stored: Optional[_Stored] = None  # the idempotent entry of the request being answered
+        self.last_stored: Optional[Stored] = None  # the idempotent entry of the request being answered
 
     # -- knobs ----------------------------------------------------------------------------------
 
@@ -87,7 +64,7 @@ class FakeStripe:
     def fail_next(self, count: int = 1, status: int = 500, match: Optional[str] = None) -> None:
         """Answer the next ``count`` requests (whose path contains ``match``) with ``status`` before doing
         anything: 429 (rate limit) or 5xx from Stripe's edge.  Not stored for idempotency."""
-        self._failures.append(FailureKnob(count, status, match))
+        self.failures.append(FailureKnob(count, status, match))
 
     def fail_inside(self, count: int = 1, status: int = 500, match: Optional[str] = None,
                     after_commit: bool = False) -> None:
@@ -97,7 +74,7 @@ class FakeStripe:
         first (the error came after it), otherwise nothing changes."""
         self._inside.append(FailureKnob(count, status, match, drop=after_commit))
 
-    def _failing_inside(self, path: str) -> Optional[FailureKnob]:
+    def failing_inside(self, path: str) -> Optional[FailureKnob]:
         for failure in self._inside:
             if failure.match is None or failure.match in path:
                 failure.count -= 1
@@ -109,7 +86,7 @@ class FakeStripe:
     def drop_next(self, match: str) -> None:
         """Do the next request whose path contains ``match``, keep its result, and drop the connection
         instead of answering (the response lost after the commit)."""
-        self._failures.append(FailureKnob(1, 0, match, drop=True))
+        self.failures.append(FailureKnob(1, 0, match, drop=True))
 
     def add_location(self, display_name: str = "Shop", country: str = "FR") -> dict:
         location: dict[str, Any] = {
@@ -199,107 +176,13 @@ class FakeStripe:
 
     def handle(self, method: str, path: str, headers: dict[str, Optional[str]], body: bytes,
                query: str) -> tuple[int, dict[str, str], bytes, bool]:
-        """One request -> (status, extra headers, body, drop the connection instead of answering)."""
-        text = body.decode("utf-8", "replace") if method == "POST" else query
-        try:
-            params = decode_form(text)
-        except ValueError:
-            params = {}
-        key_header = headers.get("idempotency-key")
-        version = headers.get("stripe-version")
-        self.requests.append(Recorded(method, path, params, key_header, version, headers.get("authorization")))
-        request_id = "req_" + rand(14)
-        out_headers = {"Request-Id": request_id}
-        drop = False
-        for failure in list(self._failures):
-            if failure.match is None or failure.match in path:
-                failure.count -= 1
-                if failure.count <= 0:
-                    self._failures.remove(failure)
-                if failure.drop:
-                    drop = True
-                    break
-                if failure.status == 429:
-                    error = ApiError(429, "Too many requests hit the API too quickly.", "rate_limit",
-                                     stored=False)
-                else:
-                    error = ApiError(failure.status, "An unknown error occurred", None, type="api_error",
-                                     stored=False)
-                    out_headers["Stripe-Should-Retry"] = "true"
-                return failure.status, out_headers, to_json({"error": error.body}), False
-        try:
-            api_key = self._authenticate(headers.get("authorization"))
-        except ApiError as error:
-            return error.status, out_headers, to_json({"error": error.body}), False
-        livemode = "_live_" in api_key
-        stored: Optional[_Stored] = None
-        self.last_stored = None
-        if method == "POST" and key_header:
-            scope = (api_key, key_header)
-            stored = self._idempotency.get(scope)
-            if stored is not None and self.clock.seconds() - stored.created > 24 * 3600:
-                del self._idempotency[scope]
-                stored = None
-            if stored is not None:
-                if stored.in_flight:
-                    refusal = ApiError(409, "There is currently another in-progress request using this Idempotent "
-                                          "Key (that probably means you submitted twice, and the other request "
-                                          "is still going through).", "idempotency_key_in_use",
-                                     type="idempotency_error", stored=False)
-                    return 409, out_headers, to_json({"error": refusal.body}), False
-                if (stored.method, stored.path, stored.params) != (method, path, params):
-                    refusal = ApiError(400, "Keys for idempotent requests can only be used with the same "
-                                          "parameters they were first used with. Try using a key other than "
-                                          f"'{key_header}' if you meant to execute a different request.",
-                                     type="idempotency_error", stored=False)
-                    return 400, out_headers, to_json({"error": refusal.body}), False
-                out_headers.update({"Idempotent-Replayed": "true", "Original-Request": stored.request_id})
-                return stored.status, out_headers, stored.body, drop
-            stored = _Stored(method, path, params, request_id=request_id, created=self.clock.seconds())
-        try:
-            inside = self._failing_inside(path)
-            if inside is not None and inside.drop:  # the change is made, then the endpoint fails
-                self._route(method, path, params, version, livemode)
-            if inside is not None:
-                raise ApiError(inside.status, "An unknown error occurred", type="api_error")
-            status, answer = 200, self._route(method, path, params, version, livemode)
-            payload = to_json(answer)
-        except ApiError as error:
-            status, payload = error.status, to_json({"error": error.body})
-            if not error.stored:
-                stored = None
-        if stored is not None:
-            # With slow answers, a duplicate arriving before this one is answered is "in flight" (409).
-            stored.status, stored.body, stored.in_flight = status, payload, self.slow > 0
-            self._idempotency[(api_key, key_header or "")] = stored
-            self.last_stored = stored
-        return status, out_headers, payload, drop
-
-    def _authenticate(self, header: Optional[str]) -> str:
-        key = None
-        if header and header.startswith("Bearer "):
-            key = header[7:].strip()
-        elif header and header.startswith("Basic "):
-            try:
-                key = base64.b64decode(header[6:]).decode().partition(":")[0]
-            except (ValueError, UnicodeDecodeError):
-                key = None
-        if not key:
-            raise ApiError(401, "You did not provide an API key. You need to provide your API key in the "
-                                "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
-                                "YOUR_SECRET_KEY').", stored=False)
-        prefixes = ("sk_test_", "rk_test_") + (("sk_live_", "rk_live_") if self.livemode_keys else ())
-        if (self.keys is not None and key not in self.keys) or not key.startswith(prefixes):
-            raise ApiError(401, f"Invalid API Key provided: {key[:8]}{'*' * 8}{key[-4:]}", stored=False)
-        if key in self.forbidden_keys:
-            raise ApiError(403, f"The provided key '{key[:8]}***{key[-4:]}' does not have the required "
-                                "permissions for this endpoint on account 'acct_fake'.", stored=False,
-                           type="invalid_request_error")
-        return key
+        """One request -> (status, extra headers, body, drop the connection instead of answering): as Stripe's
+        edge takes it (:func:`bridge.terminals.stripe.fake.edge.handle`), then :meth:`route`."""
+        return handle(self, method, path, headers, body, query)
 
     # -- routing --------------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str, params: dict, version: Optional[str], livemode: bool) -> Any:
+    def route(self, method: str, path: str, params: dict, version: Optional[str], livemode: bool) -> Any:
         parts = path.strip("/").split("/")
         if parts[:1] != ["v1"]:
             raise ApiError(404, f"Unrecognized request URL ({method}: {path}).", stored=False)
