@@ -571,7 +571,7 @@ class Measurement:
         self.bridge_payments = 0
         self.not_approved: list[str] = []
         from bridge.core.money import currency
-        from bridge.terminals.base import CARD, DEBIT, PaymentRequest
+        from bridge.core.contract import CARD, DEBIT, PaymentRequest
         from bridge.terminals.caisse_ap.codec import encode_request
 
         self.payload = encode_request(PaymentRequest(payment_id="bench", kind=DEBIT, amount=AMOUNT,

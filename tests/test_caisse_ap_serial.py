@@ -112,7 +112,7 @@ class Bench:
 
     @inlineCallbacks
     def connected(self, driver: CaisseAPSerialDriver):
-        yield self.until(lambda: driver.connected and driver.status()["health"] == "up", "the driver to connect")
+        yield self.until(lambda: driver.connected and driver.status().as_dict()["health"] == "up", "the driver to connect")
 
     def run(self, scenario, timeout: float = 40.0):
         return run_in_own_reactor(self.reactor, scenario, self._clean_up, timeout)
@@ -140,7 +140,7 @@ def pay_once(bench: Bench, driver, terminal, request=REQUEST):
         yield bench.until(lambda: terminal.bytes_received >= 2, "the health check's ENQ and EOT at the terminal")
         journal = Journal(bench, terminal)
         outcome = yield driver.pay(request, journal)
-        bench.status_after = driver.status()
+        bench.status_after = driver.status().as_dict()
         return outcome, journal
 
     return bench.run(scenario)
@@ -242,8 +242,9 @@ def test_deaf_terminal_fails_the_payment_before_the_request_and_shows_down(bench
 
     @inlineCallbacks
     def scenario():
-        yield bench.until(lambda: driver.status()["health"] == "down", "the health check to fail")
-        status = driver.status()
+        yield bench.until(lambda: driver.status().as_dict()["health"] == "down", "the health check to fail")
+        assert not driver.status().up
+        status = driver.status().as_dict()
         outcome = yield driver.pay(REQUEST, Journal(bench))
         return status, outcome
 
@@ -263,7 +264,7 @@ def test_a_second_payment_while_one_runs_is_refused(bench):
         yield bench.connected(driver)
         first = driver.pay(REQUEST, Journal(bench, terminal))
         second = yield driver.pay(PaymentRequest("pay-2", DEBIT, 100, EUR), Journal(bench))
-        busy = driver.status()["state"]
+        busy = driver.status().as_dict()["state"]
         return (yield first), second, busy
 
     first, second, busy = bench.run(scenario)
@@ -324,13 +325,13 @@ def test_device_removed_while_idle_then_back(bench):
     def scenario():
         yield bench.connected(driver)
         terminal.vanish()
-        yield bench.until(lambda: driver.status()["state"] == "disconnected", "the loss to be noticed")
-        gone = driver.status()
+        yield bench.until(lambda: driver.status().as_dict()["state"] == "disconnected", "the loss to be noticed")
+        gone = driver.status().as_dict()
         journal = Journal(bench)
         refused = yield driver.pay(REQUEST, journal)
         terminal.come_back()
         yield bench.connected(driver)
-        back = driver.status()
+        back = driver.status().as_dict()
         approved = yield driver.pay(PaymentRequest("pay-2", DEBIT, 1234, EUR), Journal(bench, terminal))
         return gone, refused, journal.calls, back, approved
 
@@ -359,8 +360,8 @@ def test_device_missing_at_start_is_opened_once_plugged(bench):
 
     @inlineCallbacks
     def scenario():
-        yield bench.until(lambda: driver.status()["detail"].endswith("switched on?"), "the first attempt")
-        missing = driver.status()
+        yield bench.until(lambda: driver.status().as_dict()["detail"].endswith("switched on?"), "the first attempt")
+        missing = driver.status().as_dict()
         yield deferLater(bench.reactor, 0.15, lambda: None)  # several attempts, each failing the same way
         terminal.open()
         yield bench.connected(driver)
@@ -381,8 +382,8 @@ def test_the_device_is_opened_exclusively_and_released_on_stop(bench):
     def scenario():
         yield bench.connected(first)
         second = bench.driver()
-        yield bench.until(lambda: "in use" in second.status()["detail"], "the second driver to be refused")
-        refused = second.status()
+        yield bench.until(lambda: "in use" in second.status().as_dict()["detail"], "the second driver to be refused")
+        refused = second.status().as_dict()
         yield first.stop()
         yield bench.connected(second)
         return refused
@@ -403,9 +404,9 @@ def test_health_check_runs_when_idle_and_notices_a_deaf_terminal(bench):
         before = terminal.bytes_received
         yield bench.until(lambda: terminal.bytes_received >= before + 4, "two more health checks")
         terminal.faults = LinkFaults(deaf=True)
-        yield bench.until(lambda: driver.status()["state"] == "down", "the terminal to be marked down")
+        yield bench.until(lambda: driver.status().as_dict()["state"] == "down", "the terminal to be marked down")
         terminal.faults = LinkFaults()
-        yield bench.until(lambda: driver.status()["state"] == "idle", "the terminal to be marked up again")
+        yield bench.until(lambda: driver.status().as_dict()["state"] == "idle", "the terminal to be marked up again")
 
     bench.run(scenario)
 
@@ -425,8 +426,8 @@ def test_a_deaf_terminal_that_recovers_after_its_port_was_reopened_is_marked_up(
     def scenario():
         yield bench.until(lambda: len(opened) >= 3 and driver.connected, "two reopenings to wake the terminal")
         terminal.faults = LinkFaults()
-        yield bench.until(lambda: driver.status()["health"] == "up", "the terminal to be marked up again")
-        return driver.status()
+        yield bench.until(lambda: driver.status().as_dict()["health"] == "up", "the terminal to be marked up again")
+        return driver.status().as_dict()
 
     status = bench.run(scenario)
     assert (status["state"], status["line"]) == ("idle", "7E1")
@@ -513,7 +514,7 @@ def test_reopening_backs_off_and_is_capped():
     clock.advance(0)
     clock.pump([0.5] * 60)
     assert factory.attempts[:6] == [0.0, 1.0, 3.0, 7.0, 15.0, 23.0]  # +1, +2, +4, +8, then +8 each time
-    assert driver.status()["state"] == "disconnected"
+    assert driver.status().as_dict()["state"] == "disconnected"
 
 
 def test_line_settings_reach_the_port():
@@ -542,11 +543,11 @@ def test_health_check_pings_when_idle_and_marks_down_on_silence():
     assert bytes(port.written) == bytes([ENQ])  # checked as soon as opened
     clock.advance(1.0)
     assert bytes(port.written) == bytes([ENQ, EOT])
-    assert driver.status()["state"] == "down"
+    assert driver.status().as_dict()["state"] == "down"
     clock.advance(59.0)
     assert bytes(port.written) == bytes([ENQ, EOT, ENQ])
     port.protocol.dataReceived(bytes([0x06]))
-    assert driver.status()["state"] == "idle"
+    assert driver.status().as_dict()["state"] == "idle"
 
 
 def test_a_terminal_silent_twice_in_a_row_gets_its_port_reopened_to_wake_it():
@@ -554,15 +555,15 @@ def test_a_terminal_silent_twice_in_a_row_gets_its_port_reopened_to_wake_it():
     factory.error = None
     clock.advance(0)
     clock.advance(1.0)  # the check at open goes unanswered: down, but the port stays open
-    assert driver.status()["state"] == "down" and len(factory.ports) == 1 and factory.ports[0].open
+    assert driver.status().as_dict()["state"] == "down" and len(factory.ports) == 1 and factory.ports[0].open
     clock.advance(59.0)
     clock.advance(1.0)  # the next check goes unanswered too: close the port ...
     assert not factory.ports[0].open
-    assert "stopped answering" in driver.status()["detail"]
+    assert "stopped answering" in driver.status().as_dict()["detail"]
     clock.advance(1.0)  # ... and open it again, which checks at once
     assert len(factory.ports) == 2
     factory.ports[1].protocol.dataReceived(bytes([0x06]))  # the terminal woke up
-    assert driver.status()["state"] == "idle"
+    assert driver.status().as_dict()["state"] == "idle"
 
 
 def test_a_terminal_that_answers_the_second_check_keeps_its_port():
@@ -581,13 +582,13 @@ def test_an_unplugged_terminal_is_not_said_to_be_up():
     factory.error = None
     clock.advance(0)
     factory.ports[0].protocol.dataReceived(bytes([0x06]))  # the check at open is answered
-    assert (driver.status()["state"], driver.status()["health"]) == ("idle", "up")
+    assert (driver.status().as_dict()["state"], driver.status().as_dict()["health"]) == ("idle", "up")
     factory.error = OSError(2, "No such file or directory")
     factory.ports[0].loseConnection()  # USB unplugged
-    gone = driver.status()
+    gone = driver.status().as_dict()
     assert (gone["state"], gone["health"]) == ("disconnected", "unchecked"), gone
     clock.advance(30.0)  # reopening keeps failing
-    assert (driver.status()["state"], driver.status()["health"]) == ("disconnected", "unchecked")
+    assert (driver.status().as_dict()["state"], driver.status().as_dict()["health"]) == ("disconnected", "unchecked")
 
 
 def test_device_lost_mid_payment_before_the_frame_is_failed():
@@ -610,7 +611,7 @@ def test_device_lost_after_the_frame_is_unknown():
     factory.ports[0].protocol.dataReceived(bytes([0x06]))  # ACK: the frame goes out
     factory.ports[0].loseConnection()
     assert (result[0].state, result[0].code) == (states.UNKNOWN, "link_lost")
-    assert driver.status()["state"] == "disconnected"
+    assert driver.status().as_dict()["state"] == "disconnected"
 
 
 def test_stop_closes_and_stops_reopening():
@@ -665,7 +666,7 @@ def test_options_with_defaults():
     kwargs, problems = parse_serial_options({"type": "caisse-ap-serial", "device": "/dev/ttyACM0"})
     assert (kwargs, problems) == ({"device": "/dev/ttyACM0"}, [])
     driver = CaisseAPSerialDriver("t", MemoryReactorClock(), **kwargs)
-    assert driver.status()["line"] == "7E1" and driver.status()["baudrate"] == 9600
+    assert driver.status().as_dict()["line"] == "7E1" and driver.status().as_dict()["baudrate"] == 9600
 
 
 def test_every_option():
@@ -697,16 +698,19 @@ def test_relative_device_is_refused():
     assert problems[0][0] == "device"
 
 
-def test_catalogue_knows_the_serial_type_and_starts_the_driver_on_the_next_turn():
+def test_catalogue_builds_the_serial_driver_and_the_started_driver_opens_its_device_on_the_next_turn():
     assert VALIDATORS["caisse-ap-serial"]({"device": "/dev/ttyACM0"}) == []
     reactor = MemoryReactorClock()
     driver = build_driver(TerminalConfig("till-1", "caisse-ap-serial", {"device": "/nonexistent/tty"}), reactor)
     assert driver.kind == "caisse-ap-serial"
-    assert driver.status()["state"] == "disconnected"
     reactor.advance(0)
-    assert "does not exist" in driver.status()["detail"]
-    # "during": after the daemon's "before" trigger has let the payments in flight end (issue 13 item 10)
-    assert [trigger[0] for trigger in reactor.triggers["during"]["shutdown"]] == [driver.stop]
+    assert reactor.getDelayedCalls() == []  # the builder only builds: the daemon starts the driver
+    driver.start()
+    assert driver.status().as_dict()["state"] == "disconnected" and not driver.status().up
+    reactor.advance(0)
+    assert "does not exist" in driver.status().as_dict()["detail"]
+    # the daemon alone stops it, in its stop order (after the payments in flight): no trigger of the driver's own
+    assert reactor.triggers == {}
     driver.stop()
 
 
@@ -714,7 +718,7 @@ def test_catalogue_knows_the_serial_type_and_starts_the_driver_on_the_next_turn(
 
 def test_simulate_serial_command_line_opens_a_device_behind_the_link(tmp_path):
     from bridge.cli.main import build_parser
-    from bridge.terminals.caisse_ap.serial_simulator import start_serial_simulator
+    from bridge.cli.simulators import start_serial_simulator
 
     link_path = str(tmp_path / "sim-tty")
     args = build_parser().parse_args([

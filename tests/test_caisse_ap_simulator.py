@@ -10,15 +10,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 
 from bridge.terminals.caisse_ap.codec import encode_fields, parse_message
-from bridge.terminals.caisse_ap.simulator import (
-    GARBAGE,
-    SimulatorFactory,
-    SimulatorScript,
-    add_simulator_arguments,
-    answer_fields,
-    script_from_arguments,
-    start_simulator,
-)
+from bridge.cli.simulators import add_simulator_arguments, script_from_arguments, start_simulator
+from bridge.terminals.caisse_ap.simulator import GARBAGE, SimulatorFactory, SimulatorScript, answer_fields
 
 REQUEST = [("CZ", "0300"), ("CJ", "012345678901"), ("CA", "01"), ("CE", "978"), ("CD", "0"), ("CB", "1234")]
 REQUEST_BYTES = b"CZ0040300CJ012012345678901CA00201CE003978CD0010CB0041234"

@@ -20,12 +20,8 @@ from bridge.core.money import CURRENCIES
 from bridge.errors import BridgeError
 from bridge.core.contract import CHEQUE, DEBIT, REFUND, ITerminalDriver, PaymentRequest
 from bridge.terminals.caisse_ap.codec import encode_request
-from bridge.terminals.caisse_ap.simulator import (
-    SimulatorFactory,
-    SimulatorScript,
-    add_simulator_arguments,
-    start_simulator,
-)
+from bridge.cli.simulators import add_simulator_arguments, start_simulator
+from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
 from bridge.terminals.caisse_ap.tcp import CaisseAPTCPDriver, parse_tcp_options
 from tests.support import run_in_own_reactor
 
@@ -109,7 +105,7 @@ def test_approved_payment_sends_the_request_once_after_before_send(own):
     assert outcome.details["amount_authorised"] == 1234
     assert simulator.requests == [encode_request(REQUEST)]
     assert (recorder.calls, recorder.requests_seen) == (1, [0])
-    assert driver.status()["state"] == "idle"
+    assert driver.status().as_dict()["state"] == "idle"
 
 
 def test_refund_and_cheque_are_approved(own):
@@ -164,7 +160,7 @@ def test_silent_terminal_ends_unknown_after_the_answer_timeout(own):
     assert (outcome.state, outcome.code) == (states.UNKNOWN, "answer_timeout")
     assert time.monotonic() - started >= 0.2
     assert len(simulator.requests) == 1
-    assert driver.status()["last_error"] == "answer_timeout"
+    assert driver.status().as_dict()["last_error"] == "answer_timeout"
 
 
 def test_split_answer_kept_open_is_read_whole(own):
@@ -238,7 +234,8 @@ def test_refused_connection_fails_before_anything_is_sent(own):
         "The payment terminal could not be reached. Check that it is switched on and connected."
     )
     assert recorder.calls == 0
-    assert driver.status()["last_error"] == "terminal_unreachable"
+    assert driver.status().as_dict()["last_error"] == "terminal_unreachable"
+    assert not driver.status().up  # nothing watches a TCP terminal: down until a payment reaches it again
 
 
 def test_second_payment_while_busy_is_refused_at_once(own):
@@ -250,7 +247,7 @@ def test_second_payment_while_busy_is_refused_at_once(own):
     def scenario():
         first = driver.pay(REQUEST, SendRecorder())
         seen["second"] = yield driver.pay(PaymentRequest("pay-2", DEBIT, 1, EUR), recorder)
-        seen["status"] = dict(driver.status())
+        seen["status"] = driver.status().as_dict()
         return (yield first)
 
     outcome = own.run(scenario)
@@ -259,7 +256,7 @@ def test_second_payment_while_busy_is_refused_at_once(own):
     assert seen["status"]["state"] == "busy" and "pay-1" in seen["status"]["detail"]
     assert outcome.code == "answer_timeout"
     assert len(simulator.requests) == 1
-    assert driver.status()["state"] == "idle"
+    assert driver.status().as_dict()["state"] == "idle"
 
 
 @pytest.mark.parametrize(
@@ -278,7 +275,7 @@ def test_before_send_failing_sends_nothing_and_fails(own, error, code):
     outcome = own.run(scenario)
     assert (outcome.state, outcome.code) == (states.FAILED, code)
     assert simulator.requests == []
-    assert driver.status()["state"] == "idle"
+    assert driver.status().as_dict()["state"] == "idle"
 
 
 def test_simulator_started_from_the_command_line_options(own, tmp_path):
@@ -461,8 +458,8 @@ class TestWithFakeReactor:
         assert transport.value() == b"" and not transport.connected
 
     def test_status_shows_the_address(self):
-        assert self.driver.status() == {
-            "state": "idle", "detail": "Ready.", "address": "192.0.2.7:8888", "last_error": None,
+        assert self.driver.status().as_dict() == {
+            "state": "idle", "detail": "Ready.", "up": True, "address": "192.0.2.7:8888", "last_error": None,
         }
 
     def test_constructor_refuses_bad_identity(self):
@@ -525,4 +522,4 @@ def test_bad_options_are_named_in_words(options, key):
 
 def test_ipv6_status_address_is_bracketed():
     driver = CaisseAPTCPDriver("till", MemoryReactorClock(), "fe80::1", 8888)
-    assert driver.status()["address"] == "[fe80::1]:8888"
+    assert driver.status().as_dict()["address"] == "[fe80::1]:8888"

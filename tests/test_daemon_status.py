@@ -9,32 +9,26 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from bridge.api.client import connect
+from bridge.core.contract import TerminalStatus
 from bridge.service.daemon import status_line, terminal_is_up
 from tests.support import add_test_client, credentials_of, start_daemon, start_simulator, write_config
 
 
-def test_a_terminal_is_up_unless_its_driver_says_otherwise():
-    assert terminal_is_up({"state": "idle", "last_error": None})
-    assert terminal_is_up({"state": "busy"})
-    assert not terminal_is_up({"state": "idle", "last_error": "terminal_unreachable"})
-    assert not terminal_is_up({"state": "offline"})
-    assert not terminal_is_up({"state": "disconnected", "health": "down"})
-
-
-def test_a_terminal_whose_health_is_checked_is_judged_by_its_state_not_its_last_payment():
-    assert terminal_is_up({"state": "idle", "health": "up", "last_error": "no_ack"})
-    assert terminal_is_up({"state": "idle", "online": True, "last_error": "reader_offline"})
-    assert not terminal_is_up({"state": "offline", "online": False})
+def test_a_terminal_is_up_when_its_driver_says_so_whatever_its_words():
+    assert terminal_is_up(TerminalStatus("idle", "Ready.", up=True).as_dict())
+    assert terminal_is_up(TerminalStatus("busy", "", up=True, facts={"last_error": "link_lost"}).as_dict())
+    assert not terminal_is_up(TerminalStatus("idle", "Ready.", up=False, facts={"last_error": "link_lost"}).as_dict())
+    assert not terminal_is_up({"state": "idle"})  # a status without the driver's word is not taken as up
 
 
 def test_the_status_line_counts_terminals_up_and_names_those_down():
-    terminals = [{"name": "till-1", "state": "idle"}, {"name": "till-2", "state": "idle", "last_error": "link_lost"}]
+    terminals = [{"name": "till-1", "state": "idle", "up": True}, {"name": "till-2", "state": "idle", "up": False}]
     assert status_line(8443, terminals, 2) == \
         "Listening on port 8443; terminals up: 1/2 (down: till-2); clients connected: 2"
 
 
 def test_the_status_line_names_at_most_five_terminals_down():
-    terminals = [{"name": f"t{i}", "state": "offline"} for i in range(7)]
+    terminals = [{"name": f"t{i}", "state": "offline", "up": False} for i in range(7)]
     assert "(down: t0, t1, t2, t3, t4, ...)" in status_line(1, terminals, 0)
 
 

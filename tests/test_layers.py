@@ -85,3 +85,33 @@ def test_the_test_doubles_ship_from_one_place():
         (FakeStripe, SimulatorFactory, SimulatorScript, SerialTerminal)
     assert sorted(testing.__all__) == ["FakeStripe", "RecordingDriver", "SerialTerminal", "SimulatorFactory",
                                        "SimulatorScript"]
+
+
+def test_every_driver_provides_the_whole_contract():
+    from zope.interface.verify import verifyClass
+
+    from bridge.core.contract import ITerminalDriver
+    from bridge.terminals.caisse_ap.serial import CaisseAPSerialDriver
+    from bridge.terminals.caisse_ap.tcp import CaisseAPTCPDriver
+    from bridge.terminals.stripe.driver import StripeReaderDriver
+
+    for driver in (CaisseAPTCPDriver, CaisseAPSerialDriver, StripeReaderDriver):
+        assert verifyClass(ITerminalDriver, driver)
+    assert {"start", "stop", "status", "pay", "cancel", "recover"} <= set(ITerminalDriver.names())
+
+
+def test_only_the_daemon_hooks_the_reactors_shutdown_of_what_it_runs():
+    """The daemon's service tree starts and stops the drivers (issue 17): no driver, no terminal module, no part
+    of the service registers a shutdown trigger of its own (the command line's one-shot commands may)."""
+    packages = ("core", "terminals", "api", "uplink", "status", "service")
+    hooked = [str(path.relative_to(ROOT.parent)) for package in packages
+              for path in sorted((ROOT / package).rglob("*.py"))
+              if "addSystemEventTrigger" in path.read_text(encoding="utf-8")]
+    assert hooked == ["bridge/service/run.py"]
+
+
+def test_the_simulators_and_the_fake_leave_their_command_lines_to_the_cli():
+    modules = [ROOT / "terminals" / "caisse_ap" / "simulator.py",
+               ROOT / "terminals" / "caisse_ap" / "serial_simulator.py",
+               *sorted((ROOT / "terminals" / "stripe" / "fake").glob("*.py"))]
+    assert [str(m.relative_to(ROOT.parent)) for m in modules if "argparse" in m.read_text(encoding="utf-8")] == []

@@ -84,25 +84,50 @@ class StopDuringAPaymentTests(TestCase):
         self.assertNotIn("Unhandled error", daemon.tail(20000))
 
 
-def test_the_stop_order_is_written_once_and_each_step_ends_before_the_next():
+def test_the_daemon_stops_its_parts_in_the_stop_order_each_once_the_one_before_has_stopped():
     from twisted.internet.defer import Deferred
     from twisted.internet.task import Clock
 
-    from bridge.service.daemon import Daemon
+    from bridge.service.daemon import STOP_ORDER, Daemon, Part
 
+    assert STOP_ORDER == ("watchdog", "timers", "status page", "listening", "payments in flight",
+                          "client connections", "terminal drivers", "uplinks", "journal")
     daemon = Daemon(config=None, reactor=Clock())
-    assert [name for name, _ in daemon.stop_order()] == [
-        "the timers", "the status page", "listening", "payments in flight", "client connections",
-        "terminal drivers", "uplinks", "journal"]
-    started, held = [], {name: Deferred() for name, _ in daemon.stop_order()}
-    daemon.stop_order = lambda grace=0: [(name, lambda name=name: started.append(name) or held[name])
-                                         for name in held]
+    daemon.running = 1  # as start() makes it: each part added is started
+    stopping, held = [], {name: Deferred() for name in STOP_ORDER}
+    # added in the order a start adds them, which is not the stop order
+    for name in ("journal", "terminal drivers", "payments in flight", "timers", "client connections", "listening",
+                 "uplinks", "status page", "watchdog"):
+        Part(name, lambda name=name: stopping.append(name) or held[name]).setServiceParent(daemon)
     stopped = daemon.stop()
-    assert started == ["the timers"]
-    for count, name in enumerate(held, start=1):
-        assert len(started) == count
+    assert stopping == ["watchdog"]
+    for count, name in enumerate(STOP_ORDER, start=1):
+        assert stopping == list(STOP_ORDER[:count])
         held[name].callback(None)
     assert stopped.called
+    assert not any(part.running for part in daemon)
+
+
+def test_a_part_that_fails_to_stop_does_not_keep_the_journal_open():
+    from twisted.internet.task import Clock
+
+    from bridge.service.daemon import Daemon, Part
+
+    daemon, stopped = Daemon(config=None, reactor=Clock()), []
+    daemon.running = 1
+    Part("journal", lambda: stopped.append("journal")).setServiceParent(daemon)
+    Part("terminal drivers", lambda: 1 / 0).setServiceParent(daemon)
+    assert daemon.stop().called and stopped == ["journal"]
+
+
+def test_a_part_without_a_place_in_the_stop_order_is_refused():
+    import pytest
+    from twisted.internet.task import Clock
+
+    from bridge.service.daemon import Daemon, Part
+
+    with pytest.raises(ValueError):
+        Part("new thing", lambda: None).setServiceParent(Daemon(config=None, reactor=Clock()))
 
 
 def test_stopping_a_daemon_that_never_started_does_nothing():
@@ -113,3 +138,36 @@ def test_stopping_a_daemon_that_never_started_does_nothing():
     notes = []
     stopped = Daemon(config=None, reactor=Clock(), notify=notes.append).stop()
     assert stopped.called and notes == ["STOPPING=1"]
+
+
+class StartThatFailsTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_a_start_that_fails_half_way_stops_what_did_start_and_only_that(self):
+        import socket
+
+        from bridge.service.daemon import Daemon
+        from tests.support import load_config
+
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = write_config(directory, {"till-1": "127.0.0.1:9"}, port=taken.getsockname()[1])
+        daemon = Daemon(load_config(path), reactor)
+        try:
+            yield daemon.start()
+        except Exception as e:
+            error = e
+        else:
+            self.fail("the daemon listened on a port already taken")
+        self.assertIn("Address already in use", str(error))
+        # up before listening failed: the journal, the drivers, the payment service, the client connections
+        self.assertEqual(sorted(part.name for part in daemon if part.running),
+                         ["client connections", "journal", "payments in flight", "terminal drivers", "timers"])
+        yield daemon.stop(grace=1.0)
+        self.assertTrue(daemon.journal.closed)
+        self.assertEqual([part.name for part in daemon if part.running], [])

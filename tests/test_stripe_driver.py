@@ -549,25 +549,26 @@ class StatusAndLookupTests(StripeTestCase):
     @inlineCallbacks
     def test_status_shows_the_reader_from_the_cached_read(self):
         driver = self.make_driver()
-        self.assertEqual(driver.status()["state"], "unknown")
+        self.assertEqual(driver.status().as_dict()["state"], "unknown")
         yield driver.refresh_status()
-        status = driver.status()
+        status = driver.status().as_dict()
         self.assertEqual((status["state"], status["online"], status["serial_number"], status["label"]),
                          ("idle", True, SERIAL, "Till 1"))
         self.assertEqual(status["device_type"], "simulated_wisepos_e")
         self.assertRegex(status["last_seen"], r"^\d{4}-\d\d-\d\dT")
         before = len(self.fake.requests)
-        driver.status()
+        driver.status().as_dict()
         self.assertEqual(len(self.fake.requests), before)
         self.fake.set_online(self.reader["id"], False)
         yield driver.refresh_status()
-        self.assertEqual((driver.status()["state"], driver.status()["online"]), ("offline", False))
+        self.assertEqual((driver.status().state, driver.status().facts["online"], driver.status().up),
+                         ("offline", False, False))
 
     @inlineCallbacks
     def test_status_is_refreshed_on_a_timer(self):
         driver = self.make_driver(status_interval=0.05)
         yield self.wait_for(lambda: len(self.paths(self.reader["id"], "GET")) >= 2, "two status reads")
-        self.assertEqual(driver.status()["state"], "idle")
+        self.assertEqual(driver.status().as_dict()["state"], "idle")
 
     @inlineCallbacks
     def test_stripe_calls_never_run_on_the_reactor_thread(self):
@@ -696,7 +697,7 @@ class MalformedAnswerTests(StripeTestCase):
         driver = self.make_driver(by_serial=False)
         outcome = yield driver.pay(self.request(), SendRecorder(self.fake))
         self.assertEqual((outcome.state, outcome.code), ("approved", "approved"))
-        status = driver.status()
+        status = driver.status().as_dict()
         self.assertEqual((status["online"], status["label"], status["last_seen"]), (None, None, None))
         self.assertEqual(self.tracebacks(), [])
 

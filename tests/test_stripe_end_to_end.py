@@ -15,7 +15,7 @@ from bridge.config import TerminalConfig
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
-from bridge.core.contract import ITerminalDriver
+from bridge.core.contract import ITerminalDriver, TerminalStatus
 from bridge.terminals.catalogue import VALIDATORS
 from bridge.terminals.stripe.driver import build_stripe_driver
 from bridge.terminals.stripe.options import parse_stripe_options, read_api_key
@@ -116,7 +116,13 @@ class _CrashingDriver:
         yield Deferred()  # never answers: the process is gone
 
     def status(self):
-        return {"state": "idle", "detail": ""}
+        return TerminalStatus("idle", "")
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
 
     def cancel(self, payment_id):
         return None  # like a terminal without a cancel message
@@ -202,7 +208,7 @@ class ConfigurationTests(StripeTestCase):
         config = TerminalConfig("nokey", "stripe", {"type": "stripe", "reader": self.reader["id"],
                                                    "api_key_file": "/nonexistent/stripe.key"})
         driver = build_stripe_driver(config, reactor)
-        self.assertEqual(driver.status()["state"], "error")
+        self.assertEqual(driver.status().as_dict()["state"], "error")
         from tests.stripe_support import SendRecorder
 
         outcome = yield driver.pay(self.request(), SendRecorder(self.fake))

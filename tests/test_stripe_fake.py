@@ -18,7 +18,8 @@ from twisted.internet.threads import deferToThread
 
 from bridge.cli.main import main
 from bridge.terminals.stripe.api import StripeCallError
-from bridge.terminals.stripe.fake import decode_form, loopback_endpoint, start_fake
+from bridge.cli.simulators import loopback_endpoint, start_fake
+from bridge.terminals.stripe.fake import decode_form
 from tests.stripe_support import KEY, StripeTestCase
 
 
@@ -301,7 +302,7 @@ class CommandLineTests(StripeTestCase):
         args = argparse.Namespace(listen="tcp:0", reader=["SIM-9"], auto_present="4242424242424242", delay=0.05)
         fake = yield start_fake(reactor, args)
         self.addCleanup(fake.stop)
-        self.assertEqual(fake._port.getHost().host, "127.0.0.1")
+        self.assertTrue(fake.url.startswith("http://127.0.0.1:"), fake.url)
         reader = next(iter(fake.readers.values()))
         self.assertEqual(reader["serial_number"], "SIM-9")
         self.assertEqual(fake.reader_knobs(reader["id"]).auto_present, "4242424242424242")

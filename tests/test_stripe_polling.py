@@ -75,7 +75,7 @@ class PollingCostTests(StripeTestCase):
         for t, second in enumerate(per_second, start=1):
             self.assertEqual(second, {"GET /v1/terminal/readers/{reader}": 1,
                                       "GET /v1/payment_intents/{intent}": 1}, f"second {t}")
-        self.assertEqual(driver.status()["online"], True)  # the polls keep the status fresh
+        self.assertEqual(driver.status().as_dict()["online"], True)  # the polls keep the status fresh
         clock.advance(1.0)  # the payment timeout: the reader is stopped, the PaymentIntent voided
         outcome = yield running
         self.assertEqual(outcome.code, "payment_timeout")

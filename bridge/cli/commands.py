@@ -9,19 +9,19 @@ import socket
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from bridge.api.signing import new_secret
 from bridge.cli import doctor, stripe as stripe_cli, uplink as uplink_cli
-from bridge.cli.common import (EX_CONFIG, clients_file_and_state_dir, load_config, report_config_error, usage_of,
-                               write_private_json)
+from bridge.cli.common import (EX_CONFIG, clients_file_and_state_dir, load_config, report_config_error,
+                               usage_of, write_private_json)
 from bridge.cli.pay import add_connection_arguments
 from bridge.cli.payments import list_payments
+from bridge.cli.simulators import add_serial_arguments, add_simulator_arguments
 from bridge.config import (DEFAULT_PORT, DEFAULT_RIGHTS, DEFAULT_STATE_DIR, RIGHTS, ConfigError, _host_port, add_client,
                            load_clients)
 from bridge.core.states import ALL_STATES
-from bridge.terminals.caisse_ap.serial_simulator import add_serial_arguments
-from bridge.terminals.caisse_ap.simulator import add_simulator_arguments
+from bridge.service.reactor import global_reactor
 
 __all__ = ["EX_CONFIG", "register", "write_private_json"]
 
@@ -288,7 +288,9 @@ def bridge_endpoint(config_path: str) -> BridgeEndpoint:
         parser.read(config_path, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError):
         pass
-    section = parser["bridge"] if parser.has_section("bridge") else {}
+    section: Mapping[str, str] = {}
+    if parser.has_section("bridge"):
+        section = parser["bridge"]
     base = os.path.dirname(os.path.abspath(config_path))
     state_dir = os.path.join(base, section.get("state_dir", "") or DEFAULT_STATE_DIR)
     certificate = os.path.join(base, section.get("tls_certificate", "")
@@ -334,10 +336,10 @@ def cmd_payments(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_caisse_ap(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     if args.serial:
-        from bridge.terminals.caisse_ap.serial_simulator import start_serial_simulator
+        from bridge.cli.simulators import start_serial_simulator
 
         try:
             terminal = start_serial_simulator(reactor, args)
@@ -351,7 +353,7 @@ def cmd_simulate_caisse_ap(args: argparse.Namespace) -> int:
         reactor.run()
         return 0
 
-    from bridge.terminals.caisse_ap.simulator import start_simulator
+    from bridge.cli.simulators import start_simulator
 
     def started(port: Any) -> None:
         address = port.getHost()

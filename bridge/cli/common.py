@@ -75,3 +75,4 @@ def write_private_json(path: str, data: dict[str, Any], owner: Optional[tuple[in
             os.fchown(f.fileno(), *owner)
         json.dump(data, f, indent=2)
         f.write("\n")
+

@@ -13,6 +13,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 
 from bridge.cli.common import write_private_json
 from bridge.config import ConfigError, add_client, load
+from bridge.service.reactor import global_reactor
 from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
 
 #: The simulated terminals: name -> (script, what it shows off).
@@ -64,7 +65,7 @@ def _demo_credentials(path: str, config: Any) -> Optional[dict[str, Any]]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     from bridge.api.signing import new_secret
     from bridge.api.tls import ensure_certificate, fingerprint_of_pem

@@ -21,6 +21,7 @@ from twisted.internet.task import deferLater
 from bridge.api.client import Credentials, connect
 from bridge.core.money import currency, format_major, parse_major
 from bridge.errors import BridgeError
+from bridge.service.reactor import global_reactor
 
 EXIT_APPROVED, EXIT_NOT_APPROVED, EXIT_ERROR, EXIT_UNKNOWN = 0, 1, 2, 3
 
@@ -123,7 +124,7 @@ def run_remote(args: argparse.Namespace,
     """Run ``work(reactor, url, credentials, fingerprint)`` against the bridge named by the command line
     (``--credentials``, ``--url``, ``--fingerprint``, ``--cafile``); returns its exit code, or EXIT_ERROR with the
     reason on standard error."""
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     try:
         creds, defaults = _credentials(args)
@@ -219,6 +220,12 @@ class _Lost(Exception):
     """The connection to the bridge closed before the payment's end was known."""
 
 
+def _lose(_: Any, ended: Deferred) -> None:
+    """The connection closed: the payment's end is lost unless it was known already."""
+    if not ended.called:
+        ended.errback(_Lost())
+
+
 @inlineCallbacks
 def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
            op: str, arguments: dict[str, Any], command_id: str, timeout: float, echo: Any = print,
@@ -227,7 +234,7 @@ def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str
     """Send ``op`` (``payment.start`` or ``payment.refund``) with ``command_id`` and follow the payment it
     makes to its end, across lost connections; fires with the exit code."""
     deadline = reactor.seconds() + timeout
-    seen_states: list[str] = []
+    seen_states: list[Optional[str]] = []
     known: dict[str, Any] = {}  # the latest payment object
     sent = False  # once the command may have reached the bridge, a failure to learn its end is `unknown`
     delays = iter(reconnect_delays)
@@ -272,9 +279,9 @@ def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str
                 ended.callback(payment)
 
         factory.on_event = on_event
-        factory.closed.addBoth(lambda _, ended=ended: None if ended.called else ended.errback(_Lost()))
+        factory.closed.addBoth(_lose, ended)
         outcome: Optional[dict[str, Any]] = None
-        lost, error = False, None
+        lost, error = False, None  # type: bool, Optional[Exception]
         try:
             yield proto.call("hello", {"client": creds.client_id})
             sent = True

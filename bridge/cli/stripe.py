@@ -9,7 +9,9 @@ import argparse
 import sys
 from typing import Any, Optional
 
+from bridge.cli.simulators import add_fake_arguments, start_fake
 from bridge.config import ConfigError
+from bridge.service.reactor import global_reactor
 
 EPILOG = """\
 The key and Stripe's address come from a [terminal:NAME] section with type = stripe in the configuration
@@ -167,9 +169,7 @@ def _slug(label: str) -> str:
 
 
 def cmd_simulate_stripe(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor
-
-    from bridge.terminals.stripe.fake import start_fake
+    reactor = global_reactor()
 
     def started(fake: Any) -> None:
         print(f"Fake Stripe API on {fake.url} (test keys sk_test_... or rk_test_...). Readers:", flush=True)
@@ -198,17 +198,3 @@ def simulate_parser(sim_sub: argparse._SubParsersAction) -> Optional[argparse.Ar
     add_fake_arguments(sim)
     sim.set_defaults(handler=cmd_simulate_stripe)
     return sim
-
-
-def add_fake_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", default="tcp:12111",
-                        help="where to listen, as a Twisted endpoint (default: %(default)s); the interface is "
-                             "127.0.0.1 unless the description names one")
-    parser.add_argument("--reader", action="append", default=[], metavar="SERIAL",
-                        help="a simulated reader already registered, with this serial number (repeatable; "
-                             "default: one reader, SIM-0001)")
-    parser.add_argument("--auto-present", metavar="CARD", default="4242424242424242",
-                        help="the test card the readers present by themselves; 'none' to wait for "
-                             "POST /_fake/present (default: %(default)s)")
-    parser.add_argument("--delay", type=float, default=3.0,
-                        help="seconds between process_payment_intent and the card (default: %(default)s)")

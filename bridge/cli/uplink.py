@@ -23,6 +23,7 @@ from bridge.cli.common import clients_file_and_state_dir, load_config, report_co
 from bridge.config import PID_FILE, BridgeConfig, ConfigError
 from bridge.core.journal import Journal
 from bridge.errors import BridgeError
+from bridge.service.reactor import global_reactor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -149,7 +150,7 @@ def _identity(config_path: str, state_dir: str) -> tuple[str, Optional[str]]:
 def _exchange(url: str, database: str, code: str, bridge_name: str, fingerprint: Optional[str],
               ca_file: Optional[str]) -> Any:
     """Run the pairing exchange on the reactor; returns the Pairing or raises BridgeError."""
-    from twisted.internet import reactor
+    reactor = global_reactor()
     from twisted.internet.defer import inlineCallbacks
 
     from bridge.uplink.https import HTTPS, TLSPolicy
@@ -210,13 +211,12 @@ def ask_reload(state_dir: str, unit: str = "terminal-bridge") -> tuple[bool, str
     except (OSError, subprocess.SubprocessError):
         active = False
     if active:
+        done: Optional[subprocess.CompletedProcess[str]]
         try:
             done = subprocess.run(["systemctl", "reload", unit], timeout=60, capture_output=True, text=True)
-        except (OSError, subprocess.SubprocessError) as e:
-            done = None
-            why = str(e)
-        else:
             why = (done.stderr or "").strip()
+        except (OSError, subprocess.SubprocessError) as e:
+            done, why = None, str(e)
         if done is not None and done.returncode == 0:
             return True, f"The bridge (service {unit}) was asked to reload its configuration."
         return False, (f"The bridge could not be asked to reload ({why or 'systemctl reload failed'}). Restart it "

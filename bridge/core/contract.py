@@ -3,8 +3,13 @@
 The payment path reads downwards: ``api`` (sessions, commands) -> ``core`` (:mod:`bridge.core.payments`, the
 journal, the states) -> this contract -> a driver under ``bridge.terminals``.  A driver knows its wire protocol
 and nothing of clients, journals or WebSockets: the core hands it a :class:`PaymentRequest` and a
-``before_send`` hook, the driver answers with an :class:`Outcome`.  Adding a terminal family means a codec, a
-transport and one class that provides :class:`ITerminalDriver`.
+``before_send`` hook, the driver answers with an :class:`Outcome`; it says how its terminal is with a
+:class:`TerminalStatus`.  The daemon (:mod:`bridge.service.daemon`) starts every driver before recovery and stops
+it once the payments in flight have ended; a driver never hooks the reactor's shutdown itself.
+
+Adding a terminal family means a codec, a transport and one class that provides :class:`ITerminalDriver`, then
+one line in :mod:`bridge.terminals.catalogue` (its option checker and builder) and its configuration check in
+:data:`bridge.cli.doctor.TERMINAL_CHECKS`.
 """
 
 from __future__ import annotations
@@ -52,6 +57,29 @@ class Outcome:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TerminalStatus:
+    """What a driver says of its terminal now (:meth:`ITerminalDriver.status`).
+
+    ``state`` is a word a shop's installer reads: ``idle`` or ``busy``, or the driver's word for why the
+    terminal cannot pay now (``disconnected``, ``down``, ``offline``, ``error``; ``unknown`` while a driver has
+    not heard from its terminal yet).  ``detail`` says it in a sentence.  ``up`` is the driver's own answer to
+    "can this terminal take a payment now?": only the driver knows what its words and facts mean (a TCP terminal
+    is down after a payment that could not reach it, a serial one when it stops answering the health check).
+    ``facts`` are the family's own keys for ``terminal.status`` (``address``, ``device``, ``reader``,
+    ``last_error``, ...).
+    """
+
+    state: str
+    detail: str
+    up: bool = True
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``terminal.status`` shape (docs/protocol.md): ``state``, ``detail``, ``up`` and the facts."""
+        return {"state": self.state, "detail": self.detail, "up": self.up, **self.facts}
+
+
 #: ``before_send(details=None)``: journal the payment ``in_progress`` (with ``details`` the driver wants kept,
 #: e.g. a provider's own id, so that recovery can find the payment again) before anything reaches the terminal.
 BeforeSend = Callable[..., "Deferred[None]"]
@@ -86,5 +114,16 @@ class ITerminalDriver(Interface):
         record the bridge can read always says None); the payment then stays ``unknown`` until a person
         resolves it."""
 
-    def status() -> Mapping[str, Any]:
-        """A small dict for ``terminal.status``: at least ``{"state": "idle"|"busy"|..., "detail": str}``."""
+    def status() -> TerminalStatus:
+        """What the terminal is doing now and whether it can take a payment; read often (status line, status
+        page, metrics), so it answers from what the driver already knows, without I/O."""
+
+    def start() -> None:
+        """Begin the terminal's own life (open a device, start a health check or a thread pool).  Called once, by
+        the daemon, on the reactor thread, before recovery asks :meth:`recover`.  Nothing to do for a terminal
+        reached anew for each payment."""
+
+    def stop() -> "Optional[Deferred[None]]":
+        """End it, once the payments in flight have ended (the daemon's stop order): close the device, stop the
+        timers and threads.  Fires (or returns None) once done.  The daemon alone calls it: a driver does not
+        hook the reactor's shutdown itself."""

@@ -40,9 +40,15 @@ class TerminalRegistry:
     def current_payment(self, name: str) -> Optional[str]:
         return self._busy.get(name)
 
+    def drivers(self) -> list[ITerminalDriver]:
+        """Every driver, in name order (the daemon starts and stops them)."""
+        return [self._drivers[name] for name in self.names()]
+
     def status(self, name: str) -> dict[str, Any]:
+        """``terminal.status``: the driver's :class:`~bridge.core.contract.TerminalStatus`, its name, its type and
+        the payment it runs (``busy`` while the registry holds one for it)."""
         driver = self.driver(name)
-        status = dict(driver.status())
+        status = driver.status().as_dict()
         status.update({"name": name, "type": driver.kind, "payment": self._busy.get(name)})
         if name in self._busy:
             status["state"] = "busy"

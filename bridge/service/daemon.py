@@ -1,10 +1,18 @@
-"""The running bridge: journal, terminals, payment service and the TLS WebSocket listener, wired together."""
+"""The running bridge: journal, terminals, payment service and the TLS WebSocket listener, wired together.
+
+The :class:`Daemon` is a Twisted service tree (a ``MultiService``, as buildbot-worker and landscape-client are):
+each part it starts becomes a child service, and stopping the daemon stops the parts one after another in
+:data:`STOP_ORDER`, written once here.  Nothing else hooks the reactor's shutdown: `terminal-bridge run` and the
+demo stop the daemon, the daemon stops everything it started, and only what it started (a start that failed
+half-way stops the parts already up).
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.task import LoopingCall
@@ -14,6 +22,7 @@ from bridge.api.session import Bridge
 from bridge.api.tls import ensure_certificate, fingerprint_of_pem, server_options
 from bridge.api.websocket import CommandFactory
 from bridge.config import BridgeConfig, ConfigError, load
+from bridge.core.contract import ITerminalDriver
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
@@ -33,20 +42,20 @@ RECOVERY_RETRY = 30
 STATUS_INTERVAL = 10
 #: At most one STATUS= update per this many seconds when clients or payments change.
 STATUS_COALESCE = 1.0
-#: Driver ``status()`` states that mean the terminal cannot take a payment now.
-DOWN_STATES = frozenset({"offline", "unreachable", "disconnected", "down", "error"})
 
-
-#: ``status()`` keys of drivers that watch their terminal between payments (serial: ``health``, Stripe: ``online``).
-LIVE_KEYS = ("health", "online")
+#: The stop order, written once: each part ends before the next one is stopped.  Stop pinging systemd's watchdog
+#: and the timers; stop serving the status page and listening for clients (the payment service refuses new
+#: payments from then on, from the uplinks too); give the payments in flight up to the grace (:data:`STOP_GRACE`)
+#: to end and be journaled, while clients stay connected and hear of it; then close the client connections, stop
+#: the terminal drivers (serial ports are closed only now), the uplinks (which have delivered those payments'
+#: results meanwhile) and, last, the journal.  A new part of the daemon adds its name here.
+STOP_ORDER = ("watchdog", "timers", "status page", "listening", "payments in flight", "client connections",
+              "terminal drivers", "uplinks", "journal")
 
 
 def terminal_is_up(status: Mapping[str, Any]) -> bool:
-    """Up unless the driver's state says it is down.  A driver that does not watch its terminal between
-    payments (TCP) is also down while its last payment met a link problem (``last_error``)."""
-    if status.get("state") in DOWN_STATES:
-        return False
-    return any(key in status for key in LIVE_KEYS) or not status.get("last_error")
+    """Whether a terminal can take a payment, as its driver says (``up`` of ``terminal.status``)."""
+    return status.get("up") is True
 
 
 def status_line(port: int, terminals: Iterable[Mapping[str, Any]], clients: int) -> str:
@@ -60,14 +69,57 @@ def status_line(port: int, terminals: Iterable[Mapping[str, Any]], clients: int)
     return f"{text}; clients connected: {clients}"
 
 
-class Daemon:
+class Part(Service):
+    """A part of the running daemon, as a child of its service tree: stopping it calls ``stop``."""
+
+    def __init__(self, name: str, stop: Callable[[], Any]) -> None:
+        self.setName(name)
+        self._stop = stop
+
+    def stopService(self) -> "Deferred[Any]":
+        Service.stopService(self)
+        return maybeDeferred(self._stop)
+
+
+class TerminalDrivers(Service):
+    """The terminal drivers: started with the service (before recovery asks them), stopped one by one."""
+
+    log = Logger()
+
+    def __init__(self, drivers: Iterable[ITerminalDriver]) -> None:
+        self.setName("terminal drivers")
+        # Any: mypy, without the mypy-zope plugin, cannot call an interface's methods (pyproject.toml)
+        self._drivers: list[Any] = list(drivers)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        for driver in self._drivers:
+            driver.start()
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        for driver in self._drivers:
+            try:
+                yield maybeDeferred(driver.stop)
+            except Exception:
+                self.log.failure("Could not stop terminal {terminal} cleanly", terminal=driver.name)
+
+
+class Daemon(MultiService):
+    """The running bridge as a service tree: :meth:`start` brings its parts up in the order they need each other
+    and adds each as a child once it is up; :meth:`stop` stops them in :data:`STOP_ORDER`."""
+
     log = Logger()
 
     def __init__(self, config: BridgeConfig, reactor: Any,
-                 notify: Callable[[str], Any] = lambda message: False) -> None:
+                 notify: Callable[[str], Any] = lambda message: False,
+                 watchdog: Optional[Service] = None) -> None:
+        MultiService.__init__(self)
         self.config = config
         self.reactor = reactor
         self._notify = notify
+        self._watchdog = watchdog
         self._status = StatusReporter(notify)
         self._status_refresh: Optional[LoopingCall] = None
         self._status_pending: Any = None
@@ -81,10 +133,28 @@ class Daemon:
         self.uplinks: Any = None
         self._reload_lock = DeferredLock()
         self.status_page: Any = None
+        self._grace = STOP_GRACE
+
+    def addService(self, service: IService) -> None:
+        """Add a part (started at once while the daemon runs); it must have its place in :data:`STOP_ORDER`."""
+        if service.name not in STOP_ORDER:
+            raise ValueError(f"{service.name!r} has no place in the daemon's STOP_ORDER")
+        MultiService.addService(self, service)
+
+    def _add_part(self, name: str, stop: Callable[[], Any]) -> None:
+        Part(name, stop).setServiceParent(self)
+
+    def startService(self) -> "Deferred[Any]":  # type: ignore[override]
+        return self.start()
+
+    def stopService(self) -> "Deferred[None]":  # type: ignore[override]
+        return self.stop()
 
     @inlineCallbacks
-    def start(self):
-        """Start everything; fires with the listening port once the bridge serves clients."""
+    def start(self) -> Any:
+        """Start everything; fires with the listening port once the bridge serves clients.  If a part cannot
+        start, the parts already up stay children: :meth:`stop` stops them."""
+        Service.startService(self)  # running: each part added from now on is started as it is added
         config = self.config
         os.makedirs(config.state_dir, mode=0o750, exist_ok=True)
         if ensure_certificate(config.tls_certificate, config.tls_key):
@@ -94,10 +164,14 @@ class Daemon:
             self.fingerprint = fingerprint_of_pem(f.read())
         self.log.info("TLS certificate fingerprint (SHA-256): {fingerprint}", fingerprint=self.fingerprint)
 
-        self.journal = Journal.open(config.journal_path, reactor=self.reactor)
+        journal = self.journal = Journal.open(config.journal_path, reactor=self.reactor)
+        self._add_part("journal", journal.close)
         registry = TerminalRegistry(build_driver(t, self.reactor) for t in config.terminals.values())
-        self.payments = PaymentService(self.journal, registry, self.reactor)
-        if not self.journal.writable:
+        TerminalDrivers(registry.drivers()).setServiceParent(self)  # started now: recovery may ask them
+        self.payments = PaymentService(journal, registry, self.reactor)
+        self._add_part("payments in flight", self._let_payments_end)
+        self._add_part("timers", self._stop_timers)
+        if not journal.writable:
             self.log.critical("The journal's disk is read-only: payments are refused until it can be written "
                               "again ({path})", path=config.journal_path)
         # Recovery needs to write; on a read-only disk it is retried until it can, while the bridge serves.
@@ -112,33 +186,43 @@ class Daemon:
         self._pruning.start(PRUNE_INTERVAL, now=True)
 
         bridge = self.bridge = Bridge(config, self.payments, self.reactor, self.fingerprint)
+        self._add_part("client connections", bridge.close_connections)
         # autobahn wants a URL for its headers; port 0 (any free port, in tests) is not a valid one.
         factory = CommandFactory(bridge, f"wss://{config.listen_host}:{config.listen_port or 443}")
         endpoint = SSL4ServerEndpoint(self.reactor, config.listen_port,
                                       server_options(config.tls_certificate, config.tls_key),
                                       interface=config.listen_host)
-        self.port = yield endpoint.listen(factory)
-        address = self.port.getHost()
+        port = self.port = yield endpoint.listen(factory)
+        self._add_part("listening", port.stopListening)
+        address = port.getHost()
         self.log.info("Listening for clients on wss://{host}:{port} with {terminals} terminal(s), "
                       "{clients} client(s)", host=address.host, port=address.port,
                       terminals=len(config.terminals), clients=len(config.clients))
         if config.uplinks:
             from bridge.uplink.service import Uplinks  # twisted.web's HTTP client: only loaded when used
 
-            self.uplinks = Uplinks(bridge, self.reactor)
+            self._set_uplinks(Uplinks(bridge, self.reactor))
             yield self.uplinks.start()
         if config.status is not None and config.status.enabled:
             from bridge.status.service import StatusService  # prometheus_client: only loaded when used
 
-            self.status_page = StatusService(self, self.reactor)
-            yield self.status_page.start()
+            status_page = self.status_page = StatusService(self, self.reactor)
+            self._add_part("status page", status_page.stop)
+            yield status_page.start()
         self._status.ready(self.status())
         bridge.on_clients_changed = self._report_status_soon
         self.payments.subscribe(lambda event: self._report_status_soon())
         self._status_refresh = LoopingCall(self._report_status)
         self._status_refresh.clock = self.reactor
         self._status_refresh.start(STATUS_INTERVAL, now=False)
-        return self.port
+        if self._watchdog is not None:
+            self._watchdog.setName("watchdog")
+            self._watchdog.setServiceParent(self)  # started as it is added: the first ping goes now
+        return port
+
+    def _set_uplinks(self, uplinks: Any) -> None:
+        self.uplinks = uplinks
+        self._add_part("uplinks", uplinks.stop)
 
     def reload(self) -> Deferred:
         """Re-read the configuration (SIGHUP): clients and uplinks now, the rest at the next restart (see
@@ -167,7 +251,7 @@ class Daemon:
         if self.uplinks is None and self.config.uplinks:
             from bridge.uplink.service import Uplinks
 
-            self.uplinks = Uplinks(self.bridge, self.reactor, services=[])
+            self._set_uplinks(Uplinks(self.bridge, self.reactor, services=[]))
         if self.uplinks is not None:
             yield self.uplinks.reload(self.bridge)
         self.log.info("Configuration reloaded: {clients} client(s), {uplinks} uplink(s)",
@@ -229,31 +313,22 @@ class Daemon:
                                                        error=f.getErrorMessage()))
         return d
 
-    def stop_order(self, grace: float = STOP_GRACE) -> list[tuple[str, Callable[[], Any]]]:
-        """The stop order, written once: each step ends before the next begins.  A new service adds one line.
-
-        Stop listening and taking new payments; give the payments in flight up to ``grace`` seconds to end and
-        be journaled (clients stay connected and hear of it); then close the client connections, stop the
-        terminal drivers (serial ports are closed only now), the uplinks (which have delivered those payments'
-        results meanwhile) and, last, the journal."""
-        return [
-            ("the timers", self._stop_timers),
-            ("the status page", lambda: self.status_page.stop() if self.status_page is not None else None),
-            ("listening", lambda: self.port.stopListening() if self.port is not None else None),
-            ("payments in flight", lambda: self._let_payments_end(grace)),
-            ("client connections", lambda: self.bridge.close_connections() if self.bridge is not None else None),
-            ("terminal drivers", self._stop_drivers),
-            ("uplinks", lambda: self.uplinks.stop() if self.uplinks is not None else None),
-            ("journal", lambda: self.journal.close() if self.journal is not None else None),
-        ]
-
     @inlineCallbacks
-    def stop(self, grace: float = STOP_GRACE):
+    def stop(self, grace: float = STOP_GRACE) -> Any:
         """Stop in the order that lets a payment under way end properly (a customer typing a PIN gets their
-        result): :meth:`stop_order`, one step after the other."""
+        result): the parts in :data:`STOP_ORDER`, one after another; a part that fails to stop is logged and the
+        next one is stopped all the same (the journal is closed last, whatever happened before)."""
         self._notify("STOPPING=1")
-        for _name, step in self.stop_order(grace):
-            yield maybeDeferred(step)
+        Service.stopService(self)
+        self._grace = grace
+        for name in STOP_ORDER:
+            part = self.namedServices.get(name)
+            if part is None or not part.running:
+                continue
+            try:
+                yield maybeDeferred(part.stopService)
+            except Exception:
+                self.log.failure("Stopping: {part} did not stop cleanly", part=name)
 
     def _stop_timers(self) -> None:
         for loop in (self._pruning, self._recovery):
@@ -267,7 +342,8 @@ class Daemon:
             self._status_pending.cancel()
 
     @inlineCallbacks
-    def _let_payments_end(self, grace: float):
+    def _let_payments_end(self) -> Any:
+        grace = self._grace
         if self.payments is None:
             return
         self.payments.stop_taking()
@@ -281,17 +357,3 @@ class Daemon:
             yield idle
         except Exception:
             self.log.warn("Stopping with payments still running; they will be settled at the next start")
-
-    @inlineCallbacks
-    def _stop_drivers(self):
-        if self.payments is None:
-            return
-        registry = self.payments.registry
-        for name in registry.names():
-            stop = getattr(registry.driver(name), "stop", None)
-            if stop is None:
-                continue
-            try:
-                yield maybeDeferred(stop)
-            except Exception:
-                self.log.failure("Could not stop terminal {terminal} cleanly", terminal=name)

@@ -56,7 +56,7 @@ def _journal_send(**fields: str) -> None:
     ``systemd.journal.send`` would add CODE_FILE/CODE_LINE of its caller, which is
     always this module; ``sendv`` sends only what the event says.
     """
-    from systemd import journal
+    import systemd.journal as journal
 
     journal.sendv(*(f"{name}={value}" for name, value in fields.items()))
 
@@ -118,8 +118,8 @@ class JournaldObserver:
 
 def make_observer(
     environ: Mapping[str, str] = os.environ, stream: Optional[TextIO] = None
-) -> ILogObserver:
-    """The observer the daemon should log to.
+) -> Callable[[LogEvent], None]:
+    """The observer the daemon should log to (an ILogObserver: a callable taking each event).
 
     journald when the process's output goes to the journal (``JOURNAL_STREAM``, set
     by systemd, names the same file as ``stream``) and python3-systemd is installed;
@@ -131,7 +131,7 @@ def make_observer(
     if not _connected_to_journal(environ, stream):
         return text
     try:
-        from systemd import journal  # noqa: F401  (only to know it is there)
+        import systemd.journal  # noqa: F401  (only to know it is there)
     except ImportError:
         return text
     return JournaldObserver(fallback=text)

@@ -14,6 +14,7 @@ from bridge.config import BridgeConfig
 from bridge.errors import BridgeError
 from bridge.service.daemon import Daemon
 from bridge.service.journald import make_observer
+from bridge.service.reactor import global_reactor
 from bridge.service.sdnotify import WatchdogService, notify, watchdog_interval
 
 log = Logger()
@@ -26,33 +27,33 @@ def start_logging(level: str) -> None:
 
     # autobahn logs through txaio; at its global level the calls below it become no-ops instead of events
     # that are built and then filtered out (a measurable share of a payment's CPU, docs/performance.md).
-    txaio.set_global_log_level(level if level in ("debug", "info", "warn", "error") else "info")
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS.get(level, LogLevel.info))
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(make_observer(), [predicate])],
-                                     redirectStandardIO=False)
+    txaio.set_global_log_level(  # type: ignore[attr-defined]  # set by txaio.use_twisted(), so unseen by mypy
+        level if level in ("debug", "info", "warn", "error") else "info")
+    # Any: ILogObserver and ILogFilterPredicate values, which mypy cannot match without the mypy-zope plugin
+    journal_or_text: Any = make_observer()
+    predicates: list[Any] = [LogLevelFilterPredicate(defaultLogLevel=LEVELS.get(level, LogLevel.info))]
+    observer: Any = FilteringLogObserver(journal_or_text, predicates)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def run_daemon(config: BridgeConfig) -> int:
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     start_logging(config.log_level)
-    daemon = Daemon(config, reactor, notify=notify)
-    watchdog = WatchdogService(reactor, notify=notify, interval=watchdog_interval())
+    daemon = Daemon(config, reactor, notify=notify,
+                    watchdog=WatchdogService(reactor, notify=notify, interval=watchdog_interval()))
     exit_code = [0]
     reload_asked = [False]  # SIGHUP before the daemon was ready: reload once it is
 
     def started(_: Any) -> None:
-        watchdog.startService()
         reactor.addSystemEventTrigger("before", "shutdown", stopping)
         record_pid(daemon.config.pid_path)
         if reload_asked[0]:
             reload()
 
     def stopping() -> Any:
-        if watchdog.running:
-            watchdog.stopService()
         forget_pid(daemon.config.pid_path)
-        return daemon.stop()
+        return daemon.stopService()
 
     def reload() -> None:
         if daemon.bridge is None:
@@ -72,9 +73,10 @@ def run_daemon(config: BridgeConfig) -> int:
         else:
             log.failure("The bridge cannot start", failure)
         exit_code[0] = 1
-        reactor.stop()
+        # what did start (the journal, the drivers: a serial port) stops in the daemon's order, then the reactor
+        daemon.stopService().addBoth(lambda _: reactor.stop())
 
-    reactor.callWhenRunning(lambda: daemon.start().addCallbacks(started, failed))
+    reactor.callWhenRunning(lambda: daemon.startService().addCallbacks(started, failed))
     reactor.run()
     return exit_code[0]
 

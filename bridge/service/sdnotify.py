@@ -48,7 +48,7 @@ def notify(message: str, environ: Mapping[str, str] = os.environ) -> bool:
         return False
     if environ is os.environ:
         try:
-            from systemd import daemon
+            import systemd.daemon as daemon
         except ImportError:
             pass
         else:
@@ -137,8 +137,6 @@ class WatchdogService(Service):
     ``interval`` None (no ``WatchdogSec=``) disables the pings.
     """
 
-    name = "systemd-watchdog"
-
     def __init__(
         self,
         clock,
@@ -146,6 +144,7 @@ class WatchdogService(Service):
         interval: Optional[float] = None,
         healthy: Optional[Callable[[], bool]] = None,
     ):
+        self.setName("systemd-watchdog")
         self._clock = clock
         self._notify = notify
         self._interval = interval

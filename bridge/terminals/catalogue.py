@@ -1,4 +1,7 @@
-"""Terminal types the configuration may name, each with its option checker and its driver builder."""
+"""Terminal types the configuration may name, each with its option checker and its driver builder.
+
+A builder only builds: the daemon starts each driver (:meth:`~bridge.core.contract.ITerminalDriver.start`) and
+stops it in its stop order."""
 
 from __future__ import annotations
 
@@ -31,13 +34,7 @@ def _build_caisse_ap_serial(config: TerminalConfig, reactor: Any) -> ITerminalDr
 
     kwargs, problems = parse_serial_options(config.options)
     assert not problems, problems
-    driver = CaisseAPSerialDriver(config.name, reactor, **kwargs)
-    driver.start()  # the device is opened on the next reactor turn, then kept open (and reopened) until shutdown
-    if hasattr(reactor, "addSystemEventTrigger"):
-        # "during", not "before": the daemon's "before" trigger waits for the payments in flight (the port must
-        # stay open for their answers) and then stops the drivers itself; this one is for anything else
-        reactor.addSystemEventTrigger("during", "shutdown", driver.stop)
-    return driver
+    return CaisseAPSerialDriver(config.name, reactor, **kwargs)
 
 
 def _build_stripe(config: TerminalConfig, reactor: Any) -> ITerminalDriver:

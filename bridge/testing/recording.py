@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from bridge.core.contract import ITerminalDriver, Outcome, PaymentRequest
+from bridge.core.contract import ITerminalDriver, Outcome, PaymentRequest, TerminalStatus
 
 
 @implementer(ITerminalDriver)
@@ -23,6 +23,7 @@ class RecordingDriver:
         self.hooks: dict[str, Any] = {}
         self.refuse_link = False  # True: behave like a terminal that cannot be reached
         self.connecting = False  # True: never get as far as sending (a connection that hangs)
+        self.started = self.stopped = False  # told by the daemon
 
     def pay(self, request: PaymentRequest, before_send) -> Deferred:
         result: Deferred = Deferred()
@@ -46,8 +47,14 @@ class RecordingDriver:
     def finish(self, outcome: Outcome, index: int = -1) -> None:
         self.runs[index][1].callback(outcome)
 
-    def status(self) -> dict[str, Any]:
-        return {"state": "idle", "detail": "recording"}
+    def status(self) -> TerminalStatus:
+        return TerminalStatus("idle", "recording")
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
 
     def cancel(self, payment_id):
         return None  # like a terminal without a cancel message

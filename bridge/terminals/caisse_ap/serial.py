@@ -38,7 +38,7 @@ from zope.interface import implementer
 from bridge.core import safety, states
 from bridge.core.backoff import backoff
 from bridge.errors import BridgeError
-from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest, TerminalStatus
 from bridge.terminals.caisse_ap import concert_v2, device_states
 from bridge.terminals.caisse_ap.codec import (
     MalformedAnswer,
@@ -466,22 +466,25 @@ class CaisseAPSerialDriver:
 
     # --- status -------------------------------------------------------------------------------------------
 
-    def status(self) -> Mapping[str, Any]:
+    def status(self) -> TerminalStatus:
+        """Down while the device is missing or the terminal does not answer the health check; a link problem
+        during a payment (``last_error``) does not make it down: the health check says whether it answers."""
+        up = False
         if self._disconnected is not None:
             state, detail = "disconnected", self._disconnected
         elif self._payment is not None:
-            state, detail = "busy", f"Payment {self._payment.request.payment_id} in progress."
+            state, detail, up = "busy", f"Payment {self._payment.request.payment_id} in progress.", True
         elif self._health == HEALTH_DOWN:
             state, detail = "down", (
                 "The terminal does not answer the bridge's calls: check that it is switched on and set to "
                 "cash-register mode."
             )
         else:
-            state, detail = "idle", "Ready."
-        return {
-            "state": state, "detail": detail, "device": self.device, "protocol": self._protocol_name,
-            "line": self._line, "baudrate": self._baudrate, "health": self._health, "last_error": self._last_error,
-        }
+            state, detail, up = "idle", "Ready.", True
+        return TerminalStatus(state, detail, up=up, facts={
+            "device": self.device, "protocol": self._protocol_name, "line": self._line, "baudrate": self._baudrate,
+            "health": self._health, "last_error": self._last_error,
+        })
 
     # --- payments -----------------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ back, as /dev/serial/by-id/... does when a USB cable is pulled and plugged again
 
 from __future__ import annotations
 
-import argparse
 import os
 import tty
 from dataclasses import dataclass
@@ -33,9 +32,7 @@ from bridge.terminals.caisse_ap.simulator import (
     NEVER,
     SUPPORTED_CURRENCIES,
     SimulatorScript,
-    _seconds,
     answer_fields,
-    script_from_arguments,
 )
 
 #: What a garbled terminal sends: printable, framed correctly, but no message of either protocol.
@@ -325,50 +322,3 @@ class SerialTerminal:
             report = "4970100000001234".ljust(concert_v2.REPORT_SIZE, "0")
         return concert_v2.encode_answer(request.pos_number, status, amount, mode, request.currency,
                                         number.rjust(10, "0"), report)
-
-
-# --- command line -------------------------------------------------------------------------------------------
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
-    return int(text)
-
-
-def add_serial_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options ``terminal-bridge simulate caisse-ap`` takes for ``--serial``."""
-    group = parser.add_argument_group("serial mode (--serial)")
-    group.add_argument("--serial", action="store_true",
-                       help="simulate a terminal on a serial line: create a pseudo-terminal and print the device "
-                            "to configure (--listen is then ignored; --disconnect makes the device vanish)")
-    group.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOL_TLV,
-                       help="payloads inside the frames: caisse-ap (TLV) or concert-v2 (default: %(default)s)")
-    group.add_argument("--device-link", metavar="PATH",
-                       help="also reach the device through this symbolic link, which follows the device when it "
-                            "vanishes and comes back (like /dev/serial/by-id/...)")
-    group.add_argument("--reappear-after", type=_seconds, default=3.0, metavar="SECONDS",
-                       help="after vanishing (--disconnect), come back on a new device after this long "
-                            "(default: %(default)s)")
-    group.add_argument("--nak", type=_count, default=0, metavar="N",
-                       help="refuse the first N request frames with NAK, as on a noisy line (default: 0)")
-    group.add_argument("--no-ack", action="store_true", help="never acknowledge a request frame")
-    group.add_argument("--bad-lrc", type=_count, default=0, metavar="N",
-                       help="send the first N answer frames with a wrong checksum (default: 0)")
-    group.add_argument("--byte-gap", type=_seconds, default=0.0, metavar="SECONDS",
-                       help="write one byte at a time, this many seconds apart (default: 0)")
-    group.add_argument("--deaf", action="store_true", help="answer nothing at all, not even the bridge's ENQ")
-
-
-def faults_from_arguments(args: argparse.Namespace) -> LinkFaults:
-    return LinkFaults(nak_frames=args.nak, no_ack=args.no_ack, bad_lrc=args.bad_lrc, byte_gap=args.byte_gap,
-                      deaf=args.deaf)
-
-
-def start_serial_simulator(reactor: Any, args: argparse.Namespace) -> SerialTerminal:
-    """Open a simulated serial terminal following the options of ``simulate caisse-ap --serial``."""
-    terminal = SerialTerminal(
-        reactor, script_from_arguments(args), protocol=args.protocol, faults=faults_from_arguments(args),
-        device_link=args.device_link, reappear_after=args.reappear_after, record_path=args.record,
-    )
-    terminal.open()
-    return terminal

@@ -14,15 +14,12 @@ What real terminals do where vendors differ (``shared/protocols/caisse-ap-answer
 
 from __future__ import annotations
 
-import argparse
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -267,75 +264,3 @@ class SimulatorFactory(Factory):
     def drop_connections(self) -> Deferred[Any]:
         """Close every open connection; fires once all are gone (tests use it to leave a clean reactor)."""
         return gatherResults([conn.drop() for conn in list(self.connections)])
-
-
-def _af(text: str) -> str:
-    if not re.fullmatch(r"\d\d", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a two-digit AF code")
-    return text
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds of at least 0")
-    return value
-
-
-def _pieces(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
-
-
-def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``terminal-bridge simulate caisse-ap``."""
-    parser.add_argument(
-        "--listen", default="tcp:8888", metavar="ENDPOINT",
-        help="where to listen, as a Twisted endpoint string (default: tcp:8888; e.g. tcp:8888:interface=127.0.0.1)",
-    )
-    parser.add_argument(
-        "--outcome", choices=OUTCOMES, default=APPROVE,
-        help="how every payment ends: approve, decline (with --af), abandon (customer pressed the red button, "
-        "AF=11) or never (keep silent until the till gives up) (default: approve)",
-    )
-    parser.add_argument("--af", type=_af, default="04", help="AF code of a decline: 04 refused, 05 forbidden, "
-                        "02 call the issuer, 08 input timeout... (default: 04)")
-    parser.add_argument("--delay", type=_seconds, default=0.0, metavar="SECONDS",
-                        help="wait this long before answering, like a customer typing a PIN (default: 0)")
-    parser.add_argument("--split", type=_pieces, default=1, metavar="N",
-                        help="write the answer in N pieces, 20 ms apart (default: 1)")
-    parser.add_argument("--keep-open", action="store_true",
-                        help="keep the connection open after answering (default: close it)")
-    parser.add_argument("--garbage", action="store_true", help="answer with bytes that are not a Caisse-AP message")
-    parser.add_argument("--cheque", action="store_true", help="answer as a cheque printer (CC=00C, no card details)")
-    parser.add_argument("--disconnect", action="store_true",
-                        help="drop the connection after receiving the request, without answering")
-    parser.add_argument("--record", metavar="FILE", help="append every request received to FILE, one per line")
-    parser.add_argument("--vendor", choices=tuple(VENDORS), default=DEFAULT_VENDOR,
-                        help="behave like this vendor's terminals where they differ: ingenico puts zeros in the "
-                             "amount of a refusal or an abandon, nepting and payxpert echo the request's "
-                             "(default: %(default)s)")
-    parser.add_argument("--refused-amount", choices=REFUSED_AMOUNTS,
-                        help="the amount of an answer that is not an approval, instead of the vendor's: zeros or "
-                             "echo (e.g. echo for pyTeliumManager, which refuses a zero amount)")
-    parser.add_argument("--lenient-amount", action="store_true",
-                        help="accept a one-digit amount (CB0015 for 0.05, as some tills send it), as some "
-                             "terminals do; by default it is a format error (AF=09): CB is 2 to 12 digits")
-
-
-def script_from_arguments(args: argparse.Namespace) -> SimulatorScript:
-    return SimulatorScript(
-        outcome=args.outcome, af=args.af, delay=args.delay, split=args.split, keep_open=args.keep_open,
-        garbage=args.garbage, cheque=args.cheque, disconnect=args.disconnect, vendor=args.vendor,
-        refused_amount=args.refused_amount, lenient_amount=args.lenient_amount,
-    )
-
-
-def start_simulator(reactor: Any, args: argparse.Namespace) -> Deferred[IListeningPort]:
-    """Listen as a Caisse-AP terminal following the options from :func:`add_simulator_arguments`."""
-    factory = SimulatorFactory(reactor, script_from_arguments(args), record_path=args.record)
-    return serverFromString(reactor, args.listen).listen(factory)

@@ -21,7 +21,7 @@ from zope.interface import implementer
 from bridge.core import safety, states
 from bridge.core.faults import checkpoint
 from bridge.errors import BridgeError
-from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest, TerminalStatus
 from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID, parse_timings_and_identity
 from bridge.terminals.caisse_ap.codec import (
     IDENTITY_FIELDS,
@@ -194,12 +194,21 @@ class CaisseAPTCPDriver:
         host = f"[{self._host}]" if isIPv6Address(self._host) else self._host
         return f"{host}:{self._port}"
 
-    def status(self) -> Mapping[str, Any]:
+    def status(self) -> TerminalStatus:
+        """Nothing watches a TCP terminal between payments: it is up unless its last payment met a link problem
+        (``last_error``), until a payment reaches it again."""
         if self._payment_id is None:
             state, detail = "idle", "Ready."
         else:
             state, detail = "busy", f"Payment {self._payment_id} in progress."
-        return {"state": state, "detail": detail, "address": self.address, "last_error": self._last_error}
+        return TerminalStatus(state, detail, up=not self._last_error,
+                              facts={"address": self.address, "last_error": self._last_error})
+
+    def start(self) -> None:
+        """Nothing to open: each payment connects anew."""
+
+    def stop(self) -> None:
+        """Nothing to close: a payment's connection ends with the payment."""
 
     def cancel(self, payment_id: str) -> None:
         """Caisse-AP over TCP has no cancel message: the cashier cancels on the terminal itself."""

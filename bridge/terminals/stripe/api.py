@@ -17,6 +17,7 @@ growing pause.  Every POST carries an idempotency key (the caller's, or one made
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from typing import Any, Mapping, Optional
 from urllib.parse import quote
@@ -171,8 +172,8 @@ class _Requestor:
                 api_key, stripe_version=api_version, base_addresses={"api": self._base},
                 max_network_retries=0, http_client=stripe.RequestsClient(timeout=timeout))
         else:
-            from stripe import http_client
-
+            # stripe 5.0's modules, which the current library (and so mypy in the venv) no longer has
+            http_client: Any = importlib.import_module("stripe.http_client")
             self._http = http_client.RequestsClient(timeout=timeout)
 
     def perform(self, method: str, url: str, params: Mapping[str, Any],
@@ -183,8 +184,7 @@ class _Requestor:
                 if idempotency_key is not None:
                     options["idempotency_key"] = idempotency_key
                 return self._client.raw_request(method, url, **dict(params), **options).data
-            from stripe import api_requestor
-
+            api_requestor: Any = importlib.import_module("stripe.api_requestor")
             requestor = api_requestor.APIRequestor(key=self._key, client=self._http, api_base=self._base,
                                                    api_version=self._version)
             headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
@@ -208,7 +208,6 @@ class StripeAPI:
         self._retries = retries
         self._backoff = backoff
         self._pool = ThreadPool(minthreads=0, maxthreads=max_threads, name=f"stripe-{name}")
-        self._shutdown_trigger: Any = None
         self._stopping = False
         self._busy = 0  # calls on the pool now
         self._stop_waiters: list[Deferred] = []
@@ -225,9 +224,6 @@ class StripeAPI:
         the threads.  The reactor keeps running meanwhile: joining a busy thread from the reactor thread would
         block it until that call's timeout."""
         self._stopping = True
-        if self._shutdown_trigger is not None:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-            self._shutdown_trigger = None
         waiter: Deferred = Deferred()
         self._stop_waiters.append(waiter)
         self._maybe_stopped()
@@ -263,9 +259,7 @@ class StripeAPI:
         if self._stopping:
             raise StripeCallError("bridge_stopping")
         if not self._pool.started:
-            # A driver nobody started (a tool, a test): start now and stop with the reactor.
-            self.start()
-            self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+            self.start()  # an API nobody started (a tool, a test): whoever made it stops it
         method = method.lower()
         if method == "post" and idempotency_key is None:
             idempotency_key = "tb-" + uuid.uuid4().hex  # made here so that our retries reuse it

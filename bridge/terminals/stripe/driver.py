@@ -32,7 +32,7 @@ from bridge.config import TerminalConfig
 from bridge.core import safety, states
 from bridge.core.money import format_major
 from bridge.errors import BridgeError
-from bridge.core.contract import REFUND, BeforeSend, ITerminalDriver, Outcome, PaymentRequest
+from bridge.core.contract import REFUND, BeforeSend, ITerminalDriver, Outcome, PaymentRequest, TerminalStatus
 from bridge.terminals.stripe.api import MESSAGES, MINIMUM_CHARGE, TERMINAL_CODES, StripeAPI, StripeCallError
 from bridge.terminals.stripe.options import parse_stripe_options, read_api_key
 
@@ -183,24 +183,27 @@ class StripeReaderDriver:
 
     # -- status ---------------------------------------------------------------------------------
 
-    def status(self) -> Mapping[str, Any]:
+    def status(self) -> TerminalStatus:
+        """From the reader as last read from Stripe (:meth:`refresh_status`): down while Stripe says the reader is
+        offline or the driver cannot call Stripe (a missing key); ``unknown`` until the first read."""
         info = self._reader_info
         online = {"online": True, "offline": False}.get(info.get("status"))
+        up = False
         if self._config_error:
             state, detail = "error", _WORDS.get(self._config_error) or MESSAGES.get(self._config_error, "")
         elif self._current is not None:
-            state, detail = "busy", f"Payment {self._current.payment_id} in progress."
+            state, detail, up = "busy", f"Payment {self._current.payment_id} in progress.", True
         elif online is False:
             state, detail = "offline", MESSAGES["reader_offline"]
         elif not info:
-            state, detail = "unknown", "The reader's state has not been read from Stripe yet."
+            state, detail, up = "unknown", "The reader's state has not been read from Stripe yet.", True
         else:
-            state, detail = "idle", "Ready."
-        return {"state": state, "detail": detail, "reader": self._reader_id or info.get("id"),
-                "serial_number": info.get("serial_number") or self._serial, "label": info.get("label"),
-                "device_type": info.get("device_type"), "online": online,
-                "last_seen": _iso_ms(info.get("last_seen_at")), "location": info.get("location"),
-                "last_error": self._last_error}
+            state, detail, up = "idle", "Ready.", True
+        return TerminalStatus(state, detail, up=up, facts={
+            "reader": self._reader_id or info.get("id"), "serial_number": info.get("serial_number") or self._serial,
+            "label": info.get("label"), "device_type": info.get("device_type"), "online": online,
+            "last_seen": _iso_ms(info.get("last_seen_at")), "location": info.get("location"),
+            "last_error": self._last_error})
 
     @inlineCallbacks
     def refresh_status(self) -> Any:
@@ -674,9 +677,4 @@ def build_stripe_driver(config: TerminalConfig, reactor: Any,
                                 poll_interval=settings["poll_interval"],
                                 payment_timeout=settings["payment_timeout"],
                                 status_interval=settings["status_interval"])
-    # Started here, on the reactor thread, so that recovery at start-up can ask Stripe; stopped "during"
-    # shutdown, i.e. after the daemon's "before" trigger has let running payments finish.
-    driver.start()
-    if hasattr(reactor, "addSystemEventTrigger"):
-        reactor.addSystemEventTrigger("during", "shutdown", driver.stop)
-    return driver
+    return driver  # the daemon starts it (before recovery asks Stripe) and stops it (after the payments in flight)

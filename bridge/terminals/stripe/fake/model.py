@@ -1,217 +1,25 @@
-"""A small, stateful fake of Stripe's API for Terminal payments: the tests and the demo talk to it over HTTP.
-
-It follows §5 of ../shared/protocols/stripe-terminal.md (see docs/stripe.md for what it covers): form-encoded
-bodies as stripe-python 5.0 and 16.x send them, Bearer and Basic auth with test keys, locations, readers
-(simulated registration codes), PaymentIntents with manual capture, ``process_payment_intent``,
-``cancel_action``, refunds, the ``present_payment_method`` test helper with Stripe's test cards and test amounts,
-idempotency replay and mismatch errors, and Stripe's error bodies.
-
-Test knobs never sit under ``/v1``: call them on :class:`FakeStripe` directly, or ``POST /_fake/...`` with a
-JSON body from another process (``terminal-bridge simulate stripe``).  Loopback only.
-"""
+"""The fake's model of a Stripe account: locations, readers, PaymentIntents, charges, refunds, and the API's routes
+over them, with Stripe's authentication, idempotency and injected failures (:meth:`FakeStripe.handle`)."""
 
 from __future__ import annotations
 
-import argparse
-import base64
 import json
-import re
 import secrets
 import uuid
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import parse_qsl
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
 
-#: The version that introduced ``latest_charge`` in place of ``charges``.
-LATEST_CHARGE_VERSION = "2022-11-15"
-API_ERROR_VERSION = "2026-05-27"
-_GUIDE = ("Reference the integration guide at https://stripe.com/docs/terminal/payments/collect-payment"
-          "?terminal-sdk-platform=server-driven#handle-errors for details on how to handle this error.")
-_DOC = "https://stripe.com/docs/error-codes/"
-
-#: Minimum charge per currency (minor units), as Stripe enforces it.
-MINIMUMS = {"usd": 50, "eur": 50, "cad": 50, "aud": 50, "chf": 50, "nzd": 50, "sgd": 50, "gbp": 30, "dkk": 250,
-            "nok": 300, "sek": 300, "hkd": 400, "jpy": 50, "mxn": 1000}
-
-#: Test cards (docs.stripe.com/terminal/references/testing): number -> (brand, outcome code, decline code).
-TEST_CARDS = {
-    "4242424242424242": ("visa", None, None),
-    "5555555555554444": ("mastercard", None, None),
-    "4001007020000002": ("visa", None, None),  # offline PIN
-    "4001000360000005": ("visa", None, None),  # online PIN
-    "4000000000005126": ("visa", None, None),  # refunds fail asynchronously
-    "4000000000000002": ("visa", "card_declined", "generic_decline"),
-    "4000000000009995": ("visa", "card_declined", "insufficient_funds"),
-    "4000000000009987": ("visa", "card_declined", "lost_card"),
-    "4000000000009979": ("visa", "card_declined", "stolen_card"),
-    "4000000000000069": ("visa", "expired_card", "expired_card"),
-    "4000000000000119": ("visa", "processing_error", None),
-}
-#: Test amounts: the two right-most digits of the amount -> decline code (other endings approve).
-TEST_AMOUNTS = {1: "call_issuer", 2: "offline_pin_required", 3: "online_or_offline_pin_required",
-                5: "generic_decline", 55: "incorrect_pin", 65: "withdrawal_count_limit_exceeded",
-                75: "pin_try_exceeded"}
-_DECLINE_MESSAGES = {
-    "insufficient_funds": "Your card has insufficient funds.",
-    "lost_card": "Your card was declined.",
-    "stolen_card": "Your card was declined.",
-    "expired_card": "Your card has expired.",
-    "processing_error": "An error occurred while processing your card. Try again in a little bit.",
-    "incorrect_pin": "The PIN entered is incorrect.",
-    "pin_try_exceeded": "The allowable number of PIN tries has been exceeded.",
-}
-
-
-def _no_billing_details() -> dict:
-    """A card read at a reader carries no billing details: every field is there, null."""
-    return {"address": {"city": None, "country": None, "line1": None, "line2": None, "postal_code": None,
-                        "state": None}, "email": None, "name": None, "phone": None}
-
-
-#: What Stripe says with each Terminal error code (docs.stripe.com/error-codes).
-_TERMINAL_MESSAGES = {
-    "terminal_location_country_unsupported": "Terminal is currently only available in some countries. Locations "
-                                             "in your country cannot be created in livemode.",
-    "terminal_reader_busy": "Reader is currently busy processing another request.",
-    "terminal_reader_hardware_fault": "Reader has encountered a hardware fault.",
-    "terminal_reader_invalid_location_for_activation": "The card reader cannot be activated in this location.",
-    "terminal_reader_invalid_location_for_payment": "The card reader cannot process payments in this location.",
-    "terminal_reader_offline": "Reader is currently offline.",
-    "terminal_reader_timeout": "There was a timeout when sending this command to the reader.",
-}
-SIMULATED_CODES = {"simulated-wpe": "simulated_wisepos_e", "simulated-s700": "simulated_stripe_s700",
-                   "simulated-s710": "simulated_stripe_s710"}
-
-
-class ApiError(Exception):
-    """An error answer.  ``stored``: kept for idempotent replay (False for validation failures)."""
-
-    def __init__(self, status: int, message: str, code: Optional[str] = None, param: Optional[str] = None,
-                 type: str = "invalid_request_error", stored: bool = True, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.stored = stored
-        self.body: dict[str, Any] = {"type": type, "message": message}
-        if code:
-            self.body["code"] = code
-            self.body["doc_url"] = _DOC + code
-        if param:
-            self.body["param"] = param
-        self.body.update(extra)
-
-
-def _missing(name: str) -> ApiError:
-    return ApiError(400, f"Missing required param: {name}.", "parameter_missing", name, stored=False)
-
-
-def _no_such(kind: str, object_id: str, param: str = "id") -> ApiError:
-    return ApiError(404, f"No such {kind}: '{object_id}'", "resource_missing", param)
-
-
-def decode_form(text: str) -> dict[str, Any]:
-    """``a[b][0]=x&c[]=y&c[]=z`` -> ``{"a": {"b": ["x"]}, "c": ["y", "z"]}`` (values stay strings)."""
-    root: dict[str, Any] = {}
-    for key, value in parse_qsl(text, keep_blank_values=True):
-        head, _, rest = key.partition("[")
-        parts = [head] + (re.findall(r"([^\[\]]*)\]", "[" + rest) if rest else [])
-        node: Any = root
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if part == "":  # a[] appends
-                node.setdefault("\0list", [])
-                if last:
-                    node["\0list"].append(value)
-                    break
-                node["\0list"].append({})
-                node = node["\0list"][-1]
-                continue
-            if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-    return _listify(root)
-
-
-def _listify(node: Any) -> Any:
-    if not isinstance(node, dict):
-        return node
-    if "\0list" in node:
-        return [_listify(v) for v in node["\0list"]]
-    if node and all(k.isdigit() for k in node):
-        return [_listify(node[k]) for k in sorted(node, key=int)]
-    return {k: _listify(v) for k, v in node.items()}
-
-
-def _bool(value: Any, name: str) -> bool:
-    if value in ("true", "True", True):
-        return True
-    if value in ("false", "False", False):
-        return False
-    raise ApiError(400, f"Invalid boolean: {value}", "parameter_invalid_boolean", name, stored=False)
-
-
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
-        return int(value)
-    raise ApiError(400, f"Invalid integer: {value}", "parameter_invalid_integer", name, stored=False)
-
-
-def _check_params(params: dict[str, Any], allowed: set[str], required: tuple[str, ...] = ()) -> None:
-    for name in params:
-        if name not in allowed and name != "expand":
-            raise ApiError(400, f"Received unknown parameter: {name}", "parameter_unknown", name, stored=False)
-    for name in required:
-        if params.get(name) in (None, ""):
-            raise _missing(name)
-
-
-@dataclass
-class ReaderKnobs:
-    busy: int = 0  # answer terminal_reader_busy to this many commands
-    timeout: int = 0  # answer terminal_reader_timeout to this many commands, without doing them
-    timeout_false_negative: int = 0  # do the command, then answer terminal_reader_timeout, this many times
-    lose_completion: bool = False  # the action stays in_progress after the card (the missing-webhook case)
-    auth_latency: float = 0.0  # seconds the authorisation takes (cancel_action is busy meanwhile)
-    auto_present: Optional[str] = None  # a test card presented automatically after process_payment_intent ...
-    auto_present_delay: float = 1.0  # ... this many seconds later
-    error: Optional[str] = None  # answer the next command with this Terminal error code (terminal_reader_...)
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    params: dict[str, Any]
-    idempotency_key: Optional[str]
-    stripe_version: Optional[str]
-    authorization: Optional[str]
-
-
-@dataclass
-class _Stored:
-    method: str
-    path: str
-    params: Any
-    status: int = 0
-    body: bytes = b""
-    request_id: str = ""
-    created: float = 0.0
-    in_flight: bool = True
-
-
-@dataclass
-class _Failure:
-    count: int
-    status: int
-    match: Optional[str]
-    drop: bool = False
+from bridge.terminals.stripe.fake.http import FakeResource, FakeServer
+from bridge.terminals.stripe.fake.knobs import FailureKnob, ReaderKnobs, handle_knob
+from bridge.terminals.stripe.fake.edge import Recorded, Stored, handle
+from bridge.terminals.stripe.fake.reference import (API_ERROR_VERSION, DECLINE_MESSAGES, DOC, GUIDE,
+                                                    LATEST_CHARGE_VERSION, MINIMUMS, SIMULATED_CODES,
+                                                    TERMINAL_MESSAGES, TEST_AMOUNTS, TEST_CARDS, no_billing_details)
+from bridge.terminals.stripe.fake.wire import (ApiError, as_bool, as_int, check_params, missing, no_such,
+                                               raise_, rand, timeout_error)
 
 
 class FakeStripe:
@@ -235,14 +43,13 @@ class FakeStripe:
         self.slow: float = 0.0  # seconds before every answer
         self.allow_over_capture = False
         self.capture_status = "succeeded"  # the status a capture leaves the PaymentIntent in ("processing"...)
-        self._failures: list[_Failure] = []
-        self._inside: list[_Failure] = []  # 5xx once the endpoint runs: stored under the idempotency key
-        self._idempotency: dict[tuple[str, str], _Stored] = {}
+        self.failures: list[FailureKnob] = []  # fail_next / drop_next: answered before the endpoint runs
+        self._inside: list[FailureKnob] = []  # 5xx once the endpoint runs: stored under the idempotency key
+        self.idempotency: dict[tuple[str, str], Stored] = {}  # (API key, Idempotency-Key) -> the answer
         self._calls: dict[str, Any] = {}  # delayed calls, cancelled by stop()
         self._authorizing: set[str] = set()  # readers authorising a card now
-        self._wrapper: Optional[_TrackingFactory] = None
-        self._port: Any = None
-        self.last_stored: Optional[_Stored] = None  # the idempotent entry of the request being answered
+        self._server = FakeServer(self)
+        self.last_stored: Optional[Stored] = None  # the idempotent entry of the request being answered
 
     # -- knobs ----------------------------------------------------------------------------------
 
@@ -257,7 +64,7 @@ class FakeStripe:
     def fail_next(self, count: int = 1, status: int = 500, match: Optional[str] = None) -> None:
         """Answer the next ``count`` requests (whose path contains ``match``) with ``status`` before doing
         anything: 429 (rate limit) or 5xx from Stripe's edge.  Not stored for idempotency."""
-        self._failures.append(_Failure(count, status, match))
+        self.failures.append(FailureKnob(count, status, match))
 
     def fail_inside(self, count: int = 1, status: int = 500, match: Optional[str] = None,
                     after_commit: bool = False) -> None:
@@ -265,9 +72,9 @@ class FakeStripe:
         endpoint: as Stripe does once execution began, the error is stored under the idempotency key, and a
         retry with that key gets the same error again.  With ``after_commit`` the request's change is made
         first (the error came after it), otherwise nothing changes."""
-        self._inside.append(_Failure(count, status, match, drop=after_commit))
+        self._inside.append(FailureKnob(count, status, match, drop=after_commit))
 
-    def _failing_inside(self, path: str) -> Optional[_Failure]:
+    def failing_inside(self, path: str) -> Optional[FailureKnob]:
         for failure in self._inside:
             if failure.match is None or failure.match in path:
                 failure.count -= 1
@@ -279,12 +86,13 @@ class FakeStripe:
     def drop_next(self, match: str) -> None:
         """Do the next request whose path contains ``match``, keep its result, and drop the connection
         instead of answering (the response lost after the commit)."""
-        self._failures.append(_Failure(1, 0, match, drop=True))
+        self.failures.append(FailureKnob(1, 0, match, drop=True))
 
     def add_location(self, display_name: str = "Shop", country: str = "FR") -> dict:
-        location = {"id": "tml_" + _rand(), "object": "terminal.location", "display_name": display_name,
-                    "address": {"country": country, "line1": "", "city": "", "postal_code": "", "state": ""},
-                    "metadata": {}, "livemode": False}
+        location: dict[str, Any] = {
+            "id": "tml_" + rand(), "object": "terminal.location", "display_name": display_name,
+            "address": {"country": country, "line1": "", "city": "", "postal_code": "", "state": ""},
+            "metadata": {}, "livemode": False}
         self.locations[location["id"]] = location
         return location
 
@@ -293,11 +101,11 @@ class FakeStripe:
         """A reader already registered to the account, as if through the Dashboard."""
         if location is None:
             location = next(iter(self.locations), None) or self.add_location()["id"]
-        reader = {"id": "tmr_" + _rand(), "object": "terminal.reader", "action": None,
-                  "device_sw_version": "2.30.0", "device_type": device_type, "ip_address": "0.0.0.0",
-                  "label": label, "last_seen_at": int(self.clock.seconds() * 1000), "livemode": livemode,
-                  "location": location, "metadata": {}, "serial_number": serial or str(uuid.uuid4()),
-                  "status": "online"}
+        reader: dict[str, Any] = {
+            "id": "tmr_" + rand(), "object": "terminal.reader", "action": None, "device_sw_version": "2.30.0",
+            "device_type": device_type, "ip_address": "0.0.0.0", "label": label,
+            "last_seen_at": int(self.clock.seconds() * 1000), "livemode": livemode, "location": location,
+            "metadata": {}, "serial_number": serial or str(uuid.uuid4()), "status": "online"}
         self.readers[reader["id"]] = reader
         return reader
 
@@ -325,31 +133,22 @@ class FakeStripe:
             raise ApiError(400, "This Reader does not have an in-progress action.")
         self._cancel_later("present:" + reader_id)
         action.update(status="failed", failure_code=code,
-                      failure_message=message or _TERMINAL_MESSAGES.get(code, "The reader reported an error."))
+                      failure_message=message or TERMINAL_MESSAGES.get(code, "The reader reported an error."))
         return reader
 
-    # -- HTTP -----------------------------------------------------------------------------------
+    # -- HTTP (bridge.terminals.stripe.fake.http) -------------------------------------------------
 
     def resource(self) -> Resource:
-        return _FakeResource(self)
+        """The fake as a twisted.web resource (``/v1/...`` and the ``/_fake/...`` knobs)."""
+        return FakeResource(self)
 
     def listen(self, reactor: Any, description: str = "tcp:0:interface=127.0.0.1") -> "Deferred[Any]":
-        site = Site(self.resource())
-        site.noisy = False
-        site.log = lambda request: None  # type: ignore[method-assign]
-        self._wrapper = _TrackingFactory(site)
-        d = serverFromString(reactor, description).listen(self._wrapper)
-
-        def listening(port: Any) -> Any:
-            self._port = port
-            return port
-
-        return d.addCallback(listening)
+        """Serve the fake over HTTP on ``description`` (a Twisted server endpoint); fires with the port."""
+        return self._server.listen(reactor, description)
 
     @property
     def url(self) -> str:
-        address = self._port.getHost()
-        return f"http://{address.host}:{address.port}"
+        return self._server.url
 
     def stop(self) -> "Deferred[None]":
         """Stop listening, drop open connections, cancel pending timers; fires when all is closed."""
@@ -357,12 +156,7 @@ class FakeStripe:
             if call.active():
                 call.cancel()
         self._calls.clear()
-        d = self._port.stopListening() if self._port is not None else succeed(None)
-        self._port = None
-        wrapper = self._wrapper
-        if wrapper is None:
-            return d
-        return d.addCallback(lambda _: wrapper.close_all())
+        return self._server.stop()
 
     def _later(self, name: str, delay: float, function: Callable, *args: Any) -> None:
         old = self._calls.pop(name, None)
@@ -382,107 +176,13 @@ class FakeStripe:
 
     def handle(self, method: str, path: str, headers: dict[str, Optional[str]], body: bytes,
                query: str) -> tuple[int, dict[str, str], bytes, bool]:
-        """One request -> (status, extra headers, body, drop the connection instead of answering)."""
-        text = body.decode("utf-8", "replace") if method == "POST" else query
-        try:
-            params = decode_form(text)
-        except ValueError:
-            params = {}
-        key_header = headers.get("idempotency-key")
-        version = headers.get("stripe-version")
-        self.requests.append(Recorded(method, path, params, key_header, version, headers.get("authorization")))
-        request_id = "req_" + _rand(14)
-        out_headers = {"Request-Id": request_id}
-        drop = False
-        for failure in list(self._failures):
-            if failure.match is None or failure.match in path:
-                failure.count -= 1
-                if failure.count <= 0:
-                    self._failures.remove(failure)
-                if failure.drop:
-                    drop = True
-                    break
-                if failure.status == 429:
-                    error = ApiError(429, "Too many requests hit the API too quickly.", "rate_limit",
-                                     stored=False)
-                else:
-                    error = ApiError(failure.status, "An unknown error occurred", None, type="api_error",
-                                     stored=False)
-                    out_headers["Stripe-Should-Retry"] = "true"
-                return failure.status, out_headers, _json({"error": error.body}), False
-        try:
-            api_key = self._authenticate(headers.get("authorization"))
-        except ApiError as error:
-            return error.status, out_headers, _json({"error": error.body}), False
-        livemode = "_live_" in api_key
-        stored: Optional[_Stored] = None
-        self.last_stored = None
-        if method == "POST" and key_header:
-            scope = (api_key, key_header)
-            stored = self._idempotency.get(scope)
-            if stored is not None and self.clock.seconds() - stored.created > 24 * 3600:
-                del self._idempotency[scope]
-                stored = None
-            if stored is not None:
-                if stored.in_flight:
-                    error = ApiError(409, "There is currently another in-progress request using this Idempotent "
-                                          "Key (that probably means you submitted twice, and the other request "
-                                          "is still going through).", "idempotency_key_in_use",
-                                     type="idempotency_error", stored=False)
-                    return 409, out_headers, _json({"error": error.body}), False
-                if (stored.method, stored.path, stored.params) != (method, path, params):
-                    error = ApiError(400, "Keys for idempotent requests can only be used with the same "
-                                          "parameters they were first used with. Try using a key other than "
-                                          f"'{key_header}' if you meant to execute a different request.",
-                                     type="idempotency_error", stored=False)
-                    return 400, out_headers, _json({"error": error.body}), False
-                out_headers.update({"Idempotent-Replayed": "true", "Original-Request": stored.request_id})
-                return stored.status, out_headers, stored.body, drop
-            stored = _Stored(method, path, params, request_id=request_id, created=self.clock.seconds())
-        try:
-            inside = self._failing_inside(path)
-            if inside is not None and inside.drop:  # the change is made, then the endpoint fails
-                self._route(method, path, params, version, livemode)
-            if inside is not None:
-                raise ApiError(inside.status, "An unknown error occurred", type="api_error")
-            status, answer = 200, self._route(method, path, params, version, livemode)
-            payload = _json(answer)
-        except ApiError as error:
-            status, payload = error.status, _json({"error": error.body})
-            if not error.stored:
-                stored = None
-        if stored is not None:
-            # With slow answers, a duplicate arriving before this one is answered is "in flight" (409).
-            stored.status, stored.body, stored.in_flight = status, payload, self.slow > 0
-            self._idempotency[(api_key, key_header or "")] = stored
-            self.last_stored = stored
-        return status, out_headers, payload, drop
-
-    def _authenticate(self, header: Optional[str]) -> str:
-        key = None
-        if header and header.startswith("Bearer "):
-            key = header[7:].strip()
-        elif header and header.startswith("Basic "):
-            try:
-                key = base64.b64decode(header[6:]).decode().partition(":")[0]
-            except (ValueError, UnicodeDecodeError):
-                key = None
-        if not key:
-            raise ApiError(401, "You did not provide an API key. You need to provide your API key in the "
-                                "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
-                                "YOUR_SECRET_KEY').", stored=False)
-        prefixes = ("sk_test_", "rk_test_") + (("sk_live_", "rk_live_") if self.livemode_keys else ())
-        if (self.keys is not None and key not in self.keys) or not key.startswith(prefixes):
-            raise ApiError(401, f"Invalid API Key provided: {key[:8]}{'*' * 8}{key[-4:]}", stored=False)
-        if key in self.forbidden_keys:
-            raise ApiError(403, f"The provided key '{key[:8]}***{key[-4:]}' does not have the required "
-                                "permissions for this endpoint on account 'acct_fake'.", stored=False,
-                           type="invalid_request_error")
-        return key
+        """One request -> (status, extra headers, body, drop the connection instead of answering): as Stripe's
+        edge takes it (:func:`bridge.terminals.stripe.fake.edge.handle`), then :meth:`route`."""
+        return handle(self, method, path, headers, body, query)
 
     # -- routing --------------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str, params: dict, version: Optional[str], livemode: bool) -> Any:
+    def route(self, method: str, path: str, params: dict, version: Optional[str], livemode: bool) -> Any:
         parts = path.strip("/").split("/")
         if parts[:1] != ["v1"]:
             raise ApiError(404, f"Unrecognized request URL ({method}: {path}).", stored=False)
@@ -492,12 +192,12 @@ class FakeStripe:
             return self._create_location(params) if method == "POST" else \
                 self._list(path, self.locations, params)
         if rest[:2] == ["terminal", "locations"] and len(rest) == 3:
-            location = self.locations.get(rest[2]) or _raise(_no_such("terminal.location", rest[2]))
+            location = self.locations.get(rest[2]) or raise_(no_such("terminal.location", rest[2]))
             if method == "DELETE":
                 del self.locations[rest[2]]
                 return {"id": rest[2], "object": "terminal.location", "deleted": True}
             if method == "POST":
-                _check_params(params, {"display_name", "metadata"})
+                check_params(params, {"display_name", "metadata"})
                 location.update({k: v for k, v in params.items() if k != "expand"})
             return location
         if rest == ["terminal", "readers"]:
@@ -509,14 +209,14 @@ class FakeStripe:
                     del self.readers[reader["id"]]
                     return {"id": reader["id"], "object": "terminal.reader", "deleted": True}
                 if method == "POST":
-                    _check_params(params, {"label", "metadata"})
+                    check_params(params, {"label", "metadata"})
                     reader.update({k: v for k, v in params.items() if k != "expand"})
                 return self._shape_reader(reader, version, params.get("expand") or [])
             command = rest[3] if len(rest) == 4 else ""
             if method == "POST" and command == "process_payment_intent":
                 return self._shape_reader(self._process(reader, params), version, params.get("expand") or [])
             if method == "POST" and command == "cancel_action":
-                _check_params(params, set())
+                check_params(params, set())
                 return self._shape_reader(self._cancel_action(reader), version, [])
             if method == "POST" and command == "set_reader_display":
                 return self._set_display(reader, params)
@@ -531,10 +231,10 @@ class FakeStripe:
                 return shape(self._create_intent(params, livemode))
             return self._list(path, self.intents, params, shape)
         if rest[:1] == ["payment_intents"] and len(rest) in (2, 3):
-            intent = self.intents.get(rest[1]) or _raise(_no_such("payment_intent", rest[1], "intent"))
+            intent = self.intents.get(rest[1]) or raise_(no_such("payment_intent", rest[1], "intent"))
             if len(rest) == 2:
                 if method == "POST":
-                    _check_params(params, {"metadata", "description"})
+                    check_params(params, {"metadata", "description"})
                     intent.update({k: v for k, v in params.items() if k != "expand"})
                 return shape(intent)
             if method == "POST" and rest[2] == "capture":
@@ -548,13 +248,13 @@ class FakeStripe:
                      if not params.get("payment_intent") or v["payment_intent"] == params["payment_intent"]}
             return self._list(path, items, {k: v for k, v in params.items() if k != "payment_intent"})
         if rest[:1] == ["refunds"] and len(rest) == 2:
-            return self.refunds.get(rest[1]) or _raise(_no_such("refund", rest[1]))
+            return self.refunds.get(rest[1]) or raise_(no_such("refund", rest[1]))
         if rest == ["terminal", "connection_tokens"] and method == "POST":
-            return {"object": "terminal.connection_token", "secret": "pst_test_" + _rand(24)}
+            return {"object": "terminal.connection_token", "secret": "pst_test_" + rand(24)}
         raise ApiError(404, f"Unrecognized request URL ({method}: {path}).", stored=False)
 
     def _list(self, url: str, items: dict, params: dict, shape: Callable = lambda o: o) -> dict:
-        limit = _int(params.get("limit", "10"), "limit")
+        limit = as_int(params.get("limit", "10"), "limit")
         if not 1 <= limit <= 100:
             raise ApiError(400, "Invalid limit: must be between 1 and 100", "parameter_invalid_integer",
                            "limit", stored=False)
@@ -568,25 +268,25 @@ class FakeStripe:
                 "url": url}
 
     def _reader(self, reader_id: str) -> dict:
-        return self.readers.get(reader_id) or _raise(_no_such("terminal.reader", reader_id))
+        return self.readers.get(reader_id) or raise_(no_such("terminal.reader", reader_id))
 
     def _create_location(self, params: dict) -> dict:
-        _check_params(params, {"display_name", "address", "metadata", "configuration_overrides"},
+        check_params(params, {"display_name", "address", "metadata", "configuration_overrides"},
                       ("display_name",))
         address = params.get("address") or {}
         if not isinstance(address, dict) or not address.get("country"):
-            raise _missing("address[country]")
+            raise missing("address[country]")
         location = self.add_location(params["display_name"], address["country"])
         location["address"].update(address)
         location["metadata"] = params.get("metadata") or {}
         return location
 
     def _register_reader(self, params: dict, livemode: bool) -> dict:
-        _check_params(params, {"registration_code", "location", "label", "metadata"}, ("registration_code",))
+        check_params(params, {"registration_code", "location", "label", "metadata"}, ("registration_code",))
         code = params["registration_code"]
         location = params.get("location")
         if location is not None and location not in self.locations:
-            raise _no_such("terminal.location", location, "location")
+            raise no_such("terminal.location", location, "location")
         if code in SIMULATED_CODES and not livemode:
             reader = self.add_reader(device_type=SIMULATED_CODES[code], label=params.get("label") or "Reader",
                                      location=location)
@@ -600,7 +300,7 @@ class FakeStripe:
         return reader
 
     def _list_readers(self, params: dict) -> dict:
-        _check_params(params, {"location", "status", "device_type", "serial_number", "limit", "starting_after",
+        check_params(params, {"location", "status", "device_type", "serial_number", "limit", "starting_after",
                                "ending_before"})
         items = {k: r for k, r in self.readers.items()
                  if all(not params.get(f) or r.get(f) == params[f]
@@ -629,7 +329,7 @@ class FakeStripe:
         knobs = self.reader_knobs(reader["id"])
         if reader["status"] != "online":
             raise ApiError(400, "Reader is currently offline, please ensure the reader is powered on and "
-                                "connected to the internet before retrying your request. " + _GUIDE,
+                                "connected to the internet before retrying your request. " + GUIDE,
                            "terminal_reader_offline")
         if knobs.busy > 0 or reader["id"] in self._authorizing:
             if knobs.busy > 0:
@@ -640,29 +340,29 @@ class FakeStripe:
                                 "this error.", "terminal_reader_busy")
         if knobs.error is not None:
             code, knobs.error = knobs.error, None
-            raise ApiError(400, _TERMINAL_MESSAGES.get(code, "The reader reported an error.") + " " + _GUIDE, code)
+            raise ApiError(400, TERMINAL_MESSAGES.get(code, "The reader reported an error.") + " " + GUIDE, code)
         if knobs.timeout > 0:
             knobs.timeout -= 1
-            raise _timeout_error()
+            raise timeout_error()
         if knobs.timeout_false_negative > 0:
             knobs.timeout_false_negative -= 1
             return "false_negative"
         return None
 
     def _process(self, reader: dict, params: dict) -> dict:
-        _check_params(params, {"payment_intent", "process_config"}, ("payment_intent",))
+        check_params(params, {"payment_intent", "process_config"}, ("payment_intent",))
         gate = self._reader_gate(reader)
-        pi = self.intents.get(params["payment_intent"]) or _raise(
-            _no_such("payment_intent", params["payment_intent"], "payment_intent"))
+        pi = self.intents.get(params["payment_intent"]) or raise_(
+            no_such("payment_intent", params["payment_intent"], "payment_intent"))
         if pi["status"] != "requires_payment_method":
             raise ApiError(400, "Payment intent must be in the requires_payment_method state to be processed by "
                                 "a reader.", "intent_invalid_state")
         config = dict(params.get("process_config") or {})  # a copy: params are kept for idempotent replays
         if "enable_customer_cancellation" in config:
-            config["enable_customer_cancellation"] = _bool(config["enable_customer_cancellation"],
+            config["enable_customer_cancellation"] = as_bool(config["enable_customer_cancellation"],
                                                            "process_config[enable_customer_cancellation]")
         if "skip_tipping" in config:
-            config["skip_tipping"] = _bool(config["skip_tipping"], "process_config[skip_tipping]")
+            config["skip_tipping"] = as_bool(config["skip_tipping"], "process_config[skip_tipping]")
         action: dict[str, Any] = {"type": "process_payment_intent", "status": "in_progress",
                                   "failure_code": None, "failure_message": None,
                                   "process_payment_intent": {"payment_intent": pi["id"]}}
@@ -674,13 +374,13 @@ class FakeStripe:
             self._later("present:" + reader["id"], knobs.auto_present_delay, self._auto_present, reader["id"],
                         pi["id"], knobs.auto_present)
         if gate == "false_negative":
-            raise _timeout_error()
+            raise timeout_error()
         return reader
 
     def _auto_present(self, reader_id: str, pi_id: str, card: str) -> None:
         reader = self.readers.get(reader_id)
-        action = reader and reader.get("action")
-        if action and action["status"] == "in_progress" and \
+        action = reader.get("action") if reader is not None else None
+        if reader is not None and action and action["status"] == "in_progress" and \
                 action.get("process_payment_intent", {}).get("payment_intent") == pi_id:
             self._present(reader, {"card_present": {"number": card}})
 
@@ -691,9 +391,9 @@ class FakeStripe:
         return reader
 
     def _set_display(self, reader: dict, params: dict) -> dict:
-        _check_params(params, {"type", "cart"}, ("type",))
+        check_params(params, {"type", "cart"}, ("type",))
         if params["type"] != "cart" or not isinstance(params.get("cart"), dict):
-            raise _missing("cart")
+            raise missing("cart")
         self._reader_gate(reader)
         reader["action"] = {"type": "set_reader_display", "status": "succeeded", "failure_code": None,
                             "failure_message": None, "set_reader_display": {"type": "cart",
@@ -701,7 +401,7 @@ class FakeStripe:
         return reader
 
     def _present(self, reader: dict, params: dict) -> dict:
-        _check_params(params, {"type", "card_present", "interac_present", "amount_tip", "card"})
+        check_params(params, {"type", "card_present", "interac_present", "amount_tip", "card"})
         action = reader.get("action")
         if not action or action["status"] != "in_progress" or action["type"] != "process_payment_intent":
             raise ApiError(400, "This Reader does not have an in-progress action to present a payment method "
@@ -724,15 +424,15 @@ class FakeStripe:
         action = reader["action"]
         created = int(self.clock.seconds())
         card_present = {"brand": brand, "cardholder_name": None, "country": "US", "exp_month": 12,
-                        "exp_year": 2030, "fingerprint": _rand(16), "funding": "credit", "last4": card[-4:],
+                        "exp_year": 2030, "fingerprint": rand(16), "funding": "credit", "last4": card[-4:],
                         "read_method": "contact_emv"}
-        pm = {"id": "pm_" + _rand(), "object": "payment_method", "type": "card_present",
-              "billing_details": _no_billing_details(), "created": created, "customer": None,
+        pm = {"id": "pm_" + rand(), "object": "payment_method", "type": "card_present",
+              "billing_details": no_billing_details(), "created": created, "customer": None,
               "livemode": pi["livemode"], "metadata": {},
               "card_present": dict(card_present, networks={"available": [brand], "preferred": None})}
         if code is not None:
-            message = _DECLINE_MESSAGES.get(decline or code, "Your card was declined.")
-            pi["last_payment_error"] = {"type": "card_error", "code": code, "doc_url": _DOC + code,
+            message = DECLINE_MESSAGES.get(decline or code, "Your card was declined.")
+            pi["last_payment_error"] = {"type": "card_error", "code": code, "doc_url": DOC + code,
                                         "message": message, "payment_method": json.loads(json.dumps(pm))}
             if decline:
                 pi["last_payment_error"]["decline_code"] = decline
@@ -740,19 +440,19 @@ class FakeStripe:
             action.update(status="failed", failure_code=code, failure_message=message)
             action["api_error"] = dict(pi["last_payment_error"], payment_intent=pi["id"])
             return
-        receipt = {"account_type": "credit", "application_cryptogram": _rand(16).upper(),
+        receipt = {"account_type": "credit", "application_cryptogram": rand(16).upper(),
                    "application_preferred_name": brand.upper(), "authorization_code":
                    f"{secrets.randbelow(10**6):06d}", "authorization_response_code": "3030",
                    "cardholder_verification_method": "approval", "dedicated_file_name": "A0000000031010",
                    "terminal_verification_results": "0000000000", "transaction_status_information": "0000"}
         details = dict(card_present, amount_authorized=pi["amount"], capture_before=created + 2 * 86400,
-                       emv_auth_data=_rand(16).upper(), generated_card=None,
+                       emv_auth_data=rand(16).upper(), generated_card=None,
                        incremental_authorization_supported=False, network=brand, overcapture_supported=False,
                        receipt=receipt)
-        charge = {"id": "ch_" + _rand(), "object": "charge", "amount": pi["amount"], "amount_captured": 0,
+        charge = {"id": "ch_" + rand(), "object": "charge", "amount": pi["amount"], "amount_captured": 0,
                   "amount_refunded": 0, "application": None, "application_fee": None,
                   "application_fee_amount": None, "balance_transaction": None,
-                  "billing_details": _no_billing_details(), "calculated_statement_descriptor": "TERMINAL BRIDGE",
+                  "billing_details": no_billing_details(), "calculated_statement_descriptor": "TERMINAL BRIDGE",
                   "captured": False, "created": created, "currency": pi["currency"], "customer": None,
                   "description": pi["description"], "disputed": False, "failure_balance_transaction": None,
                   "failure_code": None, "failure_message": None, "fraud_details": {}, "invoice": None,
@@ -779,10 +479,10 @@ class FakeStripe:
     # -- payment intents ------------------------------------------------------------------------
 
     def _create_intent(self, params: dict, livemode: bool) -> dict:
-        _check_params(params, {"amount", "currency", "payment_method_types", "capture_method", "metadata",
+        check_params(params, {"amount", "currency", "payment_method_types", "capture_method", "metadata",
                                "description", "payment_method_options", "statement_descriptor"},
                       ("amount", "currency"))
-        amount = _int(params["amount"], "amount")
+        amount = as_int(params["amount"], "amount")
         currency = params["currency"].lower()
         if amount < MINIMUMS.get(currency, 1):
             raise ApiError(400, f"Amount must be at least {MINIMUMS[currency]} {currency} (minor units)",
@@ -794,7 +494,7 @@ class FakeStripe:
         if capture not in ("automatic", "automatic_async", "manual"):
             raise ApiError(400, f"Invalid capture_method: {capture}", "parameter_invalid_string",
                            "capture_method", stored=False)
-        pi_id = "pi_" + _rand(24)
+        pi_id = "pi_" + rand(24)
         options = {"card_present": {"request_extended_authorization": False,
                                     "request_incremental_authorization_support": False}} \
             if "card_present" in types else {}
@@ -802,7 +502,7 @@ class FakeStripe:
               "amount_details": {"tip": {}}, "amount_received": 0, "application": None,
               "application_fee_amount": None, "automatic_payment_methods": None, "canceled_at": None,
               "cancellation_reason": None, "capture_method": capture,
-              "client_secret": f"{pi_id}_secret_{_rand(24)}", "confirmation_method": "automatic",
+              "client_secret": f"{pi_id}_secret_{rand(24)}", "confirmation_method": "automatic",
               "created": int(self.clock.seconds()), "currency": currency, "customer": None,
               "description": params.get("description"), "invoice": None, "last_payment_error": None,
               "latest_charge": None, "livemode": livemode, "metadata": params.get("metadata") or {},
@@ -815,13 +515,13 @@ class FakeStripe:
         return pi
 
     def _capture(self, pi: dict, params: dict) -> dict:
-        _check_params(params, {"amount_to_capture", "metadata"})
+        check_params(params, {"amount_to_capture", "metadata"})
         if pi["status"] != "requires_capture":
             raise ApiError(400, f"This PaymentIntent could not be captured because it has a status of "
                                 f"{pi['status']}. Only a PaymentIntent with one of the following statuses may be "
                                 "captured: requires_capture.", "payment_intent_unexpected_state",
                            payment_intent=self._shape_intent(pi, None, []))
-        amount = _int(params.get("amount_to_capture", str(pi["amount_capturable"])), "amount_to_capture")
+        amount = as_int(params.get("amount_to_capture", str(pi["amount_capturable"])), "amount_to_capture")
         if amount > pi["amount_capturable"] and not self.allow_over_capture:
             raise ApiError(400, "The amount to capture must be less than or equal to the amount capturable.",
                            "amount_too_large", "amount_to_capture")
@@ -834,7 +534,7 @@ class FakeStripe:
         return pi
 
     def _cancel_intent(self, pi: dict, params: dict) -> dict:
-        _check_params(params, {"cancellation_reason"})
+        check_params(params, {"cancellation_reason"})
         if pi["status"] in ("succeeded", "canceled"):
             raise ApiError(400, f"You cannot cancel this PaymentIntent because it has a status of "
                                 f"{pi['status']}. Only a PaymentIntent with one of the following statuses may be "
@@ -859,25 +559,25 @@ class FakeStripe:
     # -- refunds --------------------------------------------------------------------------------
 
     def _create_refund(self, params: dict) -> dict:
-        _check_params(params, {"payment_intent", "charge", "amount", "reason", "metadata"})
+        check_params(params, {"payment_intent", "charge", "amount", "reason", "metadata"})
         if params.get("payment_intent"):
-            pi = self.intents.get(params["payment_intent"]) or _raise(
-                _no_such("payment_intent", params["payment_intent"], "payment_intent"))
+            pi = self.intents.get(params["payment_intent"]) or raise_(
+                no_such("payment_intent", params["payment_intent"], "payment_intent"))
             charge = self.charges.get(pi["latest_charge"] or "")
         elif params.get("charge"):
-            charge = self.charges.get(params["charge"]) or _raise(_no_such("charge", params["charge"], "charge"))
+            charge = self.charges.get(params["charge"]) or raise_(no_such("charge", params["charge"], "charge"))
             pi = self.intents[charge["payment_intent"]]
         else:
-            raise _missing("payment_intent")
+            raise missing("payment_intent")
         if pi["status"] != "succeeded" or charge is None:
             raise ApiError(400, "This PaymentIntent does not have a successful charge to refund.",
                            "charge_not_refundable" if pi["status"] != "canceled" else "charge_already_refunded")
         left = charge["amount_captured"] - charge["amount_refunded"]
-        amount = _int(params["amount"], "amount") if "amount" in params else left
+        amount = as_int(params["amount"], "amount") if "amount" in params else left
         if amount <= 0 or amount > left:
             raise ApiError(400, f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left})",
                            "amount_too_large", "amount")
-        refund = {"id": "re_" + _rand(), "object": "refund", "amount": amount, "charge": charge["id"],
+        refund = {"id": "re_" + rand(), "object": "refund", "amount": amount, "charge": charge["id"],
                   "payment_intent": pi["id"], "currency": pi["currency"], "metadata": params.get("metadata") or {},
                   "reason": params.get("reason"), "status": "succeeded", "created": int(self.clock.seconds()),
                   "balance_transaction": None, "receipt_number": None, "source_transfer_reversal": None,
@@ -891,156 +591,6 @@ class FakeStripe:
         self.refunds[refund["id"]] = refund
         return refund
 
-    # -- out-of-band knobs over HTTP ------------------------------------------------------------
-
     def handle_knob(self, path: str, body: bytes) -> tuple[int, Any]:
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            return 400, {"error": "the body must be JSON"}
-        parts = path.strip("/").split("/")
-        if parts[:2] == ["_fake", "readers"] and len(parts) == 3 and parts[2] in self.readers:
-            reader_id = parts[2]
-            if "status" in data:
-                self.set_online(reader_id, data.pop("status") == "online")
-            knobs = self.reader_knobs(reader_id)
-            for name, value in data.items():
-                if not hasattr(knobs, name):
-                    return 400, {"error": f"unknown knob {name}"}
-                setattr(knobs, name, value)
-            return 200, {"reader": reader_id, "knobs": knobs.__dict__}
-        if parts == ["_fake", "customer_cancel"] and data.get("reader") in self.readers:
-            try:
-                return 200, self.customer_cancel(data["reader"])
-            except ApiError as error:
-                return error.status, {"error": error.body}
-        if parts == ["_fake", "fail_action"] and data.get("reader") in self.readers:
-            try:
-                return 200, self.fail_action(data["reader"], str(data.get("code", "terminal_reader_hardware_fault")))
-            except ApiError as error:
-                return error.status, {"error": error.body}
-        if parts == ["_fake", "fail_next"]:
-            self.fail_next(int(data.get("count", 1)), int(data.get("status", 500)), data.get("match"))
-            return 200, {"ok": True}
-        if parts == ["_fake", "fail_inside"]:
-            self.fail_inside(int(data.get("count", 1)), int(data.get("status", 500)), data.get("match"),
-                             bool(data.get("after_commit", False)))
-            return 200, {"ok": True}
-        if parts == ["_fake", "slow"]:
-            self.slow = float(data.get("seconds", 0))
-            return 200, {"ok": True}
-        if parts == ["_fake", "present"] and data.get("reader") in self.readers:
-            try:
-                return 200, self.present(data["reader"], data.get("card", "4242424242424242"))
-            except ApiError as error:
-                return error.status, {"error": error.body}
-        return 404, {"error": "unknown knob"}
-
-
-def _timeout_error() -> ApiError:
-    return ApiError(400, "There was a timeout when sending this command to the reader. " + _GUIDE,
-                    "terminal_reader_timeout")
-
-
-def _raise(error: Exception) -> Any:
-    raise error
-
-
-def _rand(length: int = 16) -> str:
-    return secrets.token_hex(length)[:length]
-
-
-def _json(data: Any) -> bytes:
-    return json.dumps(data).encode()
-
-
-class _FakeResource(Resource):
-    isLeaf = True
-
-    def __init__(self, fake: FakeStripe) -> None:
-        super().__init__()
-        self._fake = fake
-
-    def render(self, request: Any) -> Any:
-        method = request.method.decode()
-        path = request.path.decode()
-        body = request.content.read() if request.content is not None else b""
-        if path.startswith("/_fake/"):
-            status, answer = self._fake.handle_knob(path, body)
-            request.setResponseCode(status)
-            request.setHeader(b"content-type", b"application/json")
-            return _json(answer)
-        headers = {name: (request.getHeader(name) or None) for name in
-                   ("authorization", "idempotency-key", "stripe-version", "content-type")}
-        query = request.uri.decode().partition("?")[2]
-        status, extra, payload, drop = self._fake.handle(method, path, headers, body, query)
-        stored = self._fake.last_stored
-        if drop:
-            request.channel.transport.abortConnection()
-            return NOT_DONE_YET
-
-        def answer() -> None:
-            if stored is not None:
-                stored.in_flight = False
-            if request.finished or getattr(request, "_disconnected", False):
-                return
-            request.setResponseCode(status)
-            request.setHeader(b"content-type", b"application/json")
-            for name, value in extra.items():
-                request.setHeader(name.encode(), value.encode())
-            request.write(payload)
-            request.finish()
-
-        if self._fake.slow > 0:
-            self._fake._later("slow:" + extra["Request-Id"], self._fake.slow, answer)
-            return NOT_DONE_YET
-        answer()
-        return NOT_DONE_YET
-
-
-class _TrackingFactory(WrappingFactory):
-    """Keeps the open connections so :meth:`close_all` can end them (tests must leave nothing open)."""
-
-    noisy = False
-
-    def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)
-        self._waiters: list[Deferred] = []
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def close_all(self) -> "Deferred[None]":
-        if not self.protocols:
-            return succeed(None)
-        waiter: Deferred = Deferred()
-        self._waiters.append(waiter)
-        for protocol in list(self.protocols):
-            protocol.transport.abortConnection()
-        return waiter
-
-
-# -- `terminal-bridge simulate stripe` --------------------------------------------------------------
-
-
-def loopback_endpoint(description: str) -> str:
-    """A server endpoint description bound to 127.0.0.1 unless it names an interface."""
-    if description.startswith(("tcp:", "tcp6:")) and "interface=" not in description:
-        description += ":interface=127.0.0.1" if description.startswith("tcp:") else ":interface=\\:\\:1"
-    return description
-
-
-def start_fake(reactor: Any, args: argparse.Namespace) -> "Deferred[FakeStripe]":
-    fake = FakeStripe(reactor)
-    location = fake.add_location("Demo shop")
-    for serial in args.reader or ["SIM-0001"]:
-        reader = fake.add_reader(serial, label=f"Simulated {serial}", location=location["id"])
-        if args.auto_present != "none":
-            knobs = fake.reader_knobs(reader["id"])
-            knobs.auto_present, knobs.auto_present_delay = args.auto_present, args.delay
-    return fake.listen(reactor, loopback_endpoint(args.listen)).addCallback(lambda _: fake)
-
+        """A ``POST /_fake/...`` knob from another process (:func:`bridge.terminals.stripe.fake.knobs.handle_knob`)."""
+        return handle_knob(self, path, body)
