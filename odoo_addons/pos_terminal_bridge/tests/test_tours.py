@@ -13,6 +13,7 @@ from unittest.mock import patch
 
 import requests
 
+from odoo import release
 from odoo.tests import tagged
 
 from odoo.addons.terminal_bridge.tests import bridge_process
@@ -344,5 +345,16 @@ class TestToursWithBridge(TerminalBridgeTourCase):
         self.tour("TerminalBridgeForceDoneGuard")
         payment = self.payments()
         self.assertEqual(payment.state, "cancelled")
+        self.assertFalse(self.env["pos.order"].search(
+            [("config_id", "=", self.main_pos_config.id), ("state", "in", ("paid", "done", "invoiced"))]))
+
+    def test_force_done_does_not_mark_an_unknown_payment_paid(self):
+        if release.version_info[0] < 19:
+            self.skipTest("Odoo 18 offers no Force done on a line waiting for the card")
+        self.start_bench("Card loses link")
+        self.tour("TerminalBridgeForceDoneUnknown")
+        payment = self.payments()
+        self.assertEqual(payment.state, "failed")
+        self.assertIn("not paid", payment.resolution_note)
         self.assertFalse(self.env["pos.order"].search(
             [("config_id", "=", self.main_pos_config.id), ("state", "in", ("paid", "done", "invoiced"))]))

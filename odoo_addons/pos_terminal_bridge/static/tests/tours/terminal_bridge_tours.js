@@ -241,6 +241,25 @@ export function registerTerminalBridgeTours({
         button("Ok"),
         status("Transaction cancelled"),
     ]);
+
+    // Odoo 19 only (18 offers no Force done on a waiting line): an unknown payment, its question closed unanswered.
+    add("TerminalBridgeForceDoneUnknown", () => [
+        open(),
+        sell(),
+        PaymentScreen.clickPaymentMethod("Card loses link"),
+        dialog("The terminal may have charged the card"),
+        {
+            content: "close the question without answering",
+            trigger: ".modal-dialog:contains('The terminal may have charged the card') .modal-header .btn-close",
+            run: "click",
+        },
+        lineButton(".send_force_done", "Force done"),
+        // Not paid: the question comes back, and the line still waits for the cashier's answer.
+        dialog("The terminal may have charged the card"),
+        { content: "the line is not paid", trigger: ".paymentline .electronic_status:contains('Waiting for card')" },
+        button("Not paid"),
+        status("Transaction cancelled"),
+    ]);
 }
 
 /**
