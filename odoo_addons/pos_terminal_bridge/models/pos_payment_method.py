@@ -127,6 +127,27 @@ class PosPaymentMethod(models.Model):
             for line_uuid, payment in lines.items() if line_uuid not in recorded
         ]
 
+    def _tb_line_busy(self, command_id):
+        """Why a new attempt on this payment line would charge twice, or None.
+
+        A payment line's attempts are "<uuid>", "<uuid>/2"...; a new one may start only when every earlier one
+        ended unpaid (declined, cancelled, failed). A second screen on the same order, or a page that missed the
+        news, could otherwise start "<uuid>/2" while "<uuid>" is on the terminal or approved. The same command id
+        asked again is not a new attempt: it returns its payment.
+        """
+        if self._tb_payment(command_id):
+            return None
+        line_uuid = command_id.split("/")[0]
+        taken = self._tb_attempts(line_uuid).filtered(lambda p: p.state not in ("declined", "cancelled", "failed"))
+        if not taken:
+            return None
+        labels = dict(taken.fields_get(["state"])["state"]["selection"])
+        state = labels.get(taken[0].state, taken[0].state)
+        return self.env._(
+            "This payment line already has a payment on the terminal (%(state)s): it is not charged again. "
+            "Wait for its result, on this screen or the other one showing the order.", state=state,
+        )
+
     def _tb_error(self, message):
         return {"error": message}
 
@@ -150,6 +171,9 @@ class PosPaymentMethod(models.Model):
         currency = self.env["res.currency"].search([("name", "=", data.get("currency"))], limit=1)
         if not currency:
             return self._tb_error(self.env._("Unknown currency %s.", data.get("currency")))
+        busy = self._tb_line_busy(command_id)
+        if busy:
+            return self._tb_error(busy)
         kind = "refund" if data.get("kind") == "refund" else "debit"
         try:
             amount = self._tb_minor_units(data.get("amount") or 0, currency)
@@ -178,6 +202,9 @@ class PosPaymentMethod(models.Model):
         command_id = data.get("command_id")
         if not command_id or not isinstance(command_id, str):
             return self._tb_error(self.env._("The POS sent no payment line id; reload the page and try again."))
+        busy = self._tb_line_busy(command_id)
+        if busy:
+            return self._tb_error(busy)
         try:
             amount = self._tb_minor_units(data.get("amount") or 0, original.currency_id)
             payment = original.refund(amount=amount, command_id=command_id)

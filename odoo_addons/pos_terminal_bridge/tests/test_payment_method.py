@@ -183,3 +183,33 @@ class TestPaymentMethod(TerminalBridgePosCase):
         lost = self.tb_method.tb_lost_lines(self.main_pos_config.id)
         self.assertEqual([(p["line_uuid"], p["pos_order_uuid"], p["payment_method_id"]) for p in lost],
                          [("lost-line", "order-1", self.tb_method.id)])
+
+    def test_partial_refunds_up_to_what_is_left(self):
+        self.tb_method.tb_send_payment(self.pay_data("paid-10", amount=10.0))
+        original = self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "paid-10")])
+        original.write({"state": "approved"})
+        self.assertEqual(original.refundable_amount, self.minor(10.0))
+        first = self.tb_method.tb_refund(self.pay_data("refund-4", amount=4.0, refund_of="paid-10"))
+        self.assertNotIn("error", first)
+        self.assertEqual(original.refundable_amount, self.minor(6.0))  # a refund under way counts as taken
+        too_much = self.tb_method.tb_refund(self.pay_data("refund-7", amount=7.0, refund_of="paid-10"))
+        self.assertIn("Only 6.00", too_much.get("error", ""))
+        self.assertFalse(self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "refund-7")]))
+        again = self.tb_method.tb_refund(self.pay_data("refund-4", amount=4.0, refund_of="paid-10"))
+        self.assertEqual(again["command_id"], "refund-4")  # the same refund asked again is no new refund
+        self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "refund-4")]).state = "declined"
+        self.assertEqual(original.refundable_amount, self.minor(10.0))  # a declined refund gave nothing back
+        rest = self.tb_method.tb_refund(self.pay_data("refund-10", amount=10.0, refund_of="paid-10"))
+        self.assertNotIn("error", rest)
+        self.assertEqual(original.refundable_amount, 0)
+
+    def test_no_next_attempt_while_the_line_is_on_the_terminal(self):
+        self.tb_method.tb_send_payment(self.pay_data("busy-line"))
+        answer = self.tb_method.tb_send_payment(self.pay_data("busy-line/2"))
+        self.assertIn("not charged again", answer.get("error", ""))
+        self.assertFalse(self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "busy-line/2")]))
+        for state in ("approved", "unknown"):
+            self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "busy-line")]).state = state
+            self.assertIn("error", self.tb_method.tb_send_payment(self.pay_data("busy-line/2")))
+        self.env["terminal.bridge.payment"].sudo().search([("command_id", "=", "busy-line")]).state = "declined"
+        self.assertEqual(self.tb_method.tb_send_payment(self.pay_data("busy-line/2"))["state"], "queued")

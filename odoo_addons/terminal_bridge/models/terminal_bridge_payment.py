@@ -20,6 +20,8 @@ STATES = [
 ]
 FINAL_STATES = frozenset({"approved", "declined", "cancelled", "failed", "unknown"})
 RESOLVED_STATES = ("approved", "declined", "cancelled", "failed")
+#: The states in which a payment took nothing (a refund in any other state counts as paid back, or maybe).
+NOT_TAKEN = ("declined", "cancelled", "failed")
 _RANK = {"queued": 0, "accepted": 1, "in_progress": 2}
 #: Ogone STATUS -> state, for a feedback that carries no TBSTATE.
 STATUS_STATES = {"9": "approved", "8": "approved", "2": "declined", "1": "cancelled", "0": "failed", "92": "unknown"}
@@ -66,6 +68,12 @@ class TerminalBridgePayment(models.Model):
     method = fields.Selection([("card", "Card"), ("cheque", "Cheque")], default="card", required=True, readonly=True)
     reference = fields.Char(readonly=True, help="Free reference, e.g. the POS order.")
     refund_of_id = fields.Many2one("terminal.bridge.payment", readonly=True, ondelete="restrict")
+    refund_ids = fields.One2many("terminal.bridge.payment", "refund_of_id", string="Refunds", readonly=True)
+    refundable_amount = fields.Integer(
+        compute="_compute_refundable_amount",
+        help="In minor units: what is left to refund of this approved payment (refunds approved, under way or "
+             "unknown count as taken, as on the bridge).",
+    )
     state = fields.Selection(STATES, default="queued", required=True, readonly=True, index=True)
     is_final = fields.Boolean(compute="_compute_is_final")
     pay_ref = fields.Char(string="Bridge payment id", readonly=True, index=True)
@@ -94,6 +102,15 @@ class TerminalBridgePayment(models.Model):
     def _compute_is_final(self):
         for payment in self:
             payment.is_final = payment.state in FINAL_STATES
+
+    @api.depends("kind", "state", "amount", "refund_ids.state", "refund_ids.amount")
+    def _compute_refundable_amount(self):
+        for payment in self:
+            if payment.kind != "debit" or payment.state != "approved":
+                payment.refundable_amount = 0
+                continue
+            taken = payment.sudo().refund_ids.filtered(lambda refund: refund.state not in NOT_TAKEN)
+            payment.refundable_amount = max(payment.amount - sum(taken.mapped("amount")), 0)
 
     @api.depends("command_id", "amount", "currency_id")
     def _compute_display_name(self):
@@ -165,6 +182,19 @@ class TerminalBridgePayment(models.Model):
                     original.bridge_id, original.terminal_id, amount, original.currency_id, original.method, "refund", original
                 )
                 return existing.with_env(self.env)
+        # Two refunds at once (two screens) must not both fit in what is left: each writes the original's row, so
+        # the second waits for the first and, once it committed, fails to serialise and is retried on what the
+        # first left (a lock alone would not show it the first's refund under repeatable read).
+        self.env.cr.execute("UPDATE terminal_bridge_payment SET write_date = write_date WHERE id = %s", [original.id])
+        original.invalidate_recordset()
+        left = original.refundable_amount
+        if amount > left:
+            digits = original.currency_id.decimal_places
+            raise UserError(
+                self.env._("Only %(left)s %(currency)s of this payment is left to refund; %(asked)s %(currency)s "
+                           "were asked.", left=f"{left / 10 ** digits:.{digits}f}",
+                           asked=f"{amount / 10 ** digits:.{digits}f}", currency=original.currency_id.name)
+            )
         refund = Payment.create(
             {
                 "command_id": command_id or str(uuid.uuid4()),

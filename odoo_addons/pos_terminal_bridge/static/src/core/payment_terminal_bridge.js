@@ -48,6 +48,7 @@ export function makeTerminalBridgePayment(PaymentInterface) {
             this.tbCancelAsked = {}; // line uuid -> the command id the cashier asked to cancel
             this.tbLast = {}; // line uuid -> the last payment dict seen (any attempt)
             this.tbDialogs = {}; // line uuid -> the unknown dialog is open
+            this.tbSending = {}; // line uuid -> settles once the server answered the pay request
         }
 
         // Odoo 19's names
@@ -109,6 +110,8 @@ export function makeTerminalBridgePayment(PaymentInterface) {
             const line = this.tbLine(uuid);
             setStatus(line, "waitingCard");
             let result;
+            let answered;
+            this.tbSending[uuid] = new Promise((resolve) => (answered = resolve));
             try {
                 // A line sent before (then reloaded) may already have attempts: learn the newest before choosing
                 // the id. A new line has none, and saves this round trip.
@@ -142,6 +145,11 @@ export function makeTerminalBridgePayment(PaymentInterface) {
                     )
                 );
                 return false;
+            } finally {
+                // A cancel clicked meanwhile goes on once this function has recorded the answer (below, in the
+                // same run of code: the cancel's await resumes only after it).
+                delete this.tbSending[uuid];
+                answered();
             }
             if (result.error) {
                 this.tbAlert(_t("The payment did not start"), result.error);
@@ -327,6 +335,10 @@ export function makeTerminalBridgePayment(PaymentInterface) {
         }
 
         async tbCancel(uuid) {
+            if (this.tbSending[uuid]) {
+                // Cancel clicked before the server answered the pay request: the payment may be queued already.
+                await this.tbSending[uuid];
+            }
             const last = this.tbLast[uuid];
             if (!last) {
                 return true; // never started
