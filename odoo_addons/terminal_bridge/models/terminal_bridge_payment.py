@@ -165,7 +165,9 @@ class TerminalBridgePayment(models.Model):
         return True
 
     def refund(self, amount=None, command_id=None):
-        """Refund this approved payment (its whole amount by default; never more than is left to refund); returns the refund's payment record."""
+        """Refund this approved payment (its whole amount by default; never more than is left to refund).
+
+        Returns the refund's payment record."""
         self.ensure_one()
         self.check_access("read")
         original = self.sudo()
