@@ -21,6 +21,7 @@ from bridge.core import states
 from bridge.core.journal import Event, Journal, canonical_json
 from bridge.core.payments import PaymentService, new_payment_id
 from bridge.core.registry import TerminalRegistry
+from bridge.errors import BridgeError
 from tests.support import APPROVED, RecordingDriver, add_test_client, load_config, write_config
 from tests.test_journal import record
 from tests.test_journal_growth import settle
@@ -262,3 +263,55 @@ class JournalInvariantTests(SynchronousTestCase):
                 self.assertLessEqual(journal.acked("cl_a"), journal.last_seq())
         finally:
             journal.close()
+
+
+class StatementsPerWriteTests(SynchronousTestCase):
+    """A payment's write alone in its transaction runs no savepoint; in a batch, each write keeps its own."""
+
+    def setUp(self):
+        self.journal = Journal.open(os.path.join(self.mktemp(), "j.sqlite3"), threaded=False)
+        self.addCleanup(self.journal.close)
+        self.statements = []
+        self.journal._writer._conn.set_trace_callback(self.statements.append)
+
+    def test_a_write_alone_is_begin_its_statements_and_commit(self):
+        self.successResultOf(self.journal.create(record(1), {}, actor="x"))
+        self.assertEqual([s.split()[0] for s in self.statements], ["BEGIN", "INSERT", "INSERT", "INSERT", "COMMIT"])
+
+    def test_a_refused_write_alone_leaves_nothing_and_the_next_one_goes_through(self):
+        self.successResultOf(self.journal.create(record(1), {}, actor="x"))
+        self.journal.ack_soon("cl_b", 1)  # rides along with the next write: put back when that one is refused
+        self.statements.clear()
+        failure = self.failureResultOf(self.journal.create(record(2, command_id="cmd_1"), {}, actor="x"))
+        self.assertEqual(failure.value.code, "duplicate_command")
+        self.assertEqual(self.statements[-1], "ROLLBACK")
+        self.assertNotIn("COMMIT", self.statements)
+        self.assertIsNone(self.journal.get("pay_2"))
+        self.assertEqual(self.successResultOf(self.journal.create(record(3), {}, actor="x")).seq, 2)
+        self.assertEqual(self.journal._read().execute("SELECT seq FROM acks WHERE client_id='cl_b'").fetchone(),
+                         (1,))
+
+    def test_writes_batched_together_each_keep_a_savepoint(self):
+        batch = []
+        for n, command in ((1, "cmd_1"), (2, "cmd_1"), (3, "cmd_3")):
+            r = record(n, command_id=command)
+            batch.append((lambda conn, r=r: _create_op(conn, r), Deferred()))
+        self.journal._writer._run_batch(batch)
+        self.assertEqual([d.called for _, d in batch], [True, True, True])
+        self.assertEqual(self.statements.count("SAVEPOINT op"), 3)
+        self.assertEqual([row[0] for row in self.journal._read().execute("SELECT id FROM payments ORDER BY id")],
+                         ["pay_1", "pay_3"])
+        self.failureResultOf(batch[1][1], BridgeError)
+
+
+def _create_op(conn, r):
+    from bridge.core.journal import _insert_event, _insert_transition
+    try:
+        conn.execute("INSERT INTO payments (id, command_id, client_id, terminal, kind, method, amount, currency, "
+                     "args_digest, state, details, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,'{}',?,?)",
+                     (r.id, r.command_id, r.client_id, r.terminal, r.kind, r.method, r.amount, r.currency,
+                      r.args_digest, r.state, r.created, r.updated))
+    except sqlite3.IntegrityError:
+        raise BridgeError("duplicate_command", "used") from None
+    _insert_transition(conn, r, "x")
+    return _insert_event(conn, r, {})

@@ -260,17 +260,29 @@ class _Writer:
         results: list[tuple[Deferred, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, d in batch:
-                conn.execute("SAVEPOINT op")
+            if len(batch) == 1:
+                # Alone in its transaction (a payment at a time: the usual case), an operation needs no savepoint
+                # of its own: if it refuses, the whole transaction is rolled back, and nothing is committed.
+                op, d = batch[0]
                 try:
-                    value = op(conn)
+                    results.append((d, True, op(conn)))
                 except BridgeError as e:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((d, False, e))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((d, True, value))
+                    refused = e  # ``e`` itself is unbound when the except clause ends
+                    conn.execute("ROLLBACK")
+                    self._deliver(lambda: _fire([(d, False, refused)]))
+                    return
+            else:
+                for op, d in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        value = op(conn)
+                    except BridgeError as e:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        results.append((d, False, e))
+                    else:
+                        conn.execute("RELEASE op")
+                        results.append((d, True, value))
             checkpoint("journal.before_commit")
             started = time.perf_counter()
             conn.execute("COMMIT")
@@ -497,12 +509,12 @@ class Journal:
         """Journal ``record``'s new state (already applied to it), with its transition and event."""
 
         def op(conn: sqlite3.Connection) -> Event:
+            details = json.dumps(record.details)
             conn.execute(
                 "UPDATE payments SET state=?, reason_code=?, reason_message=?, details=?, updated=? WHERE id=?",
-                (record.state, record.reason_code, record.reason_message, json.dumps(record.details),
-                 record.updated, record.id),
+                (record.state, record.reason_code, record.reason_message, details, record.updated, record.id),
             )
-            _insert_transition(conn, record, actor)
+            _insert_transition(conn, record, actor, details)
             return _insert_event(conn, record, event_body)
 
         return self._submit_with_acks(op).addCallback(self._journaled)
@@ -735,12 +747,13 @@ def _upsert_ack(conn: sqlite3.Connection, client_id: str, seq: int) -> None:
     )
 
 
-def _insert_transition(conn: sqlite3.Connection, record: PaymentRecord, actor: str) -> None:
+def _insert_transition(conn: sqlite3.Connection, record: PaymentRecord, actor: str,
+                       details: Optional[str] = None) -> None:
     conn.execute(
         "INSERT INTO transitions (payment_id, state, reason_code, reason_message, details, actor, at) "
         "VALUES (?,?,?,?,?,?,?)",
-        (record.id, record.state, record.reason_code, record.reason_message, json.dumps(record.details), actor,
-         record.updated),
+        (record.id, record.state, record.reason_code, record.reason_message,
+         json.dumps(record.details) if details is None else details, actor, record.updated),
     )
 
 
