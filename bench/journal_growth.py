@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import queue
+import random
 import tracemalloc
 import uuid
 from typing import Any, Callable, Optional
@@ -74,6 +75,9 @@ def generate(path: str, payments: int, days: float = 90.0, now: Optional[float] 
         conn.execute(f"DROP INDEX {name}")
     chunk = 20000
     done = 0
+    # Random ids, as the bridge made them before it made time-ordered ones (bridge/core/payments.py): a shop's
+    # 90 days of them are what a new payment's index entries go in among (seeded: the same journal each time).
+    rng = random.Random(payments)
     while done < payments:
         count = min(chunk, payments - done)
         pay_rows, transition_rows, event_rows = [], [], []
@@ -81,7 +85,7 @@ def generate(path: str, payments: int, days: float = 90.0, now: Optional[float] 
             created = start + i * step
             client = ARCHIVE_CLIENTS[i % len(ARCHIVE_CLIENTS)]
             terminal = f"t{i % terminals}"
-            pid = "pay_" + uuid.UUID(int=i + 1).hex
+            pid = "pay_" + uuid.UUID(int=rng.getrandbits(128), version=4).hex
             details = json.dumps({"terminal_ref": f"{i:012d}", "card": "VISA ****4242"})
             pay_rows.append((pid, f"cmd-{i}", client, terminal, "payment", "card", 1234, "EUR", "digest", "approved",
                              None, None, details, created, created + 2.0))
