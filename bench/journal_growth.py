@@ -19,6 +19,7 @@ measures the added latency and start-to-ready with it.  Every figure is printed 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -200,26 +201,41 @@ class _Turns:
         thread waiting for a CPU (its run queue delay, /proc/thread-self/schedstat): what this process held the
         reactor for (its own work, and waiting for the GIL its other threads held), not the machine's load."""
         turns, held = [], []
-        last, last_queued = time.perf_counter(), _run_queue_delay()
+        last, last_queued, last_faults = time.perf_counter(), _run_queue_delay(), _major_faults()
+        worst = (0.0, 0)
         while not until():
             try:
                 self.calls.get(timeout=0.001)()
             except queue.Empty:
                 pass
-            now, queued = time.perf_counter(), _run_queue_delay()
+            now, queued, faults = time.perf_counter(), _run_queue_delay(), _major_faults()
             turns.append((now - last) * 1000)
             held.append(max(0.0, (now - last) * 1000 - (queued - last_queued)))
-            last, last_queued = now, queued
+            if held[-1] > worst[0]:
+                worst = (held[-1], faults - last_faults)
+            last, last_queued, last_faults = now, queued, faults
         self.held = _top(held)
+        self.worst_faults = worst[1]
         return _top(turns)
 
     held: tuple[float, float] = (0.0, 0.0)
+    #: Major page faults (a page of the program read back from disk) of the thread in its longest held turn.
+    worst_faults = 0
 
 
 def _top(values: list[float]) -> tuple[float, float]:
     """The largest of ``values`` and their 99th percentile (0, 0 for none)."""
     values = sorted(values)
     return (values[-1], values[int(len(values) * 0.99)]) if values else (0.0, 0.0)
+
+
+def _major_faults() -> int:
+    """This thread's major page faults so far (pages it had to wait for from disk; 0 where unknown)."""
+    try:
+        with open("/proc/thread-self/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[9])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _run_queue_delay() -> float:
@@ -289,10 +305,28 @@ def measure(path: str, away_seq: int, now: Optional[float] = None) -> dict[str, 
         r["idle_turn_max"], r["idle_turn_p99"] = turns.run(lambda: time.perf_counter() > idle_until)
         r["idle_held_max"], r["idle_held_p99"] = turns.held
         pruned: list[int] = []
-        t0 = time.perf_counter()
-        journal.prune(oldest + DAY).addCallback(pruned.append)
-        r["prune_turn_max"], r["prune_turn_p99"] = turns.run(lambda: bool(pruned))
-        r["prune_held_max"], r["prune_held_p99"] = turns.held
+        collections: list[float] = []
+        started: list[float] = []
+
+        def collector(phase: str, info: dict[str, Any]) -> None:
+            # Python's cyclic garbage collector stops every thread while it runs: a long collection is a long turn
+            # whatever the pruning does, so its longest pause is printed beside the turns.
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started:
+                collections.append(_ms(started[0]))
+
+        gc.callbacks.append(collector)
+        try:
+            t0 = time.perf_counter()
+            journal.prune(oldest + DAY).addCallback(pruned.append)
+            r["prune_turn_max"], r["prune_turn_p99"] = turns.run(lambda: bool(pruned))
+            r["prune_held_max"], r["prune_held_p99"] = turns.held
+            r["prune_held_max_faults"] = turns.worst_faults
+        finally:
+            gc.callbacks.remove(collector)
+        r["prune_gc_max"] = max(collections, default=0.0)
+        r["prune_gc_count"] = len(collections)
         r["prune_total"] = _ms(t0)
         r["pruned"] = pruned[0]
         r["prune_batches"] = len(batches)
@@ -333,6 +367,9 @@ def report(size: int, r: dict[str, Any]) -> str:
         f"    a batch from its start to on disk (what a payment's write may wait behind), longest "
         f"{r['prune_batch_max']:.1f} ms; it started once the integrity check had ended, "
         f"{r.get('check_wait', 0.0):.0f} ms after the open",
+        f"    Python's garbage collector meanwhile (it stops every thread): {r.get('prune_gc_count', 0)} collections, "
+        f"the longest {r.get('prune_gc_max', 0.0):.2f} ms; major page faults of the reactor thread in its longest "
+        f"held turn: {r.get('prune_held_max_faults', 0)}",
     ])
 
 
