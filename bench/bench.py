@@ -1237,7 +1237,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         bridge_payments += status_payments
         journal = sqlite3.connect(f"file:{os.path.join(directory, 'state', 'journal.sqlite3')}?mode=ro", uri=True)
         try:
-            states = dict(journal.execute("SELECT state, count(*) FROM payments GROUP BY state").fetchall())
+            # the benchmark's own clients' payments only (--journal-payments adds other clients' before the start)
+            states = dict(journal.execute("SELECT state, count(*) FROM payments WHERE client_id LIKE 'cl_bench_%' "
+                                          "GROUP BY state").fetchall())
         finally:
             journal.close()
         if states != {"approved": bridge_payments}:
