@@ -315,3 +315,14 @@ def _create_op(conn, r):
         raise BridgeError("duplicate_command", "used") from None
     _insert_transition(conn, r, "x")
     return _insert_event(conn, r, {})
+
+
+class PruneAfterCloseTests(SynchronousTestCase):
+    def test_a_pruning_waiting_for_the_check_of_a_journal_closed_meanwhile_prunes_nothing(self):
+        journal = Journal.open(os.path.join(self.mktemp(), "j.sqlite3"), reactor=Clock(), threaded=False)
+        settle(journal, 1)
+        journal._check_done = Deferred()
+        done = journal.prune(before=10_000.0)
+        journal.close()
+        journal._checked("ok")
+        self.assertEqual(self.successResultOf(done), 0)

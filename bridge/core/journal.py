@@ -387,7 +387,8 @@ class Journal:
         """SQLite's integrity check of the whole file on a thread of its own (at the lowest CPU priority), its
         answer delivered on the reactor thread: a damaged journal then refuses every write with
         journal_unavailable, as it would have refused to open.  Pruning waits for it (see :meth:`prune`)."""
-        self._check_done = Deferred()
+        if self._check_done is None:
+            self._check_done = Deferred()
 
         def run() -> None:
             try:
@@ -628,7 +629,8 @@ class Journal:
                 step()  # no reactor (unit tests, the payments command): each batch is still its own write
 
         if self._check_done is not None:
-            self._check_done.addCallback(lambda _: step())
+            # closed meanwhile (the bridge stopped during the check): nothing pruned, no error to report
+            self._check_done.addCallback(lambda _: result.callback(0) if self.closed else step())
         else:
             step()
         return result
