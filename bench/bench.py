@@ -49,15 +49,16 @@ TERMINALS = 50
 AMOUNT, CURRENCY = 1234, "EUR"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-#: (key, label, target text, check) for the figures that have a target.  Values are in ms, payments/s, MB, s.
-TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
-    "added_p50_1": ("<= 1 ms", lambda v: v <= 1.0),
-    "added_p99_1": ("<= 3 ms", lambda v: v <= 3.0),
-    "added_p99_50": ("<= 10 ms", lambda v: v <= 10.0),
-    "throughput": (">= 300/s", lambda v: v >= 300.0),
-    "rss": ("<= 60 MB", lambda v: v <= 60.0),
-    "ready_first": ("<= 1 s", lambda v: v <= 1.0),
-    "ready_second": ("<= 1 s", lambda v: v <= 1.0),
+#: key -> (target text, check(value, figures)) for the figures that have a target (issue 18's, stated against the
+#: floor this run measures: ``floor_ms``, see report()).  Values are in ms, payments/s, s.  Resident memory's
+#: target is against the libraries-only process of the same run (printed after the table, see main()).
+TARGETS: dict[str, tuple[str, Callable[[float, dict[str, Any]], bool]]] = {
+    "added_p50_1": ("<= floor + 1.0 ms", lambda v, r: v <= r["floor_ms"] + 1.0),
+    "added_p99_1": ("<= floor + 2.5 ms", lambda v, r: v <= r["floor_ms"] + 2.5),
+    "added_p99_50": ("<= 50 ms", lambda v, r: v <= 50.0),
+    "throughput": (">= 300/s", lambda v, r: v >= 300.0),
+    "ready_first": ("<= 1 s", lambda v, r: v <= 1.0),
+    "ready_second": ("<= 1 s", lambda v, r: v <= 1.0),
 }
 
 
@@ -1046,6 +1047,8 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
                f"p99 {info['fsync_p99_ms']:.3f} ms")
     n = TERMINALS if "direct_p50_50" in r else None
     rows: list[tuple[str, str, str]] = []
+    # the floor of the 1-terminal added latency: a bare TLS WebSocket round trip and the 3 ordered fsyncs
+    r["floor_ms"] = floor = r["echo_p50"] + 3 * info["fsync_p50_ms"]
 
     def ms(key: str) -> str:
         return f"{r[key]:.3f} ms"
@@ -1060,6 +1063,7 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
         rows.append((f"{what}: added latency p99", ms(f"added_p99_{suffix}"), f"added_p99_{suffix}"))
     rows.append(("floor: bare TLS WebSocket round trip p50", ms("echo_p50"), f"n={r['echo_n']}"))
     rows.append(("floor: bare TLS WebSocket round trip p99", ms("echo_p99"), ""))
+    rows.append(("floor of the 1-terminal added latency (p50)", ms("floor_ms"), ""))
     rows.append(("throughput: payments per second", f"{r['throughput']:.0f}/s", "throughput"))
     rows.append(("bridge resident memory after load", f"{r['rss'] / 1e6:.1f} MB", "rss"))
     rows.append(("bridge resident memory when ready", f"{r['rss_ready'] / 1e6:.1f} MB", ""))
@@ -1070,25 +1074,25 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
 
     width = max(len(label) for label, _, _ in rows) + 2
     out.append("")
-    out.append(f"{'figure':<{width}}{'value':>12}  {'target':<10} result")
+    out.append(f"{'figure':<{width}}{'value':>12}  {'target':<18} result")
     for label, value, key in rows:
         if key in TARGETS:
             target, check = TARGETS[key]
-            verdict = "PASS" if check(_target_value(key, r)) else "MISS"
-            out.append(f"{label:<{width}}{value:>12}  {target:<10} {verdict}")
+            verdict = "PASS" if check(r[key], r) else "MISS"
+            out.append(f"{label:<{width}}{value:>12}  {target:<18} {verdict}")
         else:
             note = key if key.startswith("n=") else ""
-            out.append(f"{label:<{width}}{value:>12}  {'':<10} {note}".rstrip())
+            out.append(f"{label:<{width}}{value:>12}  {'':<18} {note}".rstrip())
     out.append("")
     out.append(f"under the throughput load ({r['throughput_payments']} payments in {r['throughput_seconds']:.1f} s): "
                f"payment round trip p50 {r['throughput_p50']:.1f} ms, p99 {r['throughput_p99']:.1f} ms; "
                f"CPU (100 % = one core): bridge {r['cpu_bridge_pct']:.0f} %, measuring client "
                f"{r['cpu_client_pct']:.0f} %, simulators {r['cpu_sim_pct']:.0f} %")
-    floor = r["echo_p50"] + 3 * info["fsync_p50_ms"]
     out.append(f"floor of the 1-terminal added latency on this machine: a bare TLS WebSocket round trip "
                f"({r['echo_bytes']} bytes, autobahn, nothing else) p50 {r['echo_p50']:.3f} ms + the 3 journal "
                f"fsyncs a payment waits for, p50 3 x {info['fsync_p50_ms']:.3f} ms = {floor:.3f} ms "
-               f"(target 1 ms; the bridge's own work is the rest: {r['added_p50_1'] - floor:.3f} ms); the echo "
+               f"(the bridge's own work is the rest: {r['added_p50_1'] - floor:.3f} ms at p50, target 1.0 ms; "
+               f"{r['added_p99_1'] - floor:.3f} ms at p99, target 2.5 ms); the echo "
                f"server's CPU per round trip (one message in, one out): {r['echo_server_cpu_ms']:.3f} ms")
     out.append(f"bridge CPU per payment: {r['bridge_cpu_ms_per_payment_1']:.2f} ms one at a time, "
                f"{r['bridge_cpu_ms_per_payment']:.2f} ms under load; peak resident memory "
@@ -1102,10 +1106,6 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
     out.append("latency percentiles are nearest-rank over each path's own samples; added = bridge - direct at the "
                "same percentile. MB = 10^6 bytes.")
     return "\n".join(out)
-
-
-def _target_value(key: str, r: dict[str, Any]) -> float:
-    return r[key] / 1e6 if key == "rss" else r[key]
 
 
 # -- main ---------------------------------------------------------------------------------------------------
@@ -1237,7 +1237,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         bridge_payments += status_payments
         journal = sqlite3.connect(f"file:{os.path.join(directory, 'state', 'journal.sqlite3')}?mode=ro", uri=True)
         try:
-            states = dict(journal.execute("SELECT state, count(*) FROM payments GROUP BY state").fetchall())
+            # the benchmark's own clients' payments only (--journal-payments adds other clients' before the start)
+            states = dict(journal.execute("SELECT state, count(*) FROM payments WHERE client_id LIKE 'cl_bench_%' "
+                                          "GROUP BY state").fetchall())
         finally:
             journal.close()
         if states != {"approved": bridge_payments}:

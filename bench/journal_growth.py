@@ -19,6 +19,7 @@ measures the added latency and start-to-ready with it.  Every figure is printed 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 import queue
+import random
 import tracemalloc
 import uuid
 from typing import Any, Callable, Optional
@@ -46,7 +48,9 @@ TARGETS = {
     "open": ("<= 1000 ms", lambda v: v <= 1000.0),
     "list_all": ("<= 50 ms", lambda v: v <= 50.0),
     "list_client": ("<= 50 ms", lambda v: v <= 50.0),
-    "prune_turn_max": ("<= 10 ms", lambda v: v <= 10.0),
+    # judged on the turns less the time the kernel kept the thread waiting for a CPU (see _Turns.run): what
+    # the pruning held the reactor for, not what the machine's other load did to it
+    "prune_held_max": ("<= 10 ms", lambda v: v <= 10.0),
 }
 
 
@@ -72,6 +76,9 @@ def generate(path: str, payments: int, days: float = 90.0, now: Optional[float] 
         conn.execute(f"DROP INDEX {name}")
     chunk = 20000
     done = 0
+    # Random ids, as the bridge made them before it made time-ordered ones (bridge/core/payments.py): a shop's
+    # 90 days of them are what a new payment's index entries go in among (seeded: the same journal each time).
+    rng = random.Random(payments)
     while done < payments:
         count = min(chunk, payments - done)
         pay_rows, transition_rows, event_rows = [], [], []
@@ -79,7 +86,7 @@ def generate(path: str, payments: int, days: float = 90.0, now: Optional[float] 
             created = start + i * step
             client = ARCHIVE_CLIENTS[i % len(ARCHIVE_CLIENTS)]
             terminal = f"t{i % terminals}"
-            pid = "pay_" + uuid.UUID(int=i + 1).hex
+            pid = "pay_" + uuid.UUID(int=rng.getrandbits(128), version=4).hex
             details = json.dumps({"terminal_ref": f"{i:012d}", "card": "VISA ****4242"})
             pay_rows.append((pid, f"cmd-{i}", client, terminal, "payment", "card", 1234, "EUR", "digest", "approved",
                              None, None, details, created, created + 2.0))
@@ -190,19 +197,55 @@ class _Turns:
     def run(self, until: Callable[[], bool]) -> tuple[float, float]:
         """Run calls until ``until()``; the longest turn and the 99th percentile, in ms (a wait of 1 ms for a
         call is a turn too, so a reactor held up by this process's other threads, through the GIL, shows as a
-        long turn)."""
-        turns = []
-        last = time.perf_counter()
+        long turn).  :attr:`held` is then the same two figures less, in each turn, the time the kernel kept this
+        thread waiting for a CPU (its run queue delay, /proc/thread-self/schedstat): what this process held the
+        reactor for (its own work, and waiting for the GIL its other threads held), not the machine's load."""
+        turns, held = [], []
+        last, last_queued, last_faults = time.perf_counter(), _run_queue_delay(), _major_faults()
+        worst = (0.0, 0)
         while not until():
             try:
                 self.calls.get(timeout=0.001)()
             except queue.Empty:
                 pass
-            now = time.perf_counter()
+            now, queued, faults = time.perf_counter(), _run_queue_delay(), _major_faults()
             turns.append((now - last) * 1000)
-            last = now
-        turns.sort()
-        return (turns[-1], turns[int(len(turns) * 0.99)]) if turns else (0.0, 0.0)
+            held.append(max(0.0, (now - last) * 1000 - (queued - last_queued)))
+            if held[-1] > worst[0]:
+                worst = (held[-1], faults - last_faults)
+            last, last_queued, last_faults = now, queued, faults
+        self.held = _top(held)
+        self.worst_faults = worst[1]
+        return _top(turns)
+
+    held: tuple[float, float] = (0.0, 0.0)
+    #: Major page faults (a page of the program read back from disk) of the thread in its longest held turn.
+    worst_faults = 0
+
+
+def _top(values: list[float]) -> tuple[float, float]:
+    """The largest of ``values`` and their 99th percentile (0, 0 for none)."""
+    values = sorted(values)
+    return (values[-1], values[int(len(values) * 0.99)]) if values else (0.0, 0.0)
+
+
+def _major_faults() -> int:
+    """This thread's major page faults so far (pages it had to wait for from disk; 0 where unknown)."""
+    try:
+        with open("/proc/thread-self/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[9])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _run_queue_delay() -> float:
+    """Milliseconds this thread has spent runnable but waiting for a CPU since it started (0 where the kernel
+    does not say)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e6
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def measure(path: str, away_seq: int, now: Optional[float] = None) -> dict[str, Any]:
@@ -251,14 +294,39 @@ def measure(path: str, away_seq: int, now: Optional[float] = None) -> dict[str, 
             return original(before, limit).addCallback(lambda count: batches.append(_ms(t0)) or count)
 
         journal._prune_batch = timed  # type: ignore[method-assign]
+        # Pruning waits for the integrity check running beside the bridge (Journal.prune): wait for it here too,
+        # so that the turns below are the pruning's, and say how long that was.
+        t0 = time.perf_counter()
+        turns.run(lambda: journal._check_done is None)
+        r["check_wait"] = _ms(t0)
         # The same stand-in reactor with nothing to do, for as long as the pruning below is expected to take:
         # what this machine's load alone does to a turn.
         idle_until = time.perf_counter() + 0.5
         r["idle_turn_max"], r["idle_turn_p99"] = turns.run(lambda: time.perf_counter() > idle_until)
+        r["idle_held_max"], r["idle_held_p99"] = turns.held
         pruned: list[int] = []
-        t0 = time.perf_counter()
-        journal.prune(oldest + DAY).addCallback(pruned.append)
-        r["prune_turn_max"], r["prune_turn_p99"] = turns.run(lambda: bool(pruned))
+        collections: list[float] = []
+        started: list[float] = []
+
+        def collector(phase: str, info: dict[str, Any]) -> None:
+            # Python's cyclic garbage collector stops every thread while it runs: a long collection is a long turn
+            # whatever the pruning does, so its longest pause is printed beside the turns.
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started:
+                collections.append(_ms(started[0]))
+
+        gc.callbacks.append(collector)
+        try:
+            t0 = time.perf_counter()
+            journal.prune(oldest + DAY).addCallback(pruned.append)
+            r["prune_turn_max"], r["prune_turn_p99"] = turns.run(lambda: bool(pruned))
+            r["prune_held_max"], r["prune_held_p99"] = turns.held
+            r["prune_held_max_faults"] = turns.worst_faults
+        finally:
+            gc.callbacks.remove(collector)
+        r["prune_gc_max"] = max(collections, default=0.0)
+        r["prune_gc_count"] = len(collections)
         r["prune_total"] = _ms(t0)
         r["pruned"] = pruned[0]
         r["prune_batches"] = len(batches)
@@ -289,12 +357,19 @@ def report(size: int, r: dict[str, Any]) -> str:
         f"  replay after a long disconnect: first page             {r['replay_page']:8.2f} ms, "
         f"{r['replay_page_events']} events, {r['replay_page_kib']:.0f} KiB peak, of {r['replay_waiting']} waiting",
         f"  pruning one day ({r['pruned']} payments, {r['prune_batches']} batches, {r['prune_total']:.0f} ms in all): "
-        f"longest reactor turn {r['prune_turn_max']:.2f} ms (p99 {r['prune_turn_p99']:.2f})   "
-        f"{flag('prune_turn_max')}",
+        f"longest reactor turn held by the process {r['prune_held_max']:.2f} ms (p99 {r['prune_held_p99']:.2f})   "
+        f"{flag('prune_held_max')}",
+        f"    the same turns as the clock sees them (with the time the kernel left the thread waiting for a CPU): "
+        f"longest {r['prune_turn_max']:.2f} ms (p99 {r['prune_turn_p99']:.2f})",
         f"    the same stand-in reactor with nothing to do for 0.5 s (this machine's load): longest turn "
-        f"{r['idle_turn_max']:.2f} ms (p99 {r['idle_turn_p99']:.2f})",
+        f"{r['idle_turn_max']:.2f} ms (p99 {r['idle_turn_p99']:.2f}), held by the process "
+        f"{r['idle_held_max']:.2f} ms",
         f"    a batch from its start to on disk (what a payment's write may wait behind), longest "
-        f"{r['prune_batch_max']:.1f} ms",
+        f"{r['prune_batch_max']:.1f} ms; it started once the integrity check had ended, "
+        f"{r.get('check_wait', 0.0):.0f} ms after the open",
+        f"    Python's garbage collector meanwhile (it stops every thread): {r.get('prune_gc_count', 0)} collections, "
+        f"the longest {r.get('prune_gc_max', 0.0):.2f} ms; major page faults of the reactor thread in its longest "
+        f"held turn: {r.get('prune_held_max_faults', 0)}",
     ])
 
 

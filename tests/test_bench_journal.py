@@ -29,6 +29,10 @@ class GeneratorTests(SynchronousTestCase):
         self.assertEqual(journal.acked(journal_growth.AWAY_CLIENT), made["away_seq"])
         self.assertEqual(len(journal.events_after(journal_growth.ARCHIVE_CLIENTS[1], 0, limit=10000)), 270)
         self.assertFalse(any(r.client_id.startswith("cl_bench_") for r in journal.list(limit=1000)))
+        # random ids, as the bridge made them before its ids sorted by time: not in the order of creation
+        ids = [r.id for r in reversed(journal.list(limit=1000))]
+        self.assertNotEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), 900)
 
     def test_the_measurement_prunes_the_oldest_day_in_batches(self):
         path = os.path.join(self.mktemp(), "j.sqlite3")
@@ -40,3 +44,7 @@ class GeneratorTests(SynchronousTestCase):
         self.assertEqual(r["replay_page_events"], 1001)
         self.assertEqual(r["check"], "ok")
         self.assertIn("pruning one day (100 payments, 2 batches", journal_growth.report(9000, r))
+        # the turns are judged less the time the kernel left the thread waiting for a CPU, never more
+        self.assertLessEqual(r["prune_held_max"], r["prune_turn_max"])
+        self.assertGreaterEqual(r["check_wait"], 0.0)
+        self.assertIn("longest reactor turn held by the process", journal_growth.report(9000, r))

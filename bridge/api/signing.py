@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 from typing import Any, Mapping
+
+from bridge.core.journal import canonical_json
 
 ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 DEFAULT_ALGORITHM = "sha256"
@@ -22,14 +23,19 @@ MIN_SECRET_BYTES = 32
 
 def canonical(message: Mapping[str, Any]) -> bytes:
     """The bytes a signature covers: the message minus ``sig``, as canonical JSON."""
-    unsigned = {k: v for k, v in message.items() if k != "sig"}
-    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    if "sig" in message or not isinstance(message, dict):
+        message = {k: v for k, v in message.items() if k != "sig"}
+    return canonical_json(message).encode("utf-8")
+
+
+def _hex_hmac(secret: str, body: bytes, algorithm: str) -> str:
+    # hmac.digest: OpenSSL's one-shot HMAC, without building an HMAC object (two per message otherwise)
+    return hmac.digest(secret.encode("utf-8"), body, ALGORITHMS[algorithm]).hex()
 
 
 def sign(message: Mapping[str, Any], secret: str, algorithm: str = DEFAULT_ALGORITHM) -> str:
     """Hex HMAC of :func:`canonical` with ``secret`` (its UTF-8 bytes are the key)."""
-    return hmac.new(secret.encode("utf-8"), canonical(message), ALGORITHMS[algorithm]).hexdigest()
+    return _hex_hmac(secret, canonical(message), algorithm)
 
 
 def signed(message: dict[str, Any], secret: str, algorithm: str = DEFAULT_ALGORITHM) -> dict[str, Any]:
@@ -40,8 +46,12 @@ def signed(message: dict[str, Any], secret: str, algorithm: str = DEFAULT_ALGORI
 
 def signed_bytes(message: Mapping[str, Any], secret: str, algorithm: str = DEFAULT_ALGORITHM) -> bytes:
     """The signed message serialised, for sending: its canonical form with ``sig`` added last."""
-    body = canonical(message)
-    sig = hmac.new(secret.encode("utf-8"), body, ALGORITHMS[algorithm]).hexdigest()
+    return sign_canonical(canonical(message), secret, algorithm)
+
+
+def sign_canonical(body: bytes, secret: str, algorithm: str = DEFAULT_ALGORITHM) -> bytes:
+    """:func:`signed_bytes` of a message already in its canonical form ``body`` (an object without ``sig``)."""
+    sig = _hex_hmac(secret, body, algorithm)
     if body == b"{}":
         return b'{"sig":"' + sig.encode() + b'"}'
     return body[:-1] + b',"sig":"' + sig.encode() + b'"}'

@@ -140,6 +140,16 @@ class Event:
     client_id: str
     payment_id: str
     body: dict[str, Any]
+    #: ``body`` as canonical JSON (:func:`canonical_json`), as the journal stored it, when this run wrote it:
+    #: the session signs and sends it without serialising the body again (None for events read back).
+    text: Optional[str] = field(default=None, compare=False, repr=False)
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as canonical JSON: object keys sorted by code point at every level, no insignificant white
+    space, non-ASCII characters as they are (not escaped), no NaN or infinity.  What signatures cover
+    (bridge/api/signing.py, docs/protocol.md) and how the journal stores events."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 _PAYMENT_COLUMNS = ("id, command_id, client_id, terminal, kind, method, amount, currency, args_digest, state, "
@@ -171,7 +181,8 @@ class _Writer:
         self._deliver = deliver
         self._threaded = threaded
         self._conn: Optional[sqlite3.Connection] = None
-        self._queue: "queue.Queue[Optional[tuple[Operation, Deferred]]]" = queue.Queue()
+        # SimpleQueue: put and get are C, without queue.Queue's Python-level Condition (a put per journal write)
+        self._queue: "queue.SimpleQueue[Optional[tuple[Operation, Deferred]]]" = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
         self._open = False
         self.read_only = False
@@ -249,17 +260,29 @@ class _Writer:
         results: list[tuple[Deferred, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, d in batch:
-                conn.execute("SAVEPOINT op")
+            if len(batch) == 1:
+                # Alone in its transaction (a payment at a time: the usual case), an operation needs no savepoint
+                # of its own: if it refuses, the whole transaction is rolled back, and nothing is committed.
+                op, d = batch[0]
                 try:
-                    value = op(conn)
+                    results.append((d, True, op(conn)))
                 except BridgeError as e:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((d, False, e))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((d, True, value))
+                    refused = e  # ``e`` itself is unbound when the except clause ends
+                    conn.execute("ROLLBACK")
+                    self._deliver(lambda: _fire([(d, False, refused)]))
+                    return
+            else:
+                for op, d in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        value = op(conn)
+                    except BridgeError as e:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        results.append((d, False, e))
+                    else:
+                        conn.execute("RELEASE op")
+                        results.append((d, True, value))
             checkpoint("journal.before_commit")
             started = time.perf_counter()
             conn.execute("COMMIT")
@@ -315,6 +338,10 @@ class Journal:
         self._pending_acks: dict[str, int] = {}  # not written yet
         self._highest_acks: dict[str, int] = {}  # the highest each client sent in this run
         self._ack_call: Any = None
+        #: The seq of the newest event this run has journaled or read (see :meth:`last_seq`); None: not read yet.
+        self._last_seq: Optional[int] = None
+        #: Fires when the integrity check running beside the bridge has ended (None: none is running).
+        self._check_done: Optional[Deferred] = None
 
     @classmethod
     def open(cls, path: str, reactor: Any = None, threaded: bool = True,
@@ -359,7 +386,9 @@ class Journal:
     def _check_in_background(self, deliver: Callable[[Callable[[], None]], None]) -> None:
         """SQLite's integrity check of the whole file on a thread of its own (at the lowest CPU priority), its
         answer delivered on the reactor thread: a damaged journal then refuses every write with
-        journal_unavailable, as it would have refused to open."""
+        journal_unavailable, as it would have refused to open.  Pruning waits for it (see :meth:`prune`)."""
+        if self._check_done is None:
+            self._check_done = Deferred()
 
         def run() -> None:
             try:
@@ -379,11 +408,14 @@ class Journal:
         threading.Thread(target=run, name="journal-check", daemon=True).start()
 
     def _checked(self, result: str) -> None:
-        if result == "ok" or self.closed:
-            return
-        self._writer.damaged = True
-        self.log.critical("The journal file is damaged ({check}): payments are refused. Stop the bridge, copy "
-                          "{path}* somewhere safe and run terminal-bridge doctor.", check=result, path=self.path)
+        if result != "ok" and not self.closed:
+            self._writer.damaged = True
+            self.log.critical("The journal file is damaged ({check}): payments are refused. Stop the bridge, "
+                              "copy {path}* somewhere safe and run terminal-bridge doctor.", check=result,
+                              path=self.path)
+        done, self._check_done = self._check_done, None
+        if done is not None:
+            done.callback(None)  # a pruning waiting for the check (refused if the file is damaged)
 
     @property
     def writable(self) -> bool:
@@ -472,21 +504,27 @@ class Journal:
             _insert_transition(conn, record, actor)
             return _insert_event(conn, record, event_body)
 
-        return self._submit_with_acks(op)
+        return self._submit_with_acks(op).addCallback(self._journaled)
 
     def transition(self, record: PaymentRecord, event_body: dict[str, Any], actor: str) -> "Deferred[Event]":
         """Journal ``record``'s new state (already applied to it), with its transition and event."""
 
         def op(conn: sqlite3.Connection) -> Event:
+            details = json.dumps(record.details)
             conn.execute(
                 "UPDATE payments SET state=?, reason_code=?, reason_message=?, details=?, updated=? WHERE id=?",
-                (record.state, record.reason_code, record.reason_message, json.dumps(record.details),
-                 record.updated, record.id),
+                (record.state, record.reason_code, record.reason_message, details, record.updated, record.id),
             )
-            _insert_transition(conn, record, actor)
+            _insert_transition(conn, record, actor, details)
             return _insert_event(conn, record, event_body)
 
-        return self._submit_with_acks(op)
+        return self._submit_with_acks(op).addCallback(self._journaled)
+
+    def _journaled(self, event: Event) -> Event:
+        """An event is on disk (reactor thread, before anyone hears of it): :meth:`last_seq` counts it."""
+        if self._last_seq is not None and event.seq > self._last_seq:
+            self._last_seq = event.seq
+        return event
 
     def ack(self, client_id: str, seq: int) -> Deferred:
         """Record that ``client_id`` has handled every event up to ``seq``; fires once it is on disk."""
@@ -567,7 +605,12 @@ class Journal:
         A hundred payments at a time (``batch``, default :data:`PRUNE_BATCH`), each batch a write of its
         own, the next one started on a later turn of the reactor: on a journal of two million payments a day's
         worth is 20 000 payments, and one transaction for all of them would hold the writer (and so every
-        payment's write) for seconds, and the reactor too when the journal commits inline."""
+        payment's write) for seconds, and the reactor too when the journal commits inline.
+
+        While the integrity check of the whole file runs beside the bridge (the first half-minute after the
+        start of a big shop's journal), pruning waits for it to end: its deletes would compete with it for the
+        disk and the CPU, and would all stay in the write-ahead log, which cannot be folded back into the file
+        while the check reads it."""
         limit = batch or PRUNE_BATCH
         result: "Deferred[int]" = Deferred()
         total = 0
@@ -585,7 +628,11 @@ class Journal:
             else:
                 step()  # no reactor (unit tests, the payments command): each batch is still its own write
 
-        step()
+        if self._check_done is not None:
+            # closed meanwhile (the bridge stopped during the check): nothing pruned, no error to report
+            self._check_done.addCallback(lambda _: result.callback(0) if self.closed else step())
+        else:
+            step()
         return result
 
     def _prune_batch(self, before: float, limit: int) -> "Deferred[int]":
@@ -675,8 +722,23 @@ class Journal:
         return max(row[0] if row else 0, self._pending_acks.get(client_id, 0))
 
     def last_seq(self) -> int:
-        row = self._read().execute("SELECT max(seq) FROM events").fetchone()
-        return row[0] or 0
+        """The seq of the newest event journaled.  Read once from the file, then kept as this run journals
+        events (every ``events.ack`` checks against it: a read per payment otherwise).  A journal that does
+        not write (``open_readonly``, beside a running bridge) reads it every time.  Events are numbered by
+        AUTOINCREMENT, so the highest seq ever given is kept by SQLite even once pruning deleted that event."""
+        if self._last_seq is not None and not self._writer.closed:
+            return self._last_seq
+        reader = self._read()
+        row = reader.execute("SELECT max(seq) FROM events").fetchone()
+        last = row[0] or 0
+        try:
+            given = reader.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        except sqlite3.OperationalError:  # no sqlite_sequence yet: no event was ever written
+            given = None
+        last = max(last, given[0] if given else 0)
+        if not self._writer.closed:
+            self._last_seq = last
+        return last
 
 
 def _upsert_ack(conn: sqlite3.Connection, client_id: str, seq: int) -> None:
@@ -687,21 +749,27 @@ def _upsert_ack(conn: sqlite3.Connection, client_id: str, seq: int) -> None:
     )
 
 
-def _insert_transition(conn: sqlite3.Connection, record: PaymentRecord, actor: str) -> None:
+def _insert_transition(conn: sqlite3.Connection, record: PaymentRecord, actor: str,
+                       details: Optional[str] = None) -> None:
     conn.execute(
         "INSERT INTO transitions (payment_id, state, reason_code, reason_message, details, actor, at) "
         "VALUES (?,?,?,?,?,?,?)",
-        (record.id, record.state, record.reason_code, record.reason_message, json.dumps(record.details), actor,
-         record.updated),
+        (record.id, record.state, record.reason_code, record.reason_message,
+         json.dumps(record.details) if details is None else details, actor, record.updated),
     )
 
 
 def _insert_event(conn: sqlite3.Connection, record: PaymentRecord, body: dict[str, Any]) -> Event:
+    text: Optional[str]
+    try:
+        stored = text = canonical_json(body)
+    except ValueError:  # NaN or infinity somewhere (a driver's details): stored as before, never sent as is
+        stored, text = json.dumps(body, sort_keys=True), None
     cursor = conn.execute(
         "INSERT INTO events (client_id, payment_id, body, created) VALUES (?,?,?,?)",
-        (record.client_id, record.id, json.dumps(body, sort_keys=True), record.updated),
+        (record.client_id, record.id, stored, record.updated),
     )
-    return Event(cursor.lastrowid, record.client_id, record.id, body)
+    return Event(cursor.lastrowid, record.client_id, record.id, body, text)
 
 
 #: SQLite's page cache per connection, in KiB (its default is 2000): the journal's hot rows are few and recent,

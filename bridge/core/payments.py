@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import os
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
@@ -63,6 +64,18 @@ def payment_view(record: PaymentRecord) -> dict[str, Any]:
     }
 
 
+def new_payment_id(now: Callable[[], float] = time.time) -> str:
+    """A new payment id: ``pay_`` and 32 hex digits, the first 12 the time in milliseconds, the other 20 random.
+
+    Ids made later sort after earlier ones (to the millisecond), so each new payment's row, and its events' and
+    transitions' index entries, go at the end of the journal's indexes: the pages a payment's writes touch are
+    the same few recent ones whether the journal holds a thousand payments or two million (random ids put
+    each insert on a page of its own somewhere in the file: a read and a page more in each fsync'd commit).
+    Clients see an opaque string, as before (it was a random UUID's hex).  80 random bits: two ids of the same
+    millisecond collide with a probability of about n² / 2^81."""
+    return "pay_" + format(int(now() * 1000) & 0xFFFF_FFFF_FFFF, "012x") + os.urandom(10).hex()
+
+
 def args_digest(terminal: str, kind: str, method: str, amount: int, currency_code: str) -> str:
     canonical = json.dumps([terminal, kind, method, amount, currency_code], separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -72,7 +85,7 @@ class PaymentService:
     log = Logger()
 
     def __init__(self, journal: Journal, registry: TerminalRegistry, clock: Any,
-                 new_id: Callable[[], str] = lambda: "pay_" + uuid.uuid4().hex) -> None:
+                 new_id: Callable[[], str] = new_payment_id) -> None:
         self.journal = journal
         self.registry = registry
         self._clock = clock
@@ -195,10 +208,10 @@ class PaymentService:
         )
         creating: Deferred = Deferred()
         self._creating[key] = creating
+        view = payment_view(record)  # the event's and the reply's (sent as they are, never changed)
         try:
             checkpoint("payment.before_write.accepted")
-            event = yield self.journal.create(record, {"event": "payment.state", "payment": payment_view(record)},
-                                              actor=client_id)
+            event = yield self.journal.create(record, {"event": "payment.state", "payment": view}, actor=client_id)
         except BaseException:
             self.registry.release(terminal, payment_id)
             raise
@@ -227,7 +240,7 @@ class PaymentService:
         run.addErrback(lambda f: self.log.failure("Payment {payment_id} could not be finished", f,
                                                   payment_id=record.id))
         run.addBoth(lambda _: self._done(terminal, record.id))
-        return payment_view(record)
+        return view
 
     def _done(self, terminal: str, payment_id: str) -> None:
         self.registry.release(terminal, payment_id)
