@@ -4,6 +4,12 @@ directory, which would otherwise litter the source tree (and a package build's t
 import os
 
 import pytest
+from hypothesis import settings
+
+# No time limit per example: speed is measured by `make bench`, never asserted in tests, and CI machines are
+# shared (hypothesis's default 200 ms deadline failed a journal property test under load).
+settings.register_profile("terminal-bridge", deadline=None)
+settings.load_profile("terminal-bridge")
 
 
 @pytest.fixture(autouse=True, scope="session")
