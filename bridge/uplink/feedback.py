@@ -198,8 +198,11 @@ class FeedbackPoster:
                  hash_name: str, bridge_name: str, post: Post, clock: IReactorTime, refused_path: str,
                  on_result: Callable[[Optional[str]], None] = lambda error: None,
                  retry_initial: Optional[float] = None, retry_max: Optional[float] = None,
-                 rand: Callable[[], float] = random.random) -> None:
-        """``refused_path``: the file of refused results (STATE_DIR/uplink/NAME.refused.json)."""
+                 rand: Callable[[], float] = random.random,
+                 ack_of: Callable[[str], Optional[Deferred]] = lambda payment_id: None) -> None:
+        """``refused_path``: the file of refused results (STATE_DIR/uplink/NAME.refused.json).  ``ack_of(payment
+        id)``: a Deferred of the acknowledgement of that payment's command still on its way to Odoo, or None (the
+        command fetcher's ``ack_in_flight``); a result waits for it before it is posted."""
         self.name = name
         self._journal = journal
         self._client_id = client_id
@@ -214,6 +217,9 @@ class FeedbackPoster:
         self._retry_initial = RETRY_INITIAL if retry_initial is None else retry_initial
         self._retry_max = RETRY_MAX if retry_max is None else retry_max
         self._rand = rand
+        self._ack_of = ack_of
+        #: the payment id whose acknowledgement a result waits for before it is posted, or None
+        self.waiting_for_ack: Optional[str] = None
         self._store = RefusedStore(refused_path)
         self._cursor = 0
         self._failures = 0  # rounds in a row that got no answer
@@ -345,6 +351,14 @@ class FeedbackPoster:
     @inlineCallbacks
     def _post_one(self, event: Event):
         payment = event.body["payment"]
+        ack = self._ack_of(payment["id"])
+        if ack is not None:
+            # Odoo would write the payment's row for both at once, and retry the loser after up to 2 s.
+            self.waiting_for_ack = payment["id"]
+            try:
+                yield ack
+            finally:
+                self.waiting_for_ack = None
         params = feedback_params(payment, event.seq, self._bridge_name, self._client_id)
         body = signed_form(params, self._passphrase, self._hash)
         outcome = UNREACHABLE
