@@ -273,6 +273,20 @@ class AckBeforeFeedback(UplinkEndToEnd):
         self.assertIsNone(poster.waiting_for_ack)
 
 
+class AckHanging(UplinkEndToEnd):
+    @inlineCallbacks
+    def test_a_result_waits_for_a_hanging_acknowledgement_only_so_long(self):
+        self.patch(feedback_module, "ACK_WAIT_MAX", 0.2)
+        yield self.start_bridge()
+        yield self.bus_open()
+        self.odoo.ack_hold = True  # Odoo never answers the ack (until the test's cleanup)
+        self.odoo.queue_command("payment.start", PAYMENT)
+        feedback = yield self.final_feedback()
+        self.assertEqual([f["STATUS"] for f in feedback], ["9"])
+        self.assertEqual(self.odoo.acks_held, 1)  # the result went while the ack was still unanswered
+        self.odoo.release_acks()
+
+
 class FeedbackFailing(UplinkEndToEnd):
     @inlineCallbacks
     def test_feedback_failing_then_restart_delivers_everything_in_order_once(self):

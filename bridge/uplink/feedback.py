@@ -59,6 +59,9 @@ REFUND_APPROVED = "8"
 #: Retry delays of deferred feedback: from RETRY_INITIAL seconds, doubled, up to RETRY_MAX (plus jitter).
 RETRY_INITIAL = 2.0
 RETRY_MAX = 300.0
+#: The longest a result waits for the unanswered acknowledgement of its payment: Odoo's retry of a request that
+#: collided with another costs at most 2 s, so waiting longer (an ack that hangs) would cost more than it saves.
+ACK_WAIT_MAX = 3.0
 
 
 def sha_out_string(params: Mapping[str, Any], passphrase: str, allowed: frozenset = SHA_OUT_KEYS) -> str:
@@ -356,7 +359,7 @@ class FeedbackPoster:
             # Odoo would write the payment's row for both at once, and retry the loser after up to 2 s.
             self.waiting_for_ack = payment["id"]
             try:
-                yield ack
+                yield _at_most(ack, ACK_WAIT_MAX, self._clock)
             finally:
                 self.waiting_for_ack = None
         params = feedback_params(payment, event.seq, self._bridge_name, self._client_id)
@@ -404,6 +407,29 @@ class FeedbackPoster:
     def _retry_now(self) -> None:
         self._retry = None
         self.kick()
+
+
+def _at_most(d: Deferred, seconds: float, clock: IReactorTime) -> Deferred:
+    """Fires (with None) when ``d`` fires or after ``seconds``, whichever comes first; ``d``'s own chain is left
+    as it was.  Cancelling it cancels only the timer."""
+    timer: Any = None
+
+    def cancel(_: Deferred) -> None:
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    done: Deferred = Deferred(cancel)
+
+    def fire(result: Any = None) -> Any:
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not done.called:
+            done.callback(None)
+        return result
+
+    timer = clock.callLater(seconds, fire)
+    d.addBoth(fire)
+    return done
 
 
 def waiting(journal: Journal, client_id: str, cursor_id: str, refused_path: Optional[str] = None) -> int:
