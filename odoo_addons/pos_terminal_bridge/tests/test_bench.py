@@ -66,7 +66,7 @@ def bus_as_served():
     from unittest.mock import patch  # pylint: disable=import-outside-toplevel
 
     from odoo.addons.bus.models.bus import ImBus  # pylint: disable=import-outside-toplevel
-    from odoo.addons.bus.websocket import WebsocketConnectionHandler, _kick_all  # pylint: disable=import-outside-toplevel
+    from odoo.addons.bus.websocket import WebsocketConnectionHandler  # pylint: disable=import-outside-toplevel
 
     original = ImBus._sendone
 
@@ -75,12 +75,10 @@ def bus_as_served():
         self.env.cr.precommit.run()  # the bus.bus rows, as at commit
         self.env.cr.postcommit.run()  # NOTIFY imbus, as after commit
 
+    # The WebSockets still open at the end close with the daemon (the test's cleanup) and the browser.
     with patch.object(ImBus, "_sendone", sendone), \
             patch.object(WebsocketConnectionHandler, "websocket_allowed", return_value=True):
-        try:
-            yield
-        finally:
-            _kick_all()  # no WebSocket outlives the test
+        yield
 
 
 def percentile(values, fraction):
