@@ -108,6 +108,9 @@ class FakeOdoo:
         self.pending_padding = 0  # add this many bytes to /pending's answer (an oversized answer)
         self.feedback_failures = 0  # answer this many feedback posts with HTTP 500
         self.feedback_hang = False
+        self.ack_hold = False  # record acks at once but answer them only at release_acks()
+        self._held_acks: list[Any] = []
+        self.arrivals: list[str] = []  # "ack" and "feedback" in the order their requests arrived
         self.sign_commands_with: Optional[str] = None  # a wrong secret: forged commands
         self.command_age = 0.0  # sign commands this many seconds in the past: stale commands
         self.clock_skew = 120.0
@@ -165,6 +168,21 @@ class FakeOdoo:
         self._hanging = []
         for proto in list(self.sockets):
             proto.dropConnection(abort=True)
+
+    def release_acks(self) -> None:
+        """Answer the acks held back by ``ack_hold`` (200), and hold no more."""
+        self.ack_hold = False
+        held, self._held_acks = self._held_acks, []
+        for request in held:
+            if not request.finished and not request._disconnected:
+                request.setResponseCode(200)
+                request.setHeader(b"content-type", b"application/json")
+                request.write(b'{"ok": true}')
+                request.finish()
+
+    @property
+    def acks_held(self) -> int:
+        return len(self._held_acks)
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -547,6 +565,7 @@ class _Ack(_Route):
         message = odoo.check_request(request.content.read())
         if message is None:
             return self.json(request, {"error": "bad signature"}, 403)
+        odoo.arrivals.append("ack")
         reply = message.get("reply") or {}
         entry = {"command_id": message.get("command_id"), "reply": reply,
                  "reply_signed": signing.verify(reply, odoo.secret_out, odoo.algorithm)}
@@ -557,6 +576,9 @@ class _Ack(_Route):
         else:
             command.acked = True
             command.replies.append(reply)
+        if odoo.ack_hold:
+            odoo._held_acks.append(request)
+            return NOT_DONE_YET
         return self.json(request, {"ok": True})
 
 
@@ -568,6 +590,7 @@ class _Feedback(_Route):
             return b"Not Found"
         if odoo.feedback_hang:
             return self.hang(request)
+        odoo.arrivals.append("feedback")
         body = request.content.read().decode("utf-8")
         params = dict(parse_qsl(body, keep_blank_values=True))
         if odoo.feedback_failures > 0:

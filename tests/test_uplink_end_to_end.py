@@ -250,6 +250,43 @@ class HappyPath(UplinkEndToEnd):
         self.assertEqual(self.odoo.feedback[0]["STATUS"], "9")
 
 
+class AckBeforeFeedback(UplinkEndToEnd):
+    """A terminal that answers at once: the result is final while the command's acknowledgement is still on its
+    way. Odoo writes the payment's row for both; were they posted together, Odoo would retry the second after a
+    random pause of up to 2 s. The result waits for the acknowledgement's answer."""
+
+    @inlineCallbacks
+    def test_a_result_is_posted_once_its_commands_acknowledgement_is_answered(self):
+        yield self.start_bridge()
+        yield self.bus_open()
+        poster = self.daemon.uplinks.services[0].poster
+        self.odoo.ack_hold = True
+        self.odoo.queue_command("payment.start", PAYMENT)
+        # The terminal answered and the result is final; the poster then either posts it or waits for the ack.
+        yield wait_for(lambda: self.odoo.acks_held == 1 and (poster.waiting_for_ack or self.odoo.feedback_attempts))
+        self.assertEqual(self.odoo.feedback_attempts, 0)  # not while the ack is unanswered
+        self.assertEqual(len(self.simulator.requests), 1)
+        self.odoo.release_acks()
+        feedback = yield self.final_feedback()
+        self.assertEqual([f["STATUS"] for f in feedback], ["9"])
+        self.assertEqual(self.odoo.arrivals, ["ack", "feedback"])
+        self.assertIsNone(poster.waiting_for_ack)
+
+
+class AckHanging(UplinkEndToEnd):
+    @inlineCallbacks
+    def test_a_result_waits_for_a_hanging_acknowledgement_only_so_long(self):
+        self.patch(feedback_module, "ACK_WAIT_MAX", 0.2)
+        yield self.start_bridge()
+        yield self.bus_open()
+        self.odoo.ack_hold = True  # Odoo never answers the ack (until the test's cleanup)
+        self.odoo.queue_command("payment.start", PAYMENT)
+        feedback = yield self.final_feedback()
+        self.assertEqual([f["STATUS"] for f in feedback], ["9"])
+        self.assertEqual(self.odoo.acks_held, 1)  # the result went while the ack was still unanswered
+        self.odoo.release_acks()
+
+
 class FeedbackFailing(UplinkEndToEnd):
     @inlineCallbacks
     def test_feedback_failing_then_restart_delivers_everything_in_order_once(self):

@@ -75,6 +75,8 @@ class CommandFetcher:
         self._timer: Any = None  # the next periodic fetch
         self._bus_up = False
         self.fetches = 0
+        #: payment id -> the acknowledgements on their way that carry that payment (see ack_in_flight)
+        self._acks: dict[str, list[Deferred]] = {}
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -289,8 +291,37 @@ class CommandFetcher:
         while len(self._replies) > REMEMBERED_REPLIES:
             self._replies.popitem(last=False)
 
+    def ack_in_flight(self, payment_id: str) -> Optional[Deferred]:
+        """A Deferred that fires when every acknowledgement on its way that carries ``payment_id`` has been
+        answered (or failed); None when there is none.  The feedback poster waits on it before posting that
+        payment's result: Odoo writes the payment's row for both, and two requests writing one row at once make
+        Odoo retry the second after a random pause of up to 2 s (a terminal that answers at once, or a payment
+        that fails at once, would otherwise race its own acknowledgement)."""
+        waiting = self._acks.get(payment_id)
+        if not waiting:
+            return None
+        return DeferredList([follow(d) for d in waiting], consumeErrors=True)
+
+    def _ack(self, command_id: str, reply: dict[str, Any]) -> Deferred:
+        payment_id = _payment_of(reply)
+        if payment_id is None:
+            return self._post_ack(command_id, reply)
+        done: Deferred = Deferred()
+        self._acks.setdefault(payment_id, []).append(done)
+
+        def ended(result: Any) -> Any:
+            waiting = self._acks.get(payment_id, [])
+            if done in waiting:
+                waiting.remove(done)
+            if not waiting:
+                self._acks.pop(payment_id, None)
+            done.callback(None)
+            return result
+
+        return self._post_ack(command_id, reply).addBoth(ended)
+
     @inlineCallbacks
-    def _ack(self, command_id: str, reply: dict[str, Any]):
+    def _post_ack(self, command_id: str, reply: dict[str, Any]):
         try:
             response = yield self._https.request("POST", self.uplink.route(ACK_PATH),
                                                  self._request_body(command_id=command_id, reply=reply),
@@ -303,6 +334,16 @@ class CommandFetcher:
         if response.code != 200:
             self._on_result(f"acknowledging a command: Odoo answered HTTP {response.code}")
             return
+
+
+def _payment_of(reply: dict[str, Any]) -> Optional[str]:
+    """The bridge's payment id a reply describes (payment.start, .refund, .get, .resolve; payment.cancel's
+    ``payment``), or None."""
+    result = reply.get("result") if reply.get("ok") else None
+    if isinstance(result, dict) and isinstance(result.get("payment"), dict):
+        result = result["payment"]
+    payment_id = result.get("id") if isinstance(result, dict) else None
+    return payment_id if isinstance(payment_id, str) else None
 
 
 def _parse_pending(code: int, body: bytes) -> list[Any]:

@@ -59,6 +59,9 @@ REFUND_APPROVED = "8"
 #: Retry delays of deferred feedback: from RETRY_INITIAL seconds, doubled, up to RETRY_MAX (plus jitter).
 RETRY_INITIAL = 2.0
 RETRY_MAX = 300.0
+#: The longest a result waits for the unanswered acknowledgement of its payment: Odoo's retry of a request that
+#: collided with another costs at most 2 s, so waiting longer (an ack that hangs) would cost more than it saves.
+ACK_WAIT_MAX = 3.0
 
 
 def sha_out_string(params: Mapping[str, Any], passphrase: str, allowed: frozenset = SHA_OUT_KEYS) -> str:
@@ -198,8 +201,11 @@ class FeedbackPoster:
                  hash_name: str, bridge_name: str, post: Post, clock: IReactorTime, refused_path: str,
                  on_result: Callable[[Optional[str]], None] = lambda error: None,
                  retry_initial: Optional[float] = None, retry_max: Optional[float] = None,
-                 rand: Callable[[], float] = random.random) -> None:
-        """``refused_path``: the file of refused results (STATE_DIR/uplink/NAME.refused.json)."""
+                 rand: Callable[[], float] = random.random,
+                 ack_of: Callable[[str], Optional[Deferred]] = lambda payment_id: None) -> None:
+        """``refused_path``: the file of refused results (STATE_DIR/uplink/NAME.refused.json).  ``ack_of(payment
+        id)``: a Deferred of the acknowledgement of that payment's command still on its way to Odoo, or None (the
+        command fetcher's ``ack_in_flight``); a result waits for it before it is posted."""
         self.name = name
         self._journal = journal
         self._client_id = client_id
@@ -214,6 +220,9 @@ class FeedbackPoster:
         self._retry_initial = RETRY_INITIAL if retry_initial is None else retry_initial
         self._retry_max = RETRY_MAX if retry_max is None else retry_max
         self._rand = rand
+        self._ack_of = ack_of
+        #: the payment id whose acknowledgement a result waits for before it is posted, or None
+        self.waiting_for_ack: Optional[str] = None
         self._store = RefusedStore(refused_path)
         self._cursor = 0
         self._failures = 0  # rounds in a row that got no answer
@@ -345,6 +354,14 @@ class FeedbackPoster:
     @inlineCallbacks
     def _post_one(self, event: Event):
         payment = event.body["payment"]
+        ack = self._ack_of(payment["id"])
+        if ack is not None:
+            # Odoo would write the payment's row for both at once, and retry the loser after up to 2 s.
+            self.waiting_for_ack = payment["id"]
+            try:
+                yield _at_most(ack, ACK_WAIT_MAX, self._clock)
+            finally:
+                self.waiting_for_ack = None
         params = feedback_params(payment, event.seq, self._bridge_name, self._client_id)
         body = signed_form(params, self._passphrase, self._hash)
         outcome = UNREACHABLE
@@ -390,6 +407,29 @@ class FeedbackPoster:
     def _retry_now(self) -> None:
         self._retry = None
         self.kick()
+
+
+def _at_most(d: Deferred, seconds: float, clock: IReactorTime) -> Deferred:
+    """Fires (with None) when ``d`` fires or after ``seconds``, whichever comes first; ``d``'s own chain is left
+    as it was.  Cancelling it cancels only the timer."""
+    timer: Any = None
+
+    def cancel(_: Deferred) -> None:
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    done: Deferred = Deferred(cancel)
+
+    def fire(result: Any = None) -> Any:
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not done.called:
+            done.callback(None)
+        return result
+
+    timer = clock.callLater(seconds, fire)
+    d.addBoth(fire)
+    return done
 
 
 def waiting(journal: Journal, client_id: str, cursor_id: str, refused_path: Optional[str] = None) -> int:

@@ -132,7 +132,8 @@ class UplinkService:
             name=uplink.name, journal=journal, client_id=self.client.id, cursor_id=uplink.cursor_id,
             url=uplink.feedback_target, passphrase=uplink.feedback_secret, hash_name=uplink.feedback_hash,
             bridge_name=config.name, post=self._post, clock=reactor, on_result=self.status.feedback,
-            refused_path=refused_path(config.state_dir, uplink.name))
+            refused_path=refused_path(config.state_dir, uplink.name),
+            ack_of=lambda payment_id: self.fetcher.ack_in_flight(payment_id) if self.fetcher is not None else None)
         self.fetcher: Optional[CommandFetcher] = None
         self.bus: Optional[BusLink] = None
         # Every request to Odoo carries the database's session (a multi-database host answers 404 without).

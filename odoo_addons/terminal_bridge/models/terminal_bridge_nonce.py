@@ -1,6 +1,6 @@
 from datetime import timedelta
 
-from odoo import fields, models
+from odoo import api, fields, models
 
 from .compat import HAS_CONSTRAINT
 
@@ -25,10 +25,14 @@ class TerminalBridgeNonce(models.Model):
         _sql_constraints = [("bridge_nonce_unique", "UNIQUE(bridge_id, nonce)", "A nonce is used once.")]
 
     def _use(self, bridge, nonce):
-        """Record ``nonce`` for ``bridge``; False if it was seen within the window (a replay)."""
+        """Record ``nonce`` for ``bridge``; False if it was seen before (a replay).
+
+        Nonces older than the window are deleted by Odoo's daily autovacuum (:meth:`_gc_old_nonces`), not here:
+        two requests deleting the same expired rows at once make PostgreSQL refuse the second (Odoo's repeatable
+        read), and Odoo retries it after a random pause of up to 2 s. Keeping a nonce longer changes nothing for
+        the bridge: its nonces are random, and a request older than the clock skew is refused by its ts."""
         cr = self.env.cr
         now = fields.Datetime.now()  # the clock's time, not the transaction's start (SQL now())
-        cr.execute("DELETE FROM terminal_bridge_nonce WHERE seen_at < %s", [now - timedelta(seconds=NONCE_WINDOW)])
         cr.execute(
             """INSERT INTO terminal_bridge_nonce (bridge_id, nonce, seen_at)
                VALUES (%s, %s, %s)
@@ -36,3 +40,9 @@ class TerminalBridgeNonce(models.Model):
             [bridge.id, nonce, now],
         )
         return bool(cr.fetchone())
+
+    @api.autovacuum
+    def _gc_old_nonces(self):
+        """Forget the nonces seen more than NONCE_WINDOW seconds ago (run daily by Odoo's autovacuum)."""
+        cutoff = fields.Datetime.now() - timedelta(seconds=NONCE_WINDOW)
+        self.env.cr.execute("DELETE FROM terminal_bridge_nonce WHERE seen_at < %s", [cutoff])
