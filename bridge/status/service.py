@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IProtocolNegotiationFactory
-from twisted.protocols.policies import WrappingFactory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from zope.interface import implementer
 
 from bridge.api.tls import server_options
+from bridge.core.connections import OpenConnections
 from bridge.core.journal import Event
 from bridge.core.payments import iso
 from bridge.status import auth, facts
@@ -28,42 +26,6 @@ from bridge.status.server import QuietSite, StatusResource
 
 #: The page's facts are read at most once a second, however many browsers refresh it.
 VIEW_CACHE_SECONDS = 1.0
-
-
-@implementer(IProtocolNegotiationFactory)
-class OpenConnections(WrappingFactory):
-    """The page's site, with its open connections counted, so that stopping the page closes them too.
-
-    A browser keeps its connection open after a page loads; without this, a stopped page (shutdown, a test's
-    end) would leave those connections and their idle timers behind until the browser lets go.
-    """
-
-    noisy = False
-
-    def __init__(self, site: QuietSite) -> None:
-        super().__init__(site)
-        self._when_none: list[Deferred] = []
-
-    def acceptableProtocols(self) -> list[bytes]:
-        # The site's ALPN choices (HTTP/2 when h2 is installed), which TLS asks the outermost factory for.
-        return self.wrappedFactory.acceptableProtocols()  # type: ignore[no-any-return]
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._when_none = self._when_none, []
-            for d in waiting:
-                d.callback(None)
-
-    def close_all(self) -> Deferred:
-        """Drop every open connection; fires once all of them are gone."""
-        if not self.protocols:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._when_none.append(d)
-        for p in list(self.protocols):
-            p.transport.abortConnection()
-        return d
 
 
 class StatusService:

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from bridge.core.connections import OpenConnections
 from bridge.terminals.stripe.fake.wire import to_json
 
 if TYPE_CHECKING:
@@ -31,11 +31,11 @@ class FakeServer:
 
     def __init__(self, fake: "FakeStripe") -> None:
         self._fake = fake
-        self._wrapper: Optional[TrackingFactory] = None
+        self._wrapper: Optional[OpenConnections] = None
         self.port: Any = None
 
     def listen(self, reactor: Any, description: str) -> "Deferred[Any]":
-        self._wrapper = TrackingFactory(_QuietSite(self._fake.resource()))
+        self._wrapper = OpenConnections(_QuietSite(self._fake.resource()))
         d = serverFromString(reactor, description).listen(self._wrapper)
 
         def listening(port: Any) -> Any:
@@ -100,29 +100,3 @@ class FakeResource(Resource):
             return NOT_DONE_YET
         answer()
         return NOT_DONE_YET
-
-
-class TrackingFactory(WrappingFactory):
-    """Keeps the open connections so :meth:`close_all` can end them (tests must leave nothing open)."""
-
-    noisy = False
-
-    def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)
-        self._waiters: list[Deferred] = []
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def close_all(self) -> "Deferred[None]":
-        if not self.protocols:
-            return succeed(None)
-        waiter: Deferred = Deferred()
-        self._waiters.append(waiter)
-        for protocol in list(self.protocols):
-            protocol.transport.abortConnection()
-        return waiter
