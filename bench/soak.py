@@ -21,7 +21,12 @@ import tempfile
 import time
 from typing import Any, Optional
 
-import bench as B  # bench/ is sys.path[0]: this runs as a script
+from bridge_process import BridgeProcess, write_config  # bench/ is sys.path[0]: this runs as a script
+from clients import BridgeClient
+from common import BenchError, TERMINALS
+from processes import free_port, stop_process
+from sampling import proc_status
+from simulators import start_simulators
 
 CLIENTS_PER_TERMINAL = 10
 
@@ -30,7 +35,7 @@ def config(directory: str, port: int, sim_ports: list[int]) -> tuple[str, list[d
     from bridge.api.signing import new_secret
     from bridge.config import add_client
 
-    path = B.write_config(directory, port, sim_ports)
+    path = write_config(directory, port, sim_ports)
     with open(path, encoding="utf-8") as f:
         text = f.read()
     with open(path, "w", encoding="utf-8") as f:
@@ -78,7 +83,7 @@ def soak(args: argparse.Namespace, url: str, fingerprint: str, clients: list[dic
         factory, opened = connect(reactor, url, creds, fingerprint=fingerprint)
         proto = yield opened
         yield proto.call("hello", {"client": creds.client_id})
-        return B.BridgeClient(proto, factory, f"t{index % terminals}")
+        return BridgeClient(proto, factory, f"t{index % terminals}")
 
     @inlineCallbacks
     def till(terminal: int, team: list[Any]):
@@ -97,7 +102,7 @@ def soak(args: argparse.Namespace, url: str, fingerprint: str, clients: list[dic
             yield deferLater(reactor, args.pause, lambda: None)
 
     def sample() -> None:
-        r["samples"].append((elapsed(), B.proc_status(bridge_pid, "VmRSS")))
+        r["samples"].append((elapsed(), proc_status(bridge_pid, "VmRSS")))
         print(f"  .. {elapsed():6.0f} s: {r['payments']} payments, bridge resident "
               f"{r['samples'][-1][1] / 1e6:.1f} MB, errors {len(errors)}", file=sys.stderr, flush=True)
 
@@ -130,7 +135,7 @@ def soak(args: argparse.Namespace, url: str, fingerprint: str, clients: list[dic
     reactor.callWhenRunning(lambda: run().addBoth(finished))
     reactor.run()
     if outcome.get("failure") is not None:
-        raise B.BenchError(f"the soak failed: {outcome['failure'].getErrorMessage()}")
+        raise BenchError(f"the soak failed: {outcome['failure'].getErrorMessage()}")
     return r
 
 
@@ -140,16 +145,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--warmup", type=float, default=600.0, help="seconds before memory must be flat (default 600)")
     p.add_argument("--sample", type=float, default=60.0, help="seconds between memory samples (default 60)")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between one terminal's payments (default 1)")
-    p.add_argument("--terminals", type=int, default=B.TERMINALS)
+    p.add_argument("--terminals", type=int, default=TERMINALS)
     args = p.parse_args(argv)
     directory = tempfile.mkdtemp(prefix="tb-soak-")
     simulators = bridge = None
     try:
         print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
-        simulators, sim_ports, _ = B.start_simulators(args.terminals)
-        port = B.free_port()
+        simulators, sim_ports, _ = start_simulators(args.terminals)
+        port = free_port()
         path, clients = config(directory, port, sim_ports)
-        bridge = B.BridgeProcess(directory, path, port, "soak")
+        bridge = BridgeProcess(directory, path, port, "soak")
         bridge.start()
         from bridge.api.tls import fingerprint_of_pem
 
@@ -157,7 +162,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             fingerprint = fingerprint_of_pem(f.read())
         r = soak(args, f"wss://127.0.0.1:{port}", fingerprint, clients, args.terminals, bridge.pid)
         if bridge.stop() is None:
-            raise B.BenchError("the bridge did not stop within 15 s of SIGTERM")
+            raise BenchError("the bridge did not stop within 15 s of SIGTERM")
         import sqlite3
 
         journal = sqlite3.connect(f"file:{os.path.join(directory, 'state', 'journal.sqlite3')}?mode=ro", uri=True)
@@ -182,7 +187,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"load average after: {os.getloadavg()[0]:.2f}", flush=True)
         ok = errors == 0 and problems == 0 and states == {"approved": r["payments"]}
         return 0 if ok else 1
-    except B.BenchError as e:
+    except BenchError as e:
         print(f"soak failed: {e}", file=sys.stderr)
         if bridge is not None:
             print(bridge.log_tail(), file=sys.stderr)
@@ -190,7 +195,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         if bridge is not None:
             bridge.stop()
-        B.stop_process(simulators)
+        stop_process(simulators)
         shutil.rmtree(directory, ignore_errors=True)
 
 

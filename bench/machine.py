@@ -1,0 +1,79 @@
+"""The machine the figures were measured on: CPU, memory, kernel, the versions of the libraries, the journal's
+filesystem and what an fsync costs on it (part of the floor of the added latency, see report.py)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+import time
+from typing import Any
+
+from common import percentile
+
+
+def machine(directory: str) -> dict[str, Any]:
+    import autobahn
+    import twisted
+
+    info: dict[str, Any] = {"nproc": len(os.sched_getaffinity(0)), "cpus": os.cpu_count()}
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "Hardware")):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info["cpu"] = model
+    with open("/proc/meminfo") as f:
+        info["memory_mib"] = int(f.readline().split()[1]) // 1024
+    info["kernel"] = platform.release()
+    info["python"] = platform.python_version()
+    info["twisted"] = twisted.__version__
+    info["autobahn"] = autobahn.__version__
+    try:
+        import cryptography
+
+        info["cryptography"] = cryptography.__version__
+    except ImportError:
+        pass
+    import ssl
+
+    info["openssl"] = ssl.OPENSSL_VERSION
+    info["sqlite"] = sqlite3.sqlite_version
+    info["filesystem"] = _filesystem_of(directory)
+    info["fsync_p50_ms"], info["fsync_p99_ms"] = _fsync_cost(directory)
+    return info
+
+
+def _filesystem_of(path: str) -> str:
+    best, found = "", "unknown"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                device, mount, fstype = line.split()[:3]
+                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                    best, found = mount, f"{fstype} on {device} (mounted at {mount})"
+    except OSError:
+        pass
+    return found
+
+
+def _fsync_cost(directory: str, count: int = 200) -> tuple[float, float]:
+    """Append 4 KiB and fsync, ``count`` times, in the directory the journal lives in: p50 and p99 in ms."""
+    path = os.path.join(directory, "fsync-probe")
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        block = os.urandom(4096)
+        for _ in range(count):
+            os.write(fd, block)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return percentile(times, 50), percentile(times, 99)
