@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from bridge.api.session import Bridge
 from bridge.uplink.bus import BusLink, LastIdStore
-from bridge.uplink.commands import CommandFetcher
+from bridge.uplink.commands import CommandFetcher, Requester
 from bridge.uplink.config import UplinkConfig, resolve_client
 from bridge.uplink.feedback import FeedbackPoster
 from bridge.uplink.https import HTTPS, TLSPolicy
@@ -147,7 +147,9 @@ class UplinkService:
 
     def _post(self, url: str, body: bytes) -> Deferred:
         # Feedback to Odoo's own route goes with its session; another system's feedback_url gets no cookie.
-        via = self.session if self.session is not None and self.uplink.feedback_url is None else self.https
+        via: Requester = self.https
+        if self.session is not None and self.uplink.feedback_url is None:
+            via = self.session
         return via.request("POST", url, body, "application/x-www-form-urlencoded").addCallback(
             lambda response: response.code)
 
