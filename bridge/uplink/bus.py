@@ -232,7 +232,7 @@ class BusFactory(WebSocketClientFactory):
     # Twisted >= 25 types Factory.protocol with a type parameter that autobahn's factories leave at its default
     protocol = BusProtocol  # type: ignore[assignment]
 
-    def __init__(self, link: "BusLink", url: str, origin: str, cookie: str, reactor: Any) -> None:
+    def __init__(self, link: "BusLink", *, url: str, origin: str, cookie: str, reactor: Any) -> None:
         super().__init__(url, origin=origin, useragent=USER_AGENT, headers={"Cookie": f"session_id={cookie}"},
                          reactor=reactor)
         self.link = link
@@ -256,7 +256,7 @@ class BusLink:
 
     log = Logger()
 
-    def __init__(self, uplink: UplinkConfig, reactor: Any, https: HTTPS, store: LastIdStore,
+    def __init__(self, uplink: UplinkConfig, *, reactor: Any, https: HTTPS, store: LastIdStore,
                  on_wakeup: Callable[[], None], on_state: Callable[[bool, Optional[str]], None],
                  policy: Optional[TLSPolicy] = None, connect: Optional[Connect] = None,
                  rand: Callable[[], float] = random.random, session: Optional[OdooSession] = None) -> None:
@@ -325,7 +325,8 @@ class BusLink:
 
     def _open_socket(self, cookie: str) -> Deferred:
         self.cookie = cookie
-        factory = BusFactory(self, self.uplink.websocket_url, self.uplink.origin, cookie, self._reactor)
+        factory = BusFactory(self, url=self.uplink.websocket_url, origin=self.uplink.origin, cookie=cookie,
+                             reactor=self._reactor)
         return self._connect(factory)
 
     def _connect_tls(self, factory: BusFactory) -> Deferred:

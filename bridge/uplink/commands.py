@@ -79,7 +79,7 @@ class CommandFetcher:
 
     log = Logger()
 
-    def __init__(self, uplink: UplinkConfig, client: ClientConfig, bridge: Bridge, https: Requester, clock: Clock,
+    def __init__(self, uplink: UplinkConfig, *, client: ClientConfig, bridge: Bridge, https: Requester, clock: Clock,
                  on_result: Callable[[Optional[str]], None] = lambda error: None) -> None:
         self.uplink = uplink
         self.client = client

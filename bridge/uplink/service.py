@@ -139,9 +139,10 @@ class UplinkService:
         # Every request to Odoo carries the database's session (a multi-database host answers 404 without).
         self.session: Optional[OdooSession] = OdooSession(uplink, self.https) if uplink.has_odoo else None
         if self.session is not None:
-            self.fetcher = CommandFetcher(uplink, self.client, bridge, self.session, reactor,
+            self.fetcher = CommandFetcher(uplink, client=self.client, bridge=bridge, https=self.session, clock=reactor,
                                           on_result=self._fetch_result)
-            self.bus = BusLink(uplink, reactor, self.https, LastIdStore(last_id_path(config.state_dir, uplink.name)),
+            self.bus = BusLink(uplink, reactor=reactor, https=self.https,
+                               store=LastIdStore(last_id_path(config.state_dir, uplink.name)),
                                on_wakeup=self.fetcher.fetch, on_state=self._bus_state, policy=self.policy,
                                session=self.session)
 
