@@ -180,7 +180,7 @@ class BusLinkTests(SynchronousTestCase):
         self.wakeups = 0
         self.states = []
         self.store = LastIdStore(os.path.join(self.mktemp(), "bus.json"))
-        self.link = BusLink(UPLINK, self.clock, self.https, self.store, on_wakeup=self._wake,
+        self.link = BusLink(UPLINK, reactor=self.clock, https=self.https, store=self.store, on_wakeup=self._wake,
                             on_state=lambda up, error: self.states.append((up, error)),
                             connect=self._connect, rand=MID)
 

@@ -74,8 +74,8 @@ class CommandFetcherTests(SynchronousTestCase):
     def make_fetcher(self):
         uplink = UplinkConfig(name="odoo", client="odoo", url="https://odoo.example.com", database="shop",
                               channel_token="t" * 24, feedback_secret="f" * 20)
-        return CommandFetcher(uplink, self.config.clients["odoo"], self.bridge, self.https, self.clock,
-                              on_result=self.results.append)
+        return CommandFetcher(uplink, client=self.config.clients["odoo"], bridge=self.bridge, https=self.https,
+                              clock=self.clock, on_result=self.results.append)
 
     def command(self, op="payment.start", args=PAYMENT, command_id="c-1", ts=None, secret=None):
         message = {"id": command_id, "op": op, "ts": NOW if ts is None else ts, "args": args}

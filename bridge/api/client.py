@@ -10,13 +10,14 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol, cast
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
 from bridge.api import signing
@@ -42,6 +43,19 @@ class Credentials:
         return creds, {k: data[k] for k in ("url", "fingerprint") if k in data}
 
 
+class _TCPTransport(Protocol):
+    """What is used of the connection's transport (TCP, under TLS): its ITCPTransport is a zope interface,
+    which mypy cannot call through without the mypy-zope plugin (pyproject.toml's mypy section)."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None: ...
+
+
+class _Endpoint(Protocol):
+    """What is used of an IStreamClientEndpoint (a zope interface, like the transport's above)."""
+
+    def connect(self, protocolFactory: Any) -> Deferred: ...
+
+
 class ClientProtocol(WebSocketClientProtocol):
     _log = Logger()  # not ``log``, which is autobahn's own (see CommandProtocol)
     factory: "ClientFactory"
@@ -50,7 +64,7 @@ class ClientProtocol(WebSocketClientProtocol):
         # autobahn's tcpNoDelay option is read before it is copied from the factory, and the error is
         # swallowed: without this, Nagle holds a message written right after another until the peer's
         # delayed ACK, about 40 ms on Linux (docs/performance.md).
-        self.transport.setTcpNoDelay(True)
+        cast(_TCPTransport, self.transport).setTcpNoDelay(True)
         super().connectionMade()
 
     def onOpen(self) -> None:
@@ -111,7 +125,8 @@ class ClientProtocol(WebSocketClientProtocol):
 
 
 class ClientFactory(WebSocketClientFactory):
-    protocol = ClientProtocol
+    # Twisted >= 25 types Factory.protocol with a type parameter that autobahn's factories leave at its default
+    protocol = ClientProtocol  # type: ignore[assignment]
 
     def __init__(self, url: str, credentials: Credentials) -> None:
         super().__init__(url, protocols=[SUBPROTOCOL])
@@ -143,7 +158,9 @@ def connect(reactor: Any, url: str, credentials: Credentials, fingerprint: Optio
     else:
         creator = ssl.optionsForClientTLS(host)
     factory = ClientFactory(url, credentials)
-    endpoint = wrapClientTLS(creator, HostnameEndpoint(reactor, host, port, timeout=timeout))
+    # HostnameEndpoint is an IStreamClientEndpoint (@implementer, which mypy sees only with the mypy-zope plugin)
+    endpoint = cast(_Endpoint, wrapClientTLS(creator, cast(IStreamClientEndpoint,
+                                                           HostnameEndpoint(reactor, host, port, timeout=timeout))))
     connecting = endpoint.connect(factory)
 
     def failed(f):

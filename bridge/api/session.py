@@ -9,7 +9,7 @@ at any step changes nothing and answers with a stable error code (docs/protocol.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional, cast
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
@@ -168,9 +168,10 @@ class Session:
             self._reply_error(message_id, e)
             return
         assert message_id is not None
-        d = maybeDeferred(self._dispatch, op, message_id, args)
-        d.addCallbacks(lambda result: self._reply(message_id, result),
-                       lambda f: self._reply_failure(message_id, op, f))
+        reply_to: str = message_id  # named again: Debian's mypy does not carry the narrowing into the lambdas
+        d = maybeDeferred(self._dispatch, op, reply_to, args)
+        d.addCallbacks(lambda result: self._reply(reply_to, result),
+                       lambda f: self._reply_failure(reply_to, op, f))
 
     def oversize(self) -> None:
         self.refuse(BridgeError("message_too_large",
@@ -330,7 +331,8 @@ class Session:
         return {"terminals": [registry.status(name) for name in registry.names()]}
 
     def op_terminal_status(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
-        return self.bridge.payments.registry.status(args.get("terminal"))
+        # not always a string: the registry answers unknown_terminal for anything that names no terminal
+        return self.bridge.payments.registry.status(cast(str, args.get("terminal")))
 
     def op_payment_start(self, message_id: str, args: dict[str, Any]) -> Deferred:
         assert self.client is not None
@@ -349,9 +351,10 @@ class Session:
             view = payments.get(args["payment_id"])
         elif isinstance(args.get("command_id"), str):
             assert self.client is not None
-            view = payments.get_by_command(self.client.id, args["command_id"])
-            if view is None:
+            found = payments.get_by_command(self.client.id, args["command_id"])
+            if found is None:
                 raise BridgeError("unknown_payment", "No payment was started with that command id.")
+            view = found
         else:
             raise BridgeError("bad_request", "Name the payment with 'payment_id' or 'command_id'.")
         self._check_owner(view)
@@ -497,6 +500,7 @@ def _depth(value: Any) -> int:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        items: Iterable[Any]
         if isinstance(item, dict):
             items = item.values()
         elif isinstance(item, list):

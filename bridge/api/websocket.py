@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any, Optional
+import typing
+from typing import Any, Optional, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -25,6 +26,20 @@ CLOSE_TOO_BIG = 4009
 CLOSE_STOPPING = 1000
 #: Seconds the closing handshakes may take at shutdown before the connections are dropped.
 CLOSE_ALL_TIMEOUT = 5.0
+
+
+class _TCPTransport(typing.Protocol):
+    """What is used of a connection's transport (TCP, under TLS): Twisted types ``Protocol.transport`` as
+    an optional ITransport, and its ITCPTransport is a zope interface that mypy cannot call through without
+    the mypy-zope plugin (pyproject.toml's mypy section)."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None: ...
+    def abortConnection(self) -> None: ...
+
+
+def _tcp(protocol: Protocol) -> _TCPTransport:
+    """``protocol``'s transport, once connected."""
+    return cast(_TCPTransport, protocol.transport)
 
 
 def _tls_error_text(error: BaseException) -> str:
@@ -48,7 +63,7 @@ class CommandProtocol(WebSocketServerProtocol):
         # autobahn's tcpNoDelay option is read before it is copied from the factory, and the error is
         # swallowed: without this, Nagle holds a message written right after another until the peer's
         # delayed ACK, about 40 ms on Linux (docs/performance.md).
-        self.transport.setTcpNoDelay(True)
+        _tcp(self).setTcpNoDelay(True)
         # From the TCP connection on: TLS, the WebSocket handshake and hello must all fit in the deadline.
         self._deadline = self.factory.bridge.clock.callLater(HELLO_DEADLINE, self._hello_overdue)
         self.closed: Deferred = Deferred()
@@ -89,7 +104,7 @@ class CommandProtocol(WebSocketServerProtocol):
 
     def drop(self) -> None:
         """Close the connection at once, without a closing handshake (it never logged in)."""
-        self.transport.abortConnection()
+        _tcp(self).abortConnection()
 
     def _logged_in(self) -> None:
         self._cancel_deadline()
@@ -145,11 +160,12 @@ class _Refused(Protocol):
     """What a connection over its address's share gets: closed as soon as it is made, before TLS."""
 
     def connectionMade(self) -> None:
-        self.transport.abortConnection()
+        _tcp(self).abortConnection()
 
 
 class CommandFactory(WebSocketServerFactory):
-    protocol = CommandProtocol
+    # Twisted >= 25 types Factory.protocol with a type parameter that autobahn's factories leave at its default
+    protocol = CommandProtocol  # type: ignore[assignment]
 
     def __init__(self, bridge: Bridge, url: str) -> None:
         # server=None: no "Server: AutobahnPython/..." banner in the handshake's answer
@@ -186,7 +202,7 @@ class CommandFactory(WebSocketServerFactory):
 
     def buildProtocol(self, addr: Any) -> Optional[Protocol]:
         address = getattr(addr, "host", None) or str(addr)
-        protocol = super().buildProtocol(addr)
+        protocol = cast(CommandProtocol, super().buildProtocol(addr))  # an instance of self.protocol
         protocol.address = address
         protocol.token = next(self._tokens)
         if not self.admission.admit(address, protocol.token, protocol.drop):
@@ -207,5 +223,10 @@ class CommandFactory(WebSocketServerFactory):
                 connection.drop()
         done = DeferredList([c.closed for c in connections])
         clock = self.bridge.clock
-        late = clock.callLater(timeout, lambda: [c.drop() for c in list(self.connections)])
+
+        def drop_late() -> None:
+            for connection in list(self.connections):
+                connection.drop()
+
+        late = clock.callLater(timeout, drop_late)
         return done.addBoth(lambda _: late.cancel() if late.active() else None)

@@ -27,12 +27,13 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -190,6 +191,13 @@ class LastIdStore:
 # -- the WebSocket --------------------------------------------------------------------------------------
 
 
+class _Endpoint(Protocol):
+    """What is used of an IStreamClientEndpoint: a zope interface, which mypy cannot call through without the
+    mypy-zope plugin (pyproject.toml's mypy section)."""
+
+    def connect(self, protocolFactory: Any) -> Deferred: ...
+
+
 class BusProtocol(WebSocketClientProtocol):
     factory: "BusFactory"
     _lost: Optional[Failure] = None
@@ -221,9 +229,10 @@ class BusProtocol(WebSocketClientProtocol):
 
 
 class BusFactory(WebSocketClientFactory):
-    protocol = BusProtocol
+    # Twisted >= 25 types Factory.protocol with a type parameter that autobahn's factories leave at its default
+    protocol = BusProtocol  # type: ignore[assignment]
 
-    def __init__(self, link: "BusLink", url: str, origin: str, cookie: str, reactor: Any) -> None:
+    def __init__(self, link: "BusLink", *, url: str, origin: str, cookie: str, reactor: Any) -> None:
         super().__init__(url, origin=origin, useragent=USER_AGENT, headers={"Cookie": f"session_id={cookie}"},
                          reactor=reactor)
         self.link = link
@@ -247,7 +256,7 @@ class BusLink:
 
     log = Logger()
 
-    def __init__(self, uplink: UplinkConfig, reactor: Any, https: HTTPS, store: LastIdStore,
+    def __init__(self, uplink: UplinkConfig, *, reactor: Any, https: HTTPS, store: LastIdStore,
                  on_wakeup: Callable[[], None], on_state: Callable[[bool, Optional[str]], None],
                  policy: Optional[TLSPolicy] = None, connect: Optional[Connect] = None,
                  rand: Callable[[], float] = random.random, session: Optional[OdooSession] = None) -> None:
@@ -316,14 +325,16 @@ class BusLink:
 
     def _open_socket(self, cookie: str) -> Deferred:
         self.cookie = cookie
-        factory = BusFactory(self, self.uplink.websocket_url, self.uplink.origin, cookie, self._reactor)
+        factory = BusFactory(self, url=self.uplink.websocket_url, origin=self.uplink.origin, cookie=cookie,
+                             reactor=self._reactor)
         return self._connect(factory)
 
     def _connect_tls(self, factory: BusFactory) -> Deferred:
         policy = self._policy or TLSPolicy(self.uplink.ca_file)
         creator = policy.creatorForNetloc(self.uplink.host.encode("idna"), self.uplink.port)
-        endpoint = wrapClientTLS(creator, HostnameEndpoint(self._reactor, self.uplink.host, self.uplink.port,
-                                                           timeout=15))
+        # HostnameEndpoint is an IStreamClientEndpoint (@implementer, which mypy sees only with the mypy-zope plugin)
+        endpoint = cast(_Endpoint, wrapClientTLS(creator, cast(IStreamClientEndpoint, HostnameEndpoint(
+            self._reactor, self.uplink.host, self.uplink.port, timeout=15))))
         return endpoint.connect(factory)
 
     def _attempt_failed(self, failure: Failure) -> None:

@@ -16,10 +16,9 @@ import hashlib
 import json
 import uuid
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from bridge.api import signing
@@ -28,7 +27,7 @@ from bridge.core.deferreds import OnceMore, follow
 from bridge.config import ClientConfig
 from bridge.errors import BridgeError
 from bridge.uplink.config import ACK_PATH, PENDING_PATH, UplinkConfig
-from bridge.uplink.https import HTTPS, MAX_BODY
+from bridge.uplink.https import MAX_BODY
 from bridge.uplink.odoo_session import PROXY_CODES, proxy_words
 
 #: The ops Odoo may queue.  hello and events.* belong to a live connection; the uplink has feedback instead.
@@ -49,12 +48,38 @@ IDEMPOTENT_OPS = frozenset({"payment.start", "payment.refund"})
 RETRY_LATER = frozenset({"rate_limited"})
 
 
+# What the fetcher uses of its collaborators, as typing Protocols: Twisted's IReactorTime and IDelayedCall are
+# zope interfaces, which mypy cannot call through without the mypy-zope plugin (pyproject.toml's mypy section).
+class Timer(Protocol):
+    """The next periodic fetch: what the fetcher uses of an IDelayedCall."""
+
+    def getTime(self) -> float: ...
+    def reset(self, seconds: float) -> None: ...
+    def active(self) -> bool: ...
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the fetcher uses of an IReactorTime (the reactor, or task.Clock in tests)."""
+
+    def seconds(self) -> float: ...
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Timer: ...
+
+
+class Requester(Protocol):
+    """An HTTPS client to Odoo: :class:`bridge.uplink.https.HTTPS`, or the
+    :class:`bridge.uplink.odoo_session.OdooSession` that wraps it.  Fires with a Response."""
+
+    def request(self, method: str, url: str, body: Optional[bytes] = None, content_type: Optional[str] = None,
+                headers: Optional[dict[str, str]] = None) -> Deferred: ...
+
+
 class CommandFetcher:
     """Fetches, runs and acknowledges one uplink's commands; :meth:`fetch` coalesces overlapping calls."""
 
     log = Logger()
 
-    def __init__(self, uplink: UplinkConfig, client: ClientConfig, bridge: Bridge, https: HTTPS, clock: IReactorTime,
+    def __init__(self, uplink: UplinkConfig, *, client: ClientConfig, bridge: Bridge, https: Requester, clock: Clock,
                  on_result: Callable[[Optional[str]], None] = lambda error: None) -> None:
         self.uplink = uplink
         self.client = client
@@ -72,7 +97,7 @@ class CommandFetcher:
         self._runs = OnceMore(self._start_fetch, self._fetched)
         self._started = False  # start() arms the periodic fetch
         self._stopped = False  # stop(): no fetch any more
-        self._timer: Any = None  # the next periodic fetch
+        self._timer: Optional[Timer] = None  # the next periodic fetch
         self._bus_up = False
         self.fetches = 0
         #: payment id -> the acknowledgements on their way that carry that payment (see ack_in_flight)
@@ -197,8 +222,8 @@ class CommandFetcher:
             reply = yield self._run(command)
             if reply is None:
                 return
-            error = reply.get("error") or {}
-            if not reply.get("ok") and error.get("code") in RETRY_LATER:
+            reply_error = reply.get("error") or {}
+            if not reply.get("ok") and reply_error.get("code") in RETRY_LATER:
                 return
             self._remember(command_id, op, args, reply)
         yield self._ack(command_id, reply)
@@ -212,7 +237,8 @@ class CommandFetcher:
             raise BridgeError("bad_message", "The command cannot be read as a JSON message.") from None
         if size > config.max_message_bytes:
             raise BridgeError("message_too_large", f"The command is larger than {config.max_message_bytes} bytes.")
-        command_id, op, ts, args = (command.get(k) for k in ("id", "op", "ts", "args"))
+        command_id: str = command["id"]  # _handle checked it is a string
+        op, ts, args = (command.get(k) for k in ("op", "ts", "args"))
         if not 0 < len(command_id) <= 128:
             raise BridgeError("bad_message", "Every command needs an 'id': a string of 1 to 128 characters.")
         if not isinstance(op, str):
@@ -303,9 +329,10 @@ class CommandFetcher:
         return DeferredList([follow(d) for d in waiting], consumeErrors=True)
 
     def _ack(self, command_id: str, reply: dict[str, Any]) -> Deferred:
-        payment_id = _payment_of(reply)
-        if payment_id is None:
+        found = _payment_of(reply)
+        if found is None:
             return self._post_ack(command_id, reply)
+        payment_id: str = found  # named again: Debian's mypy does not carry the narrowing into ``ended``
         done: Deferred = Deferred()
         self._acks.setdefault(payment_id, []).append(done)
 

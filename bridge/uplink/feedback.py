@@ -19,11 +19,10 @@ import json
 import os
 import random
 from datetime import datetime
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol
 from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -151,6 +150,22 @@ def signed_form(params: Mapping[str, str], passphrase: str, hash_name: str) -> b
 #: post(url, body) -> Deferred firing with the HTTP status code (fails when no answer came).
 Post = Callable[[str, bytes], Deferred]
 
+
+# What the poster uses of the clock, as typing Protocols: Twisted's IReactorTime and IDelayedCall are zope
+# interfaces, which mypy cannot call through without the mypy-zope plugin (pyproject.toml's mypy section).
+class Timer(Protocol):
+    """A retry or a wait's end: what the poster uses of an IDelayedCall."""
+
+    def active(self) -> bool: ...
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the poster uses of an IReactorTime (the reactor, or task.Clock in tests)."""
+
+    def seconds(self) -> float: ...
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Timer: ...
+
 DELIVERED, REFUSED, UNREACHABLE = "delivered", "refused", "unreachable"
 
 
@@ -198,7 +213,7 @@ class FeedbackPoster:
     log = Logger()
 
     def __init__(self, *, name: str, journal: Journal, client_id: str, cursor_id: str, url: str, passphrase: str,
-                 hash_name: str, bridge_name: str, post: Post, clock: IReactorTime, refused_path: str,
+                 hash_name: str, bridge_name: str, post: Post, clock: Clock, refused_path: str,
                  on_result: Callable[[Optional[str]], None] = lambda error: None,
                  retry_initial: Optional[float] = None, retry_max: Optional[float] = None,
                  rand: Callable[[], float] = random.random,
@@ -228,7 +243,7 @@ class FeedbackPoster:
         self._failures = 0  # rounds in a row that got no answer
         self._down_until: Optional[float] = None  # no answer: nothing is posted before this time
         self._refused: dict[int, tuple[int, float]] = {}  # seq -> (refusals, when to try again)
-        self._retry: Any = None
+        self._retry: Optional[Timer] = None
         self._runs = OnceMore(self._start_delivery, self._delivered)
         self._stopped = True
 
@@ -409,10 +424,10 @@ class FeedbackPoster:
         self.kick()
 
 
-def _at_most(d: Deferred, seconds: float, clock: IReactorTime) -> Deferred:
+def _at_most(d: Deferred, seconds: float, clock: Clock) -> Deferred:
     """Fires (with None) when ``d`` fires or after ``seconds``, whichever comes first; ``d``'s own chain is left
     as it was.  Cancelling it cancels only the timer."""
-    timer: Any = None
+    timer: Optional[Timer] = None
 
     def cancel(_: Deferred) -> None:
         if timer is not None and timer.active():

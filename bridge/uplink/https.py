@@ -7,7 +7,8 @@ size.  Failures become :class:`BridgeError` ``uplink_unreachable`` with words an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+import typing
+from typing import Any, Optional, cast
 
 from OpenSSL import SSL
 from twisted.internet import error as net_error
@@ -63,6 +64,14 @@ class Response:
         return [v.decode("latin-1") for v in self.headers.getRawHeaders(name.encode("ascii"), [])]
 
 
+class _Producer(typing.Protocol):
+    """What is used of a response body's transport: Twisted types ``Protocol.transport`` as an optional
+    ITransport, and its IPushProducer is a zope interface that mypy cannot call through without the mypy-zope
+    plugin (pyproject.toml's mypy section)."""
+
+    def stopProducing(self) -> None: ...
+
+
 class _Body(Protocol):
     def __init__(self, finished: Deferred, limit: int) -> None:
         self._finished = finished
@@ -73,7 +82,7 @@ class _Body(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._size += len(data)
         if self._size > self._limit:
-            self.transport.stopProducing()
+            cast(_Producer, self.transport).stopProducing()
             if not self._finished.called:
                 self._finished.errback(BridgeError("uplink_too_large",
                                                    f"The server's answer is larger than {self._limit} bytes."))
@@ -130,7 +139,8 @@ class HTTPS:
         if content_type:
             all_headers["Content-Type"] = content_type
         raw = Headers({k.encode("ascii"): [v.encode("latin-1")] for k, v in all_headers.items()})
-        producer = _Bytes(body) if body is not None else None
+        # _Bytes is an IBodyProducer (@implementer, which mypy sees only with the mypy-zope plugin)
+        producer = cast(IBodyProducer, _Bytes(body)) if body is not None else None
         try:
             d = self._agent.request(method.encode("ascii"), url.encode("ascii"), raw, producer)
             d.addTimeout(self._timeout, self._reactor)

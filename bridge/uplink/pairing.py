@@ -105,6 +105,11 @@ def _proxy(code: int, what: str) -> Optional[str]:
     return f"{what}: {proxy_words(code)}. Try again in a minute." if code in PROXY_CODES else None
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def parse_answer(code: int, body: bytes, database: str) -> Pairing:
     """Odoo's answer to ``/terminal_bridge/pair``: the secrets, or BridgeError with the installer's words."""
     try:
@@ -127,8 +132,8 @@ def parse_answer(code: int, body: bytes, database: str) -> Pairing:
     if not isinstance(data, dict):
         raise BridgeError("bad_answer", "Odoo's answer to the pairing is not JSON (is this address an Odoo "
                                         "server with the 'Terminal bridge' module?).")
-    client = data.get("client") if isinstance(data.get("client"), dict) else {}
-    uplink = data.get("uplink") if isinstance(data.get("uplink"), dict) else {}
+    client = _object(data.get("client"))
+    uplink = _object(data.get("uplink"))
     problems = []
 
     def text(source: dict[str, Any], key: str, minimum: int = 1, pattern: re.Pattern = _SECRET) -> str:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from bridge.api.session import Bridge
 from bridge.uplink.bus import BusLink, LastIdStore
-from bridge.uplink.commands import CommandFetcher
+from bridge.uplink.commands import CommandFetcher, Requester
 from bridge.uplink.config import UplinkConfig, resolve_client
 from bridge.uplink.feedback import FeedbackPoster
 from bridge.uplink.https import HTTPS, TLSPolicy
@@ -139,15 +139,18 @@ class UplinkService:
         # Every request to Odoo carries the database's session (a multi-database host answers 404 without).
         self.session: Optional[OdooSession] = OdooSession(uplink, self.https) if uplink.has_odoo else None
         if self.session is not None:
-            self.fetcher = CommandFetcher(uplink, self.client, bridge, self.session, reactor,
+            self.fetcher = CommandFetcher(uplink, client=self.client, bridge=bridge, https=self.session, clock=reactor,
                                           on_result=self._fetch_result)
-            self.bus = BusLink(uplink, reactor, self.https, LastIdStore(last_id_path(config.state_dir, uplink.name)),
+            self.bus = BusLink(uplink, reactor=reactor, https=self.https,
+                               store=LastIdStore(last_id_path(config.state_dir, uplink.name)),
                                on_wakeup=self.fetcher.fetch, on_state=self._bus_state, policy=self.policy,
                                session=self.session)
 
     def _post(self, url: str, body: bytes) -> Deferred:
         # Feedback to Odoo's own route goes with its session; another system's feedback_url gets no cookie.
-        via = self.session if self.session is not None and self.uplink.feedback_url is None else self.https
+        via: Requester = self.https
+        if self.session is not None and self.uplink.feedback_url is None:
+            via = self.session
         return via.request("POST", url, body, "application/x-www-form-urlencoded").addCallback(
             lambda response: response.code)
 
