@@ -86,6 +86,31 @@ def legs(times: list, arrivals: list) -> tuple:
             [t["shown"] - a * 1000 for t, a in zip(times, arrivals)])
 
 
+#: Odoo's requests of one payment, as its request log names them (update_customer_display: 19.0's POS).
+REQUESTS = (("tb_send_payment", "/pos.payment.method/tb_send_payment"), ("/pending", "/terminal_bridge/pending "),
+            ("/ack", "/terminal_bridge/ack "), ("/feedback", "/terminal_bridge/feedback "),
+            ("update_customer_display", "/pos.config/update_customer_display"))
+
+
+def request_times(lines: list) -> dict:
+    """Odoo's own time per request (SQL + the rest, the last two figures of its werkzeug log line), in ms:
+    {name: {"count", "p50", "p90", "max"}} for the requests of REQUESTS found in ``lines``."""
+    found: dict = {}
+    for line in lines:
+        if "werkzeug" not in line:
+            continue
+        for name, words in REQUESTS:
+            if words in line:
+                try:
+                    sql, rest = (float(x) for x in line.split()[-2:])
+                except ValueError:
+                    break
+                found.setdefault(name, []).append((sql + rest) * 1000)
+                break
+    return {name: {"count": len(v), "p50": round(percentile(v, 0.5)), "p90": round(percentile(v, 0.9)),
+                   "max": round(max(v))} for name, v in found.items()}
+
+
 def report_line(words: str, result: dict) -> str:
     marks = verdicts(result)
     return (f"{words}: p50 {result['p50']} ms {marks['p50']}, p90 {result['p90']} ms, "
@@ -181,7 +206,8 @@ class Bench:
         self.e2e, self.PosPage, self.bp = odoo_e2e, PosPage, odoo_e2e.bp
         self.options = options
         self.run = odoo_e2e.Run(argparse.Namespace(odoo_src=options.odoo_src, version=options.version,
-                                                   db_host=db_host, db_user="odoo", work=work, keep=options.keep))
+                                                   db_host=db_host, db_user="odoo", work=work,
+                                                   keep=True))  # no dropdb: the whole cluster goes at the end
         self.db = self.run.db2
         self.page = None
 
@@ -334,6 +360,9 @@ def main(argv=None) -> int:
         print("  " + report_line("click -> terminal", result["click_to_terminal_ms"]))
         print("  " + report_line("terminal -> POS  ", result["terminal_to_pos_ms"]))
         print(f"  {bench.where_the_time_goes(result)}")
+        served = request_times(bench.run.odoo.output().splitlines())
+        print("  Odoo's time per request, ms (p50 / p90 / max): " + "; ".join(
+            f"{name} {t['p50']} / {t['p90']} / {t['max']} ({t['count']}x)" for name, t in served.items()))
         during = result["load_during"]
         print(f"  targets: p50 <= {TARGETS['p50']:.0f} ms, p99 <= {TARGETS['p99']:.0f} ms; load average (1, 5, 15 "
               f"min) before set-up {_load(load_before)}, at the first payment {_load(load_start)}, after "

@@ -38,6 +38,21 @@ class FiguresTests(unittest.TestCase):
         self.assertIn("p50 163.0 ms MISS", line)
         self.assertIn("p99 399.0 ms PASS", line)
 
+    def test_request_times_add_sql_and_the_rest_of_each_request(self) -> None:
+        log = [
+            '2026-12-07 00:38:15,622 3207 INFO db werkzeug: 127.0.0.1 - - [07/Dec/2026 00:38:15] "POST '
+            '/web/dataset/call_kw/pos.payment.method/tb_send_payment#x HTTP/1.1" 200 - 18 0.065 0.041',
+            '2026-12-07 00:38:15,672 3207 INFO db werkzeug: 127.0.0.1 - - [07/Dec/2026 00:38:15] "POST '
+            '/terminal_bridge/pending HTTP/1.1" 200 - 9 0.010 0.009',
+            '2026-12-07 00:38:15,673 3207 INFO db werkzeug: 127.0.0.1 - - [07/Dec/2026 00:38:15] "POST '
+            '/terminal_bridge/pending HTTP/1.1" 200 - 9 0.100 0.200',
+            "2026-12-07 00:38:15,700 3207 INFO db odoo.addons.x: /terminal_bridge/pending 0.5 0.5",
+        ]
+        times = pos_served.request_times(log)
+        self.assertEqual(times["tb_send_payment"], {"count": 1, "p50": 106, "p90": 106, "max": 106})
+        self.assertEqual(times["/pending"], {"count": 2, "p50": 19, "p90": 300, "max": 300})
+        self.assertNotIn("/ack", times)
+
 
 if __name__ == "__main__":
     unittest.main()
