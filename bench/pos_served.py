@@ -254,8 +254,12 @@ class Bench:
         method = rpc("pos.payment.method", "create", {
             "name": METHOD, "journal_id": journal[0], "payment_method_type": "terminal",
             "use_payment_terminal": "terminal_bridge", "tb_bridge_id": run.bridge_id, "tb_terminal_id": terminal_id})
+        # A second method, as test_bench's config has: with one method only, the POS adds its line (and asks the
+        # terminal, on 18.0) as soon as the payment screen opens, before any click.
+        bank = rpc("pos.payment.method", "create", {"name": "Bank", "journal_id": journal[0]})
         # As test_bench: the POS does not validate by itself, the line stays on "Payment Successful".
-        self.config_id = rpc("pos.config", "create", {"name": "Served bench", "payment_method_ids": [(6, 0, [method])],
+        self.config_id = rpc("pos.config", "create", {"name": "Served bench",
+                                                      "payment_method_ids": [(6, 0, [bank, method])],
                                                       "auto_validate_terminal_payment": False})
         self.page = self.PosPage(run.source, run.base, None)
         self.page.login(self.db, "admin", "admin")
@@ -273,6 +277,10 @@ class Bench:
         deadline = time.monotonic() + 5
         while len(watcher.arrivals) < index + 1 and time.monotonic() < deadline:
             time.sleep(0.01)
+        if len(watcher.arrivals) != index + 1 or watcher.arrivals[index] * 1000 < times["click"]:
+            raise RuntimeError(f"payment {index + 1}: {len(watcher.arrivals)} requests at the terminal, the last at "
+                               f"{watcher.arrivals[-1:]} s, the click at {times['click']} ms: not one request per "
+                               "click, after it")
         page.click(".payment-screen :is(button.validation-button.next, .button.next.highlight)")
         page.next_order()
         return times
