@@ -10,6 +10,8 @@ average before and after (figures on a shared machine mean little without it).
     bench/pos_roundtrip.py                 # Odoo 19.0 and 18.0 (whichever trees exist)
     ODOO_VERSIONS=19.0 bench/pos_roundtrip.py
     bench/pos_roundtrip.py LOG             # where the time went in an earlier run's Odoo log
+
+The same round trip against a served odoo-bin (threaded, requests side by side): bench/pos_served.py.
 """
 
 import json
