@@ -358,13 +358,23 @@ class BridgeBench:
     @contextlib.contextmanager
     def requests_allowed(self):
         """Let HTTP requests (from the daemon, the front, pairing) reach Odoo's test server meanwhile."""
-        self.test.env.flush_all()
+        with self._database():
+            self.test.env.flush_all()
         allow = getattr(self.test, "allow_requests", None)
         if allow is not None:  # 19.0: the test holds the cursor lock and requests need its cookie
             with allow(all_requests=True):
                 yield
         else:  # 18.0: requests take the registry's test lock themselves
             yield
+
+    @contextlib.contextmanager
+    def database(self):
+        """Hold the cursor while the test thread reads or writes the database with the daemon running, and
+        flush what it wrote before letting requests in again. Odoo 18's requests do not wait for the test
+        thread: without this, a request and the test used the one cursor at once ("no results to fetch")."""
+        with self._database():
+            yield
+            self.test.env.flush_all()
 
     @contextlib.contextmanager
     def _database(self):

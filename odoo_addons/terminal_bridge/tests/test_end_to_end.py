@@ -10,24 +10,25 @@ class TestEndToEnd(HttpCase):
     def test_approved_declined_and_terminal_list(self):
         bench = BridgeBench(self)
         bridge = bench.start({"till-1": "approve", "till-2": "decline"})
-        self.assertEqual(bridge.sudo().box_name, "test-box")
-
-        bridge.action_refresh_terminals()
+        with bench.database():
+            self.assertEqual(bridge.sudo().box_name, "test-box")
+            bridge.action_refresh_terminals()
         bench.wait_for(lambda: len(bridge.terminal_ids) == 2, what="the terminal list")
-        self.assertEqual(bridge.terminal_ids.mapped("terminal_type"), ["caisse-ap-tcp", "caisse-ap-tcp"])
-
-        approved = bridge.start_payment("till-1", 1234, "EUR", reference="Order 1")
-        declined = bridge.start_payment("till-2", 500, "EUR", reference="Order 2")
+        with bench.database():
+            self.assertEqual(bridge.terminal_ids.mapped("terminal_type"), ["caisse-ap-tcp", "caisse-ap-tcp"])
+            approved = bridge.start_payment("till-1", 1234, "EUR", reference="Order 1")
+            declined = bridge.start_payment("till-2", 500, "EUR", reference="Order 2")
         bench.wait_for(lambda: approved.is_final and declined.is_final and approved.feedback_ids
                        and declined.feedback_ids, what="both payments' feedback")
-        self.assertEqual(approved.state, "approved", approved.to_client_dict())
-        self.assertTrue(approved.authorization)
-        self.assertTrue(approved.card_masked)
-        self.assertTrue(approved.pay_ref.startswith("pay_"))
-        self.assertEqual(approved.feedback_ids.order_ref, approved.command_id)
-        self.assertEqual(declined.state, "declined", declined.to_client_dict())
-        self.assertTrue(declined.message)
-        self.assertIn("Paired, last seen", bridge.status_text)
+        with bench.database():
+            self.assertEqual(approved.state, "approved", approved.to_client_dict())
+            self.assertTrue(approved.authorization)
+            self.assertTrue(approved.card_masked)
+            self.assertTrue(approved.pay_ref.startswith("pay_"))
+            self.assertEqual(approved.feedback_ids.order_ref, approved.command_id)
+            self.assertEqual(declined.state, "declined", declined.to_client_dict())
+            self.assertTrue(declined.message)
+            self.assertIn("Paired, last seen", bridge.status_text)
 
     def test_bridge_stopped_then_started(self):
         bench = BridgeBench(self)
@@ -48,7 +49,8 @@ class TestEndToEnd(HttpCase):
         back (the box retries until HTTP 200); nothing runs twice."""
         bench = BridgeBench(self)
         bridge = bench.start({"till-1": "approve-slow"})
-        payment = bridge.start_payment("till-1", 999, "EUR")
+        with bench.database():
+            payment = bridge.start_payment("till-1", 999, "EUR")
         bench.wait_for(lambda: payment.state != "queued", what="the bridge taking the payment")
         bench.stop_front()
         bench.wait_for(lambda: bench.uplink_status()[0]["feedback_waiting"] == 1 or payment.feedback_ids,
