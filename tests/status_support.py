@@ -13,9 +13,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from bridge.api.client import connect
 from bridge.status.auth import write_password_file
-from tests.support import add_test_client, credentials_of, start_daemon, start_simulator, write_config
+from tests.support import (add_test_client, credentials_of, open_till, start_daemon, start_simulator,
+                           write_config)
 
 PASSWORD = "correct horse battery"
 TOKEN = "t" * 40
@@ -127,13 +127,7 @@ class StatusBridge:
     @inlineCallbacks
     def open(self):
         """A till's connection to the bridge, logged in, its events gathered in ``proto.events``."""
-        factory, opened = connect(reactor, self.url, self.creds, fingerprint=self.fingerprint)
-        proto = yield opened
-        proto.events = []
-        factory.on_event = proto.events.append
-        self.addCleanup(lambda: (proto.sendClose(), factory.closed)[1])
-        yield proto.call("hello", {"client": self.creds.client_id})
-        return proto
+        return (yield open_till(self, reactor, self.url, self.creds, self.fingerprint))
 
     @inlineCallbacks
     def pay(self, proto, terminal):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 
+from bridge.api.client import connect
 from bridge.api.signing import new_secret
 from bridge.config import add_client, load
 from bridge.core.contract import Outcome
@@ -130,3 +131,16 @@ def start_simulator(test: Any, reactor: Any, script: Any = None) -> Deferred:
         return simulator, f"127.0.0.1:{port.getHost().port}"
 
     return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(simulator).addCallback(listening)
+
+
+@inlineCallbacks
+def open_till(test: Any, reactor: Any, url: str, creds: Any, fingerprint: str):
+    """A till's connection to a running bridge, said hello, its events gathered in ``proto.events``; closed at
+    the test's cleanup unless already closed."""
+    factory, opened = connect(reactor, url, creds, fingerprint=fingerprint)
+    proto = yield opened
+    proto.events = []
+    factory.on_event = proto.events.append
+    test.addCleanup(lambda: (proto.sendClose(), factory.closed)[1] if proto.state != proto.STATE_CLOSED else None)
+    yield proto.call("hello", {"client": creds.client_id})
+    return proto

@@ -10,7 +10,6 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
-from bridge.api.client import connect
 from bridge.config import TerminalConfig
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
@@ -20,7 +19,7 @@ from bridge.terminals.catalogue import VALIDATORS
 from bridge.terminals.stripe.driver import build_stripe_driver
 from bridge.terminals.stripe.options import parse_stripe_options, read_api_key
 from tests.stripe_support import KEY, SERIAL, StripeTestCase, sleep
-from tests.support import add_test_client, credentials_of, start_daemon
+from tests.support import add_test_client, credentials_of, open_till, start_daemon
 
 
 def write_key(directory: str, key: str = KEY) -> str:
@@ -51,14 +50,7 @@ class DaemonTests(StripeTestCase):
 
     @inlineCallbacks
     def open(self):
-        factory, opened = connect(reactor, self.url, self.creds, fingerprint=self.fingerprint)
-        proto = yield opened
-        proto.events = []
-        factory.on_event = proto.events.append
-        self.addCleanup(lambda: (proto.sendClose(), factory.closed)[1] if proto.state != proto.STATE_CLOSED
-                        else None)
-        yield proto.call("hello", {"client": self.creds.client_id})
-        return proto
+        return (yield open_till(self, reactor, self.url, self.creds, self.fingerprint))
 
     @inlineCallbacks
     def final(self, proto, payment_id):
