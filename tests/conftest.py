@@ -7,7 +7,8 @@ import pytest
 from hypothesis import settings
 
 # No time limit per example: speed is measured by `make bench`, never asserted in tests, and CI machines are
-# shared (hypothesis's default 200 ms deadline failed a journal property test under load).
+# shared (hypothesis's default 200 ms deadline failed a journal property test under load). `make fuzz` runs
+# tests/test_fuzz.py without pytest, so its settings say deadline=None themselves.
 settings.register_profile("terminal-bridge", deadline=None)
 settings.load_profile("terminal-bridge")
 

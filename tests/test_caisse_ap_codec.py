@@ -263,7 +263,7 @@ _MESSAGES = st.tuples(
 ).map(lambda parts: [("CZ", parts[0])] + parts[1])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(fields=_MESSAGES, data=st.data())
 def test_any_message_parses_back_from_any_split(fields, data):
     encoded = encode_fields(fields)
@@ -275,7 +275,7 @@ def test_any_message_parses_back_from_any_split(fields, data):
     assert parser.fields == fields
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(fields=_MESSAGES, data=st.data())
 def test_any_prefix_is_whole_exactly_at_field_boundaries(fields, data):
     encoded = encode_fields(fields)
@@ -285,7 +285,7 @@ def test_any_prefix_is_whole_exactly_at_field_boundaries(fields, data):
     assert parser.complete == (cut in field_ends(fields))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(chunks=st.lists(st.binary(max_size=40), max_size=5))
 def test_random_bytes_either_parse_or_are_malformed(chunks):
     parser = AnswerParser()
@@ -300,7 +300,7 @@ def test_random_bytes_either_parse_or_are_malformed(chunks):
             assert parser.fields[0][0] == "CZ"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(prefix=st.sampled_from(sorted(FRAMES)), noise=st.binary(min_size=1, max_size=20))
 def test_real_frame_followed_by_noise_never_crashes(prefix, noise):
     parser = AnswerParser()

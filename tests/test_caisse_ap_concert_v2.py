@@ -151,7 +151,7 @@ def test_cheque_application_is_named():
     assert outcome_from_answer(REQUEST, answer(mode="C")).details["application"] == "Cheque"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(amount=st.integers(1, concert_v2.MAX_AMOUNT), kind=st.sampled_from([DEBIT, REFUND]),
        method=st.sampled_from(["card", CHEQUE]), pos=st.integers(0, 99),
        code=st.sampled_from(sorted(CURRENCIES)))
@@ -163,7 +163,7 @@ def test_every_request_is_34_printable_characters_and_decodes_back(amount, kind,
     assert (decoded.amount, decoded.currency, int(decoded.pos_number)) == (amount, CURRENCIES[code].numeric, pos)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(st.binary(max_size=100))
 def test_decoding_arbitrary_bytes_either_works_or_says_why(data):
     try:

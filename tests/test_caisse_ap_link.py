@@ -518,7 +518,7 @@ def splitter(cuts: list[int]):
     return cut
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(request=payloads, answer=payloads, cuts=st.lists(st.integers(0, 400), max_size=12), noise=noise_bytes)
 def test_exchange_is_the_same_however_the_streams_are_cut(request, answer, cuts, noise):
     pos, term = ConcertLink(), ConcertLink()
@@ -529,7 +529,7 @@ def test_exchange_is_the_same_however_the_streams_are_cut(request, answer, cuts,
     assert (term_events, pos_events) == ([Delivered(1)], [Received(answer)])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(payload=payloads, cuts=st.lists(st.integers(0, 400), max_size=20), noise=noise_bytes,
        corrupt=st.integers(0, 3))
 def test_receiver_events_do_not_depend_on_how_the_bytes_arrive(payload, cuts, noise, corrupt):

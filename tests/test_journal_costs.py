@@ -210,7 +210,7 @@ class JournalInvariantTests(SynchronousTestCase):
     last_seq is the highest ever given, no transition or event outlives its payment, unknown and running
     payments are never pruned, and what the journal hands back is what it was given."""
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(st.lists(operation, max_size=50))
     def test_invariants(self, operations):
         clock = Clock()

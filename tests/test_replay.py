@@ -54,7 +54,7 @@ def test_the_client_and_command_ids_cannot_be_shifted_into_each_other():
     assert seen.first_time("cl_a\0", "bc")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.lists(st.tuples(st.sampled_from(["cl_a", "cl_b", "cl_é"]), st.text(min_size=1, max_size=40)),
                 max_size=60))
 def test_it_says_first_time_exactly_for_pairs_not_seen_before(pairs):

@@ -41,7 +41,7 @@ _forms = st.recursive(_leaf, lambda inner: st.one_of(st.lists(inner, min_size=1,
                       max_leaves=8)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.dictionaries(_names, _forms, max_size=4))
 def test_decode_form_reads_back_nested_params(params):
     assert decode_form("&".join(_encode(params))) == params
