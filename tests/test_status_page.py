@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from bridge.cli.resolve import resolve as cli_resolve
 from bridge.status import auth
 from bridge.terminals.caisse_ap.simulator import SimulatorScript
-from tests.status_support import PASSWORD, StatusBridge, closed_port, start_simulator, wait_for
+from tests.status_support import PASSWORD, StatusBridge, closed_port, sleep, start_simulator, wait_for
 
 
 def csrf_of(html):
@@ -27,7 +27,8 @@ class PageTests(TestCase, StatusBridge):
     def setUp(self):
         _, approver = yield start_simulator(self, reactor)
         _, dropper = yield start_simulator(self, reactor, SimulatorScript(disconnect=True))
-        yield self.start_bridge(self, {"till-1": approver, "till-2": dropper, "till-3": closed_port()}, admin=True)
+        self.addresses = {"till-1": approver, "till-2": dropper, "till-3": closed_port()}
+        yield self.start_bridge(self, self.addresses, admin=True)
 
     @inlineCallbacks
     def signed_in(self):
@@ -164,6 +165,38 @@ class PageTests(TestCase, StatusBridge):
         self.assertIn(masked, response.text)
         self.assertIsNone(re.search(r"\d{13,19}", response.text))
 
+    @inlineCallbacks
+    def test_the_bridge_the_journal_and_each_terminal_are_described(self):
+        # issue 16: version, uptime, certificate end date; journal size, free disk, last fsync; a terminal's
+        # type, address and when it last answered
+        from bridge import __version__
+        from bridge.status.facts import certificate_facts
+        from bridge.status.page import when
+
+        proto = yield self.open()
+        yield self.pay(proto, "till-1")
+        page = yield self.signed_in()
+        text = (yield page.request("GET", "/")).text
+
+        def shown(section, label):
+            block = text.split(f'id="{section}"')[1].split("</section>")[0].split("</article>")[0]
+            return re.search(rf"<dt>{re.escape(label)}</dt><dd>([^<]*)</dd>", block).group(1)
+
+        self.assertEqual(shown("bridge", "version"), __version__)
+        self.assertRegex(shown("bridge", "up for"), r"^\d+ (s|min)$")
+        not_after = certificate_facts(self.daemon.config.tls_certificate)["not_after"]
+        self.assertTrue(shown("bridge", "certificate ends").startswith(when(not_after) + " (in "))
+        self.assertEqual(shown("bridge", "clients connected"), "1")
+        self.assertRegex(shown("journal", "size"), r"^\d+(\.\d)? (KiB|MiB)$")
+        self.assertRegex(shown("journal", "disk free"), r"^\d+(\.\d)? (KiB|MiB|GiB)$")
+        self.assertEqual(shown("journal", "writable"), "yes")
+        self.assertRegex(shown("journal", "last write (fsync)"), r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d .* \(\d+\.\d ms\)$")
+        self.assertEqual(shown("terminal-till-1", "type"), "caisse-ap-tcp")
+        self.assertEqual(shown("terminal-till-1", "address or device"), self.addresses["till-1"])
+        record = self.daemon.payments.journal.get(self.daemon.payments.journal.list(terminal="till-1")[0].id)
+        self.assertEqual(shown("terminal-till-1", "last seen"), when(record.updated))
+        self.assertEqual(shown("terminal-till-2", "last seen"), "no answer among its last payments")
+
     # -- resolving ----------------------------------------------------------------------------------
 
     @inlineCallbacks
@@ -240,6 +273,38 @@ class PageTests(TestCase, StatusBridge):
         self.assertIn("Not recorded: Say in &#x27;note&#x27; what the resolution is based on", home.text)
         yield page.request("POST", "/resolve", dict(form, operator="Marie", outcome="maybe"))
         self.assertEqual(self.daemon.payments.journal.get(payment_id).state, "unknown")
+
+
+class BusyTerminalTests(TestCase, StatusBridge):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_a_terminal_running_a_payment_is_shown_busy(self):
+        silent, address = yield start_simulator(self, reactor, SimulatorScript(outcome="never"))
+        # the terminal's default answer time (180 s), so the payment runs until the terminal goes away below
+        yield self.start_bridge(self, {}, extra=f"[terminal:till-1]\ntype = caisse-ap-tcp\naddress = {address}\n")
+        self.addCleanup(silent.drop_connections)  # before the bridge stops, which waits for a running payment
+        page = self.page()
+        yield page.login()
+        proto = yield self.open()
+        started = yield proto.call("payment.start", {"terminal": "till-1", "amount": 1234, "currency": "EUR"})
+        yield wait_for(lambda: any(e["payment"]["state"] == "in_progress" for e in proto.events), "in progress")
+        shown = []
+
+        @inlineCallbacks
+        def busy_shown():
+            block = (yield page.request("GET", "/fragment")).text.split('id="terminal-till-1"')[1]
+            shown.append(block.split("</h3>")[0])
+            return 'class="state">busy with a payment<' in shown[-1]
+
+        for _ in range(100):  # the page reads its facts at most once a second
+            if (yield busy_shown()):
+                break
+            yield sleep(0.1)
+        self.assertIn("busy with a payment", shown[-1])
+        yield silent.drop_connections()  # the terminal goes away: the payment ends (unknown), the till is idle
+        yield wait_for(lambda: any(e["payment"]["id"] == started["id"] and e["payment"]["final"]
+                                   for e in proto.events), "the payment's end")
 
 
 class UplinkDownTests(TestCase, StatusBridge):
