@@ -157,6 +157,78 @@ class MetricsTests(TestCase, StatusBridge):
         self.assertEqual(response.status, 401)
 
 
+class LiveGaugeTests(TestCase, StatusBridge):
+    """The metrics issue 16 asks for that MetricsTests does not reach: refunds, clients connected, a terminal
+    busy, the oldest unknown payment's age, and an uplink's connection and feedback backlog."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def scrape(self):
+        response = yield self.page().request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        self.assertEqual(response.status, 200)
+        return response.text
+
+    @inlineCallbacks
+    def test_refunds_clients_a_busy_terminal_and_the_oldest_unknown_payment(self):
+        _, approver = yield start_simulator(self, reactor)
+        _, dropper = yield start_simulator(self, reactor, SimulatorScript(disconnect=True))
+        silent, address = yield start_simulator(self, reactor, SimulatorScript(outcome="never"))
+        # till-3 keeps the default answer time (180 s): its payment runs until the terminal goes away below
+        yield self.start_bridge(self, {"till-1": approver, "till-2": dropper}, admin=True,
+                                extra=f"[terminal:till-3]\ntype = caisse-ap-tcp\naddress = {address}\n",
+                                status_extra=f"metrics_token = {TOKEN}")
+        self.addCleanup(silent.drop_connections)  # before the bridge stops, which waits for a running payment
+        proto = yield self.open()
+        paid = yield self.pay(proto, "till-1")
+        refund = yield proto.call("payment.refund", {"payment_id": paid, "amount": 234})
+        yield wait_for(lambda: any(e["payment"]["id"] == refund["id"] and e["payment"]["final"]
+                                   for e in proto.events), "the refund's end")
+        yield self.pay(proto, "till-2")  # ends unknown
+        running = yield proto.call("payment.start", dict(PAYMENT, terminal="till-3"))
+        yield wait_for(lambda: any(e["payment"]["id"] == running["id"] and e["payment"]["state"] == "in_progress"
+                                   for e in proto.events), "till-3's payment in progress")
+        text = yield self.scrape()
+        self.assertEqual(sample(text, "terminal_bridge_payments_total", terminal="till-1", kind="refund",
+                                state="approved"), 1)
+        self.assertEqual(sample(text, "terminal_bridge_payments_total", terminal="till-1", kind="debit",
+                                state="approved"), 1)
+        self.assertEqual(sample(text, "terminal_bridge_clients_connected"), 1)
+        self.assertEqual(sample(text, "terminal_bridge_terminal_busy", terminal="till-3"), 1)
+        self.assertEqual(sample(text, "terminal_bridge_terminal_busy", terminal="till-1"), 0)
+        self.assertEqual(sample(text, "terminal_bridge_unknown_payments"), 1)
+        self.assertGreater(sample(text, "terminal_bridge_unknown_oldest_age_seconds"), 0)
+        yield silent.drop_connections()
+        yield wait_for(lambda: any(e["payment"]["id"] == running["id"] and e["payment"]["final"]
+                                   for e in proto.events), "till-3's payment's end")
+        proto.sendClose()
+        yield wait_for(lambda: not self.daemon.bridge.connected, "the till's connection closed")
+        text = yield self.scrape()
+        self.assertEqual(sample(text, "terminal_bridge_clients_connected"), 0)
+        self.assertEqual(sample(text, "terminal_bridge_terminal_busy", terminal="till-3"), 0)
+
+    @inlineCallbacks
+    def test_an_uplink_that_cannot_reach_its_cloud_and_its_feedback_backlog(self):
+        _, approver = yield start_simulator(self, reactor)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        secrets = os.path.join(directory, "odoo.secrets")
+        with open(secrets, "w") as f:
+            f.write("channel_token = a1b2c3d4e5f6a7b8c9d0e1f2\nfeedback_secret = Feedback-Passphrase-0123456789\n")
+        os.chmod(secrets, 0o600)
+        yield self.start_bridge(self, {"till-1": approver}, status_extra=f"metrics_token = {TOKEN}",
+                                extra=f"[uplink:odoo]\nurl = https://{closed_port()}\ndatabase = shop\n"
+                                      f"client = pos\nsecrets_file = {secrets}\n")
+        service = self.daemon.uplinks.services[0]
+        yield wait_for(lambda: service.status.data.get("last_error"), "the uplink's first error")
+        proto = yield self.open()  # the uplink's client: its payment's result waits for the cloud
+        yield self.pay(proto, "till-1")
+        text = yield self.scrape()
+        self.assertEqual(sample(text, "terminal_bridge_uplink_connected", uplink="odoo"), 0)
+        self.assertEqual(sample(text, "terminal_bridge_feedback_waiting", uplink="odoo"), 1)
+        self.assertGreater(sample(text, "terminal_bridge_feedback_oldest_age_seconds", uplink="odoo"), 0)
+
+
 class AllowListTests(TestCase, StatusBridge):
     timeout = 30
 
