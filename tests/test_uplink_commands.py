@@ -185,6 +185,20 @@ class CommandFetcherTests(SynchronousTestCase):
                                  "ok-1": None})
         self.assertEqual(len(self.driver.runs), 1)
 
+    def test_every_refusal_is_counted_by_its_code_for_the_metrics(self):
+        # terminal_bridge_commands_refused_total counts the uplinks' refusals too (docs/operations.md, Metrics)
+        refused = []
+        self.bridge.on_refused = refused.append
+        self.https.pending = [self.command(command_id="ok-1")]
+        self.fetcher.fetch()
+        self.https.pending = [self.command(command_id="sig-1", secret="x" * 64),
+                              self.command(command_id="old-1", ts=NOW - 3600),
+                              self.command(args=dict(PAYMENT, amount=9999), command_id="ok-1"),
+                              self.command(args=dict(PAYMENT, terminal="nowhere"), command_id="t-1")]
+        self.fetcher.fetch()
+        self.assertEqual(sorted(refused), ["bad_signature", "idempotency_mismatch", "stale_timestamp",
+                                           "unknown_terminal"])
+
     def test_after_a_restart_the_same_command_id_returns_the_same_payment(self):
         self.https.pending = [self.command()]
         self.fetcher.fetch()

@@ -205,6 +205,7 @@ class CommandFetcher:
         except BridgeError as e:
             self.log.warn("Uplink {uplink}: command refused: {code} {message}", uplink=self.uplink.name,
                           command_id=command_id[:128], code=e.code, message=e.message)
+            self._bridge.on_refused(e.code)
             yield self._ack(command_id, self._refusal(command_id, e))
             return
         op, args = command["op"], command.get("args") or {}
@@ -212,6 +213,7 @@ class CommandFetcher:
         if remembered is not None and (remembered[0], remembered[1]) != (op, _digest(args)):
             error = BridgeError("idempotency_mismatch", "This command id was already used for a different "
                                                         "command. Use a new command id.")
+            self._bridge.on_refused(error.code)
             yield self._ack(command_id, self._refusal(command_id, error))
             return
         if remembered is not None and op not in IDEMPOTENT_OPS:
