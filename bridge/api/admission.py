@@ -6,7 +6,7 @@ connections only:
 
 - each peer address may hold at most ``per_address`` pending connections; more are closed at once, before TLS;
 - all addresses together may hold at most ``max_connections - reserved`` pending connections, so that the last
-  ``reserved`` slots can only be used by clients that logged in.  When that share is full, the newest pending
+  ``reserved`` slots can only be used by clients that logged in.  When that share is full, the oldest pending
   connection of the address holding the most of them is dropped to make room, so a till trying to log in from
   its own address is not kept out by a device holding many;
 - a pending connection that has not said ``hello`` within the deadline is dropped (the WebSocket server does it).
