@@ -13,7 +13,8 @@ from twisted.trial.unittest import TestCase
 from bridge.cli.resolve import resolve as cli_resolve
 from bridge.status import auth
 from bridge.terminals.caisse_ap.simulator import SimulatorScript
-from tests.status_support import PASSWORD, StatusBridge, closed_port, sleep, start_simulator, wait_for
+from tests.status_support import PASSWORD, PageClient, StatusBridge, closed_port, sleep, start_simulator, wait_for
+from tests.test_uplink_end_to_end import UplinkEndToEnd
 
 
 def csrf_of(html):
@@ -332,3 +333,29 @@ class UplinkDownTests(TestCase, StatusBridge):
         block = response.text.split('id="uplink-odoo"')[1].split("</article>")[0]
         self.assertIn("not connected", block)
         self.assertIn(service.status.data["last_error"].split(":")[0], block)
+
+
+class UplinkUpTests(UplinkEndToEnd):
+    """An uplink that reaches its (fake) Odoo: connected, its bus up, and when its last fetch worked."""
+
+    @inlineCallbacks
+    def test_an_uplink_that_reaches_its_cloud_shows_its_bus_and_its_last_fetch(self):
+        from bridge.status.page import when
+
+        with open(self.config_path, "a") as f:
+            f.write("[status]\nlisten = 127.0.0.1:0\n")
+        daemon = yield self.start_bridge()
+        auth.write_password_file(daemon.config.status.password_file, PASSWORD)
+        yield self.bus_open()
+        service = daemon.uplinks.services[0]
+        yield wait_for(lambda: service.status.data.get("fetched_at") is not None, "the uplink's first fetch")
+        page = PageClient(daemon.status_page.port.getHost().port, daemon.config.tls_certificate)
+        yield page.login()
+        before = service.status.data["fetched_at"]
+        text = (yield page.request("GET", "/")).text
+        after = service.status.data["fetched_at"]  # a fetch may run meanwhile (a wake-up from the bus)
+        block = text.split('id="uplink-odoo"')[1].split("</article>")[0]
+        self.assertIn('<span class="state">connected</span>', block)
+        self.assertIn("<dt>bus</dt><dd>connected</dd>", block)
+        shown = block.split("<dt>last fetch</dt><dd>")[1].split("</dd>")[0]
+        self.assertIn(shown, (when(before), when(after)))

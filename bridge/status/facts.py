@@ -80,7 +80,8 @@ def _last_answer(recent: list[PaymentRecord]) -> Optional[float]:
 
 
 def uplink_facts(daemon: Any, now: float) -> list[dict[str, Any]]:
-    """Each uplink: connected or not, last fetch, feedback waiting and the age of the oldest, last error."""
+    """Each uplink: connected or not, the fetch and when it last worked, feedback waiting and the age of the
+    oldest, last error."""
     if daemon.uplinks is None:
         return []
     journal = daemon.payments.journal
@@ -92,6 +93,7 @@ def uplink_facts(daemon: Any, now: float) -> list[dict[str, Any]]:
             "name": service.uplink.name, "target": service.uplink.url or service.uplink.feedback_target,
             "connected": bool(data.get("bus") or data.get("https")), "bus": data.get("bus"),
             "bus_since": data.get("bus_since"), "https": data.get("https"), "https_since": data.get("https_since"),
+            "fetched_at": data.get("fetched_at"),
             "last_error": data.get("last_error"), "last_error_at": data.get("last_error_at"),
             "feedback_error": data.get("feedback_error"), "feedback_waiting": waiting,
             "feedback_oldest_age": (now - oldest) if oldest is not None else None,

@@ -218,6 +218,7 @@ def _uplinks(uplinks: list[dict[str, Any]], now: float) -> str:
             f'<h3>{escape(u["name"])} <span class="state">{"connected" if u["connected"] else "not connected"}'
             "</span></h3>"
             + _dl([("cloud", str(u["target"])), ("bus", bus), ("command fetch", fetch),
+                   ("last fetch", when(u["fetched_at"]) if u.get("fetched_at") else "none since the bridge started"),
                    ("feedback waiting", waiting),
                    ("last error", f"{u['last_error']} ({when(u['last_error_at'])})" if u["last_error"] else "none")])
             + "</article>")
