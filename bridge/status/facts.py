@@ -114,8 +114,15 @@ def feedback_backlog(journal: Journal, client_id: str, cursor_id: str) -> tuple[
 
 
 def unknown_payments(journal: Journal) -> list[PaymentRecord]:
-    """The payments awaiting a person's decision, oldest first."""
-    return list(reversed(journal.list(state=states.UNKNOWN, limit=UNKNOWN_LIMIT)))
+    """The payments awaiting a person's decision: the oldest UNKNOWN_LIMIT of them, oldest first.  The journal
+    lists newest first, so with more than that many waiting the older pages are read too (rare: one read when
+    fewer wait), lest the longest-waiting ones be left off the page and out of the metrics' oldest age."""
+    page = journal.list(state=states.UNKNOWN, limit=UNKNOWN_LIMIT)
+    oldest = page
+    while len(page) == UNKNOWN_LIMIT:
+        page = journal.list(state=states.UNKNOWN, limit=UNKNOWN_LIMIT, before=(page[-1].created, page[-1].id))
+        oldest = (oldest + page)[-UNKNOWN_LIMIT:]
+    return list(reversed(oldest))
 
 
 def journal_facts(journal: Journal, commits: CommitWatch) -> dict[str, Any]:

@@ -128,7 +128,7 @@ class _LiveFacts(Collector):
         yield GaugeMetricFamily("terminal_bridge_clients_connected", "Clients connected to the command listener "
                                 "(after hello).", value=len(daemon.bridge.connected))
 
-        unknown = journal.list(state="unknown", limit=facts.UNKNOWN_LIMIT)
+        unknown = facts.unknown_payments(journal)
         yield GaugeMetricFamily("terminal_bridge_unknown_payments", f"Payments in state unknown awaiting a "
                                 f"person's decision (counted up to {facts.UNKNOWN_LIMIT}).", value=len(unknown))
         yield GaugeMetricFamily("terminal_bridge_unknown_oldest_age_seconds", "How long the oldest unknown "
