@@ -205,6 +205,32 @@ def test_a_refund_says_it_is_a_refund():
     assert describe_outcome(dict(refund, state="declined")).startswith("REFUND DECLINED: 5.00 EUR.")
 
 
+def test_the_command_that_checks_an_unknown_payment_is_one_the_user_can_run(tmp_path, monkeypatch):
+    """`pay` prints it when the payment's end is unknown: with the program as the user ran it when that is not
+    the `terminal-bridge` on the PATH (a newcomer's .venv/bin/terminal-bridge, from the demo's banner)."""
+    import argparse
+    import shlex
+
+    from bridge.cli.pay import check_command
+
+    args = argparse.Namespace(credentials="/clone/demo/client.json", url=None, fingerprint=None, cafile=None)
+    program = tmp_path / "clone" / ".venv" / "bin" / "terminal-bridge"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+
+    def checked(argv0, path):
+        monkeypatch.setattr(sys, "argv", [argv0, "pay"])
+        monkeypatch.setenv("PATH", path)
+        return shlex.split(check_command(["pay", "--terminal", "demo", "--amount", "12.34"], args, "c1"))
+
+    line = checked(str(program), str(tmp_path / "nowhere"))
+    assert line == [str(program), "pay", "--terminal", "demo", "--amount", "12.34", "--credentials",
+                    "/clone/demo/client.json", "--command-id", "c1"]
+    assert checked(str(program), str(program.parent))[0] == "terminal-bridge"  # the one on the PATH
+    assert checked(os.path.join(ROOT, "bridge", "__main__.py"), "")[0] == "terminal-bridge"
+
+
 def test_pay_refuses_a_bad_amount_before_connecting(tmp_path):
     creds = tmp_path / "c.json"
     creds.write_text(json.dumps({"client_id": "c", "secret_in": "a" * 64, "secret_out": "b" * 64,
