@@ -33,6 +33,15 @@ def test_every_command_has_help(command):
     assert len(result.stdout.splitlines()) > 3
 
 
+def test_the_demos_help_names_what_it_starts_and_the_ports_it_takes():
+    from bridge.cli.demo import DEMO_TERMINALS, STRIPE_PORT_OFFSET
+
+    helped = " ".join(tb("demo", "--help").stdout.split())
+    assert "three simulated Caisse-AP terminals" in helped and len(DEMO_TERMINALS) == 3
+    assert "simulated Stripe reader" in helped
+    assert f"18888-{18888 + len(DEMO_TERMINALS) - 1} and {18888 + STRIPE_PORT_OFFSET}" in helped
+
+
 def test_no_command_prints_help_and_fails():
     result = tb()
     assert result.returncode == 2 and "check-config" in result.stdout

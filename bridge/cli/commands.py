@@ -153,12 +153,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="run a demo bridge with simulated terminals (used by `make run`)",
                        description="Write a demo configuration under DIR (a self-signed certificate, one client, "
-                                   "simulated Caisse-AP terminals), start the simulators and the bridge in the "
-                                   "foreground, and print the command that makes a test payment.")
+                                   "three simulated Caisse-AP terminals and a simulated Stripe reader on a local "
+                                   "fake of Stripe's API), start the simulators and the bridge in the foreground, "
+                                   "and print the command that makes a test payment. Everything listens on "
+                                   "127.0.0.1 only.")
     p.add_argument("--dir", default="demo", help="where to keep the demo's files (default: %(default)s)")
     p.add_argument("--port", type=int, default=8443, help="the bridge's port (default: %(default)s)")
     p.add_argument("--terminal-port", type=int, default=18888,
-                   help="first port of the simulated terminals (default: %(default)s)")
+                   help="the simulated Caisse-AP terminals' first port: they take it and the next two, and the "
+                        "fake Stripe API the one 10 above (default: %(default)s, so 18888-18890 and 18898)")
     p.set_defaults(handler="bridge.cli.demo:run_demo")
 
 
