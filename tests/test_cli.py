@@ -42,6 +42,22 @@ def test_the_demos_help_names_what_it_starts_and_the_ports_it_takes():
     assert f"18888-{18888 + len(DEMO_TERMINALS) - 1} and {18888 + STRIPE_PORT_OFFSET}" in helped
 
 
+def test_every_option_of_every_command_says_what_it_is_for():
+    import argparse
+
+    from bridge.cli.main import build_parser
+
+    def silent(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for word, sub in action.choices.items():
+                    yield from silent(sub, f"{name} {word}")
+            elif not action.help and action.dest != "help":
+                yield f"{name} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(silent(build_parser(), "terminal-bridge")) == []
+
+
 def test_no_command_prints_help_and_fails():
     result = tb()
     assert result.returncode == 2 and "check-config" in result.stdout
