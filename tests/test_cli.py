@@ -158,6 +158,30 @@ def test_client_add_writes_the_fingerprint_and_the_address_with_terminals_config
     assert data["url"] in result.stdout
 
 
+def test_client_add_says_when_the_address_it_found_works_on_this_machine_only(tmp_path, monkeypatch, capsys):
+    """Listening on every address, on a machine with no network route: the host name's address is Debian's
+    127.0.1.1, which a till on another machine cannot reach."""
+    from bridge.cli import commands
+    from bridge.cli.main import main
+
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nlisten = 0.0.0.0:9443\nstate_dir = state\n")
+    _tls(tmp_path / "state")
+    creds = tmp_path / "pos-1.json"
+    monkeypatch.setattr(commands, "machine_address", lambda ipv6=False: "127.0.1.1")
+    assert main(["-c", str(config), "client", "add", "pos-1", "--write-credentials", str(creds)]) == 0
+    warned = " ".join(capsys.readouterr().err.split())
+    assert "wss://127.0.1.1:9443, which works on this machine only" in warned, warned
+    assert f"client credentials pos-1 --write-credentials {creds} --url" in warned
+    assert json.loads(creds.read_text())["url"] == "wss://127.0.1.1:9443"
+    # With the address given, or found on the shop's network, nothing to say.
+    assert main(["-c", str(config), "client", "credentials", "pos-1", "--write-credentials", str(creds),
+                 "--url", "wss://192.0.2.5:9443"]) == 0
+    monkeypatch.setattr(commands, "machine_address", lambda ipv6=False: "192.0.2.5")
+    assert main(["-c", str(config), "client", "credentials", "pos-1", "--write-credentials", str(creds)]) == 0
+    assert "Warning" not in capsys.readouterr().err
+
+
 def test_client_add_before_the_first_start_warns_and_client_credentials_writes_the_file_again(tmp_path):
     config = tmp_path / "bridge.conf"
     config.write_text("[bridge]\nlisten = 127.0.0.1:9443\nstate_dir = state\n")
