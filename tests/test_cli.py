@@ -33,6 +33,31 @@ def test_every_command_has_help(command):
     assert len(result.stdout.splitlines()) > 3
 
 
+def test_the_demos_help_names_what_it_starts_and_the_ports_it_takes():
+    from bridge.cli.demo import DEMO_TERMINALS, STRIPE_PORT_OFFSET
+
+    helped = " ".join(tb("demo", "--help").stdout.split())
+    assert "three simulated Caisse-AP terminals" in helped and len(DEMO_TERMINALS) == 3
+    assert "simulated Stripe reader" in helped
+    assert f"18888-{18888 + len(DEMO_TERMINALS) - 1} and {18888 + STRIPE_PORT_OFFSET}" in helped
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    import argparse
+
+    from bridge.cli.main import build_parser
+
+    def silent(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for word, sub in action.choices.items():
+                    yield from silent(sub, f"{name} {word}")
+            elif not action.help and action.dest != "help":
+                yield f"{name} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(silent(build_parser(), "terminal-bridge")) == []
+
+
 def test_no_command_prints_help_and_fails():
     result = tb()
     assert result.returncode == 2 and "check-config" in result.stdout
@@ -133,6 +158,30 @@ def test_client_add_writes_the_fingerprint_and_the_address_with_terminals_config
     assert data["url"] in result.stdout
 
 
+def test_client_add_says_when_the_address_it_found_works_on_this_machine_only(tmp_path, monkeypatch, capsys):
+    """Listening on every address, on a machine with no network route: the host name's address is Debian's
+    127.0.1.1, which a till on another machine cannot reach."""
+    from bridge.cli import commands
+    from bridge.cli.main import main
+
+    config = tmp_path / "bridge.conf"
+    config.write_text("[bridge]\nlisten = 0.0.0.0:9443\nstate_dir = state\n")
+    _tls(tmp_path / "state")
+    creds = tmp_path / "pos-1.json"
+    monkeypatch.setattr(commands, "machine_address", lambda ipv6=False: "127.0.1.1")
+    assert main(["-c", str(config), "client", "add", "pos-1", "--write-credentials", str(creds)]) == 0
+    warned = " ".join(capsys.readouterr().err.split())
+    assert "wss://127.0.1.1:9443, which works on this machine only" in warned, warned
+    assert f"client credentials pos-1 --write-credentials {creds} --url" in warned
+    assert json.loads(creds.read_text())["url"] == "wss://127.0.1.1:9443"
+    # With the address given, or found on the shop's network, nothing to say.
+    assert main(["-c", str(config), "client", "credentials", "pos-1", "--write-credentials", str(creds),
+                 "--url", "wss://192.0.2.5:9443"]) == 0
+    monkeypatch.setattr(commands, "machine_address", lambda ipv6=False: "192.0.2.5")
+    assert main(["-c", str(config), "client", "credentials", "pos-1", "--write-credentials", str(creds)]) == 0
+    assert "Warning" not in capsys.readouterr().err
+
+
 def test_client_add_before_the_first_start_warns_and_client_credentials_writes_the_file_again(tmp_path):
     config = tmp_path / "bridge.conf"
     config.write_text("[bridge]\nlisten = 127.0.0.1:9443\nstate_dir = state\n")
@@ -203,6 +252,32 @@ def test_a_refund_says_it_is_a_refund():
     assert describe_outcome(refund) == "REFUND APPROVED: 5.00 EUR, refund of pay_1, authorisation 654321."
     assert describe_outcome(dict(refund, kind="debit", details={})) == "APPROVED: 5.00 EUR."
     assert describe_outcome(dict(refund, state="declined")).startswith("REFUND DECLINED: 5.00 EUR.")
+
+
+def test_the_command_that_checks_an_unknown_payment_is_one_the_user_can_run(tmp_path, monkeypatch):
+    """`pay` prints it when the payment's end is unknown: with the program as the user ran it when that is not
+    the `terminal-bridge` on the PATH (a newcomer's .venv/bin/terminal-bridge, from the demo's banner)."""
+    import argparse
+    import shlex
+
+    from bridge.cli.pay import check_command
+
+    args = argparse.Namespace(credentials="/clone/demo/client.json", url=None, fingerprint=None, cafile=None)
+    program = tmp_path / "clone" / ".venv" / "bin" / "terminal-bridge"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+
+    def checked(argv0, path):
+        monkeypatch.setattr(sys, "argv", [argv0, "pay"])
+        monkeypatch.setenv("PATH", path)
+        return shlex.split(check_command(["pay", "--terminal", "demo", "--amount", "12.34"], args, "c1"))
+
+    line = checked(str(program), str(tmp_path / "nowhere"))
+    assert line == [str(program), "pay", "--terminal", "demo", "--amount", "12.34", "--credentials",
+                    "/clone/demo/client.json", "--command-id", "c1"]
+    assert checked(str(program), str(program.parent))[0] == "terminal-bridge"  # the one on the PATH
+    assert checked(os.path.join(ROOT, "bridge", "__main__.py"), "")[0] == "terminal-bridge"
 
 
 def test_pay_refuses_a_bad_amount_before_connecting(tmp_path):

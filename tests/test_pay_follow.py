@@ -9,6 +9,7 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import TestCase
@@ -21,6 +22,9 @@ from tests.support import add_test_client, credentials_of, start_daemon, start_s
 class _Relay(ProxyServer):
     def connectionMade(self):
         self.factory.open.append(self)
+        if self.factory.frozen:  # taken by the kernel, never answered: the bridge's machine has gone silent
+            self.transport.pauseProducing()
+            return
         super().connectionMade()
 
 
@@ -33,6 +37,16 @@ class Relay(ProxyFactory):
         super().__init__(host, port)
         self.open = []
         self.listening = None
+        self.frozen = False
+
+    def freeze(self):
+        """The bridge goes silent without closing anything (power or network lost): nothing is relayed any more,
+        the connections stay open, and new ones are accepted but never answered."""
+        self.frozen = True
+        for server in self.open:
+            server.transport.pauseProducing()
+            if server.peer is not None:
+                server.peer.transport.pauseProducing()
 
     def cut(self):
         """Drop every connection through the relay (the bridge and the client each see theirs closed)."""
@@ -64,7 +78,7 @@ class PayFollowsItsPaymentTests(TestCase):
         self.url = f"wss://127.0.0.1:{self.relay.listening.getHost().port}"
         self.lines = []
 
-    def pay(self, when_sent=None, timeout=20.0):
+    def pay(self, when_sent=None, timeout=20.0, **options):
         def echo(line):
             self.lines.append(line)
             if line.startswith("Sent to the terminal") and when_sent is not None:
@@ -72,10 +86,10 @@ class PayFollowsItsPaymentTests(TestCase):
 
         return pay(reactor, self.url, self.creds, self.fingerprint, None, "till-1", 1234, "EUR", "debit", "card",
                    "cmd-follow-1", timeout, echo=echo, check="terminal-bridge pay ... --command-id cmd-follow-1",
-                   reconnect_delays=(0.01, 0.05, 0.1),
+                   reconnect_delays=options.pop("reconnect_delays", (0.01, 0.05, 0.1)),
                    # autobahn's ping timers outlive their connection by up to a second, which trial would call
                    # a dirty reactor; these tests close connections for real, they need no pings to notice.
-                   ping_interval=None)
+                   ping_interval=options.pop("ping_interval", None), **options)
 
     @inlineCallbacks
     def test_a_lost_connection_is_noticed_and_the_payment_followed_to_its_end(self):
@@ -106,3 +120,19 @@ class PayFollowsItsPaymentTests(TestCase):
         code = yield self.pay(timeout=0.5)
         self.assertEqual(code, EXIT_UNKNOWN, self.lines)
         self.assertTrue(any("did not end within 0.5 s" in line for line in self.lines), self.lines)
+
+    @inlineCallbacks
+    def test_a_bridge_gone_silent_is_noticed_by_its_pings_and_given_up_on_within_the_reconnect_time(self):
+        # Each attempt to reach a silent bridge waits for an answer that never comes (10 s for the first
+        # connection): the attempts must end with the time to reach it again, not after 10 s each.
+        # Pings every 2 s: the daemon shares the test's reactor, and a loaded machine can hold a pong back.
+        yield self.start(SimulatorScript(outcome="approve", delay=0.5))
+        code = yield self.pay(when_sent=self.relay.freeze, ping_interval=2.0, reconnect_within=1.0,
+                              reconnect_delays=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5))
+        self.assertEqual(code, EXIT_UNKNOWN, self.lines)
+        self.assertIn("The connection to the bridge was lost: connecting again...", self.lines)
+        unknown = [line for line in self.lines if line.startswith("UNKNOWN: 12.34 EUR.")]
+        self.assertEqual(len(unknown), 1, self.lines)
+        self.assertIn("cannot be reached again", unknown[0])
+        self.assertFalse(any("did not end within" in line for line in self.lines), self.lines)
+        yield deferLater(reactor, 1.0, lambda: None)  # a guard: no ping timer of autobahn's left for trial to see

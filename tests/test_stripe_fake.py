@@ -14,13 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
 from bridge.cli.main import main
 from bridge.terminals.stripe.api import StripeCallError
 from bridge.cli.simulators import loopback_endpoint, start_fake
-from bridge.terminals.stripe.fake import decode_form
-from tests.stripe_support import KEY, StripeTestCase
+from bridge.terminals.stripe.fake import FakeStripe, decode_form
+from bridge.terminals.stripe.options import API_VERSION
+from tests.stripe_support import KEY, OpenAPIValidator, StripeTestCase
 
 
 def _encode(value, prefix=""):
@@ -52,6 +54,32 @@ def test_decode_form_reads_empty_brackets_and_percent_encoded_brackets():
         {"payment_method_types": ["card_present", "interac_present"]}
     assert decode_form("metadata%5Bpayment_id%5D=pay_1&expand%5B0%5D=latest_charge") == \
         {"metadata": {"payment_id": "pay_1"}, "expand": ["latest_charge"]}
+
+
+def test_an_idempotency_key_is_kept_24_hours_then_forgotten_as_stripe_does():
+    """Stripe prunes a key once it is at least 24 hours old; a request reusing it then is a new request."""
+    clock = Clock()
+    fake = FakeStripe(clock)
+    validator = OpenAPIValidator.load()
+    headers = {"authorization": f"Bearer {KEY}", "idempotency-key": "k-day", "stripe-version": API_VERSION}
+
+    def post(body):
+        status, extra, payload, _ = fake.handle("POST", "/v1/payment_intents", dict(headers), body.encode(), "")
+        answer = json.loads(payload)
+        assert validator.check_answer("POST", "/v1/payment_intents", status, answer) == []
+        return status, extra, answer
+
+    status, _, first = post("amount=1234&currency=eur")
+    assert status == 200
+    clock.advance(24 * 3600 - 1)
+    status, extra, again = post("amount=1234&currency=eur")
+    assert (status, again["id"], extra.get("Idempotent-Replayed")) == (200, first["id"], "true")
+    status, _, refused = post("amount=999&currency=eur")
+    assert (status, refused["error"]["type"]) == (400, "idempotency_error")
+    clock.advance(2)
+    status, extra, fresh = post("amount=999&currency=eur")
+    assert (status, fresh["amount"], "Idempotent-Replayed" in extra) == (200, 999, False)
+    assert fresh["id"] != first["id"] and len(fake.intents) == 2
 
 
 def test_the_simulator_listens_on_loopback_unless_told_otherwise():

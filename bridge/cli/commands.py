@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import ipaddress
 import os
 import socket
 import sys
@@ -153,12 +154,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="run a demo bridge with simulated terminals (used by `make run`)",
                        description="Write a demo configuration under DIR (a self-signed certificate, one client, "
-                                   "simulated Caisse-AP terminals), start the simulators and the bridge in the "
-                                   "foreground, and print the command that makes a test payment.")
+                                   "three simulated Caisse-AP terminals and a simulated Stripe reader on a local "
+                                   "fake of Stripe's API), start the simulators and the bridge in the foreground, "
+                                   "and print the command that makes a test payment. Everything listens on "
+                                   "127.0.0.1 only.")
     p.add_argument("--dir", default="demo", help="where to keep the demo's files (default: %(default)s)")
     p.add_argument("--port", type=int, default=8443, help="the bridge's port (default: %(default)s)")
     p.add_argument("--terminal-port", type=int, default=18888,
-                   help="first port of the simulated terminals (default: %(default)s)")
+                   help="the simulated Caisse-AP terminals' first port: they take it and the next two, and the "
+                        "fake Stripe API the one 10 above (default: %(default)s, so 18888-18890 and 18898)")
     p.set_defaults(handler="bridge.cli.demo:run_demo")
 
 
@@ -241,6 +245,12 @@ def _write_credentials(args: argparse.Namespace, client_id: str, secret_in: str,
     else:
         print("Warning: the bridge's address cannot be known yet (it listens on a port chosen at start); "
               "add it with --url wss://HOST:PORT.", file=sys.stderr)
+    if url and not args.url and endpoint.this_machine_only:
+        print(f"Warning: the bridge listens on every address, but this machine has none that other machines "
+              f"reach it at (no network route), so the credentials file says {url}, which works on this machine "
+              f"only. For a till on another machine, write it again with --url wss://ADDRESS:PORT "
+              f"(`terminal-bridge client credentials {args.name} --write-credentials {args.write_credentials} "
+              f"--url ...`).", file=sys.stderr)
     if endpoint.fingerprint:
         data["fingerprint"] = endpoint.fingerprint
     else:
@@ -276,6 +286,8 @@ class BridgeEndpoint:
     url: Optional[str]
     certificate: str
     fingerprint: Optional[str]
+    #: The bridge listens on every address, yet the only one found is this machine's loopback address.
+    this_machine_only: bool = False
 
 
 def bridge_endpoint(config_path: str) -> BridgeEndpoint:
@@ -300,18 +312,26 @@ def bridge_endpoint(config_path: str) -> BridgeEndpoint:
             fingerprint: Optional[str] = fingerprint_of_pem(f.read())
     except (OSError, ValueError):
         fingerprint = None
-    url = None
+    url, this_machine_only = None, False
     host, port = _host_port(section.get("listen", "") or f"0.0.0.0:{DEFAULT_PORT}", DEFAULT_PORT)
     if port:  # port 0 (any free port, for tests) is only known once the bridge runs
         if host in ("0.0.0.0", "::"):
             host = machine_address(ipv6=host == "::")
+            this_machine_only = _is_loopback(host)
         url = f"wss://[{host}]:{port}" if ":" in host else f"wss://{host}:{port}"
-    return BridgeEndpoint(url, certificate, fingerprint)
+    return BridgeEndpoint(url, certificate, fingerprint, this_machine_only)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def machine_address(ipv6: bool = False) -> str:
     """The address the shop's other machines reach this one at: the source address of the default route (no
-    packet is sent), else the host name's address, else the loopback address."""
+    packet is sent), else the host name's address (Debian maps it to 127.0.1.1), else the loopback address."""
     family, probe = (socket.AF_INET6, "2001:db8::1") if ipv6 else (socket.AF_INET, "192.0.2.1")
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as s:

@@ -10,7 +10,9 @@ guess, with the payment's id and the command that checks it.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import shutil
 import sys
 import uuid
 from typing import Any, Callable, Optional, Sequence
@@ -25,9 +27,15 @@ from bridge.service.reactor import global_reactor
 
 EXIT_APPROVED, EXIT_NOT_APPROVED, EXIT_ERROR, EXIT_UNKNOWN = 0, 1, 2, 3
 
-#: Seconds between attempts to reach the bridge again after a lost connection (about 15 s in all: a bridge
-#: restarted by systemd is back well within that).
+#: Seconds between attempts to reach the bridge again after a lost connection.
 RECONNECT_DELAYS = (0.5, 1.0, 1.5, 2.0, 3.0, 3.0, 4.0)
+#: How long after losing the bridge the attempts to reach it again go on, waits for an answer included: a bridge
+#: restarted by systemd is back well within that, and a bridge that went silent (power, network) makes each
+#: attempt wait for an answer that never comes, which must not stretch the cashier's wait.
+RECONNECT_WITHIN = 15.0
+#: Seconds a connection may take (TCP, TLS and the WebSocket handshake each); at least the second, at most the
+#: first, for an attempt to reach the bridge again.
+CONNECT_TIMEOUT, MIN_ATTEMPT_TIMEOUT = 10.0, 1.0
 #: A WebSocket ping after this many quiet seconds, and the connection counts as lost when its pong takes longer:
 #: a bridge that vanished without closing the connection (power, network) is noticed too.
 PING_INTERVAL = 5.0
@@ -116,7 +124,19 @@ def check_command(words: Sequence[str], args: argparse.Namespace, command_id: st
     for option in ("url", "fingerprint", "cafile"):
         if getattr(args, option, None):
             connection += [f"--{option}", getattr(args, option)]
-    return shlex.join(["terminal-bridge", *words, *connection, "--command-id", command_id])
+    return shlex.join([program_name(), *words, *connection, "--command-id", command_id])
+
+
+def program_name() -> str:
+    """This command as the user can run it again: ``terminal-bridge`` when that is the one on the PATH, else the
+    path it was run by (a source tree's ``.venv/bin/terminal-bridge``, which the demo's banner gives whole)."""
+    invoked = sys.argv[0] if sys.argv else ""
+    if os.path.basename(invoked) != "terminal-bridge":  # python3 -m bridge, or a test
+        return "terminal-bridge"
+    on_path = shutil.which("terminal-bridge")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(invoked):
+        return "terminal-bridge"
+    return invoked
 
 
 def run_remote(args: argparse.Namespace,
@@ -208,12 +228,14 @@ def pay(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str], 
         terminal: str, amount: int, currency_code: str, kind: str, method: str, command_id: str,
         timeout: float, echo: Any = print, check: str = "",
         reconnect_delays: Sequence[float] = RECONNECT_DELAYS,
-        ping_interval: Optional[float] = PING_INTERVAL) -> "Deferred[int]":
+        ping_interval: Optional[float] = PING_INTERVAL,
+        reconnect_within: float = RECONNECT_WITHIN) -> "Deferred[int]":
     """Start a payment and wait for its final state; fires with the exit code."""
     return follow(reactor, url, creds, fingerprint, cafile, "payment.start",
                   {"terminal": terminal, "amount": amount, "currency": currency_code, "kind": kind,
                    "method": method}, command_id, timeout, echo, check, reconnect_delays,
-                  what="refund" if kind == "refund" else "payment", ping_interval=ping_interval)
+                  what="refund" if kind == "refund" else "payment", ping_interval=ping_interval,
+                  reconnect_within=reconnect_within)
 
 
 class _Lost(Exception):
@@ -230,9 +252,10 @@ def _lose(_: Any, ended: Deferred) -> None:
 def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
            op: str, arguments: dict[str, Any], command_id: str, timeout: float, echo: Any = print,
            check: str = "", reconnect_delays: Sequence[float] = RECONNECT_DELAYS, what: str = "payment",
-           ping_interval: Optional[float] = PING_INTERVAL):
+           ping_interval: Optional[float] = PING_INTERVAL, reconnect_within: float = RECONNECT_WITHIN):
     """Send ``op`` (``payment.start`` or ``payment.refund``) with ``command_id`` and follow the payment it
-    makes to its end, across lost connections; fires with the exit code."""
+    makes to its end, across lost connections (tried again for ``reconnect_within`` seconds after each loss);
+    fires with the exit code."""
     deadline = reactor.seconds() + timeout
     seen_states: list[Optional[str]] = []
     known: dict[str, Any] = {}  # the latest payment object
@@ -240,6 +263,7 @@ def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str
     delays = iter(reconnect_delays)
     first = True
     announced: list[str] = []
+    lost_at: Optional[float] = None  # when the bridge was lost, while it is being reached again
 
     def note(payment: dict[str, Any]) -> None:
         known.clear()
@@ -251,13 +275,21 @@ def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str
                 echo(PROGRESS[state].format(what=what))
 
     while True:
+        attempt_timeout = CONNECT_TIMEOUT
         if not first:
+            if lost_at is None:
+                lost_at = reactor.seconds()
             delay = next(delays, None)
-            if delay is None:
+            if delay is None or reactor.seconds() >= lost_at + reconnect_within:
                 return _give_up(echo, known, sent, check, what, f"the bridge at {url} cannot be reached again")
             yield deferLater(reactor, delay, lambda: None)
+            # An attempt that gets no answer (a bridge gone silent) ends with the time left to reach it again.
+            left = lost_at + reconnect_within - reactor.seconds()
+            attempt_timeout = min(CONNECT_TIMEOUT, max(left, MIN_ATTEMPT_TIMEOUT))
         try:
-            factory, opened = connect(reactor, url, creds, fingerprint=fingerprint, cafile=cafile)
+            factory, opened = connect(reactor, url, creds, fingerprint=fingerprint, cafile=cafile,
+                                      timeout=attempt_timeout)
+            factory.setProtocolOptions(openHandshakeTimeout=attempt_timeout)
             if ping_interval:
                 factory.setProtocolOptions(autoPingInterval=ping_interval, autoPingTimeout=ping_interval)
             proto = yield opened
@@ -266,6 +298,7 @@ def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str
                 raise
             first = False
             continue
+        lost_at = None  # reached: a later loss has its own time (the attempts, counted from the start, stay few)
         first = False
         ended: Deferred = Deferred()
 

@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--create", metavar="NAME", help="create a location with this display name")
     loc.add_argument("--country", help="two-letter country code of the new location, e.g. FR")
     loc.add_argument("--line1", default="", help="street address")
-    loc.add_argument("--city", default="")
-    loc.add_argument("--postal-code", default="")
+    loc.add_argument("--city", default="", help="the new location's city")
+    loc.add_argument("--postal-code", default="", help="the new location's postal code")
     loc.set_defaults(handler=cmd_locations)
 
     readers = actions.add_parser("readers", help="list the readers registered to the account")
