@@ -33,7 +33,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(VPY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# make run PORT=9443 TERMINAL_PORT=19888: other ports than 8443 and 18888-18891 (a second demo, a busy port).
+# make run PORT=9443 TERMINAL_PORT=19888: other ports than 8443, 18888-18890 and 18898 (a second demo, a busy port).
 PORT ?= 8443
 TERMINAL_PORT ?= 18888
 
