@@ -22,7 +22,7 @@ from bridge.api.session import Bridge
 from bridge.api.tls import ensure_certificate, fingerprint_of_pem, server_options
 from bridge.api.websocket import CommandFactory
 from bridge.config import BridgeConfig, ConfigError, load
-from bridge.core.contract import ITerminalDriver
+from bridge.core.contract import TerminalDriver
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
@@ -86,10 +86,9 @@ class TerminalDrivers(Service):
 
     log = Logger()
 
-    def __init__(self, drivers: Iterable[ITerminalDriver]) -> None:
+    def __init__(self, drivers: Iterable[TerminalDriver]) -> None:
         self.setName("terminal drivers")
-        # Any: mypy, without the mypy-zope plugin, cannot call an interface's methods (pyproject.toml)
-        self._drivers: list[Any] = list(drivers)
+        self._drivers = list(drivers)
 
     def startService(self) -> None:
         Service.startService(self)
