@@ -9,12 +9,15 @@ Twisted's own typed functions (``deferLater``, ``Deferred.addTimeout``, ``deferT
 interface that function asks for, which the reactor provides.
 
 Each Protocol stands for one of Twisted's interfaces and names only the methods the bridge (or the Twisted code it
-hands the reactor to) calls; :class:`Reactor` is all of them, for the daemon that hands the reactor down.
+hands the reactor to) calls; :class:`Reactor` is all the reactor's, for the daemon that hands the reactor down.
+A connection's transport and a client endpoint, zope interfaces too, are named here for the same reason.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol
+
+from twisted.internet.defer import Deferred
 
 
 class DelayedCall(Protocol):
@@ -55,6 +58,20 @@ class FDClock(Clock, Protocol):
     def addWriter(self, writer: Any) -> None: ...
     def removeReader(self, reader: Any) -> None: ...
     def removeWriter(self, writer: Any) -> None: ...
+
+
+class Transport(Protocol):
+    """A connection's transport (``ITransport``), as ``Protocol.transport`` holds it once connected (Twisted types
+    that attribute as an optional ``ITransport``)."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+
+
+class ClientEndpoint(Protocol):
+    """Where to connect to (``IStreamClientEndpoint``): fires with the connected protocol."""
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]: ...
 
 
 class Reactor(ThreadedClock, TCPClock, FDClock, Protocol):
