@@ -60,6 +60,15 @@ class FDClock(Clock, Protocol):
     def removeWriter(self, writer: Any) -> None: ...
 
 
+class Listener(Protocol):
+    """Listens for connections, plain or under TLS (``IReactorTCP``, ``IReactorSSL``), as Twisted's server endpoints
+    ask of it."""
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any: ...
+    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
+                  interface: str = "") -> Any: ...
+
+
 class Transport(Protocol):
     """A connection's transport (``ITransport``), as ``Protocol.transport`` holds it once connected (Twisted types
     that attribute as an optional ``ITransport``)."""
@@ -74,6 +83,7 @@ class ClientEndpoint(Protocol):
     def connect(self, protocolFactory: Any) -> Deferred[Any]: ...
 
 
-class Reactor(ThreadedClock, TCPClock, FDClock, Protocol):
-    """The reactor as the daemon hands it down to the journal, the drivers, the uplinks and the status page: all of
-    the above.  (Running and stopping it is left to the commands that do, through ``bridge.service.reactor``.)"""
+class Reactor(ThreadedClock, TCPClock, FDClock, Listener, Protocol):
+    """The reactor as the daemon hands it down to the journal, the drivers, the uplinks and the status page, and
+    listens with it: all of the above.  (Running and stopping it is left to the commands that do, through
+    ``bridge.service.reactor``.)"""
