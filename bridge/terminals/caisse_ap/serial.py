@@ -264,6 +264,7 @@ class CaisseAPSerialDriver:
         name: str,
         reactor: FDClock,
         device: str,
+        *,
         baudrate: int = DEFAULT_BAUDRATE,
         line: str = DEFAULT_LINE,
         protocol: str = PROTOCOL_TLV,

@@ -170,6 +170,7 @@ class CaisseAPTCPDriver:
         reactor: TCPClock,
         host: str,
         port: int = DEFAULT_PORT,
+        *,
         connect_timeout: float = 10.0,
         answer_timeout: float = 180.0,
         quiet_period: float = 0.3,

@@ -201,7 +201,7 @@ class StripeAPI:
 
     log = Logger()
 
-    def __init__(self, reactor: Optional[ThreadedClock], api_key: str, api_base: str = DEFAULT_API_BASE,
+    def __init__(self, reactor: Optional[ThreadedClock], api_key: str, *, api_base: str = DEFAULT_API_BASE,
                  api_version: str = API_VERSION, timeout: float = 30.0, max_threads: int = 3,
                  retries: int = 3, backoff: float = 0.5, clock: Optional[Clock] = None, name: str = "stripe") -> None:
         self._reactor = reactor
