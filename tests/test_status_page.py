@@ -7,18 +7,57 @@ import ssl
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from bridge.cli.resolve import resolve as cli_resolve
+from bridge.core.contract import TerminalStatus
+from bridge.core.journal import Journal
+from bridge.core.payments import PaymentService
+from bridge.core.registry import TerminalRegistry
 from bridge.status import auth
+from bridge.status.facts import terminal_facts
+from bridge.status.page import _terminals as terminals_part
 from bridge.terminals.caisse_ap.simulator import SimulatorScript
+from bridge.testing import RecordingDriver
 from tests.status_support import PASSWORD, PageClient, StatusBridge, closed_port, sleep, start_simulator, wait_for
 from tests.test_uplink_end_to_end import UplinkEndToEnd
 
 
 def csrf_of(html):
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+class _SaysDriver(RecordingDriver):
+    def __init__(self, name, said):
+        super().__init__(name)
+        self.said = said
+
+    def status(self):
+        return self.said
+
+
+def test_a_terminal_is_shown_up_or_down_as_its_driver_says_whatever_its_words(tmp_path):
+    # Only the driver knows what its words mean: the page shows its ``up`` as it is, never worked out again.
+    said = {
+        "till-1": TerminalStatus("idle", "Ready.", up=False, facts={"last_error": "link_lost"}),  # after a lost link
+        "till-2": TerminalStatus("unknown", "Not read from Stripe yet.", up=True),  # a reader before its first read
+        "till-3": TerminalStatus("offline", "The reader is offline.", up=False),
+        "till-4": TerminalStatus("error", "Its key is missing.", up=True),
+        "till-5": TerminalStatus("idle", "Ready.", up=True),
+    }
+    journal = Journal.open(str(tmp_path / "journal.db"), threaded=False)
+    try:
+        payments = PaymentService(journal, TerminalRegistry(_SaysDriver(n, s) for n, s in said.items()), Clock())
+        terminals = terminal_facts(type("Daemon", (), {"payments": payments})())
+    finally:
+        journal.close()
+    assert {t["name"]: t["up"] for t in terminals} == {name: status.up for name, status in said.items()}
+    html = terminals_part(terminals, now=0.0)
+    shown = {name: f'<article class="terminal {"up" if status.up else "down"}" id="terminal-{name}">' in html
+             for name, status in said.items()}
+    assert shown == dict.fromkeys(said, True)
 
 
 class PageTests(TestCase, StatusBridge):

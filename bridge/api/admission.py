@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
+from bridge.core.reactor_types import Clock, DelayedCall
+
 #: Seconds a connection may stay without a valid ``hello`` (TLS, the WebSocket handshake and hello take
 #: milliseconds on a LAN).
 HELLO_DEADLINE = 10.0
@@ -65,7 +67,7 @@ class _Offender:
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.last = 0.0
-        self.call: Any = None
+        self.call: Optional[DelayedCall] = None
 
 
 class Admission:
@@ -73,7 +75,7 @@ class Admission:
 
     log = Logger()
 
-    def __init__(self, max_connections: int, clock: Any, per_address: int = PENDING_PER_ADDRESS,
+    def __init__(self, max_connections: int, clock: Clock, per_address: int = PENDING_PER_ADDRESS,
                  exempt: Callable[[str], bool] = is_loopback) -> None:
         self._clock = clock
         self.exempt = exempt

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from bridge.api import signing
 from bridge.api.session import SUBPROTOCOL
 from bridge.api.tls import PinnedCertificateCreator
+from bridge.core.reactor_types import TCPClock
 from bridge.errors import BridgeError
 
 
@@ -138,7 +139,7 @@ class ClientFactory(WebSocketClientFactory):
         self.setProtocolOptions(openHandshakeTimeout=10, perMessageCompressionOffers=[])
 
 
-def connect(reactor: Any, url: str, credentials: Credentials, fingerprint: Optional[str] = None,
+def connect(reactor: TCPClock, url: str, credentials: Credentials, fingerprint: Optional[str] = None,
             cafile: Optional[str] = None, timeout: float = 10.0) -> "tuple[ClientFactory, Deferred]":
     """Open a TLS WebSocket to the bridge at ``url`` (wss://host:port).
 

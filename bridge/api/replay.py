@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+
+from bridge.core.reactor_types import Clock
 
 
 class ReplayWindow:
     """Remember (client id, command id) pairs for ``span`` seconds of ``clock``."""
 
-    def __init__(self, clock: Any, span: float) -> None:
+    def __init__(self, clock: Clock, span: float) -> None:
         self._clock = clock
         self._span = span
         self._key = os.urandom(16)

@@ -20,6 +20,7 @@ from bridge.api.replay import ReplayWindow
 from bridge.config import BridgeConfig, ClientConfig
 from bridge.core.journal import Event
 from bridge.core.payments import PaymentService
+from bridge.core.reactor_types import Clock
 from bridge.errors import BridgeError
 
 SUBPROTOCOL = "terminal-bridge.v1"
@@ -38,7 +39,7 @@ Send = Callable[[dict[str, Any]], None]
 class RateLimiter:
     """A token bucket: ``rate`` messages a second, bursts of up to ``burst``."""
 
-    def __init__(self, clock: Any, rate: float, burst: Optional[float] = None) -> None:
+    def __init__(self, clock: Clock, rate: float, burst: Optional[float] = None) -> None:
         self._clock = clock
         self._rate = rate
         self._burst = burst if burst is not None else max(rate, 1.0)
@@ -58,7 +59,7 @@ class RateLimiter:
 class Bridge:
     """What every session shares: configuration, the payment service, the clock, the seen-ids memory."""
 
-    def __init__(self, config: BridgeConfig, payments: PaymentService, clock: Any,
+    def __init__(self, config: BridgeConfig, payments: PaymentService, clock: Clock,
                  fingerprint: Optional[str] = None) -> None:
         self.config = config
         self.payments = payments

@@ -15,13 +15,15 @@ import shlex
 import shutil
 import sys
 import uuid
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from bridge.api.client import Credentials, connect
 from bridge.core.money import currency, format_major, parse_major
+from bridge.core.reactor_types import TCPClock
 from bridge.errors import BridgeError
 from bridge.service.reactor import global_reactor
 
@@ -92,7 +94,7 @@ def run_pay(args: argparse.Namespace) -> int:
                           + (["--refund"] if args.refund else []) + (["--cheque"] if args.cheque else []),
                           args, command_id)
 
-    def work(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str]) -> Deferred:
+    def work(reactor: TCPClock, url: str, creds: Credentials, fingerprint: Optional[str]) -> Deferred:
         return pay(reactor, url, creds, fingerprint, args.cafile, args.terminal, amount, cur.code,
                    "refund" if args.refund else "debit", "cheque" if args.cheque else "card",
                    command_id, args.timeout, echo=print, check=check)
@@ -106,7 +108,7 @@ def run_refund(args: argparse.Namespace) -> int:
     check = check_command(["refund", args.payment_id, *extra], args, command_id)
 
     @inlineCallbacks
-    def work(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str]):
+    def work(reactor: TCPClock, url: str, creds: Credentials, fingerprint: Optional[str]):
         arguments: dict[str, Any] = {"payment_id": args.payment_id}
         if args.amount:
             original = yield get_payment(reactor, url, creds, fingerprint, args.cafile, args.payment_id)
@@ -140,7 +142,7 @@ def program_name() -> str:
 
 
 def run_remote(args: argparse.Namespace,
-               work: Callable[[Any, str, Credentials, Optional[str]], "Deferred[int]"]) -> int:
+               work: Callable[[TCPClock, str, Credentials, Optional[str]], "Deferred[int]"]) -> int:
     """Run ``work(reactor, url, credentials, fingerprint)`` against the bridge named by the command line
     (``--credentials``, ``--url``, ``--fingerprint``, ``--cafile``); returns its exit code, or EXIT_ERROR with the
     reason on standard error."""
@@ -211,7 +213,7 @@ def _credentials(args: argparse.Namespace) -> tuple[Credentials, dict[str, Any]]
 
 
 @inlineCallbacks
-def get_payment(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
+def get_payment(reactor: TCPClock, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
                 payment_id: str):
     """One ``payment.get`` on a connection of its own."""
     _factory, opened = connect(reactor, url, creds, fingerprint=fingerprint, cafile=cafile)
@@ -224,7 +226,7 @@ def get_payment(reactor: Any, url: str, creds: Credentials, fingerprint: Optiona
     return payment
 
 
-def pay(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
+def pay(reactor: TCPClock, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
         terminal: str, amount: int, currency_code: str, kind: str, method: str, command_id: str,
         timeout: float, echo: Any = print, check: str = "",
         reconnect_delays: Sequence[float] = RECONNECT_DELAYS,
@@ -249,7 +251,7 @@ def _lose(_: Any, ended: Deferred) -> None:
 
 
 @inlineCallbacks
-def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
+def follow(reactor: TCPClock, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
            op: str, arguments: dict[str, Any], command_id: str, timeout: float, echo: Any = print,
            check: str = "", reconnect_delays: Sequence[float] = RECONNECT_DELAYS, what: str = "payment",
            ping_interval: Optional[float] = PING_INTERVAL, reconnect_within: float = RECONNECT_WITHIN):
@@ -282,7 +284,7 @@ def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str
             delay = next(delays, None)
             if delay is None or reactor.seconds() >= lost_at + reconnect_within:
                 return _give_up(echo, known, sent, check, what, f"the bridge at {url} cannot be reached again")
-            yield deferLater(reactor, delay, lambda: None)
+            yield deferLater(cast(IReactorTime, reactor), delay, lambda: None)
             # An attempt that gets no answer (a bridge gone silent) ends with the time left to reach it again.
             left = lost_at + reconnect_within - reactor.seconds()
             attempt_timeout = min(CONNECT_TIMEOUT, max(left, MIN_ATTEMPT_TIMEOUT))
@@ -327,7 +329,7 @@ def follow(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str
                 ended.callback(payment)
             remaining = deadline - reactor.seconds()
             if not ended.called:
-                ended.addTimeout(max(remaining, 0), reactor)
+                ended.addTimeout(max(remaining, 0), cast(IReactorTime, reactor))
             outcome = yield ended
         except _Lost:
             lost = True

@@ -9,6 +9,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from bridge.api.client import Credentials, connect
 from bridge.cli.pay import describe_outcome, run_remote
+from bridge.core.reactor_types import TCPClock
 
 EXIT_RESOLVED = 0
 
@@ -18,14 +19,14 @@ def run_resolve(args: argparse.Namespace) -> int:
     if args.authorisation:
         arguments["authorisation"] = args.authorisation
 
-    def work(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str]):
+    def work(reactor: TCPClock, url: str, creds: Credentials, fingerprint: Optional[str]):
         return resolve(reactor, url, creds, fingerprint, args.cafile, arguments, echo=print)
 
     return run_remote(args, work)
 
 
 @inlineCallbacks
-def resolve(reactor: Any, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
+def resolve(reactor: TCPClock, url: str, creds: Credentials, fingerprint: Optional[str], cafile: Optional[str],
             arguments: dict[str, Any], echo: Any = print):
     """Send ``payment.resolve``; returns the exit code (errors are raised as BridgeError)."""
     _factory, opened = connect(reactor, url, creds, fingerprint=fingerprint, cafile=cafile)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 
+from bridge.core.reactor_types import Reactor
 from bridge.terminals.caisse_ap.serial_options import PROTOCOL_TLV, PROTOCOLS
 from bridge.terminals.caisse_ap.simulator import (APPROVE, DEFAULT_VENDOR, OUTCOMES, REFUSED_AMOUNTS, VENDORS,
                                                   SimulatorFactory, SimulatorScript)
@@ -94,7 +95,7 @@ def script_from_arguments(args: argparse.Namespace) -> SimulatorScript:
     )
 
 
-def start_simulator(reactor: Any, args: argparse.Namespace) -> Deferred[IListeningPort]:
+def start_simulator(reactor: Reactor, args: argparse.Namespace) -> Deferred[IListeningPort]:
     """Listen as a Caisse-AP terminal following the options from :func:`add_simulator_arguments`."""
     factory = SimulatorFactory(reactor, script_from_arguments(args), record_path=args.record)
     return serverFromString(reactor, args.listen).listen(factory)
@@ -139,7 +140,7 @@ def faults_from_arguments(args: argparse.Namespace) -> LinkFaults:
                       deaf=args.deaf)
 
 
-def start_serial_simulator(reactor: Any, args: argparse.Namespace) -> SerialTerminal:
+def start_serial_simulator(reactor: Reactor, args: argparse.Namespace) -> SerialTerminal:
     """Open a simulated serial terminal following the options of ``simulate caisse-ap --serial``."""
     from bridge.terminals.caisse_ap.serial_simulator import SerialTerminal
 
@@ -174,7 +175,7 @@ def loopback_endpoint(description: str) -> str:
     return description
 
 
-def start_fake(reactor: Any, args: argparse.Namespace) -> "Deferred[FakeStripe]":
+def start_fake(reactor: Reactor, args: argparse.Namespace) -> "Deferred[FakeStripe]":
     """Serve the fake Stripe API with the readers of ``simulate stripe``'s options."""
     from bridge.terminals.stripe.fake import FakeStripe  # twisted.web: only when used
 

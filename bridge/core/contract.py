@@ -15,7 +15,7 @@ one line in :mod:`bridge.terminals.catalogue` (its option checker and builder) a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Protocol, Union
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -127,3 +127,21 @@ class ITerminalDriver(Interface):
         """End it, once the payments in flight have ended (the daemon's stop order): close the device, stop the
         timers and threads.  Fires (or returns None) once done.  The daemon alone calls it: a driver does not
         hook the reactor's shutdown itself."""
+
+
+class TerminalDriver(Protocol):
+    """:class:`ITerminalDriver` as mypy reads it, for the code that calls a driver (the registry, the payment
+    service, the daemon).  mypy, without the mypy-zope plugin (pyproject.toml), cannot call through a zope
+    interface, whose methods are declared without ``self``; this Protocol declares the same attributes and
+    methods with it, and mypy checks every driver class against it where the catalogue builds one.
+    ``tests/test_contract.py`` checks that the two name the same things."""
+
+    name: str
+    kind: str
+
+    def pay(self, request: PaymentRequest, before_send: BeforeSend) -> "Deferred[Outcome]": ...
+    def cancel(self, payment_id: str) -> CancelAnswer: ...
+    def recover(self, payment_id: str, details: Mapping[str, Any]) -> "Deferred[Optional[Outcome]]": ...
+    def status(self) -> TerminalStatus: ...
+    def start(self) -> None: ...
+    def stop(self) -> "Optional[Deferred[None]]": ...

@@ -17,12 +17,13 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from bridge.core.faults import checkpoint
+from bridge.core.reactor_types import Clock, DelayedCall, ThreadedClock
 from bridge.core.states import check_transition
 from bridge.errors import BridgeError
 
@@ -328,7 +329,7 @@ class Journal:
     log = Logger()
 
     def __init__(self, path: str, writer: _Writer, reader: sqlite3.Connection,
-                 now: Callable[[], float], clock: Any = None, ack_delay: float = ACK_WRITE_DELAY) -> None:
+                 now: Callable[[], float], clock: Optional[Clock] = None, ack_delay: float = ACK_WRITE_DELAY) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
@@ -337,14 +338,14 @@ class Journal:
         self._ack_delay = ack_delay
         self._pending_acks: dict[str, int] = {}  # not written yet
         self._highest_acks: dict[str, int] = {}  # the highest each client sent in this run
-        self._ack_call: Any = None
+        self._ack_call: Optional[DelayedCall] = None
         #: The seq of the newest event this run has journaled or read (see :meth:`last_seq`); None: not read yet.
         self._last_seq: Optional[int] = None
         #: Fires when the integrity check running beside the bridge has ended (None: none is running).
         self._check_done: Optional[Deferred] = None
 
     @classmethod
-    def open(cls, path: str, reactor: Any = None, threaded: bool = True,
+    def open(cls, path: str, reactor: Optional[ThreadedClock] = None, threaded: bool = True,
              now: Callable[[], float] = time.time, ack_delay: float = ACK_WRITE_DELAY) -> "Journal":
         """Open (creating if needed) the journal at ``path``.
 
@@ -372,8 +373,9 @@ class Journal:
             # what it holds, refuse every write with journal_unavailable, and write again once the disk can.
             reader = _connect_read_only(path)
             writable = False
+        deliver: Callable[[Callable[[], None]], None]
         if threaded:
-            deliver = reactor.callFromThread
+            deliver = cast(ThreadedClock, reactor).callFromThread  # threaded: given a reactor
         else:
             deliver = lambda f: f()  # noqa: E731
         writer = _Writer(path, deliver, threaded)
@@ -673,7 +675,8 @@ class Journal:
              limit: int = 50, before: Optional[tuple[float, str]] = None,
              client_id: Optional[str] = None) -> list[PaymentRecord]:
         """Payments newest first, filtered; ``before`` is the (created, id) of the last row of a previous page."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for column, value in (("terminal", terminal), ("state", state), ("client_id", client_id)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -769,7 +772,7 @@ def _insert_event(conn: sqlite3.Connection, record: PaymentRecord, body: dict[st
         "INSERT INTO events (client_id, payment_id, body, created) VALUES (?,?,?,?)",
         (record.client_id, record.id, stored, record.updated),
     )
-    return Event(cursor.lastrowid, record.client_id, record.id, body, text)
+    return Event(cast(int, cursor.lastrowid), record.client_id, record.id, body, text)
 
 
 #: SQLite's page cache per connection, in KiB (its default is 2000): the journal's hot rows are few and recent,
@@ -796,7 +799,7 @@ def _connect_reader(path: str) -> sqlite3.Connection:
 def _connect_read_only(path: str) -> sqlite3.Connection:
     """A connection that only reads, for a journal on a read-only disk.  A WAL journal whose -shm file is
     gone cannot be opened read-only unless SQLite is told the file will not change (immutable)."""
-    last: Optional[Exception] = None
+    last: Optional[sqlite3.Error] = None
     for options in ("mode=ro", "mode=ro&immutable=1"):
         try:
             conn = sqlite3.connect(f"file:{path}?{options}", uri=True, isolation_level=None,

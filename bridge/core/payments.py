@@ -19,9 +19,10 @@ import json
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -31,9 +32,10 @@ from bridge.core.deferreds import follow
 from bridge.core.faults import checkpoint
 from bridge.core.journal import Event, Journal, PaymentRecord
 from bridge.core.money import Currency, currency, validate_amount
+from bridge.core.reactor_types import Clock
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
-from bridge.core.contract import CARD, CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest
+from bridge.core.contract import CARD, CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest, TerminalDriver
 
 EventListener = Callable[[Event], None]
 
@@ -84,7 +86,7 @@ def args_digest(terminal: str, kind: str, method: str, amount: int, currency_cod
 class PaymentService:
     log = Logger()
 
-    def __init__(self, journal: Journal, registry: TerminalRegistry, clock: Any,
+    def __init__(self, journal: Journal, registry: TerminalRegistry, clock: Clock,
                  new_id: Callable[[], str] = new_payment_id) -> None:
         self.journal = journal
         self.registry = registry
@@ -94,7 +96,7 @@ class PaymentService:
         # Payments between "command received" and "accepted is on disk", by (client id, command id): a duplicate
         # command arriving meanwhile waits for the first instead of starting a second payment.
         self._creating: dict[tuple[str, str], Deferred] = {}
-        self._running: dict[str, Deferred] = {}
+        self._running: dict[str, _Running] = {}
         self._stopping = False
 
     # -- subscribers ----------------------------------------------------------------------------
@@ -275,7 +277,7 @@ class PaymentService:
             self.log.warn("Could not journal payment {payment_id} as {state}: {error} Trying again in {delay} s.",
                           payment_id=record.id, terminal=record.terminal, state=record.state,
                           code=failure.value.code, error=failure.value.message, delay=delay)
-            return deferLater(self._clock, delay, self._journal_end, record, attempt + 1)
+            return deferLater(cast(IReactorTime, self._clock), delay, self._journal_end, record, attempt + 1)
 
         return self._transition(record, actor="terminal").addErrback(again)
 
@@ -347,13 +349,16 @@ class PaymentService:
                             "message": "The payment will not be sent to the terminal."})
 
         def answered(message: Optional[str]) -> dict[str, Any]:
+            # cast: Debian's mypy (1.0) forgets inside a closure that running is not None
             if message is None:
                 message = ("Cancel the payment on the terminal itself; the bridge reports what the terminal "
                            "answers.")
-                return {"payment": payment_view(running.record), "cancel": "on_terminal", "message": message}
-            return {"payment": payment_view(running.record), "cancel": "requested", "message": message}
+                return {"payment": payment_view(cast(_Running, running).record), "cancel": "on_terminal",
+                        "message": message}
+            return {"payment": payment_view(cast(_Running, running).record), "cancel": "requested", "message": message}
 
-        return maybeDeferred(running.driver.cancel, record.id).addCallback(answered)
+        asked = cast("Deferred[Optional[str]]", maybeDeferred(running.driver.cancel, record.id))  # a Deferred unwrapped
+        return asked.addCallback(answered)
 
     def resolve(self, payment_id: object, outcome: object, actor: str, note: object,
                 details: Optional[dict[str, Any]] = None) -> "Deferred[dict[str, Any]]":
@@ -486,7 +491,7 @@ _END_RETRY = backoff(1.0, RETRY_MAX)
 class _Running:
     """A payment between "accepted" and its final state, as the service tracks it."""
 
-    def __init__(self, record: PaymentRecord, driver: Any) -> None:
+    def __init__(self, record: PaymentRecord, driver: TerminalDriver) -> None:
         self.record = record
         self.driver = driver
         self.finished: Optional[Deferred] = None

@@ -5,25 +5,25 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 from bridge.errors import BridgeError
-from bridge.core.contract import ITerminalDriver
+from bridge.core.contract import TerminalDriver
 
 
 class TerminalRegistry:
     """One payment at a time per terminal."""
 
-    def __init__(self, drivers: Iterable[ITerminalDriver]) -> None:
+    def __init__(self, drivers: Iterable[TerminalDriver]) -> None:
         self._drivers = {d.name: d for d in drivers}
         self._busy: dict[str, str] = {}
 
     def names(self) -> list[str]:
         return sorted(self._drivers)
 
-    def driver(self, name: object) -> ITerminalDriver:
+    def driver(self, name: object) -> TerminalDriver:
         if isinstance(name, str) and name in self._drivers:
             return self._drivers[name]
         raise BridgeError("unknown_terminal", f"There is no terminal named {name!r} on this bridge.")
 
-    def reserve(self, name: str, payment_id: str) -> ITerminalDriver:
+    def reserve(self, name: str, payment_id: str) -> TerminalDriver:
         driver = self.driver(name)
         if name in self._busy:
             raise BridgeError(
@@ -40,7 +40,7 @@ class TerminalRegistry:
     def current_payment(self, name: str) -> Optional[str]:
         return self._busy.get(name)
 
-    def drivers(self) -> list[ITerminalDriver]:
+    def drivers(self) -> list[TerminalDriver]:
         """Every driver, in name order (the daemon starts and stops them)."""
         return [self._drivers[name] for name in self.names()]
 

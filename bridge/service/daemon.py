@@ -10,11 +10,12 @@ half-way stops the parts already up).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, cast
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -22,9 +23,10 @@ from bridge.api.session import Bridge
 from bridge.api.tls import ensure_certificate, fingerprint_of_pem, server_options
 from bridge.api.websocket import CommandFactory
 from bridge.config import BridgeConfig, ConfigError, load
-from bridge.core.contract import ITerminalDriver
+from bridge.core.contract import TerminalDriver
 from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
+from bridge.core.reactor_types import DelayedCall, Reactor
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
 from bridge.service.sdnotify import StatusReporter
@@ -86,10 +88,9 @@ class TerminalDrivers(Service):
 
     log = Logger()
 
-    def __init__(self, drivers: Iterable[ITerminalDriver]) -> None:
+    def __init__(self, drivers: Iterable[TerminalDriver]) -> None:
         self.setName("terminal drivers")
-        # Any: mypy, without the mypy-zope plugin, cannot call an interface's methods (pyproject.toml)
-        self._drivers: list[Any] = list(drivers)
+        self._drivers = list(drivers)
 
     def startService(self) -> None:
         Service.startService(self)
@@ -112,7 +113,7 @@ class Daemon(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: BridgeConfig, reactor: Any,
+    def __init__(self, config: BridgeConfig, reactor: Reactor,
                  notify: Callable[[str], Any] = lambda message: False,
                  watchdog: Optional[Service] = None) -> None:
         MultiService.__init__(self)
@@ -122,7 +123,7 @@ class Daemon(MultiService):
         self._watchdog = watchdog
         self._status = StatusReporter(notify)
         self._status_refresh: Optional[LoopingCall] = None
-        self._status_pending: Any = None
+        self._status_pending: Optional[DelayedCall] = None
         self.bridge: Optional[Bridge] = None
         self.journal: Optional[Journal] = None
         self.payments: Optional[PaymentService] = None
@@ -178,11 +179,11 @@ class Daemon(MultiService):
         settled = yield self._recover()
         if not settled:
             self._recovery = LoopingCall(self._recover)
-            self._recovery.clock = self.reactor
+            self._recovery.clock = cast(IReactorTime, self.reactor)
             self._recovery.start(RECOVERY_RETRY, now=False)
 
         self._pruning = LoopingCall(self._prune)
-        self._pruning.clock = self.reactor
+        self._pruning.clock = cast(IReactorTime, self.reactor)
         self._pruning.start(PRUNE_INTERVAL, now=True)
 
         bridge = self.bridge = Bridge(config, self.payments, self.reactor, self.fingerprint)
@@ -213,7 +214,7 @@ class Daemon(MultiService):
         bridge.on_clients_changed = self._report_status_soon
         self.payments.subscribe(lambda event: self._report_status_soon())
         self._status_refresh = LoopingCall(self._report_status)
-        self._status_refresh.clock = self.reactor
+        self._status_refresh.clock = cast(IReactorTime, self.reactor)
         self._status_refresh.start(STATUS_INTERVAL, now=False)
         if self._watchdog is not None:
             self._watchdog.setName("watchdog")
@@ -352,7 +353,7 @@ class Daemon(MultiService):
             self.log.info("Stopping: waiting up to {grace:.0f} s for {count} payment(s) in progress to end",
                           grace=grace, count=running)
         idle = self.payments.wait_idle()
-        idle.addTimeout(grace, self.reactor)
+        idle.addTimeout(grace, cast(IReactorTime, self.reactor))
         try:
             yield idle
         except Exception:

@@ -12,7 +12,9 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
+
+from bridge.core.reactor_types import Clock
 
 #: scrypt's cost: 16 MiB of memory and about 50 ms on a Raspberry Pi 4 per try.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
@@ -89,7 +91,7 @@ class _Failures:
 class Gate:
     """Sessions and lock-outs, timed by ``clock``."""
 
-    clock: Any
+    clock: Clock
     sessions: dict[str, Session] = field(default_factory=dict)
     failures: dict[str, _Failures] = field(default_factory=dict)
 

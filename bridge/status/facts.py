@@ -42,13 +42,13 @@ class CommitWatch:
 
 
 def terminal_facts(daemon: Any) -> list[dict[str, Any]]:
-    """Each terminal: its driver's status, up or not, its last payments, its last link problem in words."""
+    """Each terminal: its driver's status (``up`` as the driver says it: :class:`~bridge.core.contract.TerminalStatus`),
+    its last payments, its last link problem in words."""
     registry, journal = daemon.payments.registry, daemon.payments.journal
     result = []
     for name in registry.names():
         status = dict(registry.status(name))
         recent = journal.list(terminal=name, limit=RECENT_PER_TERMINAL)
-        status["up"] = terminal_is_up(status)
         status["recent"] = recent
         status["problem"] = _problem_words(status, recent)
         status["last_seen"] = status.get("last_seen") or _last_answer(recent)

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from bridge import __version__
 from bridge.core.journal import Event
+from bridge.core.reactor_types import Clock
 from bridge.status import facts
 
 #: The certificate file is read again at most this often (a new certificate needs a restart anyway).
@@ -30,7 +31,7 @@ COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 class Metrics:
     """The bridge's metrics.  ``on_event`` is a PaymentService listener; ``commits`` goes to the journal."""
 
-    def __init__(self, daemon: Any, clock: Any, started: Optional[float] = None) -> None:
+    def __init__(self, daemon: Any, clock: Clock, started: Optional[float] = None) -> None:
         self._daemon = daemon
         self._clock = clock
         self.started = started if started is not None else clock.seconds()

@@ -6,10 +6,11 @@ be bound to the shop's LAN only (docs/operations.md).  The cloud uplink only dia
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -18,6 +19,7 @@ from bridge.api.tls import server_options
 from bridge.core.connections import OpenConnections
 from bridge.core.journal import Event
 from bridge.core.payments import iso
+from bridge.core.reactor_types import Reactor
 from bridge.status import auth, facts
 from bridge.status.metrics import Metrics
 from bridge.status.server import QuietSite, StatusResource
@@ -33,7 +35,7 @@ class StatusService:
 
     log = Logger()
 
-    def __init__(self, daemon: Any, reactor: Any) -> None:
+    def __init__(self, daemon: Any, reactor: Reactor) -> None:
         assert daemon.config.status is not None
         self.daemon = daemon
         self.config = daemon.config
@@ -144,7 +146,8 @@ class StatusService:
             self._checking = False
             return result
 
-        return deferToThreadPool(self.reactor, self._pool, auth.check_password, password, stored).addBoth(done)
+        return deferToThreadPool(cast(IReactorFromThreads, self.reactor), self._pool, auth.check_password, password,
+                                 stored).addBoth(done)
 
     # -- resolving --------------------------------------------------------------------------------
 

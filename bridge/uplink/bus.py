@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge.core.backoff import backoff as _backoff
+from bridge.core.reactor_types import DelayedCall, TCPClock
 from bridge.errors import BridgeError
 from bridge.uplink.config import UplinkConfig
 from bridge.uplink.https import HTTPS, USER_AGENT, TLSPolicy, describe
@@ -232,7 +233,7 @@ class BusFactory(WebSocketClientFactory):
     # Twisted >= 25 types Factory.protocol with a type parameter that autobahn's factories leave at its default
     protocol = BusProtocol  # type: ignore[assignment]
 
-    def __init__(self, link: "BusLink", *, url: str, origin: str, cookie: str, reactor: Any) -> None:
+    def __init__(self, link: "BusLink", *, url: str, origin: str, cookie: str, reactor: TCPClock) -> None:
         super().__init__(url, origin=origin, useragent=USER_AGENT, headers={"Cookie": f"session_id={cookie}"},
                          reactor=reactor)
         self.link = link
@@ -256,7 +257,7 @@ class BusLink:
 
     log = Logger()
 
-    def __init__(self, uplink: UplinkConfig, *, reactor: Any, https: HTTPS, store: LastIdStore,
+    def __init__(self, uplink: UplinkConfig, *, reactor: TCPClock, https: HTTPS, store: LastIdStore,
                  on_wakeup: Callable[[], None], on_state: Callable[[bool, Optional[str]], None],
                  policy: Optional[TLSPolicy] = None, connect: Optional[Connect] = None,
                  rand: Callable[[], float] = random.random, session: Optional[OdooSession] = None) -> None:
@@ -278,8 +279,8 @@ class BusLink:
         self._proto: Any = None
         self._opened_at: Optional[float] = None
         self._pending: Optional[Deferred] = None
-        self._timer: Any = None
-        self._watchdog: Any = None
+        self._timer: Optional[DelayedCall] = None
+        self._watchdog: Optional[DelayedCall] = None
         self._stopping: Optional[Deferred] = None
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -306,7 +307,8 @@ class BusLink:
         self._proto = proto
         if proto.state == proto.STATE_OPEN:
             proto.sendClose(1000)
-            force = self._reactor.callLater(2.0, lambda: proto.dropConnection(abort=True))
+            # Any: the lambda below puts cancel()'s None in a tuple, which mypy's func-returns-value refuses
+            force: Any = self._reactor.callLater(2.0, lambda: proto.dropConnection(abort=True))
             done.addBoth(lambda r: (force.cancel() if force.active() else None, r)[1])
         else:
             proto.dropConnection(abort=True)

@@ -14,6 +14,7 @@ from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, inlineCallbacks, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
@@ -22,6 +23,7 @@ from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from bridge import __version__
+from bridge.core.reactor_types import TCPClock
 from bridge.errors import BridgeError
 
 USER_AGENT = f"terminal-bridge/{__version__}"  # not a browser's: Odoo then skips its bundle-version check
@@ -101,7 +103,7 @@ class _Body(Protocol):
 class HTTPS:
     """Requests to one cloud service (one uplink), with its TLS policy and deadlines."""
 
-    def __init__(self, reactor: Any, policy: TLSPolicy, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, reactor: TCPClock, policy: TLSPolicy, timeout: float = DEFAULT_TIMEOUT,
                  max_body: int = MAX_BODY) -> None:
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -143,11 +145,11 @@ class HTTPS:
         producer = cast(IBodyProducer, _Bytes(body)) if body is not None else None
         try:
             d = self._agent.request(method.encode("ascii"), url.encode("ascii"), raw, producer)
-            d.addTimeout(self._timeout, self._reactor)
+            d.addTimeout(self._timeout, cast(IReactorTime, self._reactor))
             response = yield self._track(d)
             finished: Deferred = Deferred()
             response.deliverBody(_Body(finished, self._max_body))
-            finished.addTimeout(self._timeout, self._reactor)
+            finished.addTimeout(self._timeout, cast(IReactorTime, self._reactor))
             data = yield self._track(finished)
         except CancelledError:
             raise

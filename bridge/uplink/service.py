@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.logger import Logger
 
 from bridge.api.session import Bridge
+from bridge.core.reactor_types import TCPClock
 from bridge.uplink.bus import BusLink, LastIdStore
 from bridge.uplink.commands import CommandFetcher, Requester
 from bridge.uplink.config import UplinkConfig, resolve_client
@@ -115,7 +116,7 @@ class UplinkService:
 
     log = Logger()
 
-    def __init__(self, uplink: UplinkConfig, bridge: Bridge, reactor: Any, https: Optional[HTTPS] = None) -> None:
+    def __init__(self, uplink: UplinkConfig, bridge: Bridge, reactor: TCPClock, https: Optional[HTTPS] = None) -> None:
         config = bridge.config
         self.uplink = uplink
         self._bridge = bridge
@@ -210,7 +211,7 @@ class Uplinks:
 
     log = Logger()
 
-    def __init__(self, bridge: Bridge, reactor: Any, services: Optional[list[UplinkService]] = None) -> None:
+    def __init__(self, bridge: Bridge, reactor: TCPClock, services: Optional[list[UplinkService]] = None) -> None:
         self._reactor = reactor
         self.services = [UplinkService(u, bridge, reactor) for u in bridge.config.uplinks.values()] \
             if services is None else services

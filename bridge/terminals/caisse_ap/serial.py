@@ -16,11 +16,11 @@ import os
 import stat
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, cast
 
 import serial as pyserial
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.serialport import (
     EIGHTBITS,
@@ -39,6 +39,7 @@ from bridge.core import safety, states
 from bridge.core.backoff import backoff
 from bridge.errors import BridgeError
 from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest, TerminalStatus
+from bridge.core.reactor_types import Clock, DelayedCall, FDClock
 from bridge.terminals.caisse_ap import concert_v2, device_states
 from bridge.terminals.caisse_ap.codec import (
     MalformedAnswer,
@@ -166,14 +167,14 @@ class LinkRunner:
     """
 
     def __init__(
-        self, link: ConcertLink, clock: IReactorTime, write: Callable[[bytes], Any],
+        self, link: ConcertLink, clock: Clock, write: Callable[[bytes], Any],
         on_event: Callable[[Event], Any],
     ) -> None:
         self.link = link
         self._clock = clock
         self._write = write
         self._on_event = on_event
-        self._timer: Optional[IDelayedCall] = None
+        self._timer: Optional[DelayedCall] = None
         self._queue: list[Event] = []
         self._running = False
         self._stopped = False
@@ -261,8 +262,9 @@ class CaisseAPSerialDriver:
     def __init__(
         self,
         name: str,
-        reactor: Any,
+        reactor: FDClock,
         device: str,
+        *,
         baudrate: int = DEFAULT_BAUDRATE,
         line: str = DEFAULT_LINE,
         protocol: str = PROTOCOL_TLV,
@@ -301,7 +303,7 @@ class CaisseAPSerialDriver:
         self._disconnected: Optional[str] = "Not opened yet."
         self._health = HEALTH_UNCHECKED
         self._attempt = 0
-        self._reopen_call: Optional[IDelayedCall] = None
+        self._reopen_call: Optional[DelayedCall] = None
         self._health_loop: Optional[LoopingCall] = None
         self._payment: Optional[_Payment] = None
         self._last_error: Optional[str] = None
@@ -317,7 +319,7 @@ class CaisseAPSerialDriver:
         self._schedule_open(0.0)
         if self._health_interval > 0:
             self._health_loop = LoopingCall(self._check_health)
-            self._health_loop.clock = self._reactor
+            self._health_loop.clock = cast(IReactorTime, self._reactor)
             self._health_loop.start(self._health_interval, now=False)
 
     def stop(self) -> Deferred[None]:
@@ -561,7 +563,7 @@ class CaisseAPSerialDriver:
 
     def _event(self, event: Event) -> None:
         payment = self._payment
-        waiting = payment is not None and payment.sending
+        waiting = payment is not None and payment.sending  # below, `and payment is not None` tells mypy so
         if isinstance(event, PingResult):
             if not event.alive and self._health == HEALTH_DOWN and payment is None:
                 # A second silent check in a row.  Some terminals go deaf on their USB link after a night idle
@@ -571,14 +573,14 @@ class CaisseAPSerialDriver:
             self._set_health(HEALTH_UP if event.alive else HEALTH_DOWN)
         elif isinstance(event, Delivered):
             self._set_health(HEALTH_UP)
-            if waiting:
+            if waiting and payment is not None:
                 payment.delivered = True
                 self._log.debug("Terminal {terminal} took payment {payment_id} (after {attempts} attempt(s))",
                                terminal=self.name, payment_id=payment.request.payment_id, attempts=event.attempts)
         elif isinstance(event, SendFailed):
             if event.code == "no_answer_to_enq":
                 self._set_health(HEALTH_DOWN)
-            if waiting:
+            if waiting and payment is not None:
                 if event.code == "no_answer_to_enq":
                     outcome = _outcome(states.FAILED, "terminal_unreachable", event.message)
                 elif event.code == "frame_rejected":
@@ -588,17 +590,17 @@ class CaisseAPSerialDriver:
                 self._finish(payment, outcome)
         elif isinstance(event, Received):
             self._set_health(HEALTH_UP)
-            if waiting and payment.delivered:
+            if waiting and payment is not None and payment.delivered:
                 self._finish(payment, self._decode(payment.request, event.payload))
             else:
                 self._log.warn("Terminal {terminal} sent {size} bytes while no payment was waiting; ignored",
                                terminal=self.name, size=len(event.payload))
         elif isinstance(event, ReceiveFailed):
-            if waiting and payment.delivered:
+            if waiting and payment is not None and payment.delivered:
                 self._finish(payment, _outcome(states.UNKNOWN, "malformed_answer", event.message,
                                                reason=event.code))
         elif isinstance(event, AnswerTimeout):
-            if waiting:
+            if waiting and payment is not None:
                 self._finish(payment, _outcome(states.UNKNOWN, "answer_timeout"))
 
     def _finish(self, payment: _Payment, outcome: Outcome) -> None:

@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import tty
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from twisted.internet import abstract, fdesc
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from bridge.core.reactor_types import DelayedCall, FDClock
 from bridge.terminals.caisse_ap import concert_v2
 from bridge.terminals.caisse_ap.codec import MalformedAnswer, encode_fields, parse_message
 from bridge.terminals.caisse_ap.link import ConcertLink, Event, Received, ReceiveFailed, SendFailed
@@ -60,8 +61,8 @@ class _PtyMaster(abstract.FileDescriptor):
 
     connected = 1
 
-    def __init__(self, reactor: Any, fd: int, protocol: Protocol) -> None:
-        abstract.FileDescriptor.__init__(self, reactor)
+    def __init__(self, reactor: FDClock, fd: int, protocol: Protocol) -> None:
+        abstract.FileDescriptor.__init__(self, cast(IReactorFDSet, reactor))
         self._fd = fd
         fdesc.setNonBlocking(fd)
         self.protocol = protocol
@@ -110,7 +111,7 @@ class SerialTerminal:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: FDClock,
         script: SimulatorScript = SimulatorScript(),
         protocol: str = PROTOCOL_TLV,
         faults: LinkFaults = LinkFaults(),
@@ -139,9 +140,9 @@ class SerialTerminal:
         self._side: Optional[_TerminalSide] = None
         self._slave_fd: Optional[int] = None
         self._runner: Optional[LinkRunner] = None
-        self._calls: list[IDelayedCall] = []
+        self._calls: list[DelayedCall] = []
         self._out = bytearray()
-        self._pump: Optional[IDelayedCall] = None
+        self._pump: Optional[DelayedCall] = None
 
     @property
     def path(self) -> Optional[str]:

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge.core.money import CURRENCIES
+from bridge.core.reactor_types import Clock, DelayedCall, Transport
 from bridge.terminals.caisse_ap.codec import (
     ACTION_DEBIT,
     ACTION_REFUND,
@@ -158,7 +158,7 @@ class _SimulatedTerminal(Protocol):
         self._parser = AnswerParser()
         self._received = bytearray()
         self._answered = False
-        self._calls: list[IDelayedCall] = []
+        self._calls: list[DelayedCall] = []
         self._gone: list[Deferred[None]] = []
         self.lost = False
 
@@ -184,7 +184,7 @@ class _SimulatedTerminal(Protocol):
     def _respond(self, request: list[tuple[str, str]]) -> None:
         script = self._factory.script
         if script.disconnect:
-            self._later(script.delay, self.transport.loseConnection)
+            self._later(script.delay, cast(Transport, self.transport).loseConnection)
             return
         if script.garbage:
             self._reply(GARBAGE)
@@ -206,9 +206,10 @@ class _SimulatedTerminal(Protocol):
         size = -(-len(answer) // script.split)  # ceiling division
         pieces = [answer[i : i + size] for i in range(0, len(answer), size)]
         for index, piece in enumerate(pieces):
-            self._later(script.delay + index * script.split_gap, self.transport.write, piece)
+            self._later(script.delay + index * script.split_gap, cast(Transport, self.transport).write, piece)
         if not script.keep_open:
-            self._later(script.delay + (len(pieces) - 1) * script.split_gap, self.transport.loseConnection)
+            self._later(script.delay + (len(pieces) - 1) * script.split_gap,
+                        cast(Transport, self.transport).loseConnection)
 
     def _later(self, delay: float, function: Callable[..., Any], *args: Any) -> None:
         self._calls.append(self._factory.clock.callLater(delay, function, *args))
@@ -219,7 +220,7 @@ class _SimulatedTerminal(Protocol):
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._gone.append(waiter)
-        self.transport.loseConnection()
+        cast(Transport, self.transport).loseConnection()
         return waiter
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -240,7 +241,7 @@ class SimulatorFactory(Factory):
 
     def __init__(
         self,
-        clock: IReactorTime,
+        clock: Clock,
         script: SimulatorScript = SimulatorScript(),
         record_path: str | None = None,
         currencies: frozenset[str] = SUPPORTED_CURRENCIES,

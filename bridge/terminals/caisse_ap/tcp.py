@@ -7,12 +7,11 @@ line stays quiet for ``quiet_period`` seconds or the terminal closes.  Once the 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, cast
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,6 +21,7 @@ from bridge.core import safety, states
 from bridge.core.faults import checkpoint
 from bridge.errors import BridgeError
 from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest, TerminalStatus
+from bridge.core.reactor_types import ClientEndpoint, Clock, DelayedCall, TCPClock, Transport
 from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID, parse_timings_and_identity
 from bridge.terminals.caisse_ap.codec import (
     IDENTITY_FIELDS,
@@ -67,7 +67,7 @@ class _AnswerReader(Protocol):
 
     _log = Logger()
 
-    def __init__(self, clock: IReactorTime, answer_timeout: float, quiet_period: float) -> None:
+    def __init__(self, clock: Clock, answer_timeout: float, quiet_period: float) -> None:
         self.answer: Deferred[_Answer] = Deferred()
         self.lost = False
         self._clock = clock
@@ -75,14 +75,14 @@ class _AnswerReader(Protocol):
         self._quiet_period = quiet_period
         self._parser = AnswerParser()
         self._sent = False
-        self._quiet: IDelayedCall | None = None
-        self._deadline: IDelayedCall | None = None
+        self._quiet: DelayedCall | None = None
+        self._deadline: DelayedCall | None = None
         self._close_waiters: list[Deferred[None]] = []
 
     def send(self, payload: bytes) -> None:
         self._sent = True
         self._deadline = self._clock.callLater(self._answer_timeout, self._timed_out)
-        self.transport.write(payload)
+        cast(Transport, self.transport).write(payload)  # connected
         checkpoint("caisse_ap.request_written")
 
     def dataReceived(self, data: bytes) -> None:
@@ -118,7 +118,7 @@ class _AnswerReader(Protocol):
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._close_waiters.append(waiter)
-        self.transport.loseConnection()
+        cast(Transport, self.transport).loseConnection()  # connected: not lost
         return waiter
 
     def _timed_out(self) -> None:
@@ -167,9 +167,10 @@ class CaisseAPTCPDriver:
     def __init__(
         self,
         name: str,
-        reactor: Any,
+        reactor: TCPClock,
         host: str,
         port: int = DEFAULT_PORT,
+        *,
         connect_timeout: float = 10.0,
         answer_timeout: float = 180.0,
         quiet_period: float = 0.3,
@@ -233,8 +234,10 @@ class CaisseAPTCPDriver:
         d.addCallback(self._done, request)
         return d
 
-    def _endpoint(self) -> IStreamClientEndpoint:
-        kind = TCP6ClientEndpoint if isIPv6Address(self._host) else TCP4ClientEndpoint
+    def _endpoint(self) -> ClientEndpoint:
+        # cast: Debian's mypy (1.0) takes the two classes for object
+        kind = cast(Callable[..., ClientEndpoint],
+                    TCP6ClientEndpoint if isIPv6Address(self._host) else TCP4ClientEndpoint)
         return kind(self._reactor, self._host, self._port, timeout=self._connect_timeout)
 
     @inlineCallbacks

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 from urllib.parse import quote
 
 import stripe
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from bridge.core.backoff import backoff
+from bridge.core.reactor_types import Clock, ThreadedClock
 from bridge.errors import BridgeError
 from bridge.terminals.stripe.options import API_VERSION, DEFAULT_API_BASE
 
@@ -199,11 +201,11 @@ class StripeAPI:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, api_key: str, api_base: str = DEFAULT_API_BASE,
+    def __init__(self, reactor: Optional[ThreadedClock], api_key: str, *, api_base: str = DEFAULT_API_BASE,
                  api_version: str = API_VERSION, timeout: float = 30.0, max_threads: int = 3,
-                 retries: int = 3, backoff: float = 0.5, clock: Any = None, name: str = "stripe") -> None:
+                 retries: int = 3, backoff: float = 0.5, clock: Optional[Clock] = None, name: str = "stripe") -> None:
         self._reactor = reactor
-        self._clock = clock if clock is not None else reactor
+        self._clock = clock if clock is not None else reactor  # None: call_sync only (the command line)
         self._requestor = _Requestor(api_key, api_base, api_version, timeout)
         self._retries = retries
         self._backoff = backoff
@@ -267,8 +269,8 @@ class StripeAPI:
         while True:
             self._busy += 1
             try:
-                result = yield deferToThreadPool(self._reactor, self._pool, self._requestor.perform, method, url,
-                                                 params or {}, idempotency_key)
+                result = yield deferToThreadPool(cast(IReactorFromThreads, self._reactor), self._pool,
+                                                 self._requestor.perform, method, url, params or {}, idempotency_key)
                 if not isinstance(result, dict):
                     # Not an object: the request may have been carried out all the same, so it counts as one
                     # whose outcome is unsure (asked again with the same key, then "may have happened").
@@ -287,7 +289,7 @@ class StripeAPI:
             finally:
                 self._busy -= 1
                 self._maybe_stopped()
-            yield deferLater(self._clock, delay, lambda: None)
+            yield deferLater(cast(IReactorTime, self._clock), delay, lambda: None)
             if self._stopping:
                 raise StripeCallError("bridge_stopping")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -33,6 +33,7 @@ from bridge.core import safety, states
 from bridge.core.money import format_major
 from bridge.errors import BridgeError
 from bridge.core.contract import REFUND, BeforeSend, ITerminalDriver, Outcome, PaymentRequest, TerminalStatus
+from bridge.core.reactor_types import Clock, DelayedCall, ThreadedClock
 from bridge.terminals.stripe.api import MESSAGES, MINIMUM_CHARGE, TERMINAL_CODES, StripeAPI, StripeCallError
 from bridge.terminals.stripe.options import parse_stripe_options, read_api_key
 
@@ -66,7 +67,8 @@ _NOT_DECLINES = frozenset({"customer_canceled", "connection_error", *TERMINAL_CO
 
 
 def _outcome(state: str, code: str, message: Optional[str] = None, **details: Any) -> Outcome:
-    return Outcome(state, code, message or _WORDS.get(code) or MESSAGES.get(code, code), details)
+    # cast: Debian's mypy (1.0) takes ``a.get(k) or b.get(k, k)`` for an Optional[str]
+    return Outcome(state, code, cast(str, message or _WORDS.get(code) or MESSAGES.get(code, code)), details)
 
 
 def _obj(value: Any) -> Mapping[str, Any]:
@@ -125,7 +127,7 @@ class _Current:
     pi_id: Optional[str] = None
     sent: bool = False
     cancel_requested: bool = False
-    wake: Optional[tuple[Deferred, Any]] = field(default=None, repr=False)
+    wake: Optional[tuple[Deferred, DelayedCall]] = field(default=None, repr=False)
 
 
 @implementer(ITerminalDriver)
@@ -135,8 +137,8 @@ class StripeReaderDriver:
     kind = "stripe"
     _log = Logger()
 
-    def __init__(self, name: str, reactor: IReactorTime, api: Optional[StripeAPI], *, reader_id: Optional[str] = None,
-                 serial_number: Optional[str] = None, clock: Optional[IReactorTime] = None, poll_interval: float = 1.0,
+    def __init__(self, name: str, reactor: Clock, api: Optional[StripeAPI], *, reader_id: Optional[str] = None,
+                 serial_number: Optional[str] = None, clock: Optional[Clock] = None, poll_interval: float = 1.0,
                  payment_timeout: float = 120.0, cancel_grace: float = 30.0, status_interval: float = 30.0,
                  busy_retries: int = 3, timeout_retries: int = 3,
                  config_error: Optional[str] = None) -> None:
@@ -170,7 +172,7 @@ class StripeReaderDriver:
         self.api.start()
         if self._status_interval > 0 and self._status_loop is None:
             self._status_loop = LoopingCall(self.refresh_status)
-            self._status_loop.clock = self._clock
+            self._status_loop.clock = cast(IReactorTime, self._clock)
             self._status_loop.start(self._status_interval, now=True).addErrback(
                 lambda f: self._log.failure("Status refresh of {terminal} stopped", f, terminal=self.name))
 
@@ -187,10 +189,10 @@ class StripeReaderDriver:
         """From the reader as last read from Stripe (:meth:`refresh_status`): down while Stripe says the reader is
         offline or the driver cannot call Stripe (a missing key); ``unknown`` until the first read."""
         info = self._reader_info
-        online = {"online": True, "offline": False}.get(info.get("status"))
+        online = cast(Mapping[Any, bool], {"online": True, "offline": False}).get(info.get("status"))
         up = False
         if self._config_error:
-            state, detail = "error", _WORDS.get(self._config_error) or MESSAGES.get(self._config_error, "")
+            state, detail = "error", cast(str, _WORDS.get(self._config_error) or MESSAGES.get(self._config_error, ""))
         elif self._current is not None:
             state, detail, up = "busy", f"Payment {self._current.payment_id} in progress.", True
         elif online is False:
@@ -632,7 +634,8 @@ class StripeReaderDriver:
 
     def _pause(self, current: _Current, seconds: float) -> Deferred:
         waiter: Deferred = Deferred()
-        call = self._clock.callLater(seconds, lambda: waiter.called or waiter.callback(None))
+        call = self._clock.callLater(  # the lambda's value is never used (mypy's func-returns-value does not apply)
+            seconds, lambda: waiter.called or waiter.callback(None))  # type: ignore[func-returns-value]
         current.wake = (waiter, call)
         return waiter
 
@@ -656,7 +659,7 @@ class StripeReaderDriver:
         return outcome
 
 
-def build_stripe_driver(config: TerminalConfig, reactor: Any,
+def build_stripe_driver(config: TerminalConfig, reactor: ThreadedClock,
                         environ: Mapping[str, str] = os.environ) -> StripeReaderDriver:
     settings, problems = parse_stripe_options(config.options)
     assert not problems, problems

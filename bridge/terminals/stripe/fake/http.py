@@ -11,6 +11,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from bridge.core.connections import OpenConnections
+from bridge.core.reactor_types import Listener
 from bridge.terminals.stripe.fake.wire import to_json
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class FakeServer:
         self._wrapper: Optional[OpenConnections] = None
         self.port: Any = None
 
-    def listen(self, reactor: Any, description: str) -> "Deferred[Any]":
+    def listen(self, reactor: Listener, description: str) -> "Deferred[Any]":
         self._wrapper = OpenConnections(_QuietSite(self._fake.resource()))
         d = serverFromString(reactor, description).listen(self._wrapper)
 

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from bridge.core.reactor_types import Clock, DelayedCall, Listener
 from bridge.terminals.stripe.fake.http import FakeResource, FakeServer
 from bridge.terminals.stripe.fake.knobs import FailureKnob, ReaderKnobs, handle_knob
 from bridge.terminals.stripe.fake.edge import Recorded, Stored, handle
@@ -27,7 +28,7 @@ class FakeStripe:
 
     log = Logger()
 
-    def __init__(self, clock: Any, keys: Optional[set[str]] = None, livemode_keys: bool = False) -> None:
+    def __init__(self, clock: Clock, keys: Optional[set[str]] = None, livemode_keys: bool = False) -> None:
         self.clock = clock
         self.keys = keys  # None: any sk_test_/rk_test_ key is accepted
         self.livemode_keys = livemode_keys  # accept sk_live_/rk_live_ keys too (as a live account would)
@@ -46,7 +47,7 @@ class FakeStripe:
         self.failures: list[FailureKnob] = []  # fail_next / drop_next: answered before the endpoint runs
         self._inside: list[FailureKnob] = []  # 5xx once the endpoint runs: stored under the idempotency key
         self.idempotency: dict[tuple[str, str], Stored] = {}  # (API key, Idempotency-Key) -> the answer
-        self._calls: dict[str, Any] = {}  # delayed calls, cancelled by stop()
+        self._calls: dict[str, DelayedCall] = {}  # cancelled by stop()
         self._authorizing: set[str] = set()  # readers authorising a card now
         self._server = FakeServer(self)
         self.last_stored: Optional[Stored] = None  # the idempotent entry of the request being answered
@@ -142,7 +143,7 @@ class FakeStripe:
         """The fake as a twisted.web resource (``/v1/...`` and the ``/_fake/...`` knobs)."""
         return FakeResource(self)
 
-    def listen(self, reactor: Any, description: str = "tcp:0:interface=127.0.0.1") -> "Deferred[Any]":
+    def listen(self, reactor: Listener, description: str = "tcp:0:interface=127.0.0.1") -> "Deferred[Any]":
         """Serve the fake over HTTP on ``description`` (a Twisted server endpoint); fires with the port."""
         return self._server.listen(reactor, description)
 
