@@ -286,6 +286,8 @@ def pay_once_with(bench, driver, terminal, result):
     @inlineCallbacks
     def scenario():
         yield bench.connected(driver)
+        # As in pay_once: the health check's trailing EOT must have arrived before the journal counts bytes.
+        yield bench.until(lambda: terminal.bytes_received >= 2, "the health check's ENQ and EOT at the terminal")
         journal = Journal(bench, terminal, result)
         outcome = yield driver.pay(REQUEST, journal)
         yield deferLater(bench.reactor, 0.05, lambda: None)
