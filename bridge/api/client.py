@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from bridge.api import signing
 from bridge.api.session import SUBPROTOCOL
 from bridge.api.tls import PinnedCertificateCreator
-from bridge.core.reactor_types import TCPClock
+from bridge.core.reactor_types import ClientEndpoint, TCPClock
 from bridge.errors import BridgeError
 
 
@@ -49,12 +49,6 @@ class _TCPTransport(Protocol):
     which mypy cannot call through without the mypy-zope plugin (pyproject.toml's mypy section)."""
 
     def setTcpNoDelay(self, enabled: bool) -> None: ...
-
-
-class _Endpoint(Protocol):
-    """What is used of an IStreamClientEndpoint (a zope interface, like the transport's above)."""
-
-    def connect(self, protocolFactory: Any) -> Deferred: ...
 
 
 class ClientProtocol(WebSocketClientProtocol):
@@ -160,7 +154,7 @@ def connect(reactor: TCPClock, url: str, credentials: Credentials, fingerprint: 
         creator = ssl.optionsForClientTLS(host)
     factory = ClientFactory(url, credentials)
     # HostnameEndpoint is an IStreamClientEndpoint (@implementer, which mypy sees only with the mypy-zope plugin)
-    endpoint = cast(_Endpoint, wrapClientTLS(creator, cast(IStreamClientEndpoint,
+    endpoint = cast(ClientEndpoint, wrapClientTLS(creator, cast(IStreamClientEndpoint,
                                                            HostnameEndpoint(reactor, host, port, timeout=timeout))))
     connecting = endpoint.connect(factory)
 

@@ -27,7 +27,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, cast
+from typing import Any, Callable, Optional, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from OpenSSL import SSL
@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge.core.backoff import backoff as _backoff
-from bridge.core.reactor_types import DelayedCall, TCPClock
+from bridge.core.reactor_types import ClientEndpoint, DelayedCall, TCPClock
 from bridge.errors import BridgeError
 from bridge.uplink.config import UplinkConfig
 from bridge.uplink.https import HTTPS, USER_AGENT, TLSPolicy, describe
@@ -192,13 +192,6 @@ class LastIdStore:
 # -- the WebSocket --------------------------------------------------------------------------------------
 
 
-class _Endpoint(Protocol):
-    """What is used of an IStreamClientEndpoint: a zope interface, which mypy cannot call through without the
-    mypy-zope plugin (pyproject.toml's mypy section)."""
-
-    def connect(self, protocolFactory: Any) -> Deferred: ...
-
-
 class BusProtocol(WebSocketClientProtocol):
     factory: "BusFactory"
     _lost: Optional[Failure] = None
@@ -335,7 +328,7 @@ class BusLink:
         policy = self._policy or TLSPolicy(self.uplink.ca_file)
         creator = policy.creatorForNetloc(self.uplink.host.encode("idna"), self.uplink.port)
         # HostnameEndpoint is an IStreamClientEndpoint (@implementer, which mypy sees only with the mypy-zope plugin)
-        endpoint = cast(_Endpoint, wrapClientTLS(creator, cast(IStreamClientEndpoint, HostnameEndpoint(
+        endpoint = cast(ClientEndpoint, wrapClientTLS(creator, cast(IStreamClientEndpoint, HostnameEndpoint(
             self._reactor, self.uplink.host, self.uplink.port, timeout=15))))
         return endpoint.connect(factory)
 

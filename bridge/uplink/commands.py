@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from bridge.api import signing
 from bridge.api.session import Bridge, Session
 from bridge.core.deferreds import OnceMore, follow
+from bridge.core.reactor_types import Clock, DelayedCall
 from bridge.config import ClientConfig
 from bridge.errors import BridgeError
 from bridge.uplink.config import ACK_PATH, PENDING_PATH, UplinkConfig
@@ -50,22 +51,6 @@ RETRY_LATER = frozenset({"rate_limited"})
 
 # What the fetcher uses of its collaborators, as typing Protocols: Twisted's IReactorTime and IDelayedCall are
 # zope interfaces, which mypy cannot call through without the mypy-zope plugin (pyproject.toml's mypy section).
-class Timer(Protocol):
-    """The next periodic fetch: what the fetcher uses of an IDelayedCall."""
-
-    def getTime(self) -> float: ...
-    def reset(self, seconds: float) -> None: ...
-    def active(self) -> bool: ...
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """What the fetcher uses of an IReactorTime (the reactor, or task.Clock in tests)."""
-
-    def seconds(self) -> float: ...
-    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Timer: ...
-
-
 class Requester(Protocol):
     """An HTTPS client to Odoo: :class:`bridge.uplink.https.HTTPS`, or the
     :class:`bridge.uplink.odoo_session.OdooSession` that wraps it.  Fires with a Response."""
@@ -97,7 +82,7 @@ class CommandFetcher:
         self._runs = OnceMore(self._start_fetch, self._fetched)
         self._started = False  # start() arms the periodic fetch
         self._stopped = False  # stop(): no fetch any more
-        self._timer: Optional[Timer] = None  # the next periodic fetch
+        self._timer: Optional[DelayedCall] = None  # the next periodic fetch
         self._bus_up = False
         self.fetches = 0
         #: payment id -> the acknowledgements on their way that carry that payment (see ack_in_flight)

@@ -19,7 +19,7 @@ import json
 import os
 import random
 from datetime import datetime
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional
 from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
@@ -32,6 +32,7 @@ from bridge.core.money import CURRENCIES, format_major
 from bridge.core.backoff import backoff
 from bridge.core.contract import CHEQUE, REFUND
 from bridge.core.deferreds import OnceMore
+from bridge.core.reactor_types import Clock, DelayedCall
 
 #: Ogone's SHA-OUT allow-list as Odoo 15.0+ ``payment_ogone`` carries it (63 names).
 SHA_OUT_KEYS = frozenset("""
@@ -153,19 +154,6 @@ Post = Callable[[str, bytes], Deferred]
 
 # What the poster uses of the clock, as typing Protocols: Twisted's IReactorTime and IDelayedCall are zope
 # interfaces, which mypy cannot call through without the mypy-zope plugin (pyproject.toml's mypy section).
-class Timer(Protocol):
-    """A retry or a wait's end: what the poster uses of an IDelayedCall."""
-
-    def active(self) -> bool: ...
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """What the poster uses of an IReactorTime (the reactor, or task.Clock in tests)."""
-
-    def seconds(self) -> float: ...
-    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Timer: ...
-
 DELIVERED, REFUSED, UNREACHABLE = "delivered", "refused", "unreachable"
 
 
@@ -243,7 +231,7 @@ class FeedbackPoster:
         self._failures = 0  # rounds in a row that got no answer
         self._down_until: Optional[float] = None  # no answer: nothing is posted before this time
         self._refused: dict[int, tuple[int, float]] = {}  # seq -> (refusals, when to try again)
-        self._retry: Optional[Timer] = None
+        self._retry: Optional[DelayedCall] = None
         self._runs = OnceMore(self._start_delivery, self._delivered)
         self._stopped = True
 
@@ -427,7 +415,7 @@ class FeedbackPoster:
 def _at_most(d: Deferred, seconds: float, clock: Clock) -> Deferred:
     """Fires (with None) when ``d`` fires or after ``seconds``, whichever comes first; ``d``'s own chain is left
     as it was.  Cancelling it cancels only the timer."""
-    timer: Optional[Timer] = None
+    timer: Optional[DelayedCall] = None
 
     def cancel(_: Deferred) -> None:
         if timer is not None and timer.active():
