@@ -94,7 +94,8 @@ class TestPairing(HttpCase):
 
     def test_bad_requests(self):
         code, _command = self.code()
-        for body, status, error in ((b"{nope", 400, "bad_request"), (b"[]", 400, "bad_request")):
+        for body, status, error in ((b"{nope", 400, "bad_request"), (b"[]", 400, "bad_request"),
+                                    (b" " * (8 * 1024 + 1), 413, "too_large")):
             with self.assertLogs(CONTROLLER_LOGGER, "WARNING"):
                 response = self.url_open("/terminal_bridge/pair", data=body, headers=JSON)
             self.assertEqual((response.status_code, response.json()["error"]["code"]), (status, error))
