@@ -224,6 +224,15 @@ class Command(OdooCase):
         self.assertEqual(self.odoo.pair_requests, [])
 
     @inlineCallbacks
+    def test_a_plain_http_address_is_refused_before_anything_is_sent(self):
+        http_url = self.url.replace("https://", "http://")
+        out, err, code = yield self.command(http_url, self.odoo.new_pairing_code(), "--database", "shop")
+        self.assertEqual(code, 2, err)
+        self.assertIn(b"https only", err)
+        self.assertEqual((self.odoo.logins, self.odoo.pair_requests), (0, []))
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "clients.conf")))
+
+    @inlineCallbacks
     def test_a_mistyped_code_is_refused_before_anything_is_sent(self):
         out, err, code = yield self.pair("K7QD-M2XP")
         self.assertEqual(code, 2)

@@ -1,7 +1,8 @@
 """The routes a bridge's uplink calls (docs/cloud-protocol.md): /pair, /pending, /ack, /feedback.
 
-Every refusal is logged with its reason (and, when the bridge is known, kept as its last problem for the
-administrator); the bridge itself only learns the HTTP status, so nothing here helps a guesser.
+Every refusal is logged with its reason. The ones an administrator can act on (a wrong signature or SHASIGN: the
+box holds old secrets; the box's clock) are also kept as the bridge's last problem, shown on its record until its
+next good request. The bridge itself learns the HTTP status and a short reason.
 """
 
 import json

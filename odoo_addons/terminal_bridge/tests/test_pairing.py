@@ -1,6 +1,8 @@
 """/terminal_bridge/pair: single use, 10 minutes, 10 wrong tries a minute, and what the box receives."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from freezegun import freeze_time
 
 from odoo import fields
 from odoo.tests import HttpCase, tagged
@@ -40,13 +42,19 @@ class TestPairing(HttpCase):
         self.assertIn(f"HTTP {status}", "\n".join(logs.output))
 
     def test_wizard_shows_code_and_command(self):
-        code, command = self.code()
+        now = datetime(2026, 5, 1, 8, 0, 0)
+        with freeze_time(now):
+            action = self.bridge.action_pair()
+        code, command = action["context"]["default_code"], action["context"]["default_command"]
+        # Valid for 10 minutes from now, as the wizard says.
+        self.assertEqual(action["context"]["default_expires"], "2026-05-01 08:10:00")
         self.assertRegex(code, r"^[ABCDEFGHJKMNPQRSTVWXYZ23456789]{4}(-[ABCDEFGHJKMNPQRSTVWXYZ23456789]{4}){3}$")
         base_url = self.env["ir.config_parameter"].get_param("web.base.url")
         self.assertEqual(command, f"sudo terminal-bridge uplink pair {base_url} {code} --database {self.database}")
         # Only the code's SHA-256 is kept.
         stored = self.env["terminal.bridge.pairing"].sudo().search([("bridge_id", "=", self.bridge.id)])
         self.assertEqual(len(stored), 1)
+        self.assertEqual(stored.expires_at, datetime(2026, 5, 1, 8, 10, 0))
         self.assertNotIn(code.replace("-", ""), stored.code_hash)
 
     def test_pair_answers_every_secret_once(self):
@@ -94,7 +102,8 @@ class TestPairing(HttpCase):
 
     def test_bad_requests(self):
         code, _command = self.code()
-        for body, status, error in ((b"{nope", 400, "bad_request"), (b"[]", 400, "bad_request")):
+        for body, status, error in ((b"{nope", 400, "bad_request"), (b"[]", 400, "bad_request"),
+                                    (b" " * (8 * 1024 + 1), 413, "too_large")):
             with self.assertLogs(CONTROLLER_LOGGER, "WARNING"):
                 response = self.url_open("/terminal_bridge/pair", data=body, headers=JSON)
             self.assertEqual((response.status_code, response.json()["error"]["code"]), (status, error))

@@ -110,6 +110,7 @@ class TestRoutes(HttpCase):
         self.assertRefused(path, as_json(side.signed(side.request(client="cl_nobody"))), 403, "no paired bridge")
         self.assertRefused(path, as_json(side.signed(side.request(database="other"))), 403, "names the database")
         self.assertRefused(path, as_json(side.signed(side.request(), secret="0" * 64)), 403, "wrong signature")
+        self.assertIn("wrong signature", self.bridge.last_problem)  # what the administrator reads on the record
         self.assertRefused(path, as_json(dict(side.request(), sig="")), 403, "wrong signature")
         self.assertRefused(path, as_json(side.request()), 403, "wrong signature")
         self.assertRefused(path, as_json(side.signed(side.request(ts=int(time.time()) - 121))), 403, "behind")
@@ -205,6 +206,29 @@ class TestRoutes(HttpCase):
             self.assertEqual(response.json(), {"ok": True, "known": False})
         self.assertIn("does not know", "\n".join(logs.output))
 
+    def test_ack_authentication_refusals(self):
+        """/ack makes every check of /pending before it reads the reply."""
+        self.bridge.action_refresh_terminals()
+        uuid = self.bridge.command_ids.uuid
+        side = self.side
+        path = "/terminal_bridge/ack"
+
+        def ack(**extra):
+            return as_json(side.signed(side.request(command_id=uuid, reply=side.reply(uuid, {}), **extra)))
+
+        self.assertRefused(path, ack(client="cl_nobody"), 403, "no paired bridge")
+        self.assertRefused(path, ack(ts=int(time.time()) - 121), 403, "behind")
+        self.assertRefused(path, ack(ts=int(time.time()) + 121), 403, "ahead of")
+        self.assertRefused(path, ack(ts=None), 403, "no integer ts")
+        self.assertRefused(path, ack(nonce="short"), 403, "nonce is missing")
+        self.assertRefused(path, b"{not json", 400, "not JSON")
+        self.assertRefused(path, b"[1, 2]", 400, "not a JSON object")
+        self.assertRefused(path, b" " * (1024 * 1024 + 1), 413, "larger than")
+        replayed = ack()
+        self.assertEqual(self.post(path, replayed).status_code, 200)
+        self.assertRefused(path, replayed, 403, "already used")
+        self.assertEqual(self.bridge.command_ids.state, "done")
+
     def test_ack_refusals(self):
         self.bridge.action_refresh_terminals()
         uuid = self.bridge.command_ids.uuid
@@ -298,3 +322,11 @@ class TestRoutes(HttpCase):
         self.assertRefused(path, as_json(good), 415, "not form-encoded")
         self.assertEqual(payment.state, "accepted")
         self.assertFalse(payment.feedback_ids)
+        # What the administrator reads on the record (the bridge named by TBCLIENT).
+        self.assertIn("wrong SHASIGN", self.bridge.last_problem)
+
+    def test_feedback_when_no_bridge_is_paired(self):
+        params = self.side.feedback("lan-2", "pay_lan_2", 1, client=False)
+        self.bridge.state = "unpaired"
+        self.assertRefused("/terminal_bridge/feedback", as_form(params), 403, "no paired bridge matches", FORM)
+        self.assertFalse(self.env["terminal.bridge.feedback"].search([("pay_ref", "=", "pay_lan_2")]))
