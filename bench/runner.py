@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             raise BenchError(f"the bridge's first run exited with status {first.proc.returncode}")
         print("  .. second start of the bridge", file=sys.stderr, flush=True)
         bridge = BridgeProcess(directory, config, port, "second",
-                               profile=os.path.abspath(args.profile) if args.profile else None)
+                               profile=os.path.abspath(args.profile) if args.profile else None, trace_imports=True)
         bridges.append(bridge)
         r["ready_second"], r["accept_second"] = bridge.start()
         if args.journal_payments:
@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         ours0 = proc_cpu_seconds(bridge.pid) + proc_cpu_seconds(simulators.pid) + self_cpu_seconds()
         t0 = time.perf_counter()
         figures, bridge_payments, not_approved = measure(
-            args, f"wss://127.0.0.1:{port}", fingerprint, clients, sim_ports, bridge.pid, simulators.pid, echo_port)
+            args, f"wss://127.0.0.1:{port}", fingerprint, clients, sim_ports, bridge.pid, simulators.pid, echo_port,
+            bridge.log_size)
         r.update(figures)
         elapsed = time.perf_counter() - t0
         busy1, steal1 = system_cpu_seconds()
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         from baseline import libraries_only_rss  # bench/ is sys.path[0]: bench.py runs as a script
 
         r["rss_libraries"], r["libraries_modules"] = libraries_only_rss(
-            child_env(), lambda pid: proc_status(pid, "VmRSS"))
+            child_env(), lambda pid: proc_status(pid, "VmRSS"), bridge.imported_modules(r.get("log_bytes_at_rss")))
 
         print(report(info, r, args.quick) + status_report(r), flush=True)
         print(memory_report(r), flush=True)
