@@ -51,13 +51,15 @@ sys.stdin.readline()
 
 
 def libraries_only_rss(env: dict[str, str], rss_of: Callable[[int], int],
-                       imported: Optional[Iterable[str]] = None) -> tuple[int, int]:
-    """(resident bytes of the libraries-only process, how many modules it imported); ``imported``: the modules
-    the measured bridge imported (its ``-X importtime`` lines), added to those its imports list."""
+                       imported: Optional[Iterable[str]] = None) -> tuple[int, int, list[str]]:
+    """(resident bytes of the libraries-only process, how many modules it imported, those of them that only the
+    measured bridge's log named); ``imported``: the modules the measured bridge imported (its ``-X importtime``
+    lines), added to those the first process lists."""
     listed = subprocess.run([sys.executable, "-c", _LIST.format(modules=DAEMON_MODULES)], env=env,
                             stdout=subprocess.PIPE, check=True, text=True, timeout=120)
-    modules = sorted(set(json.loads(listed.stdout.strip().splitlines()[-1])).union(
-        m for m in imported or () if m not in ("__main__", "bridge") and not m.startswith("bridge.")))
+    static = set(json.loads(listed.stdout.strip().splitlines()[-1]))
+    running = {m for m in imported or () if m not in ("__main__", "bridge") and not m.startswith("bridge.")}
+    modules = sorted(static | running)
     proc = subprocess.Popen([sys.executable, "-c", _HOLD], env=env, cwd=os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -67,7 +69,7 @@ def libraries_only_rss(env: dict[str, str], rss_of: Callable[[int], int],
         if proc.stdout.readline().strip() != "ready":
             raise OSError("the libraries-only process did not start")
         time.sleep(0.2)
-        return rss_of(proc.pid), len(modules)
+        return rss_of(proc.pid), len(modules), sorted(running - static)
     finally:
         if proc.stdin is not None:
             proc.stdin.close()

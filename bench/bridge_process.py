@@ -15,7 +15,7 @@ import time
 from typing import Optional
 
 from common import BenchError
-from processes import child_env, set_parent_death_signal, stop_process
+from processes import child_env, set_parent_death_signal, stop_process, unit_environment
 
 
 #: ``--bridge-cgroup``: the cgroup directory the bridge runs in (bench/pi.py's CPU quota), or None.
@@ -57,7 +57,8 @@ def write_config(directory: str, listen_port: int, sim_ports: list[int]) -> str:
 
 
 class BridgeProcess:
-    """``python -m bridge -c CONFIG run`` with NOTIFY_SOCKET pointing at a socket of ours."""
+    """``python -m bridge -c CONFIG run`` with NOTIFY_SOCKET pointing at a socket of ours, and the environment the
+    systemd unit sets (``Environment=``: MALLOC_ARENA_MAX)."""
 
     def __init__(self, directory: str, config: str, port: int, name: str, profile: Optional[str] = None,
                  trace_imports: bool = False) -> None:
@@ -82,7 +83,8 @@ class BridgeProcess:
                 + (["-m", "cProfile", "-o", self.profile] if self.profile else [])
             self.proc = subprocess.Popen(python + ["-m", "bridge", "-c", self.config, "run"],
                                          cwd=self.directory, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=child_env({"NOTIFY_SOCKET": notify_path}),
+                                         stderr=subprocess.STDOUT,
+                                         env=child_env({**unit_environment(), "NOTIFY_SOCKET": notify_path}),
                                          preexec_fn=_bridge_preexec)
             ready = accepted = None
             while ready is None or accepted is None:
