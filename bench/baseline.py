@@ -1,10 +1,15 @@
 """The "libraries only" baseline of the bridge's memory: a process that imports what the bridge imports and does
 nothing else, measured in the same run as the bridge (bench.py prints the difference).
 
-What the bridge imports is found by a first process that imports the daemon's modules (and installs the reactor
-the daemon runs on) and lists ``sys.modules`` minus the bridge's own; a second, fresh process imports exactly
-that list, says so, and waits: its resident memory is the baseline.  The modules the daemon imports only later
-(when a serial terminal or an uplink is configured) are not in either: the benchmark configures neither.
+What the bridge imports is found two ways, and the baseline imports both lists: a first process imports the
+daemon's modules (and installs the reactor the daemon runs on) and lists ``sys.modules`` minus the bridge's own;
+and the measured bridge itself runs with ``-X importtime``, which writes every module it imports, when it first
+imports it, to its log (bridge_process.py): the modules of libraries that import more as they are used (on
+bookworm's stack, cryptography's OpenSSL backend when the bridge loads its TLS key; python3-systemd's
+``systemd.daemon`` when it tells systemd it is ready) are then in the baseline too, up to the moment the bridge's
+memory was read.  A second, fresh process imports exactly that list minus the bridge's own modules, says so, and
+waits: its resident memory is the baseline.  The modules the daemon imports only when a serial terminal or an
+uplink is configured are in neither: the benchmark configures neither.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterable, Optional
 
 #: What ``python -m bridge -c CONFIG run`` imports of the bridge before it is ready, for the benchmark's
 #: configuration (TCP terminals, no uplink).
@@ -45,11 +50,16 @@ sys.stdin.readline()
 """
 
 
-def libraries_only_rss(env: dict[str, str], rss_of: Callable[[int], int]) -> tuple[int, int]:
-    """(resident bytes of the libraries-only process, how many modules it imported)."""
+def libraries_only_rss(env: dict[str, str], rss_of: Callable[[int], int],
+                       imported: Optional[Iterable[str]] = None) -> tuple[int, int, list[str]]:
+    """(resident bytes of the libraries-only process, how many modules it imported, those of them that only the
+    measured bridge's log named); ``imported``: the modules the measured bridge imported (its ``-X importtime``
+    lines), added to those the first process lists."""
     listed = subprocess.run([sys.executable, "-c", _LIST.format(modules=DAEMON_MODULES)], env=env,
                             stdout=subprocess.PIPE, check=True, text=True, timeout=120)
-    modules = json.loads(listed.stdout.strip().splitlines()[-1])
+    static = set(json.loads(listed.stdout.strip().splitlines()[-1]))
+    running = {m for m in imported or () if m not in ("__main__", "bridge") and not m.startswith("bridge.")}
+    modules = sorted(static | running)
     proc = subprocess.Popen([sys.executable, "-c", _HOLD], env=env, cwd=os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -59,7 +69,7 @@ def libraries_only_rss(env: dict[str, str], rss_of: Callable[[int], int]) -> tup
         if proc.stdout.readline().strip() != "ready":
             raise OSError("the libraries-only process did not start")
         time.sleep(0.2)
-        return rss_of(proc.pid), len(modules)
+        return rss_of(proc.pid), len(modules), sorted(running - static)
     finally:
         if proc.stdin is not None:
             proc.stdin.close()

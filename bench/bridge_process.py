@@ -15,7 +15,7 @@ import time
 from typing import Optional
 
 from common import BenchError
-from processes import child_env, set_parent_death_signal, stop_process
+from processes import child_env, set_parent_death_signal, stop_process, unit_environment
 
 
 #: ``--bridge-cgroup``: the cgroup directory the bridge runs in (bench/pi.py's CPU quota), or None.
@@ -57,11 +57,16 @@ def write_config(directory: str, listen_port: int, sim_ports: list[int]) -> str:
 
 
 class BridgeProcess:
-    """``python -m bridge -c CONFIG run`` with NOTIFY_SOCKET pointing at a socket of ours."""
+    """``python -m bridge -c CONFIG run`` with NOTIFY_SOCKET pointing at a socket of ours, and the environment the
+    systemd unit sets (``Environment=``: MALLOC_ARENA_MAX)."""
 
-    def __init__(self, directory: str, config: str, port: int, name: str, profile: Optional[str] = None) -> None:
+    def __init__(self, directory: str, config: str, port: int, name: str, profile: Optional[str] = None,
+                 trace_imports: bool = False) -> None:
         self.directory, self.config, self.port, self.name = directory, config, port, name
         self.profile = profile
+        #: Run Python with ``-X importtime``: every module the bridge imports, when it first imports it, is a
+        #: line of its log (read back by :meth:`imported_modules`; the libraries-only baseline imports them).
+        self.trace_imports = trace_imports
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = os.path.join(directory, f"bridge-{name}.log")
 
@@ -74,10 +79,12 @@ class BridgeProcess:
         log = open(self.log_path, "wb")
         try:
             t0 = time.perf_counter()
-            python = [sys.executable] + (["-m", "cProfile", "-o", self.profile] if self.profile else [])
+            python = [sys.executable] + (["-X", "importtime"] if self.trace_imports else []) \
+                + (["-m", "cProfile", "-o", self.profile] if self.profile else [])
             self.proc = subprocess.Popen(python + ["-m", "bridge", "-c", self.config, "run"],
                                          cwd=self.directory, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=child_env({"NOTIFY_SOCKET": notify_path}),
+                                         stderr=subprocess.STDOUT,
+                                         env=child_env({**unit_environment(), "NOTIFY_SOCKET": notify_path}),
                                          preexec_fn=_bridge_preexec)
             ready = accepted = None
             while ready is None or accepted is None:
@@ -118,6 +125,22 @@ class BridgeProcess:
                 return "".join(f.readlines()[-lines:])
         except OSError:
             return ""
+
+    def log_size(self) -> int:
+        """Bytes of log written so far (what :meth:`imported_modules` reads up to)."""
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def imported_modules(self, upto: Optional[int] = None) -> list[str]:
+        """The modules the bridge imported (``trace_imports``) in its first ``upto`` bytes of log: ``-X
+        importtime`` writes ``import time: self | cumulative | name`` to stderr, the log, at each first import."""
+        with open(self.log_path, "rb") as f:
+            text = f.read(upto if upto is not None else -1).decode("utf-8", "replace")
+        return [line.rsplit("|", 1)[1].strip() for line in text.splitlines()
+                if line.startswith("import time:") and line.count("|") == 2
+                and not line.rstrip().endswith("imported package")]
 
     def log_problems(self) -> int:
         """Log events at warn level or above in the bridge's log (Twisted's text format: ``[namespace#level]``)."""

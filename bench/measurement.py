@@ -24,11 +24,13 @@ class Measurement:
 
     def __init__(self, reactor: Any, args: argparse.Namespace, url: str, fingerprint: str,
                  clients: list[dict[str, str]], sim_ports: list[int], bridge_pid: int, sim_pid: int,
-                 echo_port: int) -> None:
+                 echo_port: int, log_size: Any = None) -> None:
         self.reactor, self.args, self.url, self.fingerprint = reactor, args, url, fingerprint
         self.credentials = clients
         self.sim_ports, self.bridge_pid, self.sim_pid = sim_ports, bridge_pid, sim_pid
         self.echo_port = echo_port
+        #: Reads the bridge's log size when its memory is read (the modules it imported by then, baseline.py).
+        self.log_size = log_size
         self.clients: list[BridgeClient] = []
         self.results: dict[str, Any] = {}
         self.bridge_payments = 0
@@ -56,6 +58,8 @@ class Measurement:
             self.results["rss"] = proc_status(self.bridge_pid, "VmRSS")
             self.results["rss_peak"] = proc_status(self.bridge_pid, "VmHWM")
             self.results["rss_anon"] = proc_status(self.bridge_pid, "RssAnon")
+            if self.log_size is not None:
+                self.results["log_bytes_at_rss"] = self.log_size()
             if os.environ.get("BENCH_SMAPS"):
                 shutil.copy(f"/proc/{self.bridge_pid}/smaps", os.environ["BENCH_SMAPS"])
             yield self.close_all()
@@ -225,7 +229,7 @@ class Measurement:
 
 def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[dict[str, str]],
             sim_ports: list[int], bridge_pid: int, sim_pid: int,
-            echo_port: int) -> tuple[dict[str, Any], int, list[str]]:
+            echo_port: int, log_size: Any = None) -> tuple[dict[str, Any], int, list[str]]:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
@@ -239,7 +243,7 @@ def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[
                 print(event["log_failure"].getTraceback(), file=sys.stderr)
 
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    m = Measurement(reactor, args, url, fingerprint, clients, sim_ports, bridge_pid, sim_pid, echo_port)
+    m = Measurement(reactor, args, url, fingerprint, clients, sim_ports, bridge_pid, sim_pid, echo_port, log_size)
     outcome: dict[str, Any] = {}
 
     def finished(result: Any) -> None:

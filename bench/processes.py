@@ -19,6 +19,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The systemd unit the .deb installs: the benchmark's bridge runs with its ``Environment=`` settings.
+UNIT = os.path.join(ROOT, "systemd", "terminal-bridge.service")
+
+
+def unit_environment(path: str = UNIT) -> dict[str, str]:
+    """The variables the systemd unit's ``Environment=`` lines set (``NAME=value``, one per line, as the unit
+    writes them), so that the measured bridge runs as the unit runs it (MALLOC_ARENA_MAX, docs/performance.md)."""
+    env: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("Environment="):
+                for assignment in line[len("Environment="):].split():
+                    name, _, value = assignment.partition("=")
+                    env[name] = value
+    return env
+
+
 def set_parent_death_signal() -> None:
     """In a child, before exec: get SIGTERM if the benchmark dies, so no bridge outlives it."""
     try:

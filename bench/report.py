@@ -119,7 +119,10 @@ def memory_report(r: dict[str, Any]) -> str:
     over = (r["rss"] - r["rss_libraries"]) / 1e6
     return (f"bridge resident memory after the load over a libraries-only process measured in this run "
             f"({r['libraries_modules']} modules imported, nothing run): {r['rss'] / 1e6:.1f} - "
-            f"{r['rss_libraries'] / 1e6:.1f} = {over:.1f} MB  (target <= 10 MB) {'PASS' if over <= 10 else 'MISS'}")
+            f"{r['rss_libraries'] / 1e6:.1f} = {over:.1f} MB  (target <= 10 MB) {'PASS' if over <= 10 else 'MISS'}"
+            + (f"; the bridge ran with the systemd unit's environment: "
+               f"{' '.join(f'{k}={v}' for k, v in sorted(r['unit_environment'].items()))}"
+               if r.get("unit_environment") else ""))
 
 
 def journal_report(bridge_payments: int, problems: int) -> str:

@@ -21,9 +21,9 @@ from bridge_process import BridgeProcess, write_config
 from common import TERMINALS, BenchError
 from machine import machine
 from measurement import measure
-from processes import child_env, free_port, stop_process
+from processes import child_env, free_port, stop_process, unit_environment
 from report import TARGETS, journal_report, memory_report, report, status_report
-from sampling import proc_cpu_seconds, proc_status, self_cpu_seconds, system_cpu_seconds
+from sampling import environment_of, proc_cpu_seconds, proc_status, self_cpu_seconds, system_cpu_seconds
 from simulators import start_simulators
 from status_phase import status_phase
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             raise BenchError(f"the bridge's first run exited with status {first.proc.returncode}")
         print("  .. second start of the bridge", file=sys.stderr, flush=True)
         bridge = BridgeProcess(directory, config, port, "second",
-                               profile=os.path.abspath(args.profile) if args.profile else None)
+                               profile=os.path.abspath(args.profile) if args.profile else None, trace_imports=True)
         bridges.append(bridge)
         r["ready_second"], r["accept_second"] = bridge.start()
         if args.journal_payments:
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
             r["journal_check_seconds"] = wait_for_integrity_check(bridge.pid)
         r["rss_ready"] = proc_status(bridge.pid, "VmRSS")
+        r["unit_environment"] = environment_of(bridge.pid, unit_environment())
 
         from bridge.api.tls import fingerprint_of_pem
 
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         ours0 = proc_cpu_seconds(bridge.pid) + proc_cpu_seconds(simulators.pid) + self_cpu_seconds()
         t0 = time.perf_counter()
         figures, bridge_payments, not_approved = measure(
-            args, f"wss://127.0.0.1:{port}", fingerprint, clients, sim_ports, bridge.pid, simulators.pid, echo_port)
+            args, f"wss://127.0.0.1:{port}", fingerprint, clients, sim_ports, bridge.pid, simulators.pid, echo_port,
+            bridge.log_size)
         r.update(figures)
         elapsed = time.perf_counter() - t0
         busy1, steal1 = system_cpu_seconds()
@@ -127,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
         problems = sum(b.log_problems() for b in bridges)
         from baseline import libraries_only_rss  # bench/ is sys.path[0]: bench.py runs as a script
 
-        r["rss_libraries"], r["libraries_modules"] = libraries_only_rss(
-            child_env(), lambda pid: proc_status(pid, "VmRSS"))
+        r["rss_libraries"], r["libraries_modules"], r["libraries_modules_seen_running"] = libraries_only_rss(
+            child_env(), lambda pid: proc_status(pid, "VmRSS"), bridge.imported_modules(r.get("log_bytes_at_rss")))
 
         print(report(info, r, args.quick) + status_report(r), flush=True)
         print(memory_report(r), flush=True)

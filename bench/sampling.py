@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import resource
+from typing import Iterable
 
 from common import BenchError
 
@@ -40,3 +41,10 @@ def proc_status(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     raise BenchError(f"/proc/{pid}/status has no {key}")
+
+
+def environment_of(pid: int, names: Iterable[str]) -> dict[str, str]:
+    """Those of ``names`` set in the environment process ``pid`` started with (/proc/PID/environ)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(item.decode("utf-8", "replace").partition("=")[::2] for item in f.read().split(b"\0") if item)
+    return {name: env[name] for name in names if name in env}
