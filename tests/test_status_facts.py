@@ -26,17 +26,20 @@ class UnknownPaymentsTests(SynchronousTestCase):
 
     def test_a_few_are_all_shown_oldest_first(self):
         self.add(1, 3)
-        self.assertEqual([r.id for r in facts.unknown_payments(self.journal)], ["pay_001", "pay_002", "pay_003"])
+        self.assertEqual(facts.unknown_payments(self.journal),
+                         facts.UnknownPayments([unknown(n) for n in (1, 2, 3)], 3))
 
     def test_past_the_limit_the_longest_waiting_are_the_ones_shown(self):
         # more than a page (and more than two) wait: the page and the metrics' oldest age must still see the
         # oldest, which the journal lists last
         self.add(1, 2 * facts.UNKNOWN_LIMIT + 7)
-        shown = facts.unknown_payments(self.journal)
+        shown, count = facts.unknown_payments(self.journal)
         self.assertEqual(len(shown), facts.UNKNOWN_LIMIT)
+        self.assertEqual(count, 2 * facts.UNKNOWN_LIMIT + 7)
         self.assertEqual([r.id for r in shown], [f"pay_{n:03d}" for n in range(1, facts.UNKNOWN_LIMIT + 1)])
 
     def test_exactly_the_limit(self):
         self.add(1, facts.UNKNOWN_LIMIT)
-        self.assertEqual([r.id for r in facts.unknown_payments(self.journal)],
-                         [f"pay_{n:03d}" for n in range(1, facts.UNKNOWN_LIMIT + 1)])
+        shown, count = facts.unknown_payments(self.journal)
+        self.assertEqual([r.id for r in shown], [f"pay_{n:03d}" for n in range(1, facts.UNKNOWN_LIMIT + 1)])
+        self.assertEqual(count, facts.UNKNOWN_LIMIT)

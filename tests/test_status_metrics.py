@@ -9,6 +9,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
 from bridge.api.client import connect
+from bridge.core import states
+from bridge.core.journal import PaymentRecord
+from bridge.status import facts
 from bridge.terminals.caisse_ap.simulator import SimulatorScript
 from tests.status_support import PAYMENT, TOKEN, StatusBridge, closed_port, start_simulator, wait_for
 
@@ -206,6 +209,27 @@ class LiveGaugeTests(TestCase, StatusBridge):
         text = yield self.scrape()
         self.assertEqual(sample(text, "terminal_bridge_clients_connected"), 0)
         self.assertEqual(sample(text, "terminal_bridge_terminal_busy", terminal="till-3"), 0)
+
+    @inlineCallbacks
+    def test_more_unknown_payments_than_the_page_shows_are_all_counted(self):
+        _, approver = yield start_simulator(self, reactor)
+        yield self.start_bridge(self, {"till-1": approver}, status_extra=f"metrics_token = {TOKEN}")
+        journal = self.daemon.payments.journal
+        waiting = facts.UNKNOWN_LIMIT + 7
+        for n in range(waiting):
+            record = PaymentRecord(id=f"pay_{n:03d}", command_id=f"cmd_{n}", client_id="cl_a", terminal="till-1",
+                                   kind="debit", method="card", amount=100 + n, currency="EUR", args_digest="d",
+                                   state=states.UNKNOWN, created=1000.0 + n, updated=1000.0 + n)
+            yield journal.create(record, {}, actor="cl_a")
+        text = yield self.scrape()
+        self.assertEqual(sample(text, "terminal_bridge_unknown_payments"), waiting)
+        page = self.page()
+        yield page.login()
+        response = yield page.request("GET", "/")
+        self.assertIn(f"Needs attention: {waiting} payments await a decision.", response.text)
+        self.assertIn(f"{waiting} payments await a decision; the {facts.UNKNOWN_LIMIT} that have waited longest "
+                      "are shown here", response.text)
+        self.assertEqual(response.text.count('<article class="unknown"'), facts.UNKNOWN_LIMIT)
 
     @inlineCallbacks
     def test_an_uplink_that_cannot_reach_its_cloud_and_its_feedback_backlog(self):

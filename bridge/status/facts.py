@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from bridge.core import states
 from bridge.core.journal import Journal, PaymentRecord
@@ -113,16 +113,25 @@ def feedback_backlog(journal: Journal, client_id: str, cursor_id: str) -> tuple[
     return count, oldest
 
 
-def unknown_payments(journal: Journal) -> list[PaymentRecord]:
-    """The payments awaiting a person's decision: the oldest UNKNOWN_LIMIT of them, oldest first.  The journal
-    lists newest first, so with more than that many waiting the older pages are read too (rare: one read when
-    fewer wait), lest the longest-waiting ones be left off the page and out of the metrics' oldest age."""
+class UnknownPayments(NamedTuple):
+    """The payments awaiting a person's decision: the ``oldest`` UNKNOWN_LIMIT of them (oldest first) and how
+    many wait in all (``total``, which may be more)."""
+
+    oldest: list[PaymentRecord]
+    total: int
+
+
+def unknown_payments(journal: Journal) -> UnknownPayments:
+    """The payments awaiting a person's decision.  The journal lists newest first, so with more than
+    UNKNOWN_LIMIT waiting the older pages are read too (rare: one read when fewer wait), lest the longest-waiting
+    ones be left off the page and out of the metrics' oldest age; counting them costs nothing more."""
     page = journal.list(state=states.UNKNOWN, limit=UNKNOWN_LIMIT)
-    oldest = page
+    oldest, count = page, len(page)
     while len(page) == UNKNOWN_LIMIT:
         page = journal.list(state=states.UNKNOWN, limit=UNKNOWN_LIMIT, before=(page[-1].created, page[-1].id))
         oldest = (oldest + page)[-UNKNOWN_LIMIT:]
-    return list(reversed(oldest))
+        count += len(page)
+    return UnknownPayments(list(reversed(oldest)), count)
 
 
 def journal_facts(journal: Journal, commits: CommitWatch) -> dict[str, Any]:

@@ -129,9 +129,10 @@ class _LiveFacts(Collector):
         yield GaugeMetricFamily("terminal_bridge_clients_connected", "Clients connected to the command listener "
                                 "(after hello).", value=len(daemon.bridge.connected))
 
-        unknown = facts.unknown_payments(journal)
-        yield GaugeMetricFamily("terminal_bridge_unknown_payments", f"Payments in state unknown awaiting a "
-                                f"person's decision (counted up to {facts.UNKNOWN_LIMIT}).", value=len(unknown))
+        awaiting = facts.unknown_payments(journal)
+        unknown = awaiting.oldest
+        yield GaugeMetricFamily("terminal_bridge_unknown_payments", "Payments in state unknown awaiting a "
+                                "person's decision.", value=awaiting.total)
         yield GaugeMetricFamily("terminal_bridge_unknown_oldest_age_seconds", "How long the oldest unknown "
                                 "payment has waited for a decision (0 when none).",
                                 value=max(0.0, now - min(r.updated for r in unknown)) if unknown else 0.0)

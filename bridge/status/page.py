@@ -72,7 +72,7 @@ def health(view: Mapping[str, Any]) -> tuple[bool, str]:
     if down:
         problems.append(("terminal " if len(down) == 1 else "terminals ") + ", ".join(down)
                         + " cannot take payments")
-    unknown = len(view["unknown"])
+    unknown = view["unknown_count"]
     if unknown:
         problems.append(f"{unknown} payment{'s' if unknown > 1 else ''} await{'' if unknown > 1 else 's'} "
                         "a decision")
@@ -126,7 +126,7 @@ def main_part(view: Mapping[str, Any], csrf: str, flash: Optional[tuple[str, str
     parts = [f'<p id="health" class="health {"ok" if ok else "bad"}" role="status">{escape(sentence)}</p>']
     if flash:
         parts.append(f'<p class="flash {escape(flash[0])}" role="alert">{escape(flash[1])}</p>')
-    parts.append(_unknown(view["unknown"], csrf))
+    parts.append(_unknown(view["unknown"], view["unknown_count"], csrf))
     parts.append(_terminals(view["terminals"], view["now"]))
     parts.append(_uplinks(view["uplinks"], view["now"]))
     parts.append(_journal(view["journal"], view["today"]))
@@ -147,7 +147,7 @@ def _said(record: PaymentRecord) -> str:
     return " - ".join(str(w) for w in words)
 
 
-def _unknown(records: list[PaymentRecord], csrf: str) -> str:
+def _unknown(records: list[PaymentRecord], count: int, csrf: str) -> str:
     if not records:
         return ('<section id="unknown"><h2>Payments awaiting a decision</h2>'
                 "<p>None: every payment's outcome is known.</p></section>")
@@ -173,7 +173,11 @@ def _unknown(records: list[PaymentRecord], csrf: str) -> str:
               f'<button type="submit">Record the decision</button></form></article>')
     return ('<section id="unknown" class="attention"><h2>Payments awaiting a decision</h2>'
             "<p>The bridge could not learn how these payments ended. Check the terminal's receipt or journal, "
-            "then record what it shows. The decision is journaled with your name.</p>" + "".join(items)
+            "then record what it shows. The decision is journaled with your name.</p>"
+            + (f"<p>{count} payments await a decision; the {len(records)} that have waited longest are shown "
+               "here, the others with <code>terminal-bridge payments --state unknown</code>.</p>"
+               if count > len(records) else "")
+            + "".join(items)
             + "</section>")
 
 

@@ -114,11 +114,12 @@ class StatusService:
         today: dict[str, int] = {}
         for state in self._today.values():
             today[state] = today.get(state, 0) + 1
+        unknown = facts.unknown_payments(journal)
         return {
             "bridge": self.config.name, "now": now, "started": self.metrics.started,
             "fingerprint": daemon.fingerprint, "certificate": self.metrics.certificate(now),
             "clients": len(daemon.bridge.connected), "terminals": facts.terminal_facts(daemon),
-            "uplinks": facts.uplink_facts(daemon, now), "unknown": facts.unknown_payments(journal),
+            "uplinks": facts.uplink_facts(daemon, now), "unknown": unknown.oldest, "unknown_count": unknown.total,
             "journal": facts.journal_facts(journal, self.metrics.commits), "today": today,
         }
 
