@@ -35,6 +35,20 @@ def wait_for(condition, what: str = "condition", timeout: float = 10.0, step: fl
     raise AssertionError(f"{what} not met within {timeout} s")
 
 
+def unreachable_uplink(directory: str) -> str:
+    """The configuration of an uplink whose cloud cannot be reached (nothing listens at its address), with its
+    secrets file written in ``directory``: add it to a bridge's configuration."""
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    secrets = os.path.join(directory, "odoo.secrets")
+    with open(secrets, "w") as f:
+        f.write("channel_token = a1b2c3d4e5f6a7b8c9d0e1f2\nfeedback_secret = Feedback-Passphrase-0123456789\n")
+    os.chmod(secrets, 0o600)
+    return (f"[uplink:odoo]\nurl = https://{closed_port()}\ndatabase = shop\nclient = pos\n"
+            f"secrets_file = {secrets}\n")
+
+
 def closed_port() -> str:
     """An address on 127.0.0.1 where nothing listens (a terminal that cannot be reached)."""
     import socket

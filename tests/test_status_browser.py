@@ -14,7 +14,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from bridge.terminals.caisse_ap.simulator import SimulatorScript
 from tests import chromium
-from tests.status_support import PASSWORD, StatusBridge, closed_port, start_simulator, wait_for
+from tests.status_support import PASSWORD, StatusBridge, closed_port, start_simulator, unreachable_uplink, wait_for
 
 
 class BrowserTest(TestCase, StatusBridge):
@@ -144,15 +144,7 @@ class UplinkDown(BrowserTest):
     @inlineCallbacks
     def test_an_uplink_that_cannot_reach_its_cloud(self):
         _, approver = yield start_simulator(self, reactor)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        secrets = os.path.join(directory, "odoo.secrets")
-        with open(secrets, "w") as f:
-            f.write("channel_token = a1b2c3d4e5f6a7b8c9d0e1f2\nfeedback_secret = Feedback-Passphrase-0123456789\n")
-        os.chmod(secrets, 0o600)
-        yield self.start_bridge(self, {"till-1": approver},
-                                extra=f"[uplink:odoo]\nurl = https://{closed_port()}\ndatabase = shop\n"
-                                      f"client = pos\nsecrets_file = {secrets}\n")
+        yield self.start_bridge(self, {"till-1": approver}, extra=unreachable_uplink(os.path.abspath(self.mktemp())))
         service = self.daemon.uplinks.services[0]
         yield wait_for(lambda: service.status.data.get("last_error"), "the uplink's first error")
         browser = yield self.browser()

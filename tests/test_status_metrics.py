@@ -13,7 +13,8 @@ from bridge.core import states
 from bridge.core.journal import PaymentRecord
 from bridge.status import facts
 from bridge.terminals.caisse_ap.simulator import SimulatorScript
-from tests.status_support import PAYMENT, TOKEN, StatusBridge, closed_port, start_simulator, wait_for
+from tests.status_support import (PAYMENT, TOKEN, StatusBridge, closed_port, start_simulator,
+                                 unreachable_uplink, wait_for)
 
 PROMTOOL = shutil.which("promtool")
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
@@ -234,15 +235,8 @@ class LiveGaugeTests(TestCase, StatusBridge):
     @inlineCallbacks
     def test_an_uplink_that_cannot_reach_its_cloud_and_its_feedback_backlog(self):
         _, approver = yield start_simulator(self, reactor)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        secrets = os.path.join(directory, "odoo.secrets")
-        with open(secrets, "w") as f:
-            f.write("channel_token = a1b2c3d4e5f6a7b8c9d0e1f2\nfeedback_secret = Feedback-Passphrase-0123456789\n")
-        os.chmod(secrets, 0o600)
         yield self.start_bridge(self, {"till-1": approver}, status_extra=f"metrics_token = {TOKEN}",
-                                extra=f"[uplink:odoo]\nurl = https://{closed_port()}\ndatabase = shop\n"
-                                      f"client = pos\nsecrets_file = {secrets}\n")
+                                extra=unreachable_uplink(os.path.abspath(self.mktemp())))
         service = self.daemon.uplinks.services[0]
         yield wait_for(lambda: service.status.data.get("last_error"), "the uplink's first error")
         proto = yield self.open()  # the uplink's client: its payment's result waits for the cloud

@@ -21,7 +21,8 @@ from bridge.status.facts import terminal_facts
 from bridge.status.page import _terminals as terminals_part
 from bridge.terminals.caisse_ap.simulator import SimulatorScript
 from bridge.testing import RecordingDriver
-from tests.status_support import PASSWORD, PageClient, StatusBridge, closed_port, sleep, start_simulator, wait_for
+from tests.status_support import (PASSWORD, PageClient, StatusBridge, closed_port, sleep, start_simulator,
+                                 unreachable_uplink, wait_for)
 from tests.test_uplink_end_to_end import UplinkEndToEnd
 
 
@@ -355,13 +356,7 @@ class UplinkDownTests(TestCase, StatusBridge):
         import os
 
         _, approver = yield start_simulator(self, reactor)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        with open(os.path.join(directory, "odoo.secrets"), "w") as f:
-            f.write("channel_token = a1b2c3d4e5f6a7b8c9d0e1f2\nfeedback_secret = Feedback-Passphrase-0123456789\n")
-        os.chmod(os.path.join(directory, "odoo.secrets"), 0o600)
-        extra = (f"[uplink:odoo]\nurl = https://{closed_port()}\ndatabase = shop\nclient = pos\n"
-                 f"secrets_file = {directory}/odoo.secrets\n")
+        extra = unreachable_uplink(os.path.abspath(self.mktemp()))
         yield self.start_bridge(self, {"till-1": approver}, extra=extra)
         service = self.daemon.uplinks.services[0]
         yield wait_for(lambda: service.status.data.get("last_error"), "the uplink's first error")
