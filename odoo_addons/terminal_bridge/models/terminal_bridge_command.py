@@ -66,7 +66,8 @@ class TerminalBridgeCommand(models.Model):
         return value if isinstance(value, dict) else {}
 
     def _serve(self, bridge):
-        """The bridge's queued commands, oldest first, each signed now with the inbound secret."""
+        """The bridge's queued commands, oldest first, each signed now with the inbound secret: at most
+        MAX_PENDING of them and MAX_PENDING_BYTES of answer in all (the bridge reads no more)."""
         bridge = bridge.sudo()
         commands = self.sudo().search(
             [("bridge_id", "=", bridge.id), ("state", "=", "queued")], order="id", limit=MAX_PENDING
@@ -94,11 +95,12 @@ class TerminalBridgeCommand(models.Model):
             message = signing.signed(
                 {"id": command.uuid, "op": command.op, "ts": now, "args": args}, bridge.secret_in, bridge.algorithm or "sha256"
             )
-            cost = answer_size(message) + (_SEPARATOR if served else 0)
-            if _ANSWER_FRAME + answer_size(message) > MAX_PENDING_BYTES:
+            alone = answer_size(message)
+            if _ANSWER_FRAME + alone > MAX_PENDING_BYTES:
                 # Never servable (queued before Odoo refused such commands): close it, or it blocks the queue.
                 command._refuse_unservable()
                 continue
+            cost = alone + (_SEPARATOR if served else 0)
             if size + cost > MAX_PENDING_BYTES:
                 break  # the rest waits for the next fetch, oldest first
             size += cost
