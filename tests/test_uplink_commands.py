@@ -15,6 +15,7 @@ from bridge.core.journal import Journal
 from bridge.core.payments import PaymentService
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
+from bridge.uplink import commands
 from bridge.uplink.commands import CommandFetcher
 from bridge.uplink.config import UplinkConfig
 from bridge.uplink.https import Response
@@ -127,6 +128,31 @@ class CommandFetcherTests(SynchronousTestCase):
         self.https.acks.clear()
         second.fetch()
         self.assertEqual(self.acked()["q-1"]["error"]["code"], "replayed")
+
+    def test_a_reply_larger_than_odoo_reads_is_acknowledged_as_an_error(self):
+        """Odoo's /ack reads at most MAX_ACK_BYTES: a larger one would be refused (413) at every fetch, forever."""
+        self.https.pending = [self.command()]
+        self.fetcher.fetch()
+
+        def listed(command_id):
+            self.https.acks.clear()
+            self.https.pending = [self.command(op="payment.list", args={"limit": 200}, command_id=command_id)]
+            self.fetcher.fetch()
+            (ack,) = self.https.acks
+            return ack, len(json.dumps(ack, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+        ack, size = listed("l-1")
+        self.assertTrue(ack["reply"]["ok"])
+        self.patch(commands, "MAX_ACK_BYTES", size)
+        ack, same = listed("l-2")
+        self.assertEqual((ack["reply"]["ok"], same), (True, size), "a body of exactly the limit is sent")
+        self.patch(commands, "MAX_ACK_BYTES", size - 1)
+        ack, smaller = listed("l-3")
+        reply = ack["reply"]
+        self.assertEqual((reply["re"], reply["ok"], reply["error"]["code"]), ("l-3", False, "reply_too_large"))
+        self.assertTrue(signing.verify(reply, self.creds["secret_out"]))
+        self.assertTrue(signing.verify(ack, self.creds["secret_out"]))
+        self.assertLess(smaller, size - 1)
 
     def test_a_command_fetched_twice_runs_once(self):
         self.https.pending = [self.command()]

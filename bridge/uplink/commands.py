@@ -40,6 +40,9 @@ MAX_COMMANDS_PER_FETCH = 50
 IDLE_INTERVAL = 300.0
 #: The largest /pending answer read (the HTTPS client's limit); a larger one is an error, and the next fetch runs.
 MAX_PENDING_BYTES = MAX_BODY
+#: The largest /ack body Odoo reads (docs/cloud-protocol.md): a larger reply is acknowledged as an error instead,
+#: else Odoo would refuse it (413) at every fetch and the command would come back forever.
+MAX_ACK_BYTES = 1 << 20
 #: Replies kept to answer a command fetched again (its acknowledgement was lost) without running it again.
 REMEMBERED_REPLIES = 1000
 #: Ops whose repetition the core answers itself (the journal's command id): run again, they return the payment as
@@ -336,10 +339,16 @@ class CommandFetcher:
 
     @inlineCallbacks
     def _post_ack(self, command_id: str, reply: dict[str, Any]):
+        body = self._request_body(command_id=command_id, reply=reply)
+        if len(body) > MAX_ACK_BYTES:
+            self.log.warn("Uplink {uplink}: the reply to {command_id} is {size} bytes, more than Odoo reads: "
+                          "acknowledged as reply_too_large", uplink=self.uplink.name, command_id=command_id[:128],
+                          size=len(body))
+            error = BridgeError("reply_too_large", f"The reply is larger than the {MAX_ACK_BYTES} bytes Odoo reads; "
+                                                   "ask for less at a time (e.g. a smaller 'limit').")
+            body = self._request_body(command_id=command_id, reply=self._refusal(command_id, error))
         try:
-            response = yield self._https.request("POST", self.uplink.route(ACK_PATH),
-                                                 self._request_body(command_id=command_id, reply=reply),
-                                                 "application/json")
+            response = yield self._https.request("POST", self.uplink.route(ACK_PATH), body, "application/json")
         except CancelledError:
             raise
         except BridgeError as e:

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 
-from odoo import fields, http
+from odoo import http
 from odoo.http import request
 
 from ..tools import signing
@@ -24,8 +24,6 @@ MAX_ACK_BODY = 1024 * 1024
 MAX_FEEDBACK_BODY = 16 * 1024
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
 _SEQ = re.compile(r"[0-9]{1,15}\Z")
-#: The ops whose result describes one payment (a payment object).
-_PAYMENT_RESULT_OPS = ("payment.start", "payment.refund", "payment.get", "payment.resolve")
 
 
 class Refused(Exception):
@@ -168,7 +166,17 @@ class TerminalBridgeController(http.Controller):
             _logger.warning("terminal bridge %r acknowledged a command Odoo does not know: %s", bridge.name, command_id)
             return _answer({"ok": True, "known": False})
         if command.state != "done":
-            _apply_ack(bridge, command, reply)
+            if not reply.get("ok"):
+                error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+                _logger.warning(
+                    "terminal bridge %r refused %s %s: %s %s",
+                    bridge.name,
+                    command.op,
+                    command.uuid,
+                    str(error.get("code") or "")[:64],
+                    str(error.get("message") or "")[:500],
+                )
+            command._apply_reply(reply)
         return _answer({"ok": True})
 
     @_bridge_route("/terminal_bridge/feedback")
@@ -262,54 +270,3 @@ def _store_feedback(bridge, params, pay_ref, seq):
             "applied": applied,
         }
     )
-
-
-def _apply_ack(bridge, command, reply):
-    ok = bool(reply.get("ok"))
-    error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
-    code, message = str(error.get("code") or "")[:64], str(error.get("message") or "")[:500]
-    command.write(
-        {
-            "state": "done",
-            "reply": json.dumps(reply, ensure_ascii=False, sort_keys=True),
-            "ok": ok,
-            "error_code": code or False,
-            "error_message": message or False,
-            "acked_date": fields.Datetime.now(),
-        }
-    )
-    if not ok:
-        _logger.warning("terminal bridge %r refused %s %s: %s %s", bridge.name, command.op, command.uuid, code, message)
-    result = reply.get("result")
-    payment = command.payment_id
-    before = payment._watched() if payment else None
-    if command.op == "terminal.list" and ok and isinstance(result, dict):
-        request.env["terminal.bridge.terminal"].sudo()._update_from_list(bridge, result.get("terminals") or [])
-    elif command.op == "terminal.status" and ok and isinstance(result, dict):
-        terminal = bridge.terminal_ids.filtered(lambda t: t.name == result.get("name"))
-        terminal.write({"state": str(result.get("state") or "")[:64] or False})
-    elif payment and command.op in ("payment.start", "payment.refund"):
-        if ok:
-            payment._apply_view(result)
-        else:
-            payment._apply_error(code or "refused", message or "The bridge refused the payment.")
-    elif payment and command.op in _PAYMENT_RESULT_OPS and ok:
-        payment._apply_view(result)
-    elif payment and command.op == "payment.resolve" and payment.state == "unknown":
-        # The bridge refused the answer (e.g. the payment ended meanwhile, or a right is missing): it is not
-        # recorded anywhere, so the question is open again.
-        payment.write({"resolved_by": False, "resolution_note": False})
-    elif payment and command.op == "payment.cancel":
-        if ok and isinstance(result, dict):
-            payment._apply_view(result.get("payment"))
-            status = result.get("cancel")
-            payment.write(
-                {
-                    "cancel_status": status if status in ("before_send", "requested", "on_terminal") else False,
-                    "cancel_message": str(result.get("message") or "")[:500] or False,
-                }
-            )
-        else:
-            payment.write({"cancel_status": False, "cancel_message": message or False})
-    if payment:
-        payment._changed_since(before)

@@ -3,11 +3,13 @@ import logging
 import re
 import secrets
 import shlex
+import time
 import uuid
 
 from odoo import api, fields, models
 from odoo.exceptions import UserError
 
+from ..tools import signing
 _logger = logging.getLogger(__name__)
 
 #: The rights the client Odoo pairs gets on the bridge (docs/cloud-protocol.md, "Pairing").
@@ -28,6 +30,10 @@ UPLINK_OPS = (
     "payment.refund",
     "payment.resolve",
 )
+#: The largest command the bridge reads by default (its max_message_bytes): a larger one is refused when queued.
+MAX_COMMAND_BYTES = 64 * 1024
+#: Ops that name their payment when served (its bridge id, or its command id of at most 128 characters).
+_PAYMENT_NAMING_OPS = ("payment.cancel", "payment.refund", "payment.resolve", "payment.get")
 
 
 
@@ -186,12 +192,22 @@ class TerminalBridge(models.Model):
         self.ensure_one()
         if op not in UPLINK_OPS:
             raise UserError(self.env._("%s cannot be sent to a bridge.", op))
+        command_id = command_id or str(uuid.uuid4())
+        size = self._command_size(op, args, command_id)
+        if size > MAX_COMMAND_BYTES:
+            raise UserError(
+                self.env._(
+                    "This command is too large for the bridge: %(size)s bytes, at most %(limit)s. Nothing was sent.",
+                    size=size,
+                    limit=MAX_COMMAND_BYTES,
+                )
+            )
         command = (
             self.env["terminal.bridge.command"]
             .sudo()
             .create(
                 {
-                    "uuid": command_id or str(uuid.uuid4()),
+                    "uuid": command_id,
                     "bridge_id": self.id,
                     "op": op,
                     "args": json.dumps(args, ensure_ascii=False, sort_keys=True),
@@ -202,6 +218,20 @@ class TerminalBridge(models.Model):
         self.sudo()._bus_send("terminal_bridge/command", {"command_id": command.uuid})
         _logger.info("terminal bridge %s: queued %s %s", self.name, op, command.uuid)
         return command
+
+    def _command_size(self, op, args, command_id):
+        """The bytes of ``op`` as the bridge will read it: signed, its compact JSON, the payment named if it is
+        named when served (counted as its longest form)."""
+        bridge = self.sudo()
+        args = dict(args)
+        if op in _PAYMENT_NAMING_OPS and "payment_id" not in args and "command_id" not in args:
+            args["command_id"] = "x" * 128
+        message = signing.signed(
+            {"id": command_id, "op": op, "ts": int(time.time()), "args": args},
+            bridge.secret_in or "",
+            bridge.algorithm or "sha256",
+        )
+        return len(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
     def action_refresh_terminals(self):
         """Ask the bridge for its terminals; its answer fills the list."""
