@@ -55,8 +55,8 @@ _WORDS = {
     "capture_unconfirmed": "The card was accepted but Stripe has not confirmed the payment yet.",
     "capture_failed": "The card was accepted but Stripe could not complete the payment, so the bridge released "
                       "it. Nothing was charged; try again.",
-    "refund_needs_original": "A Stripe reader can only refund an earlier card payment: use 'refund' on that "
-                             "payment.",
+    "refund_needs_original": "A Stripe reader can only refund an earlier card payment: refund that payment (in "
+                             "the POS, refund its order; on the bridge, terminal-bridge refund PAYMENT_ID).",
     "bridge_restarted": "The bridge restarted before the card was presented, so the payment was stopped. "
                         "Nothing was charged.",
     "refund_not_sent": "The bridge restarted before the refund reached Stripe. Nothing was refunded.",
