@@ -18,6 +18,8 @@ export const TERMINAL = "terminal_bridge";
 export const NOTIFICATION = "TERMINAL_BRIDGE_PAYMENT";
 const FINAL = new Set(["approved", "declined", "cancelled", "failed", "unknown"]);
 const WAITING = new Set(["waiting", "waitingCard", "waitingCancel"]);
+/** How far an attempt has gone (the server's _RANK): news of an earlier step of the same attempt is stale. */
+const rank = (state) => ({ queued: 0, accepted: 1, in_progress: 2 })[state] ?? 3;
 /** While a payment waits, the POS also asks the server this often, in case a bus message was missed. */
 const POLL_MS = 4000;
 
@@ -197,6 +199,11 @@ export function makeTerminalBridgePayment(PaymentInterface) {
             const last = this.tbLast[uuid];
             if (last && splitCommandId(last.command_id)[1] > attempt) {
                 return; // news of an older attempt
+            }
+            if (last?.command_id === payment.command_id && rank(payment.state) < rank(last.state)) {
+                // Older news of this attempt (a poll's answer sent before the bus message that overtook it):
+                // taking it would step back, and the next news would tell the cashier again what they know.
+                return;
             }
             const settled =
                 last?.command_id === payment.command_id &&

@@ -64,6 +64,35 @@ export function registerTerminalBridgeTours({
         }
         return step;
     };
+    const staleNewsSaysNothing = () => ({
+        content: "older news of the payment (a slow poll's answer) after newer news tells the cashier nothing again",
+        trigger: ".paymentline",
+        run: () => {
+            let terminal, news;
+            for (const method of window.posmodel.models["pos.payment.method"].getAll()) {
+                for (const payment of Object.values(method.payment_terminal?.tbLast || {})) {
+                    if (["accepted", "in_progress"].includes(payment.state)) {
+                        [terminal, news] = [method.payment_terminal, payment];
+                    }
+                }
+            }
+            if (!news) {
+                throw new Error("no payment under way on a bridge terminal");
+            }
+            const said = [];
+            const notify = terminal.tbNotify;
+            terminal.tbNotify = (text) => said.push(text);
+            try {
+                terminal.tbUpdate({ ...news, state: "queued" });
+                terminal.tbUpdate({ ...news, state: "in_progress" });
+            } finally {
+                terminal.tbNotify = notify;
+            }
+            if (said.length) {
+                throw new Error(`stale news made the POS say again: ${said.join(" / ")}`);
+            }
+        },
+    });
     const add = (name, steps) => registry.category("web_tour.tours").add(name, { steps: () => steps().flat() });
 
     add("TerminalBridgeCancelBeforeSend", () => [
@@ -116,6 +145,7 @@ export function registerTerminalBridgeTours({
         sell(),
         PaymentScreen.clickPaymentMethod("Card waits"),
         notification("The bridge took the payment"),
+        staleNewsSaysNothing(),
         lineButton(".send_payment_cancel", "Cancel"),
         // A Caisse-AP terminal over TCP has no cancel message: the POS says only the terminal can cancel (when
         // the bridge's answer comes before the terminal's) and waits until the terminal confirms (here the
