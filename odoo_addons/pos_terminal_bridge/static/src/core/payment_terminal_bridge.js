@@ -294,7 +294,12 @@ export function makeTerminalBridgePayment(PaymentInterface) {
             line.card_brand = payment.brand || "";
             line.card_type = payment.brand || "";
             const parts = [payment.brand, payment.card_masked, payment.authorization && _t("auth %s", payment.authorization)];
-            setReceiptInfo(line, parts.filter(Boolean).join(" "));
+            // One per line: the receipt prints it as preformatted text, which does not wrap (a long card line
+            // cut the authorisation off); and only once, since Odoo appends it to the line's ticket.
+            const info = parts.filter(Boolean).join("\n");
+            if (info && !(line.ticket || "").includes(info)) {
+                setReceiptInfo(line, info);
+            }
         }
 
         tbAskUnknown(line, payment) {

@@ -110,6 +110,19 @@ export function registerTerminalBridgeTours({
         sell(),
         PaymentScreen.clickPaymentMethod("Card approves"),
         received(),
+        {
+            content: "the receipt shows the card and its authorisation once, whole (nothing cut at the edge)",
+            trigger: `.pos-payment-terminal-receipt pre:contains("auth")`,
+            run: () => {
+                const pre = document.querySelector(".pos-payment-terminal-receipt pre");
+                if (pre.scrollWidth > pre.clientWidth + 1) {
+                    throw new Error(`the receipt cuts the terminal's lines: ${pre.textContent}`);
+                }
+                if (pre.textContent.split("auth").length !== 2) {
+                    throw new Error(`the authorisation is printed more than once: ${pre.textContent}`);
+                }
+            },
+        },
     ]);
 
     add("TerminalBridgeDeclinedThenPaid", () => [
