@@ -84,7 +84,7 @@ class BridgeProcess:
             self.proc = subprocess.Popen(python + ["-m", "bridge", "-c", self.config, "run"],
                                          cwd=self.directory, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT,
-                                         env=child_env({**unit_environment(), "NOTIFY_SOCKET": notify_path}),
+                                         env=child_env({**(unit_environment() or {}), "NOTIFY_SOCKET": notify_path}),
                                          preexec_fn=_bridge_preexec)
             ready = accepted = None
             while ready is None or accepted is None:

@@ -23,10 +23,14 @@ def free_port() -> int:
 UNIT = os.path.join(ROOT, "systemd", "terminal-bridge.service")
 
 
-def unit_environment(path: str = UNIT) -> dict[str, str]:
+def unit_environment(path: str = UNIT) -> Optional[dict[str, str]]:
     """The variables the systemd unit's ``Environment=`` lines set (``NAME=value``, one per line, as the unit
-    writes them), so that the measured bridge runs as the unit runs it (MALLOC_ARENA_MAX, docs/performance.md)."""
+    writes them), so that the measured bridge runs as the unit runs it (MALLOC_ARENA_MAX, docs/performance.md).
+    None when there is no unit file beside bench/ (a copy of bench/ and tests/ without the source tree, as the
+    .deb's build runs the tests): the bridge then runs without it, and the report says so."""
     env: dict[str, str] = {}
+    if not os.path.exists(path):
+        return None
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.startswith("Environment="):

@@ -122,7 +122,9 @@ def memory_report(r: dict[str, Any]) -> str:
             f"{r['rss_libraries'] / 1e6:.1f} = {over:.1f} MB  (target <= 10 MB) {'PASS' if over <= 10 else 'MISS'}"
             + (f"; the bridge ran with the systemd unit's environment: "
                f"{' '.join(f'{k}={v}' for k, v in sorted(r['unit_environment'].items()))}"
-               if r.get("unit_environment") else ""))
+               if r.get("unit_environment") else
+               "; no systemd unit file beside bench/: the bridge ran without the unit's environment"
+               if r.get("unit_environment", {}) is None else ""))
 
 
 def journal_report(bridge_payments: int, problems: int) -> str:

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
             r["journal_check_seconds"] = wait_for_integrity_check(bridge.pid)
         r["rss_ready"] = proc_status(bridge.pid, "VmRSS")
-        r["unit_environment"] = environment_of(bridge.pid, unit_environment())
+        unit = unit_environment()
+        r["unit_environment"] = None if unit is None else environment_of(bridge.pid, unit)
 
         from bridge.api.tls import fingerprint_of_pem
 
