@@ -119,9 +119,10 @@ for v in $present; do
   if [ "$rc" -ne 0 ] || [ "$bad" -ne 0 ]; then
     # What failed, with its traceback (the log itself goes away with the temporary folder unless ODOO_LOG_DIR).
     awk '/ (ERROR|FAIL): Test/ {n = 80} n-- > 0' "$log" | head -n 400
-    # The failed tests, as test tags: "... odoo.addons.ADDON.tests.FILE: ERROR: Class.method" -> /ADDON:Class.method
+    # The failed tests, as test tags: "... odoo.addons.ADDON.tests.FILE: ERROR: Class.method" -> */ADDON:Class.method
+    # ('*': whatever the test's own tags, so that a test outside 'standard', such as the bench, runs again too).
     again=$(grep -Eo 'odoo\.addons\.[a-z_]+\.tests\.[a-z_0-9]+: (ERROR|FAIL): Test[A-Za-z0-9_]+\.test_[A-Za-z0-9_]+' \
-      "$log" | sed -E 's/^odoo\.addons\.([a-z_]+)\.tests\.[a-z_0-9]+: (ERROR|FAIL): /\/\1:/' | sort -u | paste -sd, -)
+      "$log" | sed -E 's/^odoo\.addons\.([a-z_]+)\.tests\.[a-z_0-9]+: (ERROR|FAIL): /*\/\1:/' | sort -u | paste -sd, -)
     if [ "$bad" -gt 0 ] && [ "$bad" -le 3 ] && [ -n "$again" ] && [ "$(tr ',' '\n' <<<"$again" | wc -l)" -eq "$bad" ]; then
       # A browser tour on a loaded machine fails now and then; a test that fails again is a failure. Every flake
       # is printed (FLAKY:) so that it gets looked into rather than hidden.
