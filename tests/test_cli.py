@@ -254,6 +254,16 @@ def test_a_refund_says_it_is_a_refund():
     assert describe_outcome(dict(refund, state="declined")).startswith("REFUND DECLINED: 5.00 EUR.")
 
 
+def test_a_refund_in_progress_does_not_promise_a_card():
+    from bridge.cli.pay import progress_line
+
+    assert progress_line("in_progress", "payment") == "Sent to the terminal: waiting for the customer's card..."
+    assert progress_line("in_progress", "refund") == ("Sent to the terminal: waiting for its answer (a card "
+                                                      "terminal asks for the customer's card)...")
+    assert progress_line("accepted", "refund") == "The bridge recorded the refund."
+    assert progress_line("approved", "payment") is None
+
+
 def test_the_command_that_checks_an_unknown_payment_is_one_the_user_can_run(tmp_path, monkeypatch):
     """`pay` prints it when the payment's end is unknown: with the program as the user ran it when that is not
     the `terminal-bridge` on the PATH (a newcomer's .venv/bin/terminal-bridge, from the demo's banner)."""

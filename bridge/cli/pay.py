@@ -46,6 +46,16 @@ PROGRESS = {
     "accepted": "The bridge recorded the {what}.",
     "in_progress": "Sent to the terminal: waiting for the customer's card...",
 }
+#: A refund may need no card (a Stripe reader refunds the original payment through Stripe alone); the client
+#: does not know the terminal's kind, so it says what holds for both.
+REFUND_PROGRESS = dict(PROGRESS, in_progress="Sent to the terminal: waiting for its answer (a card terminal asks "
+                                             "for the customer's card)...")
+
+
+def progress_line(state: Optional[str], what: str) -> Optional[str]:
+    """What `pay` and `refund` print when the payment (``what``: "payment" or "refund") reaches ``state``."""
+    line = (REFUND_PROGRESS if what == "refund" else PROGRESS).get(state or "")
+    return line.format(what=what) if line else None
 
 
 def describe_outcome(payment: dict[str, Any]) -> str:
@@ -273,8 +283,9 @@ def follow(reactor: TCPClock, url: str, creds: Credentials, fingerprint: Optiona
         state = payment.get("state")
         if state not in seen_states:
             seen_states.append(state)
-            if state in PROGRESS:
-                echo(PROGRESS[state].format(what=what))
+            line = progress_line(state, what)
+            if line:
+                echo(line)
 
     while True:
         attempt_timeout = CONNECT_TIMEOUT
