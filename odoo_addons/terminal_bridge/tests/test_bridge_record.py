@@ -4,7 +4,6 @@ from datetime import datetime, timedelta
 
 from freezegun import freeze_time
 
-from odoo import release
 from odoo.exceptions import AccessError
 from odoo.tests import HttpCase, new_test_user, tagged
 
@@ -33,17 +32,17 @@ class TestBridgeRecord(HttpCase):
     def test_secrets_are_never_shown_nor_exported(self):
         bridge, answer = paired_bridge(self.env)
         self.assertEqual(bridge.sudo().secret_out, answer["client"]["secret_out"])
-        # Not in any view of the bridge, and not offered by the export dialog (19.0), even to a system administrator.
+        # Not in any view of the bridge, and not offered by the export dialog, even to a system administrator.
         views = self.env["terminal.bridge"].get_views([(False, "form"), (False, "list")])["views"]
         for secret in SECRETS:
             for kind in ("form", "list"):
                 self.assertNotIn(secret, views[kind]["arch"])
         described = self.env["terminal.bridge"].fields_get(list(SECRETS), ["exportable"])
         self.assertEqual({name: d["exportable"] for name, d in described.items()}, dict.fromkeys(SECRETS, False))
-        if release.version_info[0] >= 19:  # Odoo 18's export dialog does not read 'exportable' (docs/odoo.md)
-            self.authenticate("admin", "admin")
+        self.authenticate("admin", "admin")
+        for import_compat in (False, True):
             exportable = self.make_jsonrpc_request(
-                "/web/export/get_fields", {"model": "terminal.bridge", "domain": [], "import_compat": False}
+                "/web/export/get_fields", {"model": "terminal.bridge", "domain": [], "import_compat": import_compat}
             )
             names = {field["id"] for field in exportable}
             self.assertIn("name", names)
