@@ -673,8 +673,10 @@ class Journal:
     def list(self, terminal: Optional[str] = None, state: Optional[str] = None,
              since: Optional[float] = None, until: Optional[float] = None,
              limit: int = 50, before: Optional[tuple[float, str]] = None,
-             client_id: Optional[str] = None) -> list[PaymentRecord]:
-        """Payments newest first, filtered; ``before`` is the (created, id) of the last row of a previous page."""
+             client_id: Optional[str] = None, oldest_first: bool = False) -> list[PaymentRecord]:
+        """Payments newest first (or ``oldest_first``), filtered; ``before`` is the (created, id) of the last row of
+        a previous newest-first page."""
+        assert not (before and oldest_first), "before pages newest first"
         where: list[str] = []
         args: list[Any] = []
         for column, value in (("terminal", terminal), ("state", state), ("client_id", client_id)):
@@ -691,11 +693,16 @@ class Journal:
             where.append("(created, id) < (?, ?)")
             args.extend(before)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
+        order = "ASC" if oldest_first else "DESC"
         rows = self._read().execute(
-            f"SELECT {_PAYMENT_COLUMNS} FROM payments {clause} ORDER BY created DESC, id DESC LIMIT ?",
+            f"SELECT {_PAYMENT_COLUMNS} FROM payments {clause} ORDER BY created {order}, id {order} LIMIT ?",
             (*args, limit),
         ).fetchall()
         return [_record_from_row(r) for r in rows]
+
+    def count(self, state: str) -> int:
+        """How many payments are in ``state`` (an index read)."""
+        return int(self._read().execute("SELECT count(*) FROM payments WHERE state = ?", (state,)).fetchone()[0])
 
     def refunded_amount(self, payment_id: str) -> int:
         """What refunds of ``payment_id`` have taken or may have taken (approved, running or unknown)."""

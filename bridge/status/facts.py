@@ -122,16 +122,12 @@ class UnknownPayments(NamedTuple):
 
 
 def unknown_payments(journal: Journal) -> UnknownPayments:
-    """The payments awaiting a person's decision.  The journal lists newest first, so with more than
-    UNKNOWN_LIMIT waiting the older pages are read too (rare: one read when fewer wait), lest the longest-waiting
-    ones be left off the page and out of the metrics' oldest age; counting them costs nothing more."""
-    page = journal.list(state=states.UNKNOWN, limit=UNKNOWN_LIMIT)
-    oldest, count = page, len(page)
-    while len(page) == UNKNOWN_LIMIT:
-        page = journal.list(state=states.UNKNOWN, limit=UNKNOWN_LIMIT, before=(page[-1].created, page[-1].id))
-        oldest = (oldest + page)[-UNKNOWN_LIMIT:]
-        count += len(page)
-    return UnknownPayments(list(reversed(oldest)), count)
+    """The payments awaiting a person's decision: the longest-waiting ones (the page and the metrics' oldest age
+    must see them) and how many in all, in two indexed reads whatever the number (the page refreshes and /metrics
+    is scraped every few seconds)."""
+    oldest = journal.list(state=states.UNKNOWN, limit=UNKNOWN_LIMIT, oldest_first=True)
+    total = len(oldest) if len(oldest) < UNKNOWN_LIMIT else journal.count(states.UNKNOWN)
+    return UnknownPayments(oldest, total)
 
 
 def journal_facts(journal: Journal, commits: CommitWatch) -> dict[str, Any]:
