@@ -10,6 +10,8 @@ from odoo import api, fields, models
 from odoo.exceptions import UserError
 
 from ..tools import signing
+from .terminal_bridge_command import PAYMENT_NAMING_OPS
+
 _logger = logging.getLogger(__name__)
 
 #: The rights the client Odoo pairs gets on the bridge (docs/cloud-protocol.md, "Pairing").
@@ -32,8 +34,6 @@ UPLINK_OPS = (
 )
 #: The largest command the bridge reads by default (its max_message_bytes): a larger one is refused when queued.
 MAX_COMMAND_BYTES = 64 * 1024
-#: Ops that name their payment when served (its bridge id, or its command id of at most 128 characters).
-_PAYMENT_NAMING_OPS = ("payment.cancel", "payment.refund", "payment.resolve", "payment.get")
 
 
 
@@ -235,7 +235,7 @@ class TerminalBridge(models.Model):
         named when served (counted as its longest form)."""
         bridge = self.sudo()
         args = dict(args)
-        if op in _PAYMENT_NAMING_OPS and "payment_id" not in args and "command_id" not in args:
+        if op in PAYMENT_NAMING_OPS and "payment_id" not in args and "command_id" not in args:
             args["command_id"] = "x" * 128
         message = signing.signed(
             {"id": command_id, "op": op, "ts": int(time.time()), "args": args},

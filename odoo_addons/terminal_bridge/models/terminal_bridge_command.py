@@ -16,6 +16,8 @@ MAX_PENDING_BYTES = 1024 * 1024
 #: What the route writes around the served commands: {"commands": [...]} and ", " between two of them.
 _ANSWER_FRAME = len(b'{"commands": []}')
 _SEPARATOR = len(b", ")
+#: Ops that name their payment when served (its bridge id, or its command id of at most 128 characters).
+PAYMENT_NAMING_OPS = ("payment.cancel", "payment.refund", "payment.resolve", "payment.get")
 #: The ops whose result describes one payment (a payment object).
 PAYMENT_RESULT_OPS = ("payment.start", "payment.refund", "payment.get", "payment.resolve")
 
@@ -78,7 +80,7 @@ class TerminalBridgeCommand(models.Model):
         size = _ANSWER_FRAME
         for command in commands:
             args = command._args()
-            if command.op in ("payment.cancel", "payment.refund", "payment.resolve", "payment.get"):
+            if command.op in PAYMENT_NAMING_OPS:
                 # These name the bridge's payment id, known once the starting command was acknowledged.
                 target = command.payment_id.refund_of_id if command.op == "payment.refund" else command.payment_id
                 if "payment_id" not in args and "command_id" not in args:
@@ -98,7 +100,17 @@ class TerminalBridgeCommand(models.Model):
             alone = answer_size(message)
             if _ANSWER_FRAME + alone > MAX_PENDING_BYTES:
                 # Never servable (queued before Odoo refused such commands): close it, or it blocks the queue.
-                command._refuse_unservable()
+                # Unless it was served before: the bridge may have run it, so it is not said refused (its payment's
+                # feedback will tell); it is passed over, and the ones after it go.
+                if command.served_count:
+                    _logger.error(
+                        "terminal bridge %s: %s %s, served before, is now larger than a /pending answer may be",
+                        bridge.name,
+                        command.op,
+                        command.uuid,
+                    )
+                else:
+                    command._refuse_unservable()
                 continue
             cost = alone + (_SEPARATOR if served else 0)
             if size + cost > MAX_PENDING_BYTES:

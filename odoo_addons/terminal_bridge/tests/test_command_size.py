@@ -96,6 +96,19 @@ class TestCommandSize(HttpCase):
         rest = [c["id"] for c in self.pending().json()["commands"]]
         self.assertEqual(rest, queued[len(served) :].mapped("uuid"))
 
+    def test_an_oversized_command_served_before_is_never_said_refused(self):
+        """The bridge may have run a command it was served: it is passed over, never closed as refused, and its
+        payment is not failed."""
+        payment = self.bridge.start_payment("till-1", 1234, "EUR", command_id="odoo-size-served")
+        payment.command_ids.write({"args": json.dumps({"terminal": "x" * MAX_PENDING_BYTES}), "served_count": 1})
+        self.bridge.action_refresh_terminals()
+        with self.assertLogs(MODEL_LOGGER, logging.ERROR) as logs:
+            response = self.pending()
+        self.assertIn("odoo-size-served", "\n".join(logs.output))
+        self.assertEqual([c["op"] for c in response.json()["commands"]], ["terminal.list"])
+        self.assertEqual(payment.command_ids.state, "queued")
+        self.assertEqual(payment.state, "queued")
+
     def test_pending_closes_a_command_no_answer_can_carry(self):
         """A command larger than any answer (queued before Odoo checked sizes) fails with a reason and no longer
         holds back the ones after it."""
