@@ -133,6 +133,7 @@ class CommandFetcherTests(SynchronousTestCase):
         """Odoo's /ack reads at most MAX_ACK_BYTES: a larger one would be refused (413) at every fetch, forever."""
         self.https.pending = [self.command()]
         self.fetcher.fetch()
+        first = self.acked()["c-1"]  # a payment.start's reply
 
         def listed(command_id):
             self.https.acks.clear()
@@ -153,6 +154,14 @@ class CommandFetcherTests(SynchronousTestCase):
         self.assertTrue(signing.verify(reply, self.creds["secret_out"]))
         self.assertTrue(signing.verify(ack, self.creds["secret_out"]))
         self.assertLess(smaller, size - 1)
+        # A reply that carries a payment is sent as it is, whatever its size: never turned into a refusal that Odoo
+        # would take for a payment that did not start.
+        self.assertEqual(first["result"]["state"], "accepted")
+        self.https.acks.clear()
+        self.patch(commands, "MAX_ACK_BYTES", 10)
+        self.fetcher._post_ack("c-1", first)
+        (ack,) = self.https.acks
+        self.assertEqual(ack["reply"], first)
 
     def test_a_command_fetched_twice_runs_once(self):
         self.https.pending = [self.command()]

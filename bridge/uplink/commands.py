@@ -52,8 +52,6 @@ IDEMPOTENT_OPS = frozenset({"payment.start", "payment.refund"})
 RETRY_LATER = frozenset({"rate_limited"})
 
 
-# What the fetcher uses of its collaborators, as typing Protocols: Twisted's IReactorTime and IDelayedCall are
-# zope interfaces, which mypy cannot call through without the mypy-zope plugin (pyproject.toml's mypy section).
 class Requester(Protocol):
     """An HTTPS client to Odoo: :class:`bridge.uplink.https.HTTPS`, or the
     :class:`bridge.uplink.odoo_session.OdooSession` that wraps it.  Fires with a Response."""
@@ -340,7 +338,9 @@ class CommandFetcher:
     @inlineCallbacks
     def _post_ack(self, command_id: str, reply: dict[str, Any]):
         body = self._request_body(command_id=command_id, reply=reply)
-        if len(body) > MAX_ACK_BYTES:
+        # A reply that carries a payment is never turned into a refusal: Odoo would take the payment as refused
+        # while it runs (such a reply is a few hundred bytes; its feedback tells Odoo in any case).
+        if len(body) > MAX_ACK_BYTES and _payment_of(reply) is None:
             self.log.warn("Uplink {uplink}: the reply to {command_id} is {size} bytes, more than Odoo reads: "
                           "acknowledged as reply_too_large", uplink=self.uplink.name, command_id=command_id[:128],
                           size=len(body))
