@@ -278,6 +278,54 @@ def test_before_send_failing_sends_nothing_and_fails(own, error, code):
     assert driver.status().as_dict()["state"] == "idle"
 
 
+def test_the_payment_service_connects_while_accepted_is_journaled_and_sends_after_in_progress(own, tmp_path):
+    """With the real driver and sockets: the terminal's connection is up before ``accepted`` is on disk (the
+    driver is started while it is written), and the request reaches the terminal only after ``in_progress``."""
+    from bridge.core.journal import Journal
+    from bridge.core.payments import PaymentService
+    from bridge.core.registry import TerminalRegistry
+
+    driver, simulator = own.start_simulator()
+    journal = Journal.open(str(tmp_path / "journal.sqlite3"), threaded=False)
+    own.add_cleanup(journal.close)
+    service = PaymentService(journal, TerminalRegistry([driver]), own.reactor)
+    real_create = journal.create
+    seen: list = []  # (connections, requests) at the simulator when "accepted" is written
+    at_send: list = []
+
+    @inlineCallbacks
+    def create_once_connected(*args, **kwargs):
+        for _ in range(200):  # up to a second for the driver's connection, else the assertion below fails
+            if simulator.connections:
+                break
+            yield deferLater(own.reactor, 0.005, lambda: None)
+        seen.append((len(simulator.connections), list(simulator.requests)))
+        return (yield real_create(*args, **kwargs))
+
+    journal.create = create_once_connected
+
+    def told(event):
+        if event.body["payment"]["state"] == "in_progress":
+            at_send.append(list(simulator.requests))
+
+    service.subscribe(told)
+
+    @inlineCallbacks
+    def scenario():
+        view = yield service.start("cl_a", "cmd-1", {"terminal": "till-1", "amount": 1234, "currency": "EUR"})
+        for _ in range(200):
+            record = journal.get(view["id"])
+            if record.state not in ("accepted", "in_progress"):
+                return record
+            yield deferLater(own.reactor, 0.005, lambda: None)
+
+    record = own.run(scenario)
+    assert seen == [(1, [])]  # connected while accepted was being written, nothing sent yet
+    assert at_send == [[]]  # in_progress journaled (and told) before the request reached the terminal
+    assert record.state == states.APPROVED
+    assert len(simulator.requests) == 1
+
+
 def test_simulator_started_from_the_command_line_options(own, tmp_path):
     parser = argparse.ArgumentParser()
     add_simulator_arguments(parser)

@@ -325,3 +325,102 @@ class RefundAndProviderRecoveryTests(PaymentServiceTests):
             lambda _: Deferred())
         view = self.successResultOf(self.start())
         self.assertEqual(self.journal.get(view["id"]).details, {"payment_intent": "pi_1"})
+
+
+class PayWhileAcceptingTests(SynchronousTestCase):
+    """A driver that only connects before before_send (``pay_while_accepting``) is started while ``accepted`` is
+    being journaled; nothing reaches its terminal before ``accepted`` and ``in_progress`` are both on disk."""
+
+    _service = PaymentServiceTests._service
+    start = PaymentServiceTests.start
+    error_code = PaymentServiceTests.error_code
+
+    def setUp(self):
+        PaymentServiceTests.setUp(self)
+        self.driver.pay_while_accepting = True
+        self.held = []  # (the real create's arguments, the Deferred the service waits on)
+        real_create = self.journal.create
+
+        def held_create(*args, **kwargs):
+            d = Deferred()
+            self.held.append((lambda: real_create(*args, **kwargs), d))
+            return d
+
+        self.journal.create = held_create
+
+    def write_accepted(self, index=-1):
+        create, d = self.held[index]
+        create().chainDeferred(d)
+
+    def refuse_accepted(self, index=-1):
+        from twisted.python.failure import Failure
+
+        self.held[index][1].errback(Failure(BridgeError("journal_unavailable", "The disk is full.")))
+
+    def test_the_driver_starts_before_accepted_is_on_disk_and_sends_after_in_progress(self):
+        states_at_send = []
+        original = self.driver.pay
+
+        def pay(request, before_send):
+            def spy():
+                return before_send().addCallback(
+                    lambda r: states_at_send.append(self.journal.get(request.payment_id).state) or r)
+            return original(request, spy)
+
+        self.driver.pay = pay
+        view_d = self.start()
+        self.assertEqual(len(self.driver.runs), 1)  # called at once, while accepted is being written
+        self.assertNoResult(view_d)
+        self.assertEqual((self.driver.sent, self.events), ([], []))
+        self.assertIsNone(self.journal.get_by_command("cl_a", "cmd-1"))
+        self.write_accepted()
+        view = self.successResultOf(view_d)
+        self.assertEqual(view["state"], "accepted")
+        self.assertEqual(states_at_send, ["in_progress"])
+        self.assertEqual(len(self.driver.sent), 1)
+        self.driver.finish(APPROVED)
+        self.assertEqual([state for _, state in self.events], ["accepted", "in_progress", "approved"])
+        self.assertEqual([seq for seq, _ in self.events], sorted(seq for seq, _ in self.events))
+        self.assertEqual(self.journal.get(view["id"]).state, "approved")
+
+    def test_nothing_is_sent_nor_journaled_when_accepted_cannot_be_written(self):
+        view_d = self.start()
+        self.refuse_accepted()
+        self.assertEqual(self.error_code(view_d), "journal_unavailable")
+        self.assertEqual((self.driver.sent, self.events), ([], []))
+        self.assertEqual(self.journal.list(), [])
+        self.assertEqual(self.service.running(), 0)
+        # the terminal is free again, and the next payment goes through
+        second = self.start("cmd-2")
+        self.write_accepted()
+        self.successResultOf(second)
+        self.assertEqual(len(self.driver.sent), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_driver_that_ends_before_accepted_is_on_disk_is_journaled_after_it(self):
+        self.driver.refuse_link = True  # the terminal refuses the connection at once
+        view_d = self.start()
+        self.assertEqual(self.events, [])  # the end waits for accepted
+        self.write_accepted()
+        view = self.successResultOf(view_d)
+        record = self.journal.get(view["id"])
+        self.assertEqual((record.state, record.reason_code), ("failed", "terminal_unreachable"))
+        self.assertEqual([state for _, state in self.events], ["accepted", "failed"])
+        self.assertEqual(self.service.running(), 0)
+
+    def test_a_driver_that_ends_early_journals_nothing_when_accepted_cannot_be_written(self):
+        self.driver.refuse_link = True
+        view_d = self.start()
+        self.refuse_accepted()
+        self.assertEqual(self.error_code(view_d), "journal_unavailable")
+        self.assertEqual((self.journal.list(), self.events), ([], []))
+        self.assertEqual(self.service.running(), 0)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_other_drivers_are_started_only_once_accepted_is_on_disk(self):
+        self.driver.pay_while_accepting = False
+        view_d = self.start()
+        self.assertEqual(self.driver.runs, [])
+        self.write_accepted()
+        self.successResultOf(view_d)
+        self.assertEqual(len(self.driver.runs), 1)

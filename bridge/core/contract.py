@@ -84,6 +84,15 @@ class TerminalStatus:
 #: e.g. a provider's own id, so that recovery can find the payment again) before anything reaches the terminal.
 BeforeSend = Callable[..., "Deferred[None]"]
 
+#: The name of a driver class's optional attribute: True when its ``pay`` does nothing before ``before_send`` that a
+#: crash could leave behind (it only opens a connection to the terminal: no byte of the request, nothing at a
+#: provider).  The payment service then calls ``pay`` as soon as the payment is valid, while ``accepted`` is being
+#: journaled, and ``before_send`` waits for that write as well: the connection is made meanwhile instead of after
+#: (docs/performance.md).  If ``accepted`` cannot be journaled, ``before_send`` fails with why and the driver
+#: closes without sending.  Drivers without it (a Stripe reader's driver creates a PaymentIntent first) are called
+#: once ``accepted`` is on disk.
+PAY_WHILE_ACCEPTING = "pay_while_accepting"
+
 #: What :meth:`ITerminalDriver.cancel` returns: words for the cashier, or None when the terminal cannot be told
 #: to stop by the bridge (the cashier cancels on the terminal itself).
 CancelAnswer = Union[Optional[str], "Deferred[Optional[str]]"]

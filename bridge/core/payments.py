@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bridge.core import states
 from bridge.core.backoff import backoff
@@ -35,7 +36,8 @@ from bridge.core.money import Currency, currency, validate_amount
 from bridge.core.reactor_types import Clock
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
-from bridge.core.contract import CARD, CHEQUE, DEBIT, REFUND, Outcome, PaymentRequest, TerminalDriver
+from bridge.core.contract import (CARD, CHEQUE, DEBIT, PAY_WHILE_ACCEPTING, REFUND, Outcome, PaymentRequest,
+                                  TerminalDriver)
 
 EventListener = Callable[[Event], None]
 
@@ -211,38 +213,71 @@ class PaymentService:
         creating: Deferred = Deferred()
         self._creating[key] = creating
         view = payment_view(record)  # the event's and the reply's (sent as they are, never changed)
+        request = PaymentRequest(payment_id=record.id, kind=kind, amount=amount, currency=cur, method=method,
+                                 original=original)
+        running = _Running(record, driver)
+        # A driver that only opens a connection before before_send (contract.PAY_WHILE_ACCEPTING) starts now:
+        # the terminal's connection is made while "accepted" is being journaled instead of after, and
+        # before_send waits for that write.  Others start once "accepted" is on disk.
+        early = bool(getattr(driver, PAY_WHILE_ACCEPTING, False))
+        if early:
+            self._run(running, request)
         try:
             checkpoint("payment.before_write.accepted")
             event = yield self.journal.create(record, {"event": "payment.state", "payment": view}, actor=client_id)
         except BaseException:
-            self.registry.release(terminal, payment_id)
+            if early:  # the driver ends without sending (before_send fails), then frees the terminal
+                running.accepted_failed(Failure())
+            else:
+                self.registry.release(terminal, payment_id)
             raise
         finally:
             del self._creating[key]
             creating.callback(None)
         checkpoint("payment.after_write.accepted")
+        self._publish(event)  # before in_progress can be: a client hears the events in their order
+        # Then let a waiting driver go on: its in_progress write starts while the log line and the reply are made.
+        running.accepted.callback(None)
         self._log_state(record, client_id)
-        self._publish(event)
+        if not early:
+            self._run(running, request)
+        return view
 
-        request = PaymentRequest(payment_id=record.id, kind=kind, amount=amount, currency=cur, method=method,
-                                 original=original)
-        running = _Running(record, driver)
+    def _run(self, running: "_Running", request: PaymentRequest) -> None:
+        """Hand the payment to its driver; its outcome is journaled when it ends (if "accepted" was)."""
+        record = running.record
         self._running[record.id] = running
 
         def before_send(details: Optional[dict[str, Any]] = None) -> Deferred:
+            if running.accepted_error is not None:
+                return fail(running.accepted_error)
+            if running.accepted.called:
+                return send_now(None, details)
+            return follow(running.accepted).addCallback(send_now, details)
+
+        def send_now(_: Any, details: Optional[dict[str, Any]]) -> Deferred:
             if running.cancel_requested_by:
                 return fail(BridgeError(CANCELLED_BEFORE_SEND, "The payment was cancelled before it reached "
                                                                "the terminal. Nothing was charged."))
             moved = running.record.moved_to(states.IN_PROGRESS, None, None, details, self._clock.seconds())
             return self._transition(moved, actor="bridge").addCallback(running.update)
 
-        run = driver.pay(request, before_send)
+        def ended(outcome: Outcome) -> Any:
+            # A driver may end before "accepted" is on disk (a terminal that refuses the connection at once):
+            # its end is journaled after it, and not at all if it could not be (the client was told why).
+            if running.accepted_error is not None:
+                return None
+            if not running.accepted.called:
+                return follow(running.accepted).addCallbacks(lambda _: self._finish(running, outcome),
+                                                             lambda _: None)
+            return self._finish(running, outcome)
+
+        run = running.driver.pay(request, before_send)
         running.finished = run
-        run.addCallback(lambda outcome: self._finish(running, outcome))
+        run.addCallback(ended)
         run.addErrback(lambda f: self.log.failure("Payment {payment_id} could not be finished", f,
                                                   payment_id=record.id))
-        run.addBoth(lambda _: self._done(terminal, record.id))
-        return view
+        run.addBoth(lambda _: self._done(record.terminal, record.id))
 
     def _done(self, terminal: str, payment_id: str) -> None:
         self.registry.release(terminal, payment_id)
@@ -496,6 +531,16 @@ class _Running:
         self.driver = driver
         self.finished: Optional[Deferred] = None
         self.cancel_requested_by: Optional[str] = None
+        #: Fires once "accepted" is on disk: a driver's before_send waits for it.
+        self.accepted: Deferred = Deferred()
+        #: Why "accepted" could not be journaled (then nothing is sent, and nothing more journaled).
+        self.accepted_error: Optional[Failure] = None
+
+    def accepted_failed(self, error: Failure) -> None:
+        """"accepted" could not be journaled: whoever waits for it hears why, and so does a later before_send."""
+        self.accepted_error = error
+        self.accepted.errback(error)
+        self.accepted.addErrback(lambda _: None)  # the failure is the client's reply, not an unhandled error
 
     def update(self, record: PaymentRecord) -> PaymentRecord:
         self.record = record

@@ -115,11 +115,14 @@ class Daemon(MultiService):
 
     def __init__(self, config: BridgeConfig, reactor: Reactor,
                  notify: Callable[[str], Any] = lambda message: False,
-                 watchdog: Optional[Service] = None) -> None:
+                 watchdog: Optional[Service] = None,
+                 settle_heap: Callable[[], Any] = lambda: None) -> None:
         MultiService.__init__(self)
         self.config = config
         self.reactor = reactor
         self._notify = notify
+        #: Called once everything is up, just before READY=1 (the process's run: bridge.service.run.settle_heap).
+        self._settle_heap = settle_heap
         self._watchdog = watchdog
         self._status = StatusReporter(notify)
         self._status_refresh: Optional[LoopingCall] = None
@@ -210,6 +213,7 @@ class Daemon(MultiService):
             status_page = self.status_page = StatusService(self, self.reactor)
             self._add_part("status page", status_page.stop)
             yield status_page.start()
+        self._settle_heap()
         self._status.ready(self.status())
         bridge.on_clients_changed = self._report_status_soon
         self.payments.subscribe(lambda event: self._report_status_soon())

@@ -162,6 +162,8 @@ class CaisseAPTCPDriver:
     """A Caisse-AP terminal reached over TCP.  One payment at a time."""
 
     kind = "caisse-ap-tcp"
+    #: Only a TCP connection is made before before_send: the core may start a payment while journaling it.
+    pay_while_accepting = True
     _log = Logger()
 
     def __init__(
