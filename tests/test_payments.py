@@ -373,10 +373,12 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         self.assertNoResult(view_d)
         self.assertEqual((self.driver.sent, self.events), ([], []))
         self.assertIsNone(self.journal.get_by_command("cl_a", "cmd-1"))
+        self.assertEqual(self.service.running(), 1)  # one payment, though both being created and running
         self.write_accepted()
         view = self.successResultOf(view_d)
         self.assertEqual(view["state"], "accepted")
         self.assertEqual(states_at_send, ["in_progress"])
+        self.assertEqual(self.service.running(), 1)
         self.assertEqual(len(self.driver.sent), 1)
         self.driver.finish(APPROVED)
         self.assertEqual([state for _, state in self.events], ["accepted", "in_progress", "approved"])

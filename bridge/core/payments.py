@@ -98,6 +98,7 @@ class PaymentService:
         # Payments between "command received" and "accepted is on disk", by (client id, command id): a duplicate
         # command arriving meanwhile waits for the first instead of starting a second payment.
         self._creating: dict[tuple[str, str], Deferred] = {}
+        self._creating_ids: set[str] = set()  # their payment ids (one may be running already: pay_while_accepting)
         self._running: dict[str, _Running] = {}
         self._stopping = False
 
@@ -212,6 +213,7 @@ class PaymentService:
         )
         creating: Deferred = Deferred()
         self._creating[key] = creating
+        self._creating_ids.add(payment_id)
         view = payment_view(record)  # the event's and the reply's (sent as they are, never changed)
         request = PaymentRequest(payment_id=record.id, kind=kind, amount=amount, currency=cur, method=method,
                                  original=original)
@@ -233,6 +235,7 @@ class PaymentService:
             raise
         finally:
             del self._creating[key]
+            self._creating_ids.discard(payment_id)
             creating.callback(None)
         checkpoint("payment.after_write.accepted")
         self._publish(event)  # before in_progress can be: a client hears the events in their order
@@ -487,7 +490,7 @@ class PaymentService:
 
     def running(self) -> int:
         """How many payments are between their first journal write and their end's."""
-        return len(self._running) + len(self._creating)
+        return len(self._creating_ids | self._running.keys())
 
     @inlineCallbacks
     def wait_idle(self):
