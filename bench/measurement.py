@@ -85,11 +85,15 @@ class Measurement:
         return d.addCallback(lambda clients: self.clients.extend(clients))
 
     def close_all(self):
-        for client in self.clients:
-            client.proto.sendClose()
+        from twisted.internet.defer import gatherResults
         from twisted.internet.task import deferLater
 
-        return deferLater(self.reactor, 0.2, lambda: None)
+        def close(_: Any) -> Any:
+            for client in self.clients:
+                client.proto.sendClose()
+            return deferLater(self.reactor, 0.2, lambda: None)
+
+        return gatherResults([client.ack_rest() for client in self.clients]).addCallback(close)
 
     def _check(self, state: str, what: str) -> None:
         if state not in ("approved", "10"):

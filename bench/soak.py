@@ -122,6 +122,7 @@ def soak(args: argparse.Namespace, url: str, fingerprint: str, clients: list[dic
         yield gatherResults([till(t, team) for t, team in teams.items()], consumeErrors=True)
         sampler.stop()
         sample()
+        yield gatherResults([client.ack_rest() for client in connected])
         for client in connected:
             client.proto.sendClose()
         yield deferLater(reactor, 0.5, lambda: None)

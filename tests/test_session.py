@@ -187,6 +187,64 @@ class SessionTests(SynchronousTestCase):
         self.command("events.resume", {"after": 0}, session=third)
         self.assertEqual(len([m for m in sent2 if "seq" in m]), 3)
 
+    PAY = {"terminal": "till-1", "amount": 100, "currency": "EUR"}
+
+    def _one_payment_handled(self):
+        self.hello()
+        self.command("payment.start", dict(self.PAY))
+        self.driver.finish(APPROVED)
+        return [m for m in self.sent if "seq" in m][-1]["seq"]
+
+    def test_a_payment_start_can_carry_the_ack_of_the_events_handled(self):
+        last = self._one_payment_handled()
+        reply = self.command("payment.start", dict(self.PAY, ack=last))
+        self.assertTrue(reply["ok"], reply)
+        self.assertEqual(reply["result"]["state"], "accepted")
+        self.assertEqual(self.journal.acked(self.client["client_id"]), last)
+        sent = []
+        self.hello(session=self.new_session(sent))  # only what came after the ack is sent again
+        self.assertEqual([m["payment"]["state"] for m in sent if "seq" in m], ["accepted", "in_progress"])
+        self.assertTrue(all(m["seq"] > last for m in sent if "seq" in m))
+
+    def test_a_bad_carried_ack_refuses_the_command_and_changes_nothing(self):
+        last = self._one_payment_handled()
+        for ack in (last + 1, -1, True, "3", None, 1.5):
+            self.assert_error(self.command("payment.start", dict(self.PAY, ack=ack)), "bad_request")
+        self.assertEqual((len(self.driver.sent), len(self.journal.list())), (1, 1))
+        self.assertEqual(self.journal.acked(self.client["client_id"]), 0)
+
+    def test_a_refused_command_records_no_carried_ack(self):
+        last = self._one_payment_handled()
+        self.assert_error(self.command("payment.start", dict(self.PAY, terminal="till-9", ack=last)),
+                          "unknown_terminal")
+        self.assertEqual(self.journal.acked(self.client["client_id"]), 0)
+
+    def test_a_carried_ack_needs_the_read_right(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = write_config(directory, {"till-1": "127.0.0.1:9"})
+        payer = add_test_client(path, "payer", rights=("pay",))
+        self.bridge.config = load_config(path, messages_per_second=1000)
+        self.hello(payer)
+        self.assert_error(self.command("payment.start", dict(self.PAY, ack=0), client=payer), "forbidden")
+        self.assertEqual((self.driver.sent, self.journal.list()), ([], []))
+        self.assertTrue(self.command("payment.start", dict(self.PAY), client=payer)["ok"])
+
+    def test_a_refund_can_carry_the_ack_too(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = write_config(directory, {"till-1": "127.0.0.1:9"})
+        refunder = add_test_client(path, "refunder", rights=("pay", "read", "refund"))
+        self.bridge.config = load_config(path, messages_per_second=1000)
+        self.hello(refunder)
+        paid = self.command("payment.start", dict(self.PAY), client=refunder)["result"]
+        self.driver.finish(APPROVED)
+        last = [m for m in self.sent if "seq" in m][-1]["seq"]
+        reply = self.command("payment.refund", {"payment_id": paid["id"], "ack": last}, client=refunder)
+        self.assertTrue(reply["ok"], reply)
+        self.assertEqual(reply["result"]["kind"], "refund")
+        self.assertEqual(self.journal.acked(refunder["client_id"]), last)
+
     def test_payment_get_by_id_or_command_and_only_ones_own(self):
         self.hello()
         started = self.command("payment.start", {"terminal": "till-1", "amount": 100, "currency": "EUR"},

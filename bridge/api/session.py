@@ -340,11 +340,14 @@ class Session:
         if args.get("kind") == "refund" and not self._may("refund"):
             # money out of the shop, linked to a payment or not, needs the refund right
             raise BridgeError("forbidden", "This client may not start a refund (it needs the 'refund' right).")
-        return self.bridge.payments.start(self.client.id, message_id, args)
+        ack = self._carried_ack(args)
+        return self._with_ack(ack, self.bridge.payments.start(self.client.id, message_id, args))
 
     def op_payment_refund(self, message_id: str, args: dict[str, Any]) -> Deferred:
         assert self.client is not None
-        return self.bridge.payments.refund(self.client.id, message_id, args, see_all="admin" in self.client.rights)
+        ack = self._carried_ack(args)
+        return self._with_ack(ack, self.bridge.payments.refund(self.client.id, message_id, args,
+                                                               see_all="admin" in self.client.rights))
 
     def op_payment_get(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
         payments = self.bridge.payments
@@ -407,16 +410,39 @@ class Session:
 
     def op_events_ack(self, message_id: str, args: dict[str, Any]) -> dict[str, Any]:
         assert self.client is not None
-        seq = args.get("seq")
+        seq = self._checked_ack(args.get("seq"), "seq")
+        self.bridge.payments.ack_soon(self.client.id, seq)
+        return {"acked": seq}
+
+    def _checked_ack(self, seq: Any, name: str) -> int:
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise BridgeError("bad_request", "'seq' must be the seq of the last event you handled.")
-        payments = self.bridge.payments
-        last = payments.last_seq()
+            raise BridgeError("bad_request", f"'{name}' must be the seq of the last event you handled.")
+        last = self.bridge.payments.last_seq()
         if seq > last:
             # Acked ahead of what exists, the client would never be sent the events it has not seen yet.
-            raise BridgeError("bad_request", f"'seq' {seq} is after the last event the bridge has sent ({last}).")
-        payments.ack_soon(self.client.id, seq)
-        return {"acked": seq}
+            raise BridgeError("bad_request", f"'{name}' {seq} is after the last event the bridge has sent ({last}).")
+        return seq
+
+    def _carried_ack(self, args: dict[str, Any]) -> Optional[int]:
+        """The ``ack`` a payment.start or payment.refund may carry (docs/protocol.md): the client's ``events.ack``
+        of the events it handled, in the next command instead of a message of its own.  Checked before anything
+        is done (a bad one refuses the command); recorded only if the command is taken."""
+        if "ack" not in args:
+            return None
+        if not self._may("read"):
+            raise BridgeError("forbidden", "This client may not acknowledge events (it needs the 'read' right).")
+        return self._checked_ack(args["ack"], "ack")
+
+    def _with_ack(self, ack: Optional[int], started: Deferred) -> Deferred:
+        if ack is None:
+            return started
+        client_id = cast(ClientConfig, self.client).id
+
+        def taken(result: Any) -> Any:
+            self.bridge.payments.ack_soon(client_id, cast(int, ack))
+            return result
+
+        return started.addCallback(taken)
 
     def _may(self, right: str) -> bool:
         assert self.client is not None
@@ -452,11 +478,11 @@ OP_ARGS: dict[str, frozenset[str]] = {
     "bridge.info": frozenset(),
     "terminal.list": frozenset(),
     "terminal.status": frozenset({"terminal"}),
-    "payment.start": frozenset({"terminal", "amount", "currency", "kind", "method"}),
+    "payment.start": frozenset({"terminal", "amount", "currency", "kind", "method", "ack"}),
     "payment.get": frozenset({"payment_id", "command_id"}),
     "payment.list": frozenset({"terminal", "state", "since", "until", "limit", "cursor"}),
     "payment.cancel": frozenset({"payment_id"}),
-    "payment.refund": frozenset({"payment_id", "amount"}),
+    "payment.refund": frozenset({"payment_id", "amount", "ack"}),
     "payment.resolve": frozenset({"payment_id", "outcome", "note", "authorisation"}),
     "events.resume": frozenset({"after"}),
     "events.ack": frozenset({"seq"}),
