@@ -108,6 +108,33 @@ def test_approved_payment_sends_the_request_once_after_before_send(own):
     assert driver.status().as_dict()["state"] == "idle"
 
 
+def test_a_payments_reader_and_answer_are_freed_without_the_cyclic_collector(own, monkeypatch):
+    """Twisted's ended client connection and its connector keep pointing at each other; the driver lets go of
+    them, so a payment's reader, parser and answer are freed at once, not at the next full collection."""
+    import gc
+    import weakref
+
+    from bridge.terminals.caisse_ap import tcp
+
+    made: list = []
+    original = tcp._AnswerReader.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append((weakref.ref(self), weakref.ref(self._parser)))
+
+    monkeypatch.setattr(tcp._AnswerReader, "__init__", recording_init)
+    driver, simulator = own.start_simulator()
+    gc.disable()
+    try:
+        outcome = own.run(lambda: driver.pay(REQUEST, SendRecorder(simulator)))
+        assert outcome.state == states.APPROVED
+        assert len(made) == 1
+        assert [(reader(), parser()) for reader, parser in made] == [(None, None)]
+    finally:
+        gc.enable()
+
+
 def test_refund_and_cheque_are_approved(own):
     driver, _simulator = own.start_simulator()
 
