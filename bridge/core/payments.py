@@ -222,11 +222,12 @@ class PaymentService:
         # the terminal's connection is made while "accepted" is being journaled instead of after, and
         # before_send waits for that write.  Others start once "accepted" is on disk.
         early = bool(getattr(driver, PAY_WHILE_ACCEPTING, False))
-        if early:
-            self._run(running, request)
         try:
             checkpoint("payment.before_write.accepted")
-            event = yield self.journal.create(record, {"event": "payment.state", "payment": view}, actor=client_id)
+            written = self.journal.create(record, {"event": "payment.state", "payment": view}, actor=client_id)
+            if early:  # after the write is handed to the journal's writer: it need not wait for the connect
+                self._run(running, request)
+            event = yield written
         except BaseException:
             if early:  # the driver ends without sending (before_send fails), then frees the terminal
                 running.accepted_failed(Failure())
