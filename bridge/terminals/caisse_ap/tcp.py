@@ -7,12 +7,11 @@ line stays quiet for ``quiet_period`` seconds or the terminal closes.  Once the 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, cast
+from typing import Any, Mapping, Optional, cast
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -21,7 +20,7 @@ from bridge.core import safety, states
 from bridge.core.faults import checkpoint
 from bridge.errors import BridgeError
 from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest, TerminalStatus
-from bridge.core.reactor_types import ClientEndpoint, Clock, DelayedCall, TCPClock, Transport
+from bridge.core.reactor_types import Clock, DelayedCall, TCPClock, Transport
 from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID, parse_timings_and_identity
 from bridge.terminals.caisse_ap.codec import (
     IDENTITY_FIELDS,
@@ -68,6 +67,8 @@ class _AnswerReader(Protocol):
     _log = Logger()
 
     def __init__(self, clock: Clock, answer_timeout: float, quiet_period: float) -> None:
+        #: Fires once connected; fails with why the connection could not be made (:class:`_OneConnection`).
+        self.linked: Deferred[None] = Deferred()
         self.answer: Deferred[_Answer] = Deferred()
         self.lost = False
         self._clock = clock
@@ -78,6 +79,9 @@ class _AnswerReader(Protocol):
         self._quiet: DelayedCall | None = None
         self._deadline: DelayedCall | None = None
         self._close_waiters: list[Deferred[None]] = []
+
+    def connectionMade(self) -> None:
+        self.linked.callback(None)
 
     def send(self, payload: bytes) -> None:
         self._sent = True
@@ -156,18 +160,25 @@ class _AnswerReader(Protocol):
         self.answer.callback(result)
 
 
-class _OneConnection(Factory):
-    """Hands out the one reader of a payment (``connectProtocol`` would log "Starting factory" every time)."""
+class _OneConnection(ClientFactory):
+    """Hands out the one reader of a payment, once, and tells it when the connection could not be made.
 
-    noisy = False
+    The reactor's ``connectTCP`` is called with it directly: a client endpoint would wrap it in factories and a
+    Deferred that refer to each other, garbage for the cyclic collector after every payment."""
+
+    noisy = False  # no "Starting factory" line for every payment
 
     def __init__(self, reader: _AnswerReader) -> None:
         self._reader: Optional[_AnswerReader] = reader
+        self._linked = reader.linked
 
     def buildProtocol(self, addr: Any) -> Optional[_AnswerReader]:
-        # Handed out once, then forgotten: the endpoint's factories sit in a reference cycle of Twisted's own.
         reader, self._reader = self._reader, None
         return reader
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self._linked.called:
+            self._linked.errback(reason)
 
 
 @implementer(ITerminalDriver)
@@ -249,12 +260,6 @@ class CaisseAPTCPDriver:
         d.addCallback(self._done, request)
         return d
 
-    def _endpoint(self) -> ClientEndpoint:
-        # cast: Debian's mypy (1.0) takes the two classes for object
-        kind = cast(Callable[..., ClientEndpoint],
-                    TCP6ClientEndpoint if isIPv6Address(self._host) else TCP4ClientEndpoint)
-        return kind(self._reactor, self._host, self._port, timeout=self._connect_timeout)
-
     @inlineCallbacks
     def _pay(self, request: PaymentRequest, before_send: BeforeSend) -> Any:
         try:
@@ -266,7 +271,8 @@ class CaisseAPTCPDriver:
 
         reader = _AnswerReader(self._reactor, self._answer_timeout, self._quiet_period)
         try:
-            yield self._endpoint().connect(_OneConnection(reader))
+            self._reactor.connectTCP(self._host, self._port, _OneConnection(reader), timeout=self._connect_timeout)
+            yield reader.linked
         except Exception as error:
             self._log.info(
                 "Terminal {terminal} at {address} unreachable: {error}",
