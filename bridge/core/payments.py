@@ -4,8 +4,9 @@ Order of things for one payment, and why:
 
 1. validate the arguments (nothing is journaled for a bad command);
 2. journal the payment as ``accepted`` (fsync) and tell the client;
-3. the driver connects to the terminal; just before the first byte it asks, through ``before_send``, for the
-   payment to be journaled ``in_progress`` (fsync), and only then writes;
+3. the driver connects to the terminal (a driver that says ``pay_while_accepting`` does so while step 2's write
+   is under way); just before the first byte it asks, through ``before_send``, for the payment to be journaled
+   ``in_progress`` (fsync, after ``accepted``), and only then writes;
 4. the driver's outcome is journaled (fsync) and only then told.
 
 So after a crash, ``accepted`` means the terminal never saw the request (``failed``) and ``in_progress`` means

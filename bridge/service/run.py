@@ -86,9 +86,9 @@ def run_daemon(config: BridgeConfig) -> int:
 def settle_heap() -> None:
     """Once the bridge is up: collect the start's garbage, then move every object left (the modules, the
     configuration, the TLS context: some 300,000) out of the cyclic garbage collector's sight (``gc.freeze``).
-    They live as long as the process; without this, each full collection walks them all again, a pause of
-    30-40 ms of the reactor (two or three an hour under load) that a payment running meanwhile waits out
-    (docs/performance.md).  Objects made later are collected as before."""
+    They live as long as the process; without this, each full collection walks them all again: a pause of
+    30-40 ms of the reactor (several a minute under the benchmark's load) that a payment running meanwhile
+    waits out, 4-5 ms with it (docs/performance.md).  Objects made later are collected as before."""
     gc.collect()
     gc.freeze()
 
