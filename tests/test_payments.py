@@ -154,6 +154,14 @@ class PaymentServiceTests(SynchronousTestCase):
 
         return succeed(value)
 
+    def test_a_driver_whose_payment_fails_after_sending_ends_unknown_never_approved(self):
+        view = self.successResultOf(self.start())
+        self.driver.runs[-1][1].errback(RuntimeError("a bug in the driver after the request left"))
+        record = self.journal.get(view["id"])
+        self.assertEqual((record.state, record.reason_code), ("unknown", "internal_error"))
+        self.assertEqual(self.service.running(), 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_link_lost_after_sending_is_unknown(self):
         view = self.successResultOf(self.start())
         self.driver.finish(LINK_LOST)
@@ -418,6 +426,19 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         self.assertEqual((self.journal.list(), self.events), ([], []))
         self.assertEqual(self.service.running(), 0)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_driver_that_raises_ends_the_payment_failed_and_frees_the_terminal(self):
+        def broken(request, before_send):
+            raise RuntimeError("a bug in the driver")
+
+        self.driver.pay = broken
+        view_d = self.start()
+        self.write_accepted()
+        view = self.successResultOf(view_d)
+        record = self.journal.get(view["id"])
+        self.assertEqual((record.state, record.reason_code), ("failed", "internal_error"))
+        self.assertEqual(self.service.running(), 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_other_drivers_are_started_only_once_accepted_is_on_disk(self):
         self.driver.pay_while_accepting = False

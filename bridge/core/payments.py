@@ -28,7 +28,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bridge.core import states
+from bridge.core import safety, states
 from bridge.core.backoff import backoff
 from bridge.core.deferreds import follow
 from bridge.core.faults import checkpoint
@@ -277,7 +277,13 @@ class PaymentService:
                                                              lambda _: None)
             return self._finish(running, outcome)
 
-        run = running.driver.pay(request, before_send)
+        def driver_failed(failure: Failure) -> Outcome:
+            # The contract says a driver's Deferred never fails (nor does pay raise): one that does is a bug, and
+            # the payment still ends by the safety rule, failed if never sent, unknown if it may have been.
+            return safety.crashed(failure, self.log, record.id, record.terminal,
+                                  sent=running.record.state != states.ACCEPTED, may_have_paid=CHECK_RECEIPT)
+
+        run = maybeDeferred(running.driver.pay, request, before_send).addErrback(driver_failed)
         running.finished = run
         run.addCallback(ended)
         run.addErrback(lambda f: self.log.failure("Payment {payment_id} could not be finished", f,
@@ -523,6 +529,8 @@ class PaymentService:
 
 
 CANCELLED_BEFORE_SEND = "cancelled_before_send"
+#: What the cashier is told to do when a driver failed after its request may have left.
+CHECK_RECEIPT = "Check the terminal's receipt to see whether the customer was charged."
 #: The longest wait between two tries to journal a payment's end that the journal refused.
 RETRY_MAX = 60.0
 _END_RETRY = backoff(1.0, RETRY_MAX)
