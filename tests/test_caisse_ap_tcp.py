@@ -135,6 +135,30 @@ def test_a_payments_reader_and_answer_are_freed_without_the_cyclic_collector(own
         gc.enable()
 
 
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_a_terminal_at_an_ipv6_address_is_reached(own):
+    simulator = SimulatorFactory(own.reactor)
+    port = own.reactor.listenTCP(0, simulator, interface="::1")
+    own.add_cleanup(port.stopListening)
+    own.add_cleanup(simulator.drop_connections)
+    number = port.getHost().port
+    driver = CaisseAPTCPDriver("till-1", own.reactor, "::1", number, quiet_period=0.05)
+    outcome = own.run(lambda: driver.pay(REQUEST, SendRecorder(simulator)))
+    assert (outcome.state, len(simulator.requests)) == (states.APPROVED, 1)
+    assert driver.status().as_dict()["address"] == f"[::1]:{number}"
+
+
 def test_refund_and_cheque_are_approved(own):
     driver, _simulator = own.start_simulator()
 
