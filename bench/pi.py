@@ -5,7 +5,8 @@ Makes a cgroup with a CPU quota of 2.5 ms of CPU per 10 ms period (``cpu.cfs_quo
 under cgroup v1, ``cpu.max`` under v2; ``--period 100000`` gives the kernel's and systemd's 100 ms), runs
 ``bench.py --bridge-cgroup`` so that only the bridge runs in it (the measuring client and the simulators do not),
 prints bench.py's whole report (its floor line and journal check included), then the Pi's targets with
-PASS/MISS and how often the quota held the bridge back, and removes the cgroup.  Needs root (creating a cgroup).  docs/performance.md says how close this stand-in is thought to be.
+PASS/MISS and how often the quota held the bridge back, and removes the cgroup.  Needs root (creating a
+cgroup).  docs/performance.md says how close this stand-in is thought to be.
 """
 
 from __future__ import annotations
