@@ -329,9 +329,10 @@ def test_before_send_failing_sends_nothing_and_fails(own, error, code):
     assert driver.status().as_dict()["state"] == "idle"
 
 
-def test_the_payment_service_connects_while_accepted_is_journaled_and_sends_after_in_progress(own, tmp_path):
-    """With the real driver and sockets: the terminal's connection is up before ``accepted`` is on disk (the
-    driver is started while it is written), and the request reaches the terminal only after ``in_progress``."""
+def test_the_payment_service_journals_accepted_and_in_progress_at_once_when_connected_and_sends_after(own, tmp_path):
+    """With the real driver and sockets: the driver is started before anything is journaled; once the terminal's
+    connection is up, ``accepted`` and ``in_progress`` are journaled in one write, and the request reaches the
+    terminal only after it."""
     from bridge.core.journal import Journal
     from bridge.core.payments import PaymentService
     from bridge.core.registry import TerminalRegistry
@@ -340,20 +341,21 @@ def test_the_payment_service_connects_while_accepted_is_journaled_and_sends_afte
     journal = Journal.open(str(tmp_path / "journal.sqlite3"), threaded=False)
     own.add_cleanup(journal.close)
     service = PaymentService(journal, TerminalRegistry([driver]), own.reactor)
-    real_create = journal.create
-    seen: list = []  # (connections, requests) at the simulator when "accepted" is written
+    seen: list = []  # (the write, connections, requests) at the simulator when each write is asked
     at_send: list = []
 
-    @inlineCallbacks
-    def create_once_connected(*args, **kwargs):
-        for _ in range(200):  # up to a second for the driver's connection, else the assertion below fails
-            if simulator.connections:
-                break
-            yield deferLater(own.reactor, 0.005, lambda: None)
-        seen.append((len(simulator.connections), list(simulator.requests)))
-        return (yield real_create(*args, **kwargs))
+    def watch(name):
+        real = getattr(journal, name)
 
-    journal.create = create_once_connected
+        def watched(*args, **kwargs):
+            seen.append((name, len(simulator.connections), len(simulator.requests)))
+            return real(*args, **kwargs)
+
+        setattr(journal, name, watched)
+
+    watch("create")
+    watch("create_and_move")
+    watch("transition")
 
     def told(event):
         if event.body["payment"]["state"] == "in_progress":
@@ -367,13 +369,15 @@ def test_the_payment_service_connects_while_accepted_is_journaled_and_sends_afte
         for _ in range(200):
             record = journal.get(view["id"])
             if record.state not in ("accepted", "in_progress"):
-                return record
+                return record, [t["state"] for t in journal.transitions(record.id)]
             yield deferLater(own.reactor, 0.005, lambda: None)
 
-    record = own.run(scenario)
-    assert seen == [(1, [])]  # connected while accepted was being written, nothing sent yet
+    record, transitions = own.run(scenario)
+    # connected, nothing sent, when both states were written at once; then the end, once answered
+    assert seen == [("create_and_move", 1, 0), ("transition", 0, 1)]  # the end: answered, connection closed
     assert at_send == [[]]  # in_progress journaled (and told) before the request reached the terminal
     assert record.state == states.APPROVED
+    assert transitions == ["accepted", "in_progress", "approved"]
     assert len(simulator.requests) == 1
 
 

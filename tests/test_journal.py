@@ -52,6 +52,29 @@ class InlineJournalTests(SynchronousTestCase):
         self.assertIsNone(self.journal.get("pay_2"))
         self.assertEqual(self.journal.last_seq(), 1)
 
+    def test_a_payment_and_its_next_state_in_one_write(self):
+        r = record()
+        moved = r.moved_to(states.IN_PROGRESS, None, None, {"link": "tcp"}, 1002.0)
+        first, second = self.successResultOf(self.journal.create_and_move(r, {"n": 1}, "cl_a", moved, {"n": 2},
+                                                                          "bridge"))
+        self.assertEqual([(e.seq, e.body) for e in (first, second)], [(1, {"n": 1}), (2, {"n": 2})])
+        self.assertEqual(self.journal.get("pay_1"), moved)
+        self.assertEqual([(t["state"], t["actor"], t["at"]) for t in self.journal.transitions("pay_1")],
+                         [("accepted", "cl_a", 1001.0), ("in_progress", "bridge", 1002.0)])
+        self.assertEqual([e.body for e in self.journal.events_after("cl_a", 0)], [{"n": 1}, {"n": 2}])
+        self.assertEqual(self.journal.last_seq(), 2)
+
+    def test_a_payment_and_its_next_state_are_refused_together(self):
+        self.successResultOf(self.journal.create(record(1), {}, actor="x"))
+        r = record(2, command_id="cmd_1")
+        moved = r.moved_to(states.IN_PROGRESS, None, None, None, 1003.0)
+        failure = self.failureResultOf(self.journal.create_and_move(r, {}, "x", moved, {}, "bridge"), BridgeError)
+        self.assertEqual(failure.value.code, "duplicate_command")
+        self.assertIsNone(self.journal.get("pay_2"))
+        self.assertEqual((self.journal.transitions("pay_2"), self.journal.last_seq()), ([], 1))
+        self.assertRaises(ValueError, self.journal.create_and_move, record(3), {}, "x",
+                          record(4).moved_to(states.IN_PROGRESS, None, None, None, 1005.0), {}, "bridge")
+
     def test_illegal_transitions_are_programming_errors(self):
         self.assertRaises(IllegalTransition, record().moved_to, states.APPROVED, "x", "y", None, 1.0)
         done = record(state=states.APPROVED)

@@ -337,7 +337,9 @@ class RefundAndProviderRecoveryTests(PaymentServiceTests):
 
 class PayWhileAcceptingTests(SynchronousTestCase):
     """A driver that only connects before before_send (``pay_while_accepting``) is started while ``accepted`` is
-    being journaled; nothing reaches its terminal before ``accepted`` and ``in_progress`` are both on disk."""
+    still to be journaled: when it is ready to send first, ``accepted`` and ``in_progress`` go to disk in one write;
+    otherwise ``accepted`` is written alone after ACCEPTED_ALONE_AFTER or when the driver ends.  Nothing reaches
+    the terminal before both states are on disk."""
 
     _service = PaymentServiceTests._service
     start = PaymentServiceTests.start
@@ -346,26 +348,33 @@ class PayWhileAcceptingTests(SynchronousTestCase):
     def setUp(self):
         PaymentServiceTests.setUp(self)
         self.driver.pay_while_accepting = True
-        self.held = []  # (the real create's arguments, the Deferred the service waits on)
-        real_create = self.journal.create
+        self.held = []  # (what was asked of the journal, the real write, the Deferred the service waits on)
+        for name in ("create", "create_and_move"):
+            self._hold(name)
 
-        def held_create(*args, **kwargs):
+    def _hold(self, name):
+        real = getattr(self.journal, name)
+
+        def held(*args, **kwargs):
             d = Deferred()
-            self.held.append((lambda: real_create(*args, **kwargs), d))
+            self.held.append((name, lambda: real(*args, **kwargs), d))
             return d
 
-        self.journal.create = held_create
+        setattr(self.journal, name, held)
 
-    def write_accepted(self, index=-1):
-        create, d = self.held[index]
-        create().chainDeferred(d)
+    def write(self, index=-1):
+        _, write, d = self.held[index]
+        write().chainDeferred(d)
 
-    def refuse_accepted(self, index=-1):
+    def refuse(self, index=-1):
         from twisted.python.failure import Failure
 
-        self.held[index][1].errback(Failure(BridgeError("journal_unavailable", "The disk is full.")))
+        self.held[index][2].errback(Failure(BridgeError("journal_unavailable", "The disk is full.")))
 
-    def test_the_driver_starts_before_accepted_is_on_disk_and_sends_after_in_progress(self):
+    def writes(self):
+        return [name for name, _, _ in self.held]
+
+    def test_a_driver_ready_to_send_has_accepted_and_in_progress_journaled_in_one_write(self):
         states_at_send = []
         original = self.driver.pay
 
@@ -377,41 +386,109 @@ class PayWhileAcceptingTests(SynchronousTestCase):
 
         self.driver.pay = pay
         view_d = self.start()
-        self.assertEqual(len(self.driver.runs), 1)  # called at once, while accepted is being written
+        self.assertEqual(len(self.driver.runs), 1)  # called at once, before anything is written
+        self.assertEqual(self.writes(), ["create_and_move"])  # ready at once: one write for both states
         self.assertNoResult(view_d)
         self.assertEqual((self.driver.sent, self.events), ([], []))
         self.assertIsNone(self.journal.get_by_command("cl_a", "cmd-1"))
         self.assertEqual(self.service.running(), 1)  # one payment, though both being created and running
-        self.write_accepted()
+        self.write()
         view = self.successResultOf(view_d)
-        self.assertEqual(view["state"], "accepted")
+        self.assertEqual(view["state"], "accepted")  # the reply is the accepted payment, as for other drivers
         self.assertEqual(states_at_send, ["in_progress"])
-        self.assertEqual(self.service.running(), 1)
+        self.assertEqual([t["state"] for t in self.journal.transitions(view["id"])], ["accepted", "in_progress"])
         self.assertEqual(len(self.driver.sent), 1)
+        self.clock.advance(1)  # nothing more is written when the wait for the driver would have ended
+        self.assertEqual(self.writes(), ["create_and_move"])
         self.driver.finish(APPROVED)
         self.assertEqual([state for _, state in self.events], ["accepted", "in_progress", "approved"])
         self.assertEqual([seq for seq, _ in self.events], sorted(seq for seq, _ in self.events))
         self.assertEqual(self.journal.get(view["id"]).state, "approved")
+        self.assertEqual(self.service.running(), 0)
+
+    def test_the_driver_sends_before_the_client_is_told_and_an_end_it_reports_at_once_is_told_last(self):
+        order = []
+        self.service.subscribe(lambda e: order.append(e.body["payment"]["state"]))
+
+        def pay(request, before_send):  # the link drops as the request would go: the driver ends at once
+            return before_send().addCallback(
+                lambda _: order.append("sent") or Outcome("failed", "terminal_unreachable", "Lost."))
+
+        self.driver.pay = pay
+        view_d = self.start()
+        self.write()
+        view = self.successResultOf(view_d)
+        self.assertEqual(order, ["sent", "accepted", "in_progress", "failed"])
+        self.assertEqual([seq for seq, _ in self.events], sorted(seq for seq, _ in self.events))
+        self.assertEqual(self.journal.get(view["id"]).state, "failed")
+        self.assertEqual(self.service.running(), 0)
+
+    def test_accepted_is_written_alone_when_the_driver_is_not_ready_in_time(self):
+        from bridge.core.payments import ACCEPTED_ALONE_AFTER
+
+        self.driver.connecting = True  # the terminal's connection is still being made
+        view_d = self.start()
+        self.clock.advance(ACCEPTED_ALONE_AFTER * 0.9)
+        self.assertEqual(self.writes(), [])
+        self.assertNoResult(view_d)
+        self.clock.advance(ACCEPTED_ALONE_AFTER * 0.2)
+        self.assertEqual(self.writes(), ["create"])  # the client need not wait for the terminal's connection
+        self.write()
+        view = self.successResultOf(view_d)
+        self.assertEqual([state for _, state in self.events], ["accepted"])
+        # the connection comes up: in_progress is journaled on its own, and only then may the driver send
+        sent = self.driver.hooks[view["id"]]()
+        self.assertEqual(self.successResultOf(sent).state, "in_progress")
+        self.assertEqual(self.journal.get(view["id"]).state, "in_progress")
+        self.assertEqual([state for _, state in self.events], ["accepted", "in_progress"])
+
+    def test_a_driver_ready_while_accepted_is_written_alone_waits_for_it(self):
+        from bridge.core.payments import ACCEPTED_ALONE_AFTER
+
+        self.driver.connecting = True
+        view_d = self.start()
+        self.clock.advance(ACCEPTED_ALONE_AFTER)
+        payment_id = self.driver.runs[0][0].payment_id
+        sent = self.driver.hooks[payment_id]()  # ready while accepted is on its way to disk
+        self.assertNoResult(sent)
+        self.assertEqual(self.writes(), ["create"])
+        self.write()
+        self.successResultOf(view_d)
+        self.assertEqual(self.successResultOf(sent).state, "in_progress")
+        self.assertEqual([state for _, state in self.events], ["accepted", "in_progress"])
 
     def test_nothing_is_sent_nor_journaled_when_accepted_cannot_be_written(self):
         view_d = self.start()
-        self.refuse_accepted()
+        self.refuse()
         self.assertEqual(self.error_code(view_d), "journal_unavailable")
         self.assertEqual((self.driver.sent, self.events), ([], []))
         self.assertEqual(self.journal.list(), [])
         self.assertEqual(self.service.running(), 0)
         # the terminal is free again, and the next payment goes through
         second = self.start("cmd-2")
-        self.write_accepted()
+        self.write()
         self.successResultOf(second)
         self.assertEqual(len(self.driver.sent), 1)
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_nothing_is_sent_when_accepted_written_alone_fails(self):
+        from bridge.core.payments import ACCEPTED_ALONE_AFTER
+
+        self.driver.connecting = True
+        view_d = self.start()
+        self.clock.advance(ACCEPTED_ALONE_AFTER)
+        self.refuse()
+        self.assertEqual(self.error_code(view_d), "journal_unavailable")
+        payment_id = self.driver.runs[0][0].payment_id
+        self.failureResultOf(self.driver.hooks[payment_id](), BridgeError)  # the driver is told not to send
+        self.assertEqual((self.journal.list(), self.events), ([], []))
+
     def test_a_driver_that_ends_before_accepted_is_on_disk_is_journaled_after_it(self):
         self.driver.refuse_link = True  # the terminal refuses the connection at once
         view_d = self.start()
+        self.assertEqual(self.writes(), ["create"])  # written at once: there is nothing to wait for
         self.assertEqual(self.events, [])  # the end waits for accepted
-        self.write_accepted()
+        self.write()
         view = self.successResultOf(view_d)
         record = self.journal.get(view["id"])
         self.assertEqual((record.state, record.reason_code), ("failed", "terminal_unreachable"))
@@ -421,11 +498,26 @@ class PayWhileAcceptingTests(SynchronousTestCase):
     def test_a_driver_that_ends_early_journals_nothing_when_accepted_cannot_be_written(self):
         self.driver.refuse_link = True
         view_d = self.start()
-        self.refuse_accepted()
+        self.refuse()
         self.assertEqual(self.error_code(view_d), "journal_unavailable")
         self.assertEqual((self.journal.list(), self.events), ([], []))
         self.assertEqual(self.service.running(), 0)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_stopping_bridge_waits_for_a_payment_whose_accepted_waits_for_its_driver(self):
+        from bridge.core.payments import ACCEPTED_ALONE_AFTER
+
+        self.driver.connecting = True
+        view_d = self.start()
+        self.service.stop_taking()
+        idle = self.service.wait_idle()
+        self.clock.advance(ACCEPTED_ALONE_AFTER)
+        self.write()
+        view = self.successResultOf(view_d)
+        self.assertNoResult(idle)  # still running: its driver has not ended
+        self.driver.finish(Outcome("failed", "terminal_unreachable", "The terminal could not be reached."))
+        self.successResultOf(idle)
+        self.assertEqual((self.service.running(), self.journal.get(view["id"]).state), (0, "failed"))
 
     def test_a_driver_that_raises_ends_the_payment_failed_and_frees_the_terminal(self):
         def broken(request, before_send):
@@ -433,7 +525,7 @@ class PayWhileAcceptingTests(SynchronousTestCase):
 
         self.driver.pay = broken
         view_d = self.start()
-        self.write_accepted()
+        self.write()
         view = self.successResultOf(view_d)
         record = self.journal.get(view["id"])
         self.assertEqual((record.state, record.reason_code), ("failed", "internal_error"))
@@ -444,6 +536,6 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         self.driver.pay_while_accepting = False
         view_d = self.start()
         self.assertEqual(self.driver.runs, [])
-        self.write_accepted()
+        self.write()
         self.successResultOf(view_d)
         self.assertEqual(len(self.driver.runs), 1)

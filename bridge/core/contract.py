@@ -86,11 +86,12 @@ BeforeSend = Callable[..., "Deferred[None]"]
 
 #: The name of a driver class's optional attribute: True when its ``pay`` does nothing before ``before_send`` that a
 #: crash could leave behind (it only opens a connection to the terminal: no byte of the request, nothing at a
-#: provider).  The payment service then calls ``pay`` as soon as the payment is valid, while ``accepted`` is being
-#: journaled, and ``before_send`` waits for that write as well: the connection is made meanwhile instead of after
-#: (docs/performance.md).  If ``accepted`` cannot be journaled, ``before_send`` fails with why and the driver
-#: closes without sending.  Drivers without it (a Stripe reader's driver creates a PaymentIntent first) are called
-#: once ``accepted`` is on disk.
+#: provider).  The payment service then calls ``pay`` as soon as the payment is valid, before ``accepted`` is
+#: journaled: if the driver calls ``before_send`` within a moment (``payments.ACCEPTED_ALONE_AFTER``), ``accepted``
+#: and ``in_progress`` are journaled in one write; otherwise ``accepted`` is written alone and ``before_send``
+#: waits for it as well (docs/architecture.md).  If ``accepted`` cannot be journaled, ``before_send`` fails with
+#: why and the driver closes without sending.  Drivers without it (a Stripe reader's driver creates a
+#: PaymentIntent first) are called once ``accepted`` is on disk.
 PAY_WHILE_ACCEPTING = "pay_while_accepting"
 
 #: What :meth:`ITerminalDriver.cancel` returns: words for the cashier, or None when the terminal cannot be told

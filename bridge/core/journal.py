@@ -493,20 +493,35 @@ class Journal:
         """Journal a new payment, its first transition and its first event, in one commit."""
 
         def op(conn: sqlite3.Connection) -> Event:
-            try:
-                conn.execute(
-                    f"INSERT INTO payments ({_PAYMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (record.id, record.command_id, record.client_id, record.terminal, record.kind,
-                     record.method, record.amount, record.currency, record.args_digest, record.state,
-                     record.reason_code, record.reason_message, json.dumps(record.details),
-                     record.created, record.updated),
-                )
-            except sqlite3.IntegrityError:
-                raise BridgeError("duplicate_command", "This command id was already used.") from None
+            _insert_payment(conn, record)
             _insert_transition(conn, record, actor)
             return _insert_event(conn, record, event_body)
 
         return self._submit_with_acks(op).addCallback(self._journaled)
+
+    def create_and_move(self, record: PaymentRecord, event_body: dict[str, Any], actor: str,
+                        moved: PaymentRecord, moved_body: dict[str, Any],
+                        moved_actor: str) -> "Deferred[tuple[Event, Event]]":
+        """Journal a new payment and its next state at once (``moved``, made from ``record`` by
+        :meth:`PaymentRecord.moved_to`): the row as ``moved``, both transitions and both events, in one commit.
+
+        For a payment whose terminal is ready to take the request by the time it is journaled (docs/architecture.md,
+        "accepted and in_progress in one write"): one fsync instead of two, and either both states are on disk or
+        neither is."""
+        if (moved.id, moved.created) != (record.id, record.created):
+            raise ValueError("moved must be the same payment as record")
+
+        def op(conn: sqlite3.Connection) -> tuple[Event, Event]:
+            _insert_payment(conn, moved)
+            _insert_transition(conn, record, actor)
+            first = _insert_event(conn, record, event_body)
+            _insert_transition(conn, moved, moved_actor)
+            return first, _insert_event(conn, moved, moved_body)
+
+        def journaled(events: tuple[Event, Event]) -> tuple[Event, Event]:
+            return self._journaled(events[0]), self._journaled(events[1])
+
+        return self._submit_with_acks(op).addCallback(journaled)
 
     def transition(self, record: PaymentRecord, event_body: dict[str, Any], actor: str) -> "Deferred[Event]":
         """Journal ``record``'s new state (already applied to it), with its transition and event."""
@@ -757,6 +772,19 @@ def _upsert_ack(conn: sqlite3.Connection, client_id: str, seq: int) -> None:
         "ON CONFLICT (client_id) DO UPDATE SET seq = max(seq, excluded.seq)",
         (client_id, seq),
     )
+
+
+def _insert_payment(conn: sqlite3.Connection, record: PaymentRecord) -> None:
+    try:
+        conn.execute(
+            f"INSERT INTO payments ({_PAYMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (record.id, record.command_id, record.client_id, record.terminal, record.kind,
+             record.method, record.amount, record.currency, record.args_digest, record.state,
+             record.reason_code, record.reason_message, json.dumps(record.details),
+             record.created, record.updated),
+        )
+    except sqlite3.IntegrityError:
+        raise BridgeError("duplicate_command", "This command id was already used.") from None
 
 
 def _insert_transition(conn: sqlite3.Connection, record: PaymentRecord, actor: str,

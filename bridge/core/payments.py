@@ -4,10 +4,13 @@ Order of things for one payment, and why:
 
 1. validate the arguments (nothing is journaled for a bad command);
 2. journal the payment as ``accepted`` (fsync) and tell the client;
-3. the driver connects to the terminal (a driver that says ``pay_while_accepting`` does so while step 2's write
-   is under way); just before the first byte it asks, through ``before_send``, for the payment to be journaled
-   ``in_progress`` (fsync, after ``accepted``), and only then writes;
+3. the driver connects to the terminal; just before the first byte it asks, through ``before_send``, for the
+   payment to be journaled ``in_progress`` (fsync, after ``accepted``), and only then writes;
 4. the driver's outcome is journaled (fsync) and only then told.
+
+A driver that says ``pay_while_accepting`` (it only connects before ``before_send``) is started before step 2:
+when it asks ``before_send`` within ACCEPTED_ALONE_AFTER, steps 2 and 3's writes are one (one fsync, both
+states or neither); else ``accepted`` is written alone then, or when the driver ends, whichever comes first.
 
 So after a crash, ``accepted`` means the terminal never saw the request (``failed``) and ``in_progress`` means
 it may have (``unknown``).
@@ -34,7 +37,7 @@ from bridge.core.deferreds import follow
 from bridge.core.faults import checkpoint
 from bridge.core.journal import Event, Journal, PaymentRecord
 from bridge.core.money import Currency, currency, validate_amount
-from bridge.core.reactor_types import Clock
+from bridge.core.reactor_types import Clock, DelayedCall
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
 from bridge.core.contract import (CARD, CHEQUE, DEBIT, PAY_WHILE_ACCEPTING, REFUND, Outcome, PaymentRequest,
@@ -218,44 +221,91 @@ class PaymentService:
         view = payment_view(record)  # the event's and the reply's (sent as they are, never changed)
         request = PaymentRequest(payment_id=record.id, kind=kind, amount=amount, currency=cur, method=method,
                                  original=original)
-        running = _Running(record, driver)
-        # A driver that only opens a connection before before_send (contract.PAY_WHILE_ACCEPTING) starts now:
-        # the terminal's connection is made while "accepted" is being journaled instead of after, and
-        # before_send waits for that write.  Others start once "accepted" is on disk.
-        early = bool(getattr(driver, PAY_WHILE_ACCEPTING, False))
+        running = _Running(record, driver, view)
         try:
-            checkpoint("payment.before_write.accepted")
-            written = self.journal.create(record, {"event": "payment.state", "payment": view}, actor=client_id)
-            if early:  # after the write is handed to the journal's writer: it need not wait for the connect
+            if getattr(driver, PAY_WHILE_ACCEPTING, False):
+                # A driver that only opens a connection before before_send (contract.PAY_WHILE_ACCEPTING) starts
+                # now, and "accepted" waits for it a moment: if the terminal is ready to take the request by
+                # then, "accepted" and "in_progress" are journaled in one write (one fsync, not two).  Otherwise
+                # "accepted" is written alone when the driver ends or ACCEPTED_ALONE_AFTER has passed, whichever
+                # comes first, so that the client soon hears of the payment (and can cancel it) even when the
+                # terminal's connection hangs.
                 self._run(running, request)
-            event = yield written
+                if running.written is None:
+                    running.alone_call = self._clock.callLater(ACCEPTED_ALONE_AFTER, self._write_accepted,
+                                                               running)
+                events = yield running.written_here
+            else:
+                self._write_accepted(running)
+                events = yield running.written_here
         except BaseException:
-            if early:  # the driver ends without sending (before_send fails), then frees the terminal
+            if running.started:  # the driver ends without sending (before_send fails), then frees the terminal
                 running.accepted_failed(Failure())
             else:
                 self.registry.release(terminal, payment_id)
             raise
         finally:
+            running.cancel_alone_call()
             del self._creating[key]
             self._creating_ids.discard(payment_id)
             creating.callback(None)
         checkpoint("payment.after_write.accepted")
-        self._publish(event)  # before in_progress can be: a client hears the events in their order
-        # Then let a waiting driver go on: its in_progress write starts while the log line and the reply are made.
-        running.accepted.callback(None)
+        sending = running.record
+        if len(events) > 1:
+            # in_progress was journaled with it: the driver sends first, then the client is told of both (the
+            # terminal works on the request meanwhile)
+            checkpoint("payment.after_write.in_progress")
+            running.may_send.callback(None)
+            self._publish(events[0])
+            self._publish(events[1])
+            running.accepted.callback(None)  # an end the driver reported meanwhile is journaled from now on
+        else:
+            self._publish(events[0])  # before in_progress can be: a client hears the events in their order
+            # then let a waiting driver go on: its in_progress write starts while the log line and reply are made
+            running.accepted.callback(None)
         self._log_state(record, client_id)
-        if not early:
+        if len(events) > 1:
+            self._log_state(sending, client_id)
+        if not running.started:
             self._run(running, request)
         return view
+
+    def _write_accepted(self, running: "_Running", sending: Optional[PaymentRecord] = None) -> None:
+        """Hand "accepted" to the journal (with ``sending``, the payment's in_progress record, when the driver is
+        ready to send: both in one write); ``running.written_here`` fires with the events once on disk."""
+        running.cancel_alone_call()
+        record, body = running.record, {"event": "payment.state", "payment": running.view}
+        checkpoint("payment.before_write.accepted")
+        written: Deferred
+        if sending is None:
+            written = self.journal.create(record, body, actor=record.client_id).addCallback(lambda e: (e,))
+        else:
+            checkpoint("payment.before_write.in_progress")
+            written = self.journal.create_and_move(
+                record, body, record.client_id, sending,
+                {"event": "payment.state", "payment": payment_view(sending)}, "bridge")
+
+            def moved(events: tuple[Event, Event]) -> tuple[Event, Event]:
+                running.update(sending)
+                return events
+
+            written.addCallback(moved)
+        running.written = written
+        written.chainDeferred(running.written_here)
 
     def _run(self, running: "_Running", request: PaymentRequest) -> None:
         """Hand the payment to its driver; its outcome is journaled when it ends (if "accepted" was)."""
         record = running.record
         self._running[record.id] = running
+        running.started = True
 
         def before_send(details: Optional[dict[str, Any]] = None) -> Deferred:
             if running.accepted_error is not None:
                 return fail(running.accepted_error)
+            if running.written is None:  # "accepted" not written yet: journal in_progress with it
+                sending = running.record.moved_to(states.IN_PROGRESS, None, None, details, self._clock.seconds())
+                self._write_accepted(running, sending)
+                return follow(running.may_send)
             if running.accepted.called:
                 return send_now(None, details)
             return follow(running.accepted).addCallback(send_now, details)
@@ -272,6 +322,8 @@ class PaymentService:
             # its end is journaled after it, and not at all if it could not be (the client was told why).
             if running.accepted_error is not None:
                 return None
+            if running.written is None:
+                self._write_accepted(running)
             if not running.accepted.called:
                 return follow(running.accepted).addCallbacks(lambda _: self._finish(running, outcome),
                                                              lambda _: None)
@@ -529,6 +581,10 @@ class PaymentService:
 
 
 CANCELLED_BEFORE_SEND = "cancelled_before_send"
+#: Seconds "accepted" waits for a pay_while_accepting driver to be ready to send (its terminal's connection up)
+#: before it is journaled alone: a connection on a shop's LAN takes about a millisecond, one that does not come
+#: (a terminal switched off) up to the driver's connect timeout, which the client need not wait for.
+ACCEPTED_ALONE_AFTER = 0.05
 #: What the cashier is told to do when a driver failed after its request may have left.
 CHECK_RECEIPT = "Check the terminal's receipt to see whether the customer was charged."
 #: The longest wait between two tries to journal a payment's end that the journal refused.
@@ -539,21 +595,40 @@ _END_RETRY = backoff(1.0, RETRY_MAX)
 class _Running:
     """A payment between "accepted" and its final state, as the service tracks it."""
 
-    def __init__(self, record: PaymentRecord, driver: TerminalDriver) -> None:
+    def __init__(self, record: PaymentRecord, driver: TerminalDriver, view: dict[str, Any]) -> None:
         self.record = record
         self.driver = driver
+        #: The payment as "accepted" shows it to clients (its event and the reply to the command).
+        self.view = view
+        #: Whether the driver has been handed the payment.
+        self.started = False
         self.finished: Optional[Deferred] = None
         self.cancel_requested_by: Optional[str] = None
-        #: Fires once "accepted" is on disk: a driver's before_send waits for it.
+        #: The journal's write of "accepted" once handed to it (None before), and a Deferred that fires with its
+        #: events (one, or two when in_progress went with it) for the command that started the payment.
+        self.written: Optional[Deferred] = None
+        self.written_here: Deferred = Deferred()
+        #: The call that writes "accepted" alone if the driver is not ready to send in time.
+        self.alone_call: Optional[DelayedCall] = None
+        #: Fires once "accepted" is on disk and told: a driver's before_send waits for it, and so does its end.
         self.accepted: Deferred = Deferred()
+        #: Fires once "accepted" and "in_progress" are on disk when they were written together: the driver's
+        #: before_send waits for it (the driver sends, then the client is told).
+        self.may_send: Deferred = Deferred()
         #: Why "accepted" could not be journaled (then nothing is sent, and nothing more journaled).
         self.accepted_error: Optional[Failure] = None
 
     def accepted_failed(self, error: Failure) -> None:
         """"accepted" could not be journaled: whoever waits for it hears why, and so does a later before_send."""
         self.accepted_error = error
-        self.accepted.errback(error)
-        self.accepted.addErrback(lambda _: None)  # the failure is the client's reply, not an unhandled error
+        for waited in (self.accepted, self.may_send):
+            waited.errback(error)
+            waited.addErrback(lambda _: None)  # the failure is the client's reply, not an unhandled error
+
+    def cancel_alone_call(self) -> None:
+        if self.alone_call is not None and self.alone_call.active():
+            self.alone_call.cancel()
+        self.alone_call = None
 
     def update(self, record: PaymentRecord) -> PaymentRecord:
         self.record = record
