@@ -64,6 +64,16 @@ class PaymentServiceTests(SynchronousTestCase):
         self.assertEqual([seq for seq, _ in self.events], [1, 2, 3])
         self.assertEqual(self.service.get(view["id"])["details"], {"authorisation": "123456"})
 
+    def test_the_end_is_told_before_its_log_line_is_written(self):
+        from twisted.logger import Logger
+
+        order = []
+        self.service.log = Logger(observer=lambda e: order.append("logged " + str(e.get("state"))))
+        self.service.subscribe(lambda e: order.append("told " + e.body["payment"]["state"]))
+        self.successResultOf(self.start())
+        self.driver.finish(APPROVED)
+        self.assertEqual(order[-2:], ["told approved", "logged approved"])
+
     def test_the_same_command_id_returns_the_same_payment_and_sends_nothing_more(self):
         first = self.successResultOf(self.start())
         again = self.successResultOf(self.start())

@@ -384,8 +384,8 @@ class PaymentService:
 
         def journaled(event: Event) -> PaymentRecord:
             checkpoint("payment.after_write." + record.state)
-            self._log_state(record, record.client_id)
             self._publish(event)
+            self._log_state(record, record.client_id)  # after: the client need not wait for the log line
             return record
 
         checkpoint("payment.before_write." + record.state)
