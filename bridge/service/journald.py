@@ -14,14 +14,10 @@ import re
 import sys
 from typing import Callable, Mapping, Optional, TextIO
 
-from twisted.logger import (
-    ILogObserver,
-    LogEvent,
-    LogLevel,
-    formatEvent,
-    textFileLogObserver,
-)
+from twisted.logger import FileLogObserver, ILogObserver, LogEvent, LogLevel
 from zope.interface import implementer
+
+from bridge.service.log_text import classic_text, format_message
 
 IDENTIFIER = "terminal-bridge"
 
@@ -96,7 +92,7 @@ class JournaldObserver:
 
     def fields(self, event: LogEvent) -> dict:
         """The journal fields for ``event``, all values as text."""
-        message = formatEvent(event)
+        message = format_message(event)
         failure = event.get("log_failure")
         if failure is not None:
             traceback = failure.getTraceback()
@@ -127,7 +123,7 @@ def make_observer(
     """
     if stream is None:
         stream = sys.stdout
-    text = textFileLogObserver(stream)
+    text = FileLogObserver(stream, classic_text)  # textFileLogObserver's lines, made faster
     if not _connected_to_journal(environ, stream):
         return text
     try:
