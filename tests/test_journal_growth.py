@@ -155,7 +155,11 @@ class BackgroundCheckTests(TestCase):
         self.addCleanup(journal.close)
         return checked
 
-    async def test_a_damaged_journal_opens_then_refuses_writes_once_checked(self):
+    # Twisted 22.4's trial (Debian bookworm's) does not run a coroutine test method: each test returns a Deferred
+    def test_a_damaged_journal_opens_then_refuses_writes_once_checked(self):
+        return Deferred.fromCoroutine(self._damaged_journal())
+
+    async def _damaged_journal(self):
         path = self.make(damaged=True)
         self.assertRaises(BridgeError, Journal.open, path, threaded=False)  # checked before opening
         journal = await self.open_and_wait_for_the_check(path)
@@ -169,7 +173,10 @@ class BackgroundCheckTests(TestCase):
             self.fail("a damaged journal took a write")
         self.flushLoggedErrors()
 
-    async def test_a_sound_journal_keeps_taking_writes_after_its_check(self):
+    def test_a_sound_journal_keeps_taking_writes_after_its_check(self):
+        return Deferred.fromCoroutine(self._sound_journal())
+
+    async def _sound_journal(self):
         journal = await self.open_and_wait_for_the_check(self.make(damaged=False))
         event = await journal.create(record(999), {}, actor="x")
         self.assertEqual(event.payment_id, "pay_999")
