@@ -29,6 +29,7 @@ from bridge.core.payments import PaymentService
 from bridge.core.reactor_types import DelayedCall, Reactor
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
+from bridge.service.heap import TRIM_INTERVAL
 from bridge.service.sdnotify import StatusReporter
 from bridge.terminals.catalogue import build_driver
 
@@ -116,13 +117,17 @@ class Daemon(MultiService):
     def __init__(self, config: BridgeConfig, reactor: Reactor,
                  notify: Callable[[str], Any] = lambda message: False,
                  watchdog: Optional[Service] = None,
-                 settle_heap: Callable[[], Any] = lambda: None) -> None:
+                 settle_heap: Callable[[], Any] = lambda: None,
+                 trim_heap: Optional[Callable[[], Any]] = None) -> None:
         MultiService.__init__(self)
         self.config = config
         self.reactor = reactor
         self._notify = notify
         #: Called once everything is up, just before READY=1 (the process's run: bridge.service.run.settle_heap).
         self._settle_heap = settle_heap
+        #: Called every heap.TRIM_INTERVAL seconds once ready (the process's run: glibc's malloc_trim), if given.
+        self._trim_heap = trim_heap
+        self._heap_trims: Optional[LoopingCall] = None
         self._watchdog = watchdog
         self._status = StatusReporter(notify)
         self._status_refresh: Optional[LoopingCall] = None
@@ -220,6 +225,10 @@ class Daemon(MultiService):
         self._status_refresh = LoopingCall(self._report_status)
         self._status_refresh.clock = cast(IReactorTime, self.reactor)
         self._status_refresh.start(STATUS_INTERVAL, now=False)
+        if self._trim_heap is not None:
+            self._heap_trims = LoopingCall(self._trim_heap)
+            self._heap_trims.clock = cast(IReactorTime, self.reactor)
+            self._heap_trims.start(TRIM_INTERVAL, now=False)
         if self._watchdog is not None:
             self._watchdog.setName("watchdog")
             self._watchdog.setServiceParent(self)  # started as it is added: the first ping goes now
@@ -336,7 +345,7 @@ class Daemon(MultiService):
                 self.log.failure("Stopping: {part} did not stop cleanly", part=name)
 
     def _stop_timers(self) -> None:
-        for loop in (self._pruning, self._recovery):
+        for loop in (self._pruning, self._recovery, self._heap_trims):
             if loop is not None and loop.running:
                 loop.stop()
         if self._status_refresh is not None:

@@ -14,6 +14,7 @@ from twisted.logger import (FilteringLogObserver, Logger, LogLevel, LogLevelFilt
 from bridge.config import BridgeConfig
 from bridge.errors import BridgeError
 from bridge.service.daemon import Daemon
+from bridge.service.heap import malloc_trim
 from bridge.service.journald import make_observer
 from bridge.service.reactor import global_reactor
 from bridge.service.sdnotify import WatchdogService, notify, watchdog_interval
@@ -43,7 +44,7 @@ def run_daemon(config: BridgeConfig) -> int:
     start_logging(config.log_level)
     daemon = Daemon(config, reactor, notify=notify,
                     watchdog=WatchdogService(reactor, notify=notify, interval=watchdog_interval()),
-                    settle_heap=settle_heap)
+                    settle_heap=settle_heap, trim_heap=malloc_trim())
     exit_code = [0]
     reload_asked = [False]  # SIGHUP before the daemon was ready: reload once it is
 
