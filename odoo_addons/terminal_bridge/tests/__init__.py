@@ -6,3 +6,4 @@ from . import test_bus
 from . import test_bridge_record
 from . import test_end_to_end
 from . import test_command_size
+from . import test_companies
