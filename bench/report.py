@@ -76,7 +76,7 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
                f"payment round trip p50 {r['throughput_p50']:.1f} ms, p99 {r['throughput_p99']:.1f} ms; "
                f"CPU (100 % = one core): bridge {r['cpu_bridge_pct']:.0f} %, measuring client "
                f"{r['cpu_client_pct']:.0f} %, simulators {r['cpu_sim_pct']:.0f} %")
-    out.append(f"floor of the 1-terminal added latency on this machine (issue 18's): a bare TLS WebSocket round "
+    out.append(f"floor of the 1-terminal added latency on this machine: issue 18's, a bare TLS WebSocket round "
                f"trip ({r['echo_bytes']} bytes, autobahn, nothing else) p50 {r['echo_p50']:.3f} ms + 3 journal "
                f"fsyncs (a payment's three states, each journaled before told), p50 3 x "
                f"{info['fsync_p50_ms']:.3f} ms = {floor:.3f} ms (the bridge's own work is the rest: "
