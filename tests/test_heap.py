@@ -54,3 +54,15 @@ class DaemonTrimsItsHeapTests(TestCase):
         stopped_at = len(trims)
         yield deferLater(reactor, 0.2, lambda: None)
         self.assertEqual(len(trims), stopped_at)
+
+
+def test_finding_malloc_trim_starts_no_program(monkeypatch):
+    """The daemon looks malloc_trim up at every start: among the process's own symbols, without running
+    ldconfig (which ctypes.util.find_library does)."""
+    import subprocess
+
+    def refused(*args, **kwargs):
+        raise AssertionError(f"a program was started: {args!r}")
+
+    monkeypatch.setattr(subprocess, "Popen", refused)
+    assert malloc_trim() is not None

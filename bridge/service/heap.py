@@ -10,7 +10,6 @@ first time, after the start's garbage).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from typing import Callable, Optional
 
 #: Seconds between two trims of the heap.
@@ -19,12 +18,11 @@ TRIM_INTERVAL = 1.0
 
 def malloc_trim() -> Optional[Callable[[], object]]:
     """A function that returns the C allocator's free memory to the kernel, or None where there is none (a C
-    library other than glibc, e.g. musl's, which returns memory itself)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    library other than glibc, e.g. musl's, which returns memory itself).  Looked up among the symbols the
+    process already has (``CDLL(None)``): ``ctypes.util.find_library`` would run ``/sbin/ldconfig -p`` at every
+    start."""
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
