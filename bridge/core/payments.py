@@ -231,13 +231,12 @@ class PaymentService:
                 # comes first, so that the client soon hears of the payment (and can cancel it) even when the
                 # terminal's connection hangs.
                 self._run(running, request)
-                if running.written is None:
+                if not running.accepted_submitted:
                     running.alone_call = self._clock.callLater(ACCEPTED_ALONE_AFTER, self._write_accepted,
                                                                running)
-                events = yield running.written_here
             else:
                 self._write_accepted(running)
-                events = yield running.written_here
+            events = yield running.written
         except BaseException:
             if running.started:  # the driver ends without sending (before_send fails), then frees the terminal
                 running.accepted_failed(Failure())
@@ -272,7 +271,7 @@ class PaymentService:
 
     def _write_accepted(self, running: "_Running", sending: Optional[PaymentRecord] = None) -> None:
         """Hand "accepted" to the journal (with ``sending``, the payment's in_progress record, when the driver is
-        ready to send: both in one write); ``running.written_here`` fires with the events once on disk."""
+        ready to send: both in one write); ``running.written`` fires with the events once on disk."""
         running.cancel_alone_call()
         record, body = running.record, {"event": "payment.state", "payment": running.view}
         checkpoint("payment.before_write.accepted")
@@ -291,8 +290,8 @@ class PaymentService:
                 return events
 
             written.addCallback(moved)
-        running.written = written
-        written.chainDeferred(running.written_here)
+        running.accepted_submitted = True
+        written.chainDeferred(running.written)
 
     def _run(self, running: "_Running", request: PaymentRequest) -> None:
         """Hand the payment to its driver; its outcome is journaled when it ends (if "accepted" was)."""
@@ -303,7 +302,7 @@ class PaymentService:
         def before_send(details: Optional[dict[str, Any]] = None) -> Deferred:
             if running.accepted_error is not None:
                 return fail(running.accepted_error)
-            if running.written is None:  # "accepted" not written yet: journal in_progress with it
+            if not running.accepted_submitted:  # "accepted" not written yet: journal in_progress with it
                 sending = running.record.moved_to(states.IN_PROGRESS, None, None, details, self._clock.seconds())
                 self._write_accepted(running, sending)
                 return follow(running.may_send)
@@ -323,7 +322,7 @@ class PaymentService:
             # its end is journaled after it, and not at all if it could not be (the client was told why).
             if running.accepted_error is not None:
                 return None
-            if running.written is None:
+            if not running.accepted_submitted:
                 self._write_accepted(running)
             if not running.accepted.called:
                 return follow(running.accepted).addCallbacks(lambda _: self._finish(running, outcome),
@@ -605,10 +604,10 @@ class _Running:
         self.started = False
         self.finished: Optional[Deferred] = None
         self.cancel_requested_by: Optional[str] = None
-        #: The journal's write of "accepted" once handed to it (None before), and a Deferred that fires with its
-        #: events (one, or two when in_progress went with it) for the command that started the payment.
-        self.written: Optional[Deferred] = None
-        self.written_here: Deferred = Deferred()
+        #: Whether "accepted" has been handed to the journal, and a Deferred that fires with its events once on
+        #: disk (one, or two when in_progress went with it), for the command that started the payment.
+        self.accepted_submitted = False
+        self.written: Deferred = Deferred()
         #: The call that writes "accepted" alone if the driver is not ready to send in time.
         self.alone_call: Optional[DelayedCall] = None
         #: Fires once "accepted" is on disk and told: a driver's before_send waits for it, and so does its end.
