@@ -346,10 +346,9 @@ class RefundAndProviderRecoveryTests(PaymentServiceTests):
 
 
 class PayWhileAcceptingTests(SynchronousTestCase):
-    """A driver that only connects before before_send (``pay_while_accepting``) is started while ``accepted`` is
-    still to be journaled: when it is ready to send first, ``accepted`` and ``in_progress`` go to disk in one write;
-    otherwise ``accepted`` is written alone after ACCEPTED_ALONE_AFTER or when the driver ends.  Nothing reaches
-    the terminal before both states are on disk."""
+    """A driver that only connects before before_send (``pay_while_accepting``) is started at once, while
+    ``accepted`` and ``in_progress`` are journaled in one write; its before_send waits for that write.  Nothing
+    reaches the terminal before both states are on disk, and until the driver is let send a cancel is certain."""
 
     _service = PaymentServiceTests._service
     start = PaymentServiceTests.start
@@ -359,7 +358,7 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         PaymentServiceTests.setUp(self)
         self.driver.pay_while_accepting = True
         self.held = []  # (what was asked of the journal, the real write, the Deferred the service waits on)
-        for name in ("create", "create_and_move"):
+        for name in ("create", "create_and_move", "transition"):
             self._hold(name)
 
     def _hold(self, name):
@@ -384,7 +383,10 @@ class PayWhileAcceptingTests(SynchronousTestCase):
     def writes(self):
         return [name for name, _, _ in self.held]
 
-    def test_a_driver_ready_to_send_has_accepted_and_in_progress_journaled_in_one_write(self):
+    def transitions(self, payment_id):
+        return [t["state"] for t in self.journal.transitions(payment_id)]
+
+    def test_a_connected_driver_has_accepted_and_in_progress_journaled_in_one_write_then_sends(self):
         states_at_send = []
         original = self.driver.pay
 
@@ -396,8 +398,8 @@ class PayWhileAcceptingTests(SynchronousTestCase):
 
         self.driver.pay = pay
         view_d = self.start()
-        self.assertEqual(len(self.driver.runs), 1)  # called at once, before anything is written
-        self.assertEqual(self.writes(), ["create_and_move"])  # ready at once: one write for both states
+        self.assertEqual(len(self.driver.runs), 1)  # called at once
+        self.assertEqual(self.writes(), ["create_and_move"])  # one write for both states, asked at once
         self.assertNoResult(view_d)
         self.assertEqual((self.driver.sent, self.events), ([], []))
         self.assertIsNone(self.journal.get_by_command("cl_a", "cmd-1"))
@@ -406,11 +408,12 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         view = self.successResultOf(view_d)
         self.assertEqual(view["state"], "accepted")  # the reply is the accepted payment, as for other drivers
         self.assertEqual(states_at_send, ["in_progress"])
-        self.assertEqual([t["state"] for t in self.journal.transitions(view["id"])], ["accepted", "in_progress"])
+        self.assertEqual(self.transitions(view["id"]), ["accepted", "in_progress"])
         self.assertEqual(len(self.driver.sent), 1)
-        self.clock.advance(1)  # nothing more is written when the wait for the driver would have ended
-        self.assertEqual(self.writes(), ["create_and_move"])
+        self.clock.advance(1)
+        self.assertEqual(self.writes(), ["create_and_move"])  # nothing more is written before the end
         self.driver.finish(APPROVED)
+        self.write()
         self.assertEqual([state for _, state in self.events], ["accepted", "in_progress", "approved"])
         self.assertEqual([seq for seq, _ in self.events], sorted(seq for seq, _ in self.events))
         self.assertEqual(self.journal.get(view["id"]).state, "approved")
@@ -428,46 +431,84 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         view_d = self.start()
         self.write()
         view = self.successResultOf(view_d)
+        self.assertEqual(self.writes(), ["create_and_move", "transition"])
+        self.write()
         self.assertEqual(order, ["sent", "accepted", "in_progress", "failed"])
         self.assertEqual([seq for seq, _ in self.events], sorted(seq for seq, _ in self.events))
         self.assertEqual(self.journal.get(view["id"]).state, "failed")
         self.assertEqual(self.service.running(), 0)
 
-    def test_accepted_is_written_alone_when_the_driver_is_not_ready_in_time(self):
-        from bridge.core.payments import ACCEPTED_ALONE_AFTER
-
-        self.driver.connecting = True  # the terminal's connection is still being made
-        view_d = self.start()
-        self.clock.advance(ACCEPTED_ALONE_AFTER * 0.9)
-        self.assertEqual(self.writes(), [])
-        self.assertNoResult(view_d)
-        self.clock.advance(ACCEPTED_ALONE_AFTER * 0.2)
-        self.assertEqual(self.writes(), ["create"])  # the client need not wait for the terminal's connection
-        self.write()
-        view = self.successResultOf(view_d)
-        self.assertEqual([state for _, state in self.events], ["accepted"])
-        # the connection comes up: in_progress is journaled on its own, and only then may the driver send
-        sent = self.driver.hooks[view["id"]]()
-        self.assertEqual(self.successResultOf(sent).state, "in_progress")
-        self.assertEqual(self.journal.get(view["id"]).state, "in_progress")
-        self.assertEqual([state for _, state in self.events], ["accepted", "in_progress"])
-
-    def test_a_driver_ready_while_accepted_is_written_alone_waits_for_it(self):
-        from bridge.core.payments import ACCEPTED_ALONE_AFTER
-
+    def test_both_states_are_journaled_and_told_while_the_connection_is_still_being_made(self):
         self.driver.connecting = True
         view_d = self.start()
-        self.clock.advance(ACCEPTED_ALONE_AFTER)
+        self.assertEqual(self.writes(), ["create_and_move"])  # the write does not wait for the connection
+        self.write()
+        view = self.successResultOf(view_d)
+        self.assertEqual([state for _, state in self.events], ["accepted", "in_progress"])
+        self.assertEqual(self.driver.sent, [])
+        # the connection comes up: the driver may send at once, nothing more is written before it does
+        self.assertEqual(self.successResultOf(self.driver.hooks[view["id"]]()), None)
+        self.assertEqual(self.writes(), ["create_and_move"])
+        self.driver.finish(APPROVED)
+        self.write()
+        self.assertEqual(self.transitions(view["id"]), ["accepted", "in_progress", "approved"])
+
+    def test_a_driver_connected_while_the_write_is_on_its_way_waits_for_it(self):
+        self.driver.connecting = True
+        view_d = self.start()
         payment_id = self.driver.runs[0][0].payment_id
-        sent = self.driver.hooks[payment_id]()  # ready while accepted is on its way to disk
-        self.assertNoResult(sent)
-        self.assertEqual(self.writes(), ["create"])
+        may_send = self.driver.hooks[payment_id]()
+        self.assertNoResult(may_send)  # connected before both states are on disk: the request waits
         self.write()
         self.successResultOf(view_d)
-        self.assertEqual(self.successResultOf(sent).state, "in_progress")
+        self.successResultOf(may_send)
         self.assertEqual([state for _, state in self.events], ["accepted", "in_progress"])
 
-    def test_nothing_is_sent_nor_journaled_when_accepted_cannot_be_written(self):
+    def test_a_cancel_while_the_connection_is_made_is_certain_and_nothing_is_sent(self):
+        self.driver.connecting = True
+        view_d = self.start()
+        self.write()
+        view = self.successResultOf(view_d)
+        answer = self.successResultOf(self.service.cancel(view["id"], actor="cl_a"))
+        self.assertEqual(answer["cancel"], "before_send")  # the driver has not been let send
+        refused = self.failureResultOf(self.driver.hooks[view["id"]](), BridgeError)  # the connection comes up
+        self.assertEqual(refused.value.code, "cancelled_before_send")
+        self.driver.finish(Outcome("failed", "cancelled_before_send", "Not sent."))
+        self.write()
+        record = self.journal.get(view["id"])
+        self.assertEqual((record.state, record.details["cancel_requested_by"]), ("cancelled", "cl_a"))
+        self.assertEqual(self.transitions(view["id"]), ["accepted", "in_progress", "cancelled"])
+        self.assertEqual(self.driver.sent, [])
+
+    def test_a_cancel_after_the_driver_was_let_send_waits_for_the_terminal(self):
+        view_d = self.start()
+        self.write()
+        view = self.successResultOf(view_d)
+        answer = self.successResultOf(self.service.cancel(view["id"], actor="cl_a"))
+        self.assertEqual(answer["cancel"], "on_terminal")
+
+    def test_a_terminal_that_cannot_be_reached_ends_failed_after_both_states(self):
+        self.driver.connecting = True
+        view_d = self.start()
+        self.write()
+        view = self.successResultOf(view_d)
+        self.driver.finish(Outcome("failed", "terminal_unreachable", "The terminal could not be reached."))
+        self.write()
+        record = self.journal.get(view["id"])
+        self.assertEqual((record.state, record.reason_code), ("failed", "terminal_unreachable"))
+        self.assertEqual(self.transitions(view["id"]), ["accepted", "in_progress", "failed"])
+
+    def test_a_driver_that_claims_an_answer_it_was_never_let_send_ends_failed(self):
+        self.driver.connecting = True
+        view_d = self.start()
+        self.write()
+        view = self.successResultOf(view_d)
+        self.driver.finish(APPROVED)  # a bug: approved without before_send
+        self.write()
+        self.assertEqual(self.journal.get(view["id"]).state, "failed")
+        self.flushLoggedErrors()
+
+    def test_nothing_is_sent_nor_journaled_when_the_write_is_refused(self):
         view_d = self.start()
         self.refuse()
         self.assertEqual(self.error_code(view_d), "journal_unavailable")
@@ -481,31 +522,41 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         self.assertEqual(len(self.driver.sent), 1)
         self.assertEqual(self.flushLoggedErrors(), [])
 
-    def test_nothing_is_sent_when_accepted_written_alone_fails(self):
-        from bridge.core.payments import ACCEPTED_ALONE_AFTER
-
+    def test_a_driver_connected_before_a_refused_write_is_told_not_to_send(self):
         self.driver.connecting = True
         view_d = self.start()
-        self.clock.advance(ACCEPTED_ALONE_AFTER)
+        payment_id = self.driver.runs[0][0].payment_id
+        may_send = self.driver.hooks[payment_id]()
         self.refuse()
         self.assertEqual(self.error_code(view_d), "journal_unavailable")
-        payment_id = self.driver.runs[0][0].payment_id
-        self.failureResultOf(self.driver.hooks[payment_id](), BridgeError)  # the driver is told not to send
-        self.assertEqual((self.journal.list(), self.events), ([], []))
+        self.failureResultOf(may_send, BridgeError)
+        self.assertEqual((self.journal.list(), self.events, self.driver.sent), ([], [], []))
 
-    def test_a_driver_that_ends_before_accepted_is_on_disk_is_journaled_after_it(self):
-        self.driver.refuse_link = True  # the terminal refuses the connection at once
+    def test_details_given_before_sending_are_refused_and_nothing_is_sent(self):
+        self.driver.pay = lambda request, before_send: before_send({"payment_intent": "pi_1"}).addErrback(
+            lambda f: Outcome("failed", f.value.code, f.value.message))
         view_d = self.start()
-        self.assertEqual(self.writes(), ["create"])  # written at once: there is nothing to wait for
-        self.assertEqual(self.events, [])  # the end waits for accepted
         self.write()
         view = self.successResultOf(view_d)
+        self.write()
+        record = self.journal.get(view["id"])
+        self.assertEqual((record.state, record.reason_code), ("failed", "internal_error"))
+        self.assertEqual(record.details, {})
+
+    def test_a_driver_that_ends_before_the_write_is_on_disk_is_journaled_after_it(self):
+        self.driver.refuse_link = True  # the terminal refuses the connection at once
+        view_d = self.start()
+        self.assertEqual(self.writes(), ["create_and_move"])
+        self.assertEqual(self.events, [])  # the end waits for the write
+        self.write()
+        view = self.successResultOf(view_d)
+        self.write()
         record = self.journal.get(view["id"])
         self.assertEqual((record.state, record.reason_code), ("failed", "terminal_unreachable"))
-        self.assertEqual([state for _, state in self.events], ["accepted", "failed"])
+        self.assertEqual([state for _, state in self.events], ["accepted", "in_progress", "failed"])
         self.assertEqual(self.service.running(), 0)
 
-    def test_a_driver_that_ends_early_journals_nothing_when_accepted_cannot_be_written(self):
+    def test_a_driver_that_ends_early_journals_nothing_when_the_write_is_refused(self):
         self.driver.refuse_link = True
         view_d = self.start()
         self.refuse()
@@ -514,18 +565,16 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         self.assertEqual(self.service.running(), 0)
         self.assertEqual(self.flushLoggedErrors(), [])
 
-    def test_a_stopping_bridge_waits_for_a_payment_whose_accepted_waits_for_its_driver(self):
-        from bridge.core.payments import ACCEPTED_ALONE_AFTER
-
+    def test_a_stopping_bridge_waits_for_a_payment_whose_connection_is_being_made(self):
         self.driver.connecting = True
         view_d = self.start()
         self.service.stop_taking()
         idle = self.service.wait_idle()
-        self.clock.advance(ACCEPTED_ALONE_AFTER)
         self.write()
         view = self.successResultOf(view_d)
         self.assertNoResult(idle)  # still running: its driver has not ended
         self.driver.finish(Outcome("failed", "terminal_unreachable", "The terminal could not be reached."))
+        self.write()
         self.successResultOf(idle)
         self.assertEqual((self.service.running(), self.journal.get(view["id"]).state), (0, "failed"))
 
@@ -537,6 +586,7 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         view_d = self.start()
         self.write()
         view = self.successResultOf(view_d)
+        self.write()
         record = self.journal.get(view["id"])
         self.assertEqual((record.state, record.reason_code), ("failed", "internal_error"))
         self.assertEqual(self.service.running(), 0)
@@ -545,7 +595,48 @@ class PayWhileAcceptingTests(SynchronousTestCase):
     def test_other_drivers_are_started_only_once_accepted_is_on_disk(self):
         self.driver.pay_while_accepting = False
         view_d = self.start()
-        self.assertEqual(self.driver.runs, [])
+        self.assertEqual((self.driver.runs, self.writes()), ([], ["create"]))
         self.write()
         self.successResultOf(view_d)
         self.assertEqual(len(self.driver.runs), 1)
+        self.assertEqual(self.writes(), ["create", "transition"])  # in_progress on its own, before sending
+
+    def test_other_drivers_are_not_let_send_when_a_cancel_came_while_in_progress_was_written(self):
+        self.driver.pay_while_accepting = False
+        view_d = self.start()
+        self.write()
+        view = self.successResultOf(view_d)
+        self.assertEqual(self.writes(), ["create", "transition"])  # in_progress on its way to disk
+        answer = self.successResultOf(self.service.cancel(view["id"], actor="cl_a"))
+        self.assertEqual(answer["cancel"], "before_send")
+        self.write()  # in_progress on disk: the cancel is still in time, nothing has left
+        self.assertEqual(self.driver.sent, [])
+        self.write()
+        record = self.journal.get(view["id"])
+        self.assertEqual((record.state, record.reason_code), ("cancelled", "cancelled_before_send"))
+        self.assertEqual(self.transitions(view["id"]), ["accepted", "in_progress", "cancelled"])
+
+    def test_when_the_driver_was_let_send_is_known_to_the_final_events_listeners(self):
+        seen = []
+        self.service.subscribe(lambda e: seen.append((e.body["payment"]["state"],
+                                                      self.service.sent_at(e.body["payment"]["id"]))))
+        self.driver.connecting = True
+        view_d = self.start()
+        self.write()
+        view = self.successResultOf(view_d)
+        self.clock.advance(2)  # the connection takes two seconds
+        self.successResultOf(self.driver.hooks[view["id"]]())
+        self.driver.finish(APPROVED)
+        self.write()
+        let_send = self.clock.seconds()
+        self.assertEqual(seen, [("accepted", None), ("in_progress", None), ("approved", let_send)])
+        self.assertIsNone(self.service.sent_at(view["id"]))  # ended: no longer running
+
+    def test_a_payment_never_let_send_has_no_send_time(self):
+        seen = []
+        self.service.subscribe(lambda e: seen.append(self.service.sent_at(e.body["payment"]["id"])))
+        self.driver.refuse_link = True
+        self.start()
+        self.write()
+        self.write()
+        self.assertEqual(seen, [None, None, None])

@@ -54,7 +54,6 @@ class Metrics:
                                 "included.", buckets=COMMIT_BUCKETS, registry=self.registry)
         self.commits = facts.CommitWatch(self.commit.observe)
         self.registry.register(_LiveFacts(self))
-        self._sent: dict[str, float] = {}  # payment id -> when its request went to the terminal
         self._certificate: tuple[float, dict[str, Any]] = (float("-inf"), {})
 
     def on_refused(self, code: str) -> None:
@@ -71,12 +70,10 @@ class Metrics:
         if not isinstance(payment, dict):
             return
         payment_id, state = str(payment.get("id")), payment.get("state")
-        if state == "in_progress":
-            self._sent[payment_id] = self._clock.seconds()
-            return
         if not payment.get("final"):
             return
-        sent = self._sent.pop(payment_id, None)
+        # not when in_progress was told: for a Caisse-AP terminal over TCP that is while its connection is made
+        sent = self._daemon.payments.sent_at(payment_id)
         terminal = str(payment.get("terminal"))
         if (payment.get("reason") or {}).get("code") == "resolved":
             self.resolved.labels(terminal, state).inc()
