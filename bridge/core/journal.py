@@ -867,6 +867,7 @@ def _migrate(path: str, check: bool = True) -> None:
             if result != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
         conn.execute("BEGIN IMMEDIATE")
+        cookie = conn.execute("PRAGMA schema_version").fetchone()[0]  # SQLite's: changes with any table or index
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -875,6 +876,12 @@ def _migrate(path: str, check: bool = True) -> None:
         if version > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"journal schema {version} is newer than this bridge understands ({SCHEMA_VERSION})")
+        if version == SCHEMA_VERSION and conn.execute("PRAGMA schema_version").fetchone()[0] == cookie:
+            # Nothing to change (every start of a current journal): no commit, so no fsync of the WAL, and no
+            # checkpoint into the journal file as this connection closes, whose fsync would wait for every page
+            # of that file still to be written back by the kernel (a journal restored from a copy: seconds).
+            conn.execute("ROLLBACK")
+            return
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS.get(target, ()):
                 conn.execute(statement)
