@@ -48,3 +48,22 @@ class GeneratorTests(SynchronousTestCase):
         self.assertLessEqual(r["prune_held_max"], r["prune_turn_max"])
         self.assertGreaterEqual(r["check_wait"], 0.0)
         self.assertIn("longest reactor turn held by the process", journal_growth.report(9000, r))
+
+
+class PrefillTests(SynchronousTestCase):
+    def test_a_journal_built_once_is_copied_for_each_run_and_on_disk_before_the_bridge_starts(self):
+        """The bridge's first start measured the kernel's writeback of a journal copied a moment before (1.3 s at
+        2M payments): each copy is fsync'd before the bridge is started on it."""
+        cache = self.mktemp()
+        os.makedirs(cache)
+        self.patch(os, "environ", dict(os.environ, TB_BENCH_JOURNAL_CACHE=cache))
+        synced = []
+        real_fsync = os.fsync
+        self.patch(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+        self.patch(journal_growth, "generate", lambda path, payments: (open(path, "wb").close(), {"payments": 3})[1])
+        first, second = self.mktemp(), self.mktemp()
+        self.assertEqual(journal_growth.prefill(first, 3), {"payments": 3})  # built, then kept in the cache
+        self.assertEqual(journal_growth.prefill(second, 3), {"payments": 3})  # copied from the cache
+        built = os.path.join(cache, "journal-3.sqlite3")
+        self.assertEqual(synced, [os.path.realpath(built),
+                                  os.path.realpath(os.path.join(second, "journal.sqlite3"))])
