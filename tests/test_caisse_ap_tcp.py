@@ -329,10 +329,10 @@ def test_before_send_failing_sends_nothing_and_fails(own, error, code):
     assert driver.status().as_dict()["state"] == "idle"
 
 
-def test_the_payment_service_journals_accepted_and_in_progress_at_once_while_connecting_and_sends_after(own, tmp_path):
-    """With the real driver and sockets: ``accepted`` and ``in_progress`` are journaled in one write, asked before
-    the terminal's connection is up (the two overlap), and the request reaches the terminal only once both are on
-    disk."""
+def test_the_payment_service_journals_accepted_and_in_progress_at_once_when_connected_and_sends_after(own, tmp_path):
+    """With the real driver and sockets: the driver is started before anything is journaled; once the terminal's
+    connection is up, ``accepted`` and ``in_progress`` are journaled in one write, and the request reaches the
+    terminal only after it."""
     from bridge.core.journal import Journal
     from bridge.core.payments import PaymentService
     from bridge.core.registry import TerminalRegistry
@@ -342,7 +342,7 @@ def test_the_payment_service_journals_accepted_and_in_progress_at_once_while_con
     own.add_cleanup(journal.close)
     service = PaymentService(journal, TerminalRegistry([driver]), own.reactor)
     seen: list = []  # (the write, connections, requests) at the simulator when each write is asked
-    at_request: list = []  # the payment's states on disk when the terminal read the request
+    at_send: list = []
 
     def watch(name):
         real = getattr(journal, name)
@@ -356,14 +356,12 @@ def test_the_payment_service_journals_accepted_and_in_progress_at_once_while_con
     watch("create")
     watch("create_and_move")
     watch("transition")
-    real_record = simulator.record
 
-    def record(request):
-        (payment,) = journal.list()
-        at_request.append([t["state"] for t in journal.transitions(payment.id)])
-        real_record(request)
+    def told(event):
+        if event.body["payment"]["state"] == "in_progress":
+            at_send.append(list(simulator.requests))
 
-    simulator.record = record
+    service.subscribe(told)
 
     @inlineCallbacks
     def scenario():
@@ -375,9 +373,9 @@ def test_the_payment_service_journals_accepted_and_in_progress_at_once_while_con
             yield deferLater(own.reactor, 0.005, lambda: None)
 
     record, transitions = own.run(scenario)
-    # both states asked of the journal before the connection was up; then the end, once answered
-    assert seen == [("create_and_move", 0, 0), ("transition", 0, 1)]  # the end: answered, connection closed
-    assert at_request == [["accepted", "in_progress"]]  # on disk before the terminal read a byte
+    # connected, nothing sent, when both states were written at once; then the end, once answered
+    assert seen == [("create_and_move", 1, 0), ("transition", 0, 1)]  # the end: answered, connection closed
+    assert at_send == [[]]  # in_progress journaled (and told) before the request reached the terminal
     assert record.state == states.APPROVED
     assert transitions == ["accepted", "in_progress", "approved"]
     assert len(simulator.requests) == 1

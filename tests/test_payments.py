@@ -211,6 +211,53 @@ class CancelResolveListPruneTests(PaymentServiceTests):
         self.assertEqual((record.state, record.details["cancel_requested_by"]), ("cancelled", "cl_a"))
         self.assertEqual(self.driver.sent, [])
 
+    def test_a_cancel_that_comes_while_in_progress_is_written_is_still_certain(self):
+        """It was answered "before_send" (will not be sent) and the request was then sent all the same: the driver
+        is let send only once in_progress is on disk and no cancel came meanwhile."""
+        held = []
+        real = self.journal.transition
+
+        def transition(*args, **kwargs):
+            d = Deferred()
+            held.append((lambda: real(*args, **kwargs), d))
+            return d
+
+        self.journal.transition = transition
+        view = self.successResultOf(self.start())
+        self.assertEqual(len(held), 1)  # in_progress on its way to disk
+        answer = self.successResultOf(self.service.cancel(view["id"], actor="cl_a"))
+        self.assertEqual(answer["cancel"], "before_send")
+        write, d = held.pop()
+        write().chainDeferred(d)  # in_progress on disk: the cancel is still in time, nothing has left
+        self.assertEqual(self.driver.sent, [])
+        write, d = held.pop()  # the end the driver reported: not sent
+        write().chainDeferred(d)
+        record = self.journal.get(view["id"])
+        self.assertEqual((record.state, record.reason_code), ("cancelled", "cancelled_before_send"))
+        self.assertEqual([t["state"] for t in self.journal.transitions(view["id"])],
+                         ["accepted", "in_progress", "cancelled"])
+
+    def test_when_the_driver_was_let_send_is_known_to_the_final_events_listeners(self):
+        seen = []
+        self.service.subscribe(lambda e: seen.append((e.body["payment"]["state"],
+                                                      self.service.sent_at(e.body["payment"]["id"]))))
+        self.driver.connecting = True
+        view = self.successResultOf(self.start())
+        self.clock.advance(2)  # the connection takes two seconds
+        self.successResultOf(self._before_send_of(view["id"]))
+        let_send = self.clock.seconds()
+        self.clock.advance(5)  # the customer takes five seconds
+        self.driver.finish(APPROVED)
+        self.assertEqual(seen, [("accepted", None), ("in_progress", None), ("approved", let_send)])
+        self.assertIsNone(self.service.sent_at(view["id"]))  # ended: no longer running
+
+    def test_a_payment_never_let_send_has_no_send_time(self):
+        seen = []
+        self.service.subscribe(lambda e: seen.append(self.service.sent_at(e.body["payment"]["id"])))
+        self.driver.refuse_link = True
+        self.successResultOf(self.start())
+        self.assertEqual(seen, [None, None])  # accepted, failed
+
     def _before_send_of(self, payment_id):
         """Call the before_send hook the service gave the driver for this payment."""
         return self.driver.hooks[payment_id]()
@@ -346,9 +393,10 @@ class RefundAndProviderRecoveryTests(PaymentServiceTests):
 
 
 class PayWhileAcceptingTests(SynchronousTestCase):
-    """A driver that only connects before before_send (``pay_while_accepting``) is started at once, while
-    ``accepted`` and ``in_progress`` are journaled in one write; its before_send waits for that write.  Nothing
-    reaches the terminal before both states are on disk, and until the driver is let send a cancel is certain."""
+    """A driver that only connects before before_send (``pay_while_accepting``) is started while ``accepted`` is
+    still to be journaled: when it is ready to send first, ``accepted`` and ``in_progress`` go to disk in one write;
+    otherwise ``accepted`` is written alone after ACCEPTED_ALONE_AFTER or when the driver ends.  Nothing reaches
+    the terminal before both states are on disk."""
 
     _service = PaymentServiceTests._service
     start = PaymentServiceTests.start
@@ -358,7 +406,7 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         PaymentServiceTests.setUp(self)
         self.driver.pay_while_accepting = True
         self.held = []  # (what was asked of the journal, the real write, the Deferred the service waits on)
-        for name in ("create", "create_and_move", "transition"):
+        for name in ("create", "create_and_move"):
             self._hold(name)
 
     def _hold(self, name):
@@ -383,10 +431,7 @@ class PayWhileAcceptingTests(SynchronousTestCase):
     def writes(self):
         return [name for name, _, _ in self.held]
 
-    def transitions(self, payment_id):
-        return [t["state"] for t in self.journal.transitions(payment_id)]
-
-    def test_a_connected_driver_has_accepted_and_in_progress_journaled_in_one_write_then_sends(self):
+    def test_a_driver_ready_to_send_has_accepted_and_in_progress_journaled_in_one_write(self):
         states_at_send = []
         original = self.driver.pay
 
@@ -398,8 +443,8 @@ class PayWhileAcceptingTests(SynchronousTestCase):
 
         self.driver.pay = pay
         view_d = self.start()
-        self.assertEqual(len(self.driver.runs), 1)  # called at once
-        self.assertEqual(self.writes(), ["create_and_move"])  # one write for both states, asked at once
+        self.assertEqual(len(self.driver.runs), 1)  # called at once, before anything is written
+        self.assertEqual(self.writes(), ["create_and_move"])  # ready at once: one write for both states
         self.assertNoResult(view_d)
         self.assertEqual((self.driver.sent, self.events), ([], []))
         self.assertIsNone(self.journal.get_by_command("cl_a", "cmd-1"))
@@ -408,12 +453,11 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         view = self.successResultOf(view_d)
         self.assertEqual(view["state"], "accepted")  # the reply is the accepted payment, as for other drivers
         self.assertEqual(states_at_send, ["in_progress"])
-        self.assertEqual(self.transitions(view["id"]), ["accepted", "in_progress"])
+        self.assertEqual([t["state"] for t in self.journal.transitions(view["id"])], ["accepted", "in_progress"])
         self.assertEqual(len(self.driver.sent), 1)
-        self.clock.advance(1)
-        self.assertEqual(self.writes(), ["create_and_move"])  # nothing more is written before the end
+        self.clock.advance(1)  # nothing more is written when the wait for the driver would have ended
+        self.assertEqual(self.writes(), ["create_and_move"])
         self.driver.finish(APPROVED)
-        self.write()
         self.assertEqual([state for _, state in self.events], ["accepted", "in_progress", "approved"])
         self.assertEqual([seq for seq, _ in self.events], sorted(seq for seq, _ in self.events))
         self.assertEqual(self.journal.get(view["id"]).state, "approved")
@@ -431,84 +475,46 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         view_d = self.start()
         self.write()
         view = self.successResultOf(view_d)
-        self.assertEqual(self.writes(), ["create_and_move", "transition"])
-        self.write()
         self.assertEqual(order, ["sent", "accepted", "in_progress", "failed"])
         self.assertEqual([seq for seq, _ in self.events], sorted(seq for seq, _ in self.events))
         self.assertEqual(self.journal.get(view["id"]).state, "failed")
         self.assertEqual(self.service.running(), 0)
 
-    def test_both_states_are_journaled_and_told_while_the_connection_is_still_being_made(self):
-        self.driver.connecting = True
+    def test_accepted_is_written_alone_when_the_driver_is_not_ready_in_time(self):
+        from bridge.core.payments import ACCEPTED_ALONE_AFTER
+
+        self.driver.connecting = True  # the terminal's connection is still being made
         view_d = self.start()
-        self.assertEqual(self.writes(), ["create_and_move"])  # the write does not wait for the connection
+        self.clock.advance(ACCEPTED_ALONE_AFTER * 0.9)
+        self.assertEqual(self.writes(), [])
+        self.assertNoResult(view_d)
+        self.clock.advance(ACCEPTED_ALONE_AFTER * 0.2)
+        self.assertEqual(self.writes(), ["create"])  # the client need not wait for the terminal's connection
         self.write()
         view = self.successResultOf(view_d)
+        self.assertEqual([state for _, state in self.events], ["accepted"])
+        # the connection comes up: in_progress is journaled on its own, and only then may the driver send
+        sent = self.driver.hooks[view["id"]]()
+        self.assertEqual(self.successResultOf(sent).state, "in_progress")
+        self.assertEqual(self.journal.get(view["id"]).state, "in_progress")
         self.assertEqual([state for _, state in self.events], ["accepted", "in_progress"])
-        self.assertEqual(self.driver.sent, [])
-        # the connection comes up: the driver may send at once, nothing more is written before it does
-        self.assertEqual(self.successResultOf(self.driver.hooks[view["id"]]()), None)
-        self.assertEqual(self.writes(), ["create_and_move"])
-        self.driver.finish(APPROVED)
-        self.write()
-        self.assertEqual(self.transitions(view["id"]), ["accepted", "in_progress", "approved"])
 
-    def test_a_driver_connected_while_the_write_is_on_its_way_waits_for_it(self):
+    def test_a_driver_ready_while_accepted_is_written_alone_waits_for_it(self):
+        from bridge.core.payments import ACCEPTED_ALONE_AFTER
+
         self.driver.connecting = True
         view_d = self.start()
+        self.clock.advance(ACCEPTED_ALONE_AFTER)
         payment_id = self.driver.runs[0][0].payment_id
-        may_send = self.driver.hooks[payment_id]()
-        self.assertNoResult(may_send)  # connected before both states are on disk: the request waits
+        sent = self.driver.hooks[payment_id]()  # ready while accepted is on its way to disk
+        self.assertNoResult(sent)
+        self.assertEqual(self.writes(), ["create"])
         self.write()
         self.successResultOf(view_d)
-        self.successResultOf(may_send)
+        self.assertEqual(self.successResultOf(sent).state, "in_progress")
         self.assertEqual([state for _, state in self.events], ["accepted", "in_progress"])
 
-    def test_a_cancel_while_the_connection_is_made_is_certain_and_nothing_is_sent(self):
-        self.driver.connecting = True
-        view_d = self.start()
-        self.write()
-        view = self.successResultOf(view_d)
-        answer = self.successResultOf(self.service.cancel(view["id"], actor="cl_a"))
-        self.assertEqual(answer["cancel"], "before_send")  # the driver has not been let send
-        refused = self.failureResultOf(self.driver.hooks[view["id"]](), BridgeError)  # the connection comes up
-        self.assertEqual(refused.value.code, "cancelled_before_send")
-        self.driver.finish(Outcome("failed", "cancelled_before_send", "Not sent."))
-        self.write()
-        record = self.journal.get(view["id"])
-        self.assertEqual((record.state, record.details["cancel_requested_by"]), ("cancelled", "cl_a"))
-        self.assertEqual(self.transitions(view["id"]), ["accepted", "in_progress", "cancelled"])
-        self.assertEqual(self.driver.sent, [])
-
-    def test_a_cancel_after_the_driver_was_let_send_waits_for_the_terminal(self):
-        view_d = self.start()
-        self.write()
-        view = self.successResultOf(view_d)
-        answer = self.successResultOf(self.service.cancel(view["id"], actor="cl_a"))
-        self.assertEqual(answer["cancel"], "on_terminal")
-
-    def test_a_terminal_that_cannot_be_reached_ends_failed_after_both_states(self):
-        self.driver.connecting = True
-        view_d = self.start()
-        self.write()
-        view = self.successResultOf(view_d)
-        self.driver.finish(Outcome("failed", "terminal_unreachable", "The terminal could not be reached."))
-        self.write()
-        record = self.journal.get(view["id"])
-        self.assertEqual((record.state, record.reason_code), ("failed", "terminal_unreachable"))
-        self.assertEqual(self.transitions(view["id"]), ["accepted", "in_progress", "failed"])
-
-    def test_a_driver_that_claims_an_answer_it_was_never_let_send_ends_failed(self):
-        self.driver.connecting = True
-        view_d = self.start()
-        self.write()
-        view = self.successResultOf(view_d)
-        self.driver.finish(APPROVED)  # a bug: approved without before_send
-        self.write()
-        self.assertEqual(self.journal.get(view["id"]).state, "failed")
-        self.flushLoggedErrors()
-
-    def test_nothing_is_sent_nor_journaled_when_the_write_is_refused(self):
+    def test_nothing_is_sent_nor_journaled_when_accepted_cannot_be_written(self):
         view_d = self.start()
         self.refuse()
         self.assertEqual(self.error_code(view_d), "journal_unavailable")
@@ -522,41 +528,31 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         self.assertEqual(len(self.driver.sent), 1)
         self.assertEqual(self.flushLoggedErrors(), [])
 
-    def test_a_driver_connected_before_a_refused_write_is_told_not_to_send(self):
+    def test_nothing_is_sent_when_accepted_written_alone_fails(self):
+        from bridge.core.payments import ACCEPTED_ALONE_AFTER
+
         self.driver.connecting = True
         view_d = self.start()
-        payment_id = self.driver.runs[0][0].payment_id
-        may_send = self.driver.hooks[payment_id]()
+        self.clock.advance(ACCEPTED_ALONE_AFTER)
         self.refuse()
         self.assertEqual(self.error_code(view_d), "journal_unavailable")
-        self.failureResultOf(may_send, BridgeError)
-        self.assertEqual((self.journal.list(), self.events, self.driver.sent), ([], [], []))
+        payment_id = self.driver.runs[0][0].payment_id
+        self.failureResultOf(self.driver.hooks[payment_id](), BridgeError)  # the driver is told not to send
+        self.assertEqual((self.journal.list(), self.events), ([], []))
 
-    def test_details_given_before_sending_are_refused_and_nothing_is_sent(self):
-        self.driver.pay = lambda request, before_send: before_send({"payment_intent": "pi_1"}).addErrback(
-            lambda f: Outcome("failed", f.value.code, f.value.message))
-        view_d = self.start()
-        self.write()
-        view = self.successResultOf(view_d)
-        self.write()
-        record = self.journal.get(view["id"])
-        self.assertEqual((record.state, record.reason_code), ("failed", "internal_error"))
-        self.assertEqual(record.details, {})
-
-    def test_a_driver_that_ends_before_the_write_is_on_disk_is_journaled_after_it(self):
+    def test_a_driver_that_ends_before_accepted_is_on_disk_is_journaled_after_it(self):
         self.driver.refuse_link = True  # the terminal refuses the connection at once
         view_d = self.start()
-        self.assertEqual(self.writes(), ["create_and_move"])
-        self.assertEqual(self.events, [])  # the end waits for the write
+        self.assertEqual(self.writes(), ["create"])  # written at once: there is nothing to wait for
+        self.assertEqual(self.events, [])  # the end waits for accepted
         self.write()
         view = self.successResultOf(view_d)
-        self.write()
         record = self.journal.get(view["id"])
         self.assertEqual((record.state, record.reason_code), ("failed", "terminal_unreachable"))
-        self.assertEqual([state for _, state in self.events], ["accepted", "in_progress", "failed"])
+        self.assertEqual([state for _, state in self.events], ["accepted", "failed"])
         self.assertEqual(self.service.running(), 0)
 
-    def test_a_driver_that_ends_early_journals_nothing_when_the_write_is_refused(self):
+    def test_a_driver_that_ends_early_journals_nothing_when_accepted_cannot_be_written(self):
         self.driver.refuse_link = True
         view_d = self.start()
         self.refuse()
@@ -565,16 +561,18 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         self.assertEqual(self.service.running(), 0)
         self.assertEqual(self.flushLoggedErrors(), [])
 
-    def test_a_stopping_bridge_waits_for_a_payment_whose_connection_is_being_made(self):
+    def test_a_stopping_bridge_waits_for_a_payment_whose_accepted_waits_for_its_driver(self):
+        from bridge.core.payments import ACCEPTED_ALONE_AFTER
+
         self.driver.connecting = True
         view_d = self.start()
         self.service.stop_taking()
         idle = self.service.wait_idle()
+        self.clock.advance(ACCEPTED_ALONE_AFTER)
         self.write()
         view = self.successResultOf(view_d)
         self.assertNoResult(idle)  # still running: its driver has not ended
         self.driver.finish(Outcome("failed", "terminal_unreachable", "The terminal could not be reached."))
-        self.write()
         self.successResultOf(idle)
         self.assertEqual((self.service.running(), self.journal.get(view["id"]).state), (0, "failed"))
 
@@ -586,7 +584,6 @@ class PayWhileAcceptingTests(SynchronousTestCase):
         view_d = self.start()
         self.write()
         view = self.successResultOf(view_d)
-        self.write()
         record = self.journal.get(view["id"])
         self.assertEqual((record.state, record.reason_code), ("failed", "internal_error"))
         self.assertEqual(self.service.running(), 0)
@@ -595,48 +592,7 @@ class PayWhileAcceptingTests(SynchronousTestCase):
     def test_other_drivers_are_started_only_once_accepted_is_on_disk(self):
         self.driver.pay_while_accepting = False
         view_d = self.start()
-        self.assertEqual((self.driver.runs, self.writes()), ([], ["create"]))
+        self.assertEqual(self.driver.runs, [])
         self.write()
         self.successResultOf(view_d)
         self.assertEqual(len(self.driver.runs), 1)
-        self.assertEqual(self.writes(), ["create", "transition"])  # in_progress on its own, before sending
-
-    def test_other_drivers_are_not_let_send_when_a_cancel_came_while_in_progress_was_written(self):
-        self.driver.pay_while_accepting = False
-        view_d = self.start()
-        self.write()
-        view = self.successResultOf(view_d)
-        self.assertEqual(self.writes(), ["create", "transition"])  # in_progress on its way to disk
-        answer = self.successResultOf(self.service.cancel(view["id"], actor="cl_a"))
-        self.assertEqual(answer["cancel"], "before_send")
-        self.write()  # in_progress on disk: the cancel is still in time, nothing has left
-        self.assertEqual(self.driver.sent, [])
-        self.write()
-        record = self.journal.get(view["id"])
-        self.assertEqual((record.state, record.reason_code), ("cancelled", "cancelled_before_send"))
-        self.assertEqual(self.transitions(view["id"]), ["accepted", "in_progress", "cancelled"])
-
-    def test_when_the_driver_was_let_send_is_known_to_the_final_events_listeners(self):
-        seen = []
-        self.service.subscribe(lambda e: seen.append((e.body["payment"]["state"],
-                                                      self.service.sent_at(e.body["payment"]["id"]))))
-        self.driver.connecting = True
-        view_d = self.start()
-        self.write()
-        view = self.successResultOf(view_d)
-        self.clock.advance(2)  # the connection takes two seconds
-        self.successResultOf(self.driver.hooks[view["id"]]())
-        self.driver.finish(APPROVED)
-        self.write()
-        let_send = self.clock.seconds()
-        self.assertEqual(seen, [("accepted", None), ("in_progress", None), ("approved", let_send)])
-        self.assertIsNone(self.service.sent_at(view["id"]))  # ended: no longer running
-
-    def test_a_payment_never_let_send_has_no_send_time(self):
-        seen = []
-        self.service.subscribe(lambda e: seen.append(self.service.sent_at(e.body["payment"]["id"])))
-        self.driver.refuse_link = True
-        self.start()
-        self.write()
-        self.write()
-        self.assertEqual(seen, [None, None, None])

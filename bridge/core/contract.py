@@ -86,12 +86,12 @@ BeforeSend = Callable[..., "Deferred[None]"]
 
 #: The name of a driver class's optional attribute: True when its ``pay`` does nothing before ``before_send`` that a
 #: crash could leave behind (it only opens a connection to the terminal: no byte of the request, nothing at a
-#: provider) and has no details to journal before sending (it calls ``before_send()`` without any).  The payment
-#: service then journals ``accepted`` and ``in_progress`` in one write and calls ``pay`` at once, while that write
-#: is made; ``before_send`` waits for it (docs/architecture.md).  If it cannot be journaled, ``before_send`` fails
-#: with why and the driver closes without sending; a cancel that comes before ``before_send`` is answered is
-#: certain (``before_send`` fails with ``cancelled_before_send``).  Drivers without it (a Stripe reader's driver
-#: creates a PaymentIntent first) are called once ``accepted`` is on disk.
+#: provider).  The payment service then calls ``pay`` as soon as the payment is valid, before ``accepted`` is
+#: journaled: if the driver calls ``before_send`` within a moment (``payments.ACCEPTED_ALONE_AFTER``), ``accepted``
+#: and ``in_progress`` are journaled in one write; otherwise ``accepted`` is written alone and ``before_send``
+#: waits for it as well (docs/architecture.md).  If ``accepted`` cannot be journaled, ``before_send`` fails with
+#: why and the driver closes without sending.  Drivers without it (a Stripe reader's driver creates a
+#: PaymentIntent first) are called once ``accepted`` is on disk.
 PAY_WHILE_ACCEPTING = "pay_while_accepting"
 
 #: What :meth:`ITerminalDriver.cancel` returns: words for the cashier, or None when the terminal cannot be told

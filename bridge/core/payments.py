@@ -8,13 +8,12 @@ Order of things for one payment, and why:
    payment to be journaled ``in_progress`` (fsync, after ``accepted``), and only then writes;
 4. the driver's outcome is journaled (fsync) and only then told.
 
-A driver that says ``pay_while_accepting`` (it only connects before ``before_send``) has steps 2 and 3's writes
-made as one, at once (one fsync, both states or neither), while it connects: its ``before_send`` waits for that
-write, and the request leaves once both states are on disk.
+A driver that says ``pay_while_accepting`` (it only connects before ``before_send``) is started before step 2:
+when it asks ``before_send`` within ACCEPTED_ALONE_AFTER, steps 2 and 3's writes are one (one fsync, both
+states or neither); else ``accepted`` is written alone then, or when the driver ends, whichever comes first.
 
 So after a crash, ``accepted`` means the terminal never saw the request (``failed``) and ``in_progress`` means
-it may have (``unknown``; for a ``pay_while_accepting`` driver that includes a payment whose connection was still
-being made).
+it may have (``unknown``).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from bridge.core.deferreds import follow
 from bridge.core.faults import checkpoint
 from bridge.core.journal import Event, Journal, PaymentRecord
 from bridge.core.money import Currency, currency, validate_amount
-from bridge.core.reactor_types import Clock
+from bridge.core.reactor_types import Clock, DelayedCall
 from bridge.core.registry import TerminalRegistry
 from bridge.errors import BridgeError
 from bridge.core.contract import (CARD, CHEQUE, DEBIT, PAY_WHILE_ACCEPTING, REFUND, Outcome, PaymentRequest,
@@ -225,13 +224,16 @@ class PaymentService:
         running = _Running(record, driver, view)
         try:
             if getattr(driver, PAY_WHILE_ACCEPTING, False):
-                # A driver that only opens a connection before before_send (contract.PAY_WHILE_ACCEPTING): the
-                # payment is journaled "accepted" and "in_progress" in one write (one fsync, not two) while the
-                # driver connects, and its before_send waits for that write.  The write is handed over first so
-                # that the writer thread works while the reactor makes the connection.
-                running.joint_write = True
-                self._write_accepted(running, record.moved_to(states.IN_PROGRESS, None, None, None, now))
+                # A driver that only opens a connection before before_send (contract.PAY_WHILE_ACCEPTING) starts
+                # now, and "accepted" waits for it a moment: if the terminal is ready to take the request by
+                # then, "accepted" and "in_progress" are journaled in one write (one fsync, not two).  Otherwise
+                # "accepted" is written alone when the driver ends or ACCEPTED_ALONE_AFTER has passed, whichever
+                # comes first, so that the client soon hears of the payment (and can cancel it) even when the
+                # terminal's connection hangs.
                 self._run(running, request)
+                if not running.accepted_submitted:
+                    running.alone_call = self._clock.callLater(ACCEPTED_ALONE_AFTER, self._write_accepted,
+                                                               running)
             else:
                 self._write_accepted(running)
             events = yield running.written
@@ -242,14 +244,15 @@ class PaymentService:
                 self.registry.release(terminal, payment_id)
             raise
         finally:
+            running.cancel_alone_call()
             del self._creating[key]
             self._creating_ids.discard(payment_id)
             creating.callback(None)
         checkpoint("payment.after_write.accepted")
         sending = running.record
         if len(events) > 1:
-            # in_progress was journaled with it: a driver already connected sends first, then the client is told
-            # of both (the terminal works on the request meanwhile)
+            # in_progress was journaled with it: the driver sends first, then the client is told of both (the
+            # terminal works on the request meanwhile)
             checkpoint("payment.after_write.in_progress")
             running.may_send.callback(None)
             self._publish(events[0])
@@ -267,8 +270,9 @@ class PaymentService:
         return view
 
     def _write_accepted(self, running: "_Running", sending: Optional[PaymentRecord] = None) -> None:
-        """Hand "accepted" to the journal (with ``sending``, the payment's in_progress record, for a
-        pay_while_accepting driver: both in one write); ``running.written`` fires with the events once on disk."""
+        """Hand "accepted" to the journal (with ``sending``, the payment's in_progress record, when the driver is
+        ready to send: both in one write); ``running.written`` fires with the events once on disk."""
+        running.cancel_alone_call()
         record, body = running.record, {"event": "payment.state", "payment": running.view}
         checkpoint("payment.before_write.accepted")
         written: Deferred
@@ -286,6 +290,7 @@ class PaymentService:
                 return events
 
             written.addCallback(moved)
+        running.accepted_submitted = True
         written.chainDeferred(running.written)
 
     def _run(self, running: "_Running", request: PaymentRequest) -> None:
@@ -297,11 +302,9 @@ class PaymentService:
         def before_send(details: Optional[dict[str, Any]] = None) -> Deferred:
             if running.accepted_error is not None:
                 return fail(running.accepted_error)
-            if running.joint_write:  # in_progress is (being) journaled with accepted: wait for that write
-                if details:
-                    return fail(BridgeError("internal_error", "The terminal's driver gave details to journal "
-                                                              "before sending, which its kind of driver cannot. "
-                                                              "Nothing was sent."))
+            if not running.accepted_submitted:  # "accepted" not written yet: journal in_progress with it
+                sending = running.record.moved_to(states.IN_PROGRESS, None, None, details, self._clock.seconds())
+                self._write_accepted(running, sending)
                 return follow(running.may_send).addCallback(let_send)
             if running.accepted.called:
                 return send_now(None, details)
@@ -314,8 +317,8 @@ class PaymentService:
             return self._transition(moved, actor="bridge").addCallback(running.update).addCallback(let_send)
 
         def let_send(result: Any) -> Any:
-            # in_progress is on disk.  A cancel that came while it was written, or while the terminal's connection
-            # was being made, is still in time: nothing has left.
+            # in_progress is on disk.  A cancel that came while it was being written is still in time: nothing has
+            # left (it was answered "before_send").
             if running.cancel_requested_by:
                 raise _cancelled_before_send()
             running.sent_at = self._clock.seconds()
@@ -326,6 +329,8 @@ class PaymentService:
             # its end is journaled after it, and not at all if it could not be (the client was told why).
             if running.accepted_error is not None:
                 return None
+            if not running.accepted_submitted:
+                self._write_accepted(running)
             if not running.accepted.called:
                 return follow(running.accepted).addCallbacks(lambda _: self._finish(running, outcome),
                                                              lambda _: None)
@@ -351,9 +356,8 @@ class PaymentService:
     def _finish(self, running: "_Running", outcome: Outcome) -> "Deferred[PaymentRecord]":
         record, state, code, message = running.record, outcome.state, outcome.code, outcome.message
         if not running.may_have_sent:
-            # The driver was never let send (it is "accepted", or "in_progress" journaled with it while the
-            # connection was made), so the terminal never saw the request: whatever the driver says, nothing
-            # can have been charged.
+            # The driver was never let send (a cancel may have come while in_progress was written), so the
+            # terminal never saw the request: whatever the driver says, nothing can have been charged.
             if code == CANCELLED_BEFORE_SEND:
                 state = states.CANCELLED
             elif state != states.FAILED:
@@ -590,6 +594,10 @@ class PaymentService:
 
 
 CANCELLED_BEFORE_SEND = "cancelled_before_send"
+#: Seconds "accepted" waits for a pay_while_accepting driver to be ready to send (its terminal's connection up)
+#: before it is journaled alone: a connection on a shop's LAN takes about a millisecond, one that does not come
+#: (a terminal switched off) up to the driver's connect timeout, which the client need not wait for.
+ACCEPTED_ALONE_AFTER = 0.05
 #: What the cashier is told to do when a driver failed after its request may have left.
 CHECK_RECEIPT = "Check the terminal's receipt to see whether the customer was charged."
 #: The longest wait between two tries to journal a payment's end that the journal refused.
@@ -609,18 +617,19 @@ class _Running:
         self.started = False
         self.finished: Optional[Deferred] = None
         self.cancel_requested_by: Optional[str] = None
-        #: Whether "in_progress" is journaled with "accepted", in one write (a pay_while_accepting driver).
-        self.joint_write = False
+        #: Whether "accepted" has been handed to the journal, and a Deferred that fires with its events once on
+        #: disk (one, or two when in_progress went with it), for the command that started the payment.
+        self.accepted_submitted = False
+        self.written: Deferred = Deferred()
+        #: The call that writes "accepted" alone if the driver is not ready to send in time.
+        self.alone_call: Optional[DelayedCall] = None
         #: When the driver was let send its request (before_send answered), or None: until then a cancel is
         #: certain, and an end the driver reports cannot have charged anything.
         self.sent_at: Optional[float] = None
-        #: Fires with the events of "accepted" once on disk (one, or two when in_progress went with it), for the
-        #: command that started the payment.
-        self.written: Deferred = Deferred()
         #: Fires once "accepted" is on disk and told: a driver's before_send waits for it, and so does its end.
         self.accepted: Deferred = Deferred()
         #: Fires once "accepted" and "in_progress" are on disk when they were written together: the driver's
-        #: before_send waits for it (a driver already connected sends, then the client is told).
+        #: before_send waits for it (the driver sends, then the client is told).
         self.may_send: Deferred = Deferred()
         #: Why "accepted" could not be journaled (then nothing is sent, and nothing more journaled).
         self.accepted_error: Optional[Failure] = None
@@ -635,6 +644,11 @@ class _Running:
         for waited in (self.accepted, self.may_send):
             waited.errback(error)
             waited.addErrback(lambda _: None)  # the failure is the client's reply, not an unhandled error
+
+    def cancel_alone_call(self) -> None:
+        if self.alone_call is not None and self.alone_call.active():
+            self.alone_call.cancel()
+        self.alone_call = None
 
     def update(self, record: PaymentRecord) -> PaymentRecord:
         self.record = record

@@ -72,8 +72,7 @@ class Metrics:
         payment_id, state = str(payment.get("id")), payment.get("state")
         if not payment.get("final"):
             return
-        # not when in_progress was told: for a Caisse-AP terminal over TCP that is while its connection is made
-        sent = self._daemon.payments.sent_at(payment_id)
+        sent = self._daemon.payments.sent_at(payment_id)  # when the driver was let send the request
         terminal = str(payment.get("terminal"))
         if (payment.get("reason") or {}).get("code") == "resolved":
             self.resolved.labels(terminal, state).inc()
