@@ -154,6 +154,7 @@ class TerminalBridgeTourCase(TerminalBridgePosCase):
             if hasattr(self, "http_request_allow_all"):
                 self.http_request_allow_all = False
         self.env.invalidate_all()
+        self.bench.hold_requests()  # the checks that follow read the database while the daemon may still call Odoo
 
     def payments(self):
         return self.env["terminal.bridge.payment"].sudo().search(
