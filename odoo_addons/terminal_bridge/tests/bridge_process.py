@@ -242,7 +242,7 @@ class BridgeBench:
         self.config_path = None
         self.url = None
         self.uplink_name = None
-        self._held = None  # (Odoo 18's test lock, how often, the thread) while the test holds it (hold_requests)
+        self._hold = None  # Odoo 18's test lock while the test thread holds it (hold_requests)
         if not keep:
             test.addCleanup(shutil.rmtree, self.directory, True)
         test.addCleanup(self.stop_all)
@@ -366,38 +366,31 @@ class BridgeBench:
             with allow(all_requests=True):
                 yield
         else:  # 18.0: requests take the registry's test lock themselves (let go of it if hold_requests took it)
-            held = self._held if self._held is not None and self._held[2] == threading.get_ident() else None
-            if held is not None:
-                self._release_held()
+            hold = self._hold
+            if hold is not None:
+                hold.release()
             try:
                 yield
             finally:
-                if held is not None:
-                    lock, count, _ = held
-                    for _ in range(count):
-                        lock.acquire()
-                    self._held = held
+                if hold is not None:
+                    hold.acquire()
 
     def hold_requests(self):
         """From now until the test ends, the test thread reads what a tour left while the daemon may still be
         talking to Odoo (an ack, a feedback): on 18.0 those requests now wait for the test's end (or for
-        ``requests_allowed``), instead of using the test's cursor at the same time as the test ("no results to
-        fetch", seen once in a full run).  19.0 needs nothing: its requests wait for the test's leave."""
-        if getattr(self.test, "allow_requests", None) is not None:
+        ``requests_allowed``, from the test thread), instead of using the test's cursor at the same time as the
+        test ("no results to fetch", seen once in a full run).  19.0 needs nothing: its requests wait for the
+        test's leave."""
+        if getattr(self.test, "allow_requests", None) is not None or self._hold is not None:
             return
-        if self._held is None:
-            self._held = (_test_lock(self.test), 0, threading.get_ident())
-            self.test.addCleanup(self._release_held)
-        lock, count, thread = self._held
-        lock.acquire()
-        self._held = (lock, count + 1, thread)
+        self._hold = _test_lock(self.test)
+        self._hold.acquire()
+        self.test.addCleanup(self._release_hold)
 
-    def _release_held(self):
-        held, self._held = self._held, None
-        if held is not None:
-            lock, count, _ = held
-            for _ in range(count):
-                lock.release()
+    def _release_hold(self):
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.release()
 
     @contextlib.contextmanager
     def database(self):
