@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import time
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.python.failure import Failure
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from bridge.core import states
@@ -22,7 +25,7 @@ from bridge.core.contract import CHEQUE, DEBIT, REFUND, ITerminalDriver, Payment
 from bridge.terminals.caisse_ap.codec import encode_request
 from bridge.cli.simulators import add_simulator_arguments, start_simulator
 from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
-from bridge.terminals.caisse_ap.tcp import CaisseAPTCPDriver, parse_tcp_options
+from bridge.terminals.caisse_ap.tcp import CaisseAPTCPDriver, parse_tcp_options, write_now
 from tests.support import run_in_own_reactor
 
 EUR = CURRENCIES["EUR"]
@@ -568,6 +571,74 @@ class TestWithFakeReactor:
     def test_constructor_refuses_bad_identity(self):
         with pytest.raises(ValueError):
             CaisseAPTCPDriver("till", self.reactor, "192.0.2.7", pos_number="1")
+
+    def test_the_request_is_in_the_socket_as_before_send_fires_without_waiting_for_the_reactor(self):
+        gate: Deferred[None] = Deferred()
+        self.pay(SendRecorder(result=gate))
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[-1]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        ours, terminal = socket.socketpair()
+        self.sockets = (ours, terminal)
+        ours.setblocking(False)
+        transport = SocketTransport(ours)
+        protocol.makeConnection(transport)
+        gate.callback(None)  # nothing turns the (fake) reactor: the bytes must already be on their way
+        terminal.settimeout(5)
+        assert terminal.recv(4096) == encode_request(REQUEST)
+        assert transport.value() == b""
+
+    def teardown_method(self):
+        for sock in getattr(self, "sockets", ()):
+            sock.close()
+
+
+@implementer(ISystemHandle)
+class SocketTransport(StringTransportWithDisconnection):
+    """A transport over a real socket, as Twisted's TCP connection is (``getHandle``); ``write`` only buffers,
+    as Twisted's does until the reactor's next turn."""
+
+    def __init__(self, handle) -> None:
+        super().__init__()
+        self._handle = handle
+
+    def getHandle(self):
+        return self._handle
+
+
+class ShortSocket:
+    """A socket that takes at most ``take`` bytes of a send, or raises ``error``."""
+
+    def __init__(self, take: int = 0, error: OSError | None = None) -> None:
+        self.take, self.error, self.sent = take, error, b""
+
+    def send(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        self.sent += data[:self.take]
+        return min(self.take, len(data))
+
+
+@pytest.mark.parametrize(
+    "handle, in_socket",
+    [
+        (ShortSocket(take=26), b"CZ0040300CJ012012345678901"),  # the socket takes part: the rest is buffered
+        (ShortSocket(take=0), b""),
+        (ShortSocket(error=BlockingIOError(11, "would block")), b""),
+        (ShortSocket(error=ConnectionResetError(104, "reset")), b""),  # the transport's write meets it again
+    ],
+)
+def test_write_now_hands_the_transport_what_the_socket_did_not_take(handle, in_socket):
+    payload = encode_request(REQUEST)
+    transport = SocketTransport(handle)
+    write_now(transport, payload)
+    assert handle.sent == in_socket
+    assert handle.sent + transport.value() == payload
+
+
+def test_write_now_writes_to_a_transport_without_a_socket():
+    transport = StringTransportWithDisconnection()
+    write_now(transport, b"CZ0040300")
+    assert transport.value() == b"CZ0040300"
 
 
 # --- configuration ----------------------------------------------------------------------------------------

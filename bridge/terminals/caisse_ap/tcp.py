@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, cast
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,6 +58,24 @@ def _outcome(state: str, code: str, extra: str = "", **details: Any) -> Outcome:
 _Answer = dict[str, str] | Outcome
 
 
+def write_now(transport: Transport, payload: bytes) -> None:
+    """Hand ``payload`` to the connection's socket at once; whatever it does not take goes through ``write``.
+
+    A transport's ``write`` only buffers: the bytes would leave at the reactor's next turn, after all that this
+    turn still does once the request may go (telling the client of the payment's two states, their log lines).
+    The terminal is the slow party, so it gets the request first and works on it meanwhile.  Only for a
+    connection's first write (nothing buffered ahead of it), as the request is; a transport without a socket
+    (``ISystemHandle``) is simply written to."""
+    sent = 0
+    if ISystemHandle.providedBy(transport):
+        try:
+            sent = cast(ISystemHandle, transport).getHandle().send(payload)
+        except OSError:  # the socket would block, or the link is gone: the transport's write meets it and says so
+            sent = 0
+    if sent < len(payload):
+        transport.write(payload[sent:])
+
+
 class _AnswerReader(Protocol):
     """Writes one request and reads its answer.
 
@@ -86,7 +105,7 @@ class _AnswerReader(Protocol):
     def send(self, payload: bytes) -> None:
         self._sent = True
         self._deadline = self._clock.callLater(self._answer_timeout, self._timed_out)
-        cast(Transport, self.transport).write(payload)  # connected
+        write_now(cast(Transport, self.transport), payload)  # connected
         checkpoint("caisse_ap.request_written")
 
     def dataReceived(self, data: bytes) -> None:
