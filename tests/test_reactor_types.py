@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 
-from twisted.internet import interfaces, reactor, task
+from twisted.internet import interfaces, reactor, task, tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
@@ -21,6 +21,7 @@ STANDS_FOR = {
     reactor_types.FDClock: (interfaces.IReactorFDSet,),
     reactor_types.Listener: (interfaces.IReactorTCP, interfaces.IReactorSSL),
     reactor_types.Transport: (interfaces.ITransport,),
+    reactor_types.SystemHandle: (interfaces.ISystemHandle,),
     reactor_types.ClientEndpoint: (interfaces.IStreamClientEndpoint,),
     reactor_types.Reactor: (),
 }
@@ -75,6 +76,8 @@ def test_the_reactor_and_task_clock_have_what_the_protocols_name():
                         if not hasattr(delayed, name)]
         missing += [f"FileDescriptor.{name}" for name in sorted(all_members(reactor_types.Transport))
                     if not hasattr(FileDescriptor, name)]
+        missing += [f"tcp.Connection.{name}" for name in sorted(all_members(reactor_types.SystemHandle))
+                    if not hasattr(tcp.Connection, name)]
         missing += [f"TCP4ClientEndpoint.{name}" for name in sorted(all_members(reactor_types.ClientEndpoint))
                     if not hasattr(TCP4ClientEndpoint, name)]
     finally:

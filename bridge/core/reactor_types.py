@@ -10,11 +10,13 @@ interface that function asks for, which the reactor provides.
 
 Each Protocol stands for one of Twisted's interfaces and names only the methods the bridge (or the Twisted code it
 hands the reactor to) calls; :class:`Reactor` is all the reactor's, for the daemon that hands the reactor down.
-A connection's transport and a client endpoint, zope interfaces too, are named here for the same reason.
+A connection's transport (and its socket) and a client endpoint, zope interfaces too, are named here for the same
+reason.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
@@ -75,6 +77,12 @@ class Transport(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def loseConnection(self) -> None: ...
+
+
+class SystemHandle(Protocol):
+    """A transport's socket (``ISystemHandle``), as Twisted's TCP connection has it."""
+
+    def getHandle(self) -> socket.socket: ...
 
 
 class ClientEndpoint(Protocol):

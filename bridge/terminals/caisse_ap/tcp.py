@@ -21,7 +21,7 @@ from bridge.core import safety, states
 from bridge.core.faults import checkpoint
 from bridge.errors import BridgeError
 from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest, TerminalStatus
-from bridge.core.reactor_types import Clock, DelayedCall, TCPClock, Transport
+from bridge.core.reactor_types import Clock, DelayedCall, SystemHandle, TCPClock, Transport
 from bridge.terminals.caisse_ap.options import MAY_HAVE_PAID, parse_timings_and_identity
 from bridge.terminals.caisse_ap.codec import (
     IDENTITY_FIELDS,
@@ -69,7 +69,7 @@ def write_now(transport: Transport, payload: bytes) -> None:
     sent = 0
     if ISystemHandle.providedBy(transport):
         try:
-            sent = cast(ISystemHandle, transport).getHandle().send(payload)
+            sent = cast(SystemHandle, transport).getHandle().send(payload)
         except OSError:  # the socket would block, or the link is gone: the transport's write meets it and says so
             sent = 0
     if sent < len(payload):
