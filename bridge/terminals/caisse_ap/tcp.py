@@ -63,9 +63,9 @@ def write_now(transport: Transport, payload: bytes) -> None:
 
     A transport's ``write`` only buffers: the bytes would leave at the reactor's next turn, after all that this
     turn still does once the request may go (telling the client of the payment's two states, their log lines).
-    The terminal is the slow party, so it gets the request first and works on it meanwhile.  Only for a
-    connection's first write (nothing buffered ahead of it), as the request is; a transport without a socket
-    (``ISystemHandle``) is simply written to."""
+    The terminal is the slow party, so it gets the request first and works on it meanwhile.  Only for a plain TCP
+    connection's first write (the bytes go to the socket as they are, and nothing is buffered ahead of them), as
+    the request is; a transport without a socket (``ISystemHandle``) is simply written to."""
     sent = 0
     if ISystemHandle.providedBy(transport):
         try:
