@@ -619,16 +619,17 @@ class ShortSocket:
 
 
 @pytest.mark.parametrize(
-    "handle, in_socket",
+    "socket_options, in_socket",
     [
-        (ShortSocket(take=26), b"CZ0040300CJ012012345678901"),  # the socket takes part: the rest is buffered
-        (ShortSocket(take=0), b""),
-        (ShortSocket(error=BlockingIOError(11, "would block")), b""),
-        (ShortSocket(error=ConnectionResetError(104, "reset")), b""),  # the transport's write meets it again
+        ({"take": 26}, b"CZ0040300CJ012012345678901"),  # the socket takes part: the rest is buffered
+        ({"take": 0}, b""),
+        ({"error": BlockingIOError(11, "would block")}, b""),
+        ({"error": ConnectionResetError(104, "reset")}, b""),  # the transport's write meets it again
     ],
 )
-def test_write_now_hands_the_transport_what_the_socket_did_not_take(handle, in_socket):
+def test_write_now_hands_the_transport_what_the_socket_did_not_take(socket_options, in_socket):
     payload = encode_request(REQUEST)
+    handle = ShortSocket(**socket_options)  # a new one per run: it records what it was sent
     transport = SocketTransport(handle)
     write_now(transport, payload)
     assert handle.sent == in_socket
