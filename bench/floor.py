@@ -10,12 +10,13 @@ from typing import Any, Optional
 
 
 def listen_echo(reactor: Any, directory: str):
-    """The floor of the added latency: a bare autobahn WebSocket over TLS, with the bridge's TLS settings and
-    WebSocket options, that sends every message back and does nothing else (no JSON, no signature, no journal).
-    Fires with its port."""
+    """The floor of the added latency: a bare autobahn WebSocket over TLS, with the bridge's TLS settings,
+    WebSocket options and listening socket (bridge/api/listening.py: each write sent at once), that sends every
+    message back and does nothing else (no JSON, no signature, no journal).  Fires with its port."""
     from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-    from twisted.internet.endpoints import SSL4ServerEndpoint
+    from twisted.internet.defer import succeed
 
+    from bridge.api.listening import listen_tls
     from bridge.api.tls import ensure_certificate, server_options
 
     cert, key = os.path.join(directory, "echo.crt"), os.path.join(directory, "echo.key")
@@ -32,8 +33,8 @@ def listen_echo(reactor: Any, directory: str):
     factory = WebSocketServerFactory()
     factory.protocol = Echo
     factory.setProtocolOptions(utf8validateIncoming=False, perMessageCompressionAccept=lambda offers: None)
-    endpoint = SSL4ServerEndpoint(reactor, 0, server_options(cert, key), interface="127.0.0.1")
-    return endpoint.listen(factory).addCallback(lambda port: port.getHost().port)
+    port = listen_tls(reactor, 0, factory, server_options(cert, key), interface="127.0.0.1")
+    return succeed(port.getHost().port)
 
 
 def echo_client(reactor: Any, port: int):

@@ -14,11 +14,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional, cast
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, maybeDeferred
-from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from bridge.api.listening import listen_tls
 from bridge.api.session import Bridge
 from bridge.api.tls import ensure_certificate, fingerprint_of_pem, server_options
 from bridge.api.websocket import CommandFactory
@@ -198,10 +198,10 @@ class Daemon(MultiService):
         self._add_part("client connections", bridge.close_connections)
         # autobahn wants a URL for its headers; port 0 (any free port, in tests) is not a valid one.
         factory = CommandFactory(bridge, f"wss://{config.listen_host}:{config.listen_port or 443}")
-        endpoint = SSL4ServerEndpoint(self.reactor, config.listen_port,
+        # each message to a client leaves as soon as it is made (bridge/api/listening.py)
+        port = self.port = listen_tls(self.reactor, config.listen_port, factory,
                                       server_options(config.tls_certificate, config.tls_key),
                                       interface=config.listen_host)
-        port = self.port = yield endpoint.listen(factory)
         self._add_part("listening", port.stopListening)
         address = port.getHost()
         self.log.info("Listening for clients on wss://{host}:{port} with {terminals} terminal(s), "
