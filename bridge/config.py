@@ -9,7 +9,7 @@ from __future__ import annotations
 import configparser
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 from bridge.api.signing import ALGORITHMS, MIN_SECRET_BYTES, REFUSED_ALGORITHMS
 from bridge.status.config import StatusConfig, parse_status
@@ -77,6 +77,8 @@ class BridgeConfig:
     terminals: Mapping[str, TerminalConfig]
     uplinks: Mapping[str, UplinkConfig] = field(default_factory=dict)
     status: Optional[StatusConfig] = None
+    #: The CPU the daemon keeps its threads on (bridge/service/cpu.py): CPU_AUTO, CPU_ALL or a CPU's number.
+    cpu: "CpuSetting" = "auto"
 
     @property
     def journal_path(self) -> str:
@@ -98,6 +100,24 @@ class BridgeConfig:
 TerminalValidator = Callable[[Mapping[str, str]], list[tuple[str, str]]]
 
 
+CPU_AUTO = "auto"
+CPU_ALL = "all"
+#: ``[bridge] cpu`` once checked: CPU_AUTO, CPU_ALL, or a CPU's number.
+CpuSetting = Union[str, int]
+
+
+def parse_cpu_setting(raw: str) -> tuple[CpuSetting, Optional[str]]:
+    """``[bridge] cpu`` as written: the setting, and the problem to report (None when it is fine)."""
+    value = raw.strip().lower()
+    if value in ("", CPU_AUTO):
+        return CPU_AUTO, None
+    if value == CPU_ALL:
+        return CPU_ALL, None
+    if value.isdigit() and int(value) < 4096:
+        return int(value), None
+    return CPU_AUTO, "must be auto, all or a CPU's number (0, 1, ...)"
+
+
 def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeConfig:
     """Read and check the configuration at ``path``; raise :class:`ConfigError` listing every problem."""
     problems: list[Problem] = []
@@ -113,7 +133,7 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
         bridge = parser["bridge"]
     known_bridge_keys = {"name", "listen", "state_dir", "tls_certificate", "tls_key", "clients_file",
                          "max_message_bytes", "clock_skew", "messages_per_second", "max_connections", "log_level",
-                         "retention_days"}
+                         "retention_days", "cpu"}
     for key in bridge:
         if key not in known_bridge_keys:
             problems.append(Problem(where("bridge", key), "unknown setting (check the spelling)"))
@@ -155,6 +175,9 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
     rate = number("messages_per_second", 50, 1, 10000)
     max_connections = number("max_connections", 64, 1, 10000, integer=True)
     retention_days = number("retention_days", 90, 1, 3650)
+    cpu, cpu_problem = parse_cpu_setting(bridge.get("cpu", ""))
+    if cpu_problem is not None:
+        problems.append(Problem(where("bridge", "cpu"), cpu_problem))
     log_level = bridge.get("log_level", "info") or "info"
     if log_level not in ("debug", "info", "warn", "error"):
         problems.append(Problem(where("bridge", "log_level"), "must be debug, info, warn or error"))
@@ -201,7 +224,7 @@ def load(path: str, terminal_types: Mapping[str, TerminalValidator]) -> BridgeCo
         path=path, name=bridge.get("name", "") or os.uname().nodename, listen_host=host, listen_port=port,
         state_dir=state_dir, tls_certificate=os.path.join(base, cert), tls_key=os.path.join(base, key),
         clients_file=clients_file, max_message_bytes=max_message, clock_skew=skew, messages_per_second=rate,
-        max_connections=max_connections, log_level=log_level, retention_days=retention_days, clients=clients, terminals=terminals,
+        max_connections=max_connections, log_level=log_level, retention_days=retention_days, cpu=cpu, clients=clients, terminals=terminals,
         uplinks=uplinks, status=status,
     )
 

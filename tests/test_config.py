@@ -25,7 +25,20 @@ def test_a_minimal_config_loads_with_defaults(tmp_path):
     assert config.terminals["till-1"].options["address"] == "10.0.0.5"
     assert config.clients == {}
     assert config.retention_days == 90
+    assert config.cpu == "auto"
     assert config.tls_certificate.endswith("tls/bridge.crt")
+
+
+@pytest.mark.parametrize("written, taken", [("auto", "auto"), ("", "auto"), ("ALL", "all"), ("all", "all"),
+                                            ("0", 0), ("3", 3)])
+def test_the_cpu_setting(tmp_path, written, taken):
+    assert load(write(tmp_path, f"[bridge]\ncpu = {written}\n"), VALIDATORS).cpu == taken
+
+
+@pytest.mark.parametrize("written", ["any", "-1", "1,2", "0-3", "1.5", "99999"])
+def test_a_cpu_setting_that_is_not_one_is_a_problem(tmp_path, written):
+    assert problems(write(tmp_path, f"[bridge]\ncpu = {written}\n")) == [
+        f"{tmp_path / 'bridge.conf'} [bridge] cpu: must be auto, all or a CPU's number (0, 1, ...)"]
 
 
 def test_every_problem_is_named_with_section_and_key(tmp_path):

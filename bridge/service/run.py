@@ -13,6 +13,7 @@ from twisted.logger import (FilteringLogObserver, Logger, LogLevel, LogLevelFilt
 
 from bridge.config import BridgeConfig
 from bridge.errors import BridgeError
+from bridge.service.cpu import keep_on_one_cpu
 from bridge.service.daemon import Daemon
 from bridge.service.heap import malloc_trim
 from bridge.service.journald import make_observer
@@ -42,6 +43,8 @@ def run_daemon(config: BridgeConfig) -> int:
     reactor = global_reactor()
 
     start_logging(config.log_level)
+    # before the daemon starts its threads (the journal's writer): they take the reactor thread's CPU
+    keep_on_one_cpu(config.cpu)
     daemon = Daemon(config, reactor, notify=notify,
                     watchdog=WatchdogService(reactor, notify=notify, interval=watchdog_interval()),
                     settle_heap=settle_heap, trim_heap=malloc_trim())
