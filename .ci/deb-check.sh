@@ -274,7 +274,9 @@ chmod 755 "$readme"
 free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
 sim_port=$(free_port)
 bridge_port=$(free_port)
-daemon_pid=
+# The daemon's pid, in a file: a README step runs in a subshell, where a variable would not outlive it (a
+# `sudo systemctl restart` there once left its daemon running after the check).
+daemon_pid_file=$(mktemp /tmp/terminal-bridge-daemon-pid.XXXXXX)
 # The shop's card terminal: the source tree's simulator (the package is not installed yet).
 setpriv --reuid=65534 --regid=65534 --clear-groups env PYTHONPATH="$repo" \
     /usr/bin/python3 -m bridge simulate caisse-ap --listen "tcp:$sim_port:interface=127.0.0.1" --delay 1 \
@@ -295,7 +297,7 @@ EOF
 start_service() { # what systemd does for `systemctl (re)start terminal-bridge`, where it is not PID 1
     stop_service
     setpriv --reuid="$user" --regid="$user" --init-groups /usr/bin/terminal-bridge run >>"$readme/daemon.log" 2>&1 &
-    daemon_pid=$!
+    echo $! >"$daemon_pid_file"
     local port
     port=$(sed -n 's/^listen = .*:\([0-9]*\)$/\1/p' /etc/terminal-bridge/bridge.conf | head -1)
     if [ -z "$port" ]; then
@@ -307,8 +309,15 @@ start_service() { # what systemd does for `systemctl (re)start terminal-bridge`,
     wait_listening "$port" || { cat "$readme/daemon.log"; return 1; }
 }
 stop_service() {
-    if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
-    daemon_pid=
+    local pid
+    pid=$(cat "$daemon_pid_file" 2>/dev/null || true)
+    if [ -n "$pid" ]; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true  # a child of this shell: reaped here
+        # not a child of this shell when a subshell started it: wait until it is gone
+        for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    fi
+    : >"$daemon_pid_file"
 }
 sudo() { SUDO_UID=65534 SUDO_GID=65534 "$@"; }
 sudoedit() {
@@ -357,7 +366,8 @@ stop_service
 kill "$sim_pid" 2>/dev/null || true
 wait "$sim_pid" 2>/dev/null || true
 unset -f sudo sudoedit systemctl
-rm -rf "$readme"
+check "no daemon of the README's steps is left running" bash -c "! pgrep -u '$user' -f '/usr/bin/terminal-bridge run'"
+rm -rf "$readme" "$daemon_pid_file"
 
 step "remove keeps config and state; purge removes them"
 echo "# a local change" >> /etc/terminal-bridge/bridge.conf
