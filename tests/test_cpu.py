@@ -57,6 +57,19 @@ CHILD = textwrap.dedent("""
     before = threading.Thread(target=stop.wait)
     before.start()
     setting = sys.argv[1]
+    if len(sys.argv) > 2:  # the second thread's move fails: "deny" (EPERM), or "gone" (ESRCH: it ended)
+        real, moved = os.sched_setaffinity, []
+        error = PermissionError(1, "Operation not permitted") if sys.argv[2] == "deny" else ProcessLookupError(3, "No such process")
+
+        def fail_the_second(tid, cpus):
+            if len(cpus) == 1 and moved:
+                moved.append(None)
+                if len(moved) == 2:
+                    raise error
+            moved.append(tid)
+            real(tid, cpus)
+
+        os.sched_setaffinity = fail_the_second
     result = keep_on_one_cpu(int(setting) if setting.isdigit() else setting)
     after = threading.Thread(target=stop.wait)
     after.start()
@@ -66,8 +79,8 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def run_child(setting: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, setting], env=dict(os.environ, PYTHONPATH=ROOT),
+def run_child(setting: str, *more: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, setting, *more], env=dict(os.environ, PYTHONPATH=ROOT),
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -91,6 +104,26 @@ def test_a_cpu_that_cannot_be_had_leaves_the_threads_where_they_were():
     assert {tuple(cpus) for cpus in child["tasks"].values()} == {tuple(sorted(ALLOWED))}
     assert child["said"] == [f"[bridge] cpu: CPU 4095 is not one this process may use "
                              f"({', '.join(map(str, sorted(ALLOWED)))}); its threads run on any of those"]
+
+
+@pytest.mark.skipif(len(ALLOWED) < 2, reason="one CPU: there is nothing to move")
+def test_a_refused_move_is_logged_and_every_thread_is_put_back():
+    """The first thread moved, the next refused: the bridge says so, in words, and every thread is back on all the
+    CPUs it had."""
+    child = run_child("auto", "deny")
+    assert child["result"] is None
+    assert {tuple(cpus) for cpus in child["tasks"].values()} == {tuple(sorted(ALLOWED))}
+    cpus = ", ".join(map(str, sorted(ALLOWED)))
+    assert child["said"] == [f"Could not keep the bridge's threads on CPU {max(ALLOWED)}: Operation not permitted; "
+                             f"they run on any of {cpus}"]
+
+
+@pytest.mark.skipif(len(ALLOWED) < 2, reason="one CPU: there is nothing to move")
+def test_a_thread_that_ended_meanwhile_is_no_failure():
+    child = run_child("auto", "gone")
+    assert child["result"] == max(ALLOWED)
+    assert child["said"] == [f"The bridge's threads run on CPU {max(ALLOWED)} of "
+                             f"{', '.join(map(str, sorted(ALLOWED)))} ([bridge] cpu = auto)"]
 
 
 @pytest.mark.parametrize("setting", ["auto", "all"])

@@ -53,7 +53,10 @@ def keep_on_one_cpu(setting: CpuSetting) -> Optional[int]:
         return None
     try:
         for task in os.listdir("/proc/self/task"):
-            os.sched_setaffinity(int(task), {cpu})
+            try:
+                os.sched_setaffinity(int(task), {cpu})
+            except ProcessLookupError:  # the thread ended since the listing: nothing to move
+                pass
     except OSError as e:
         log.warn("Could not keep the bridge's threads on CPU {cpu}: {error}; they run on any of {cpus}", cpu=cpu,
                  error=e.strerror or str(e), cpus=_cpu_list(allowed))
