@@ -183,6 +183,42 @@ def test_a_write_is_in_the_peers_socket_at_once_unless_something_waits_ahead(tra
         assert in_socket == [b"", b"", b"firstsecond", b"last!"]
 
 
+@pytest.mark.parametrize("transport_class", [SendAtOnce, "tcp.Server"], ids=["SendAtOnce", "control-tcp.Server"])
+def test_nothing_written_after_an_abort_reaches_the_peer(transport_class):
+    """abortConnection (a client over its share, or late with hello) drops the connection: a message written
+    after it must not leave, whichever transport."""
+    from twisted.internet import tcp
+    from twisted.internet.defer import Deferred, inlineCallbacks
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.task import deferLater
+
+    transport_class = tcp.Server if transport_class == "tcp.Server" else transport_class
+    reactor = EPollReactor()
+    connected: Deferred = Deferred()
+    port = _plain_port(reactor, transport_class, connected)
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=PATIENCE)
+
+    @inlineCallbacks
+    def scenario() -> Any:
+        server = yield connected
+        server.transport.abortConnection()
+        server.transport.write(b"late")
+        yield deferLater(reactor, 0.01, lambda: None)  # the abort completes
+        received = b""
+        try:
+            while chunk := peer.recv(100):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        return received
+
+    def cleanup() -> Any:
+        peer.close()
+        return port.stopListening()
+
+    assert run_in_own_reactor(reactor, scenario, cleanup, timeout=PATIENCE * 3) == b""
+
+
 class _ShortSocket:
     """A socket that takes at most ``takes`` bytes of a send, or raises ``error``."""
 
@@ -206,7 +242,7 @@ def test_what_the_socket_does_not_take_is_buffered(socket_options, in_socket, bu
     from twisted.internet.testing import MemoryReactor
 
     connection = SendAtOnce.__new__(SendAtOnce)  # no real socket: only write's own decisions are under test
-    connection.__dict__.update(connected=1, disconnecting=0, _writeDisconnected=False, dataBuffer=b"", offset=0,
+    connection.__dict__.update(connected=1, disconnecting=0, _aborting=False, _writeDisconnected=False, dataBuffer=b"", offset=0,
                                _tempDataBuffer=[], _tempDataLen=0, producer=None, reactor=MemoryReactor())
     connection.socket = _ShortSocket(**socket_options)  # type: ignore[assignment]
     writing: list[bool] = []

@@ -29,8 +29,9 @@ class SendAtOnce(tcp.Server):
 
     def write(self, data: bytes) -> None:
         # The buffer's state is read from FileDescriptor's own fields, the ones its doWrite drains (the same in
-        # Twisted 22.4 and in current releases: tests/test_listening.py checks both through CI).
-        if (type(data) is bytes and data and self.connected and not self.disconnecting
+        # Twisted 22.4 and in current releases: tests/test_listening.py checks both through CI).  An aborted
+        # connection sends nothing more: Twisted's own write buffers it behind a doWrite that never runs.
+        if (type(data) is bytes and data and self.connected and not self.disconnecting and not self._aborting
                 and not self._writeDisconnected and not self._tempDataLen and self.offset == len(self.dataBuffer)):
             try:
                 sent = self.socket.send(data)
