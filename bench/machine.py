@@ -45,6 +45,7 @@ def machine(directory: str) -> dict[str, Any]:
     info["sqlite"] = sqlite3.sqlite_version
     info["filesystem"] = _filesystem_of(directory)
     info["fsync_p50_ms"], info["fsync_p99_ms"] = _fsync_cost(directory)
+    info["probe_p50_ms"], info["probe_p99_ms"] = _probe_cost(directory)
     return info
 
 
@@ -61,9 +62,50 @@ def _filesystem_of(path: str) -> str:
     return found
 
 
+class FsyncProbe:
+    """A journal write at its cheapest, one sample at a time: 4 KiB written in place into a file whose blocks are
+    already allocated, then ``fdatasync`` (as SQLite's WAL is written once it has grown: no size or block changes,
+    so the filesystem has no metadata to commit).  The floor's fsync (report.py), sampled between the 1-terminal
+    payments (measurement.py) and apart, before the bridge starts (``machine``)."""
+
+    BLOCKS = 64
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, "fsync-probe")
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._block = os.urandom(4096)
+        self._next = 0
+        for i in range(self.BLOCKS):
+            os.pwrite(self._fd, self._block, i * 4096)
+        os.fsync(self._fd)  # size and blocks on disk before the first sample
+
+    def sample(self) -> float:
+        """Write one block in place and fdatasync: the flush's time in ms."""
+        os.pwrite(self._fd, self._block, self._next * 4096)
+        self._next = (self._next + 1) % self.BLOCKS
+        t0 = time.perf_counter()
+        os.fdatasync(self._fd)
+        return (time.perf_counter() - t0) * 1000
+
+    def close(self) -> None:
+        os.close(self._fd)
+        os.unlink(self.path)
+
+
+def _probe_cost(directory: str, count: int = 200) -> tuple[float, float]:
+    """:class:`FsyncProbe` ``count`` times in the journal's directory: p50 and p99 in ms."""
+    probe = FsyncProbe(directory)
+    try:
+        times = [probe.sample() for _ in range(count)]
+    finally:
+        probe.close()
+    return percentile(times, 50), percentile(times, 99)
+
+
 def _fsync_cost(directory: str, count: int = 200) -> tuple[float, float]:
-    """Append 4 KiB and fsync, ``count`` times, in the directory the journal lives in: p50 and p99 in ms."""
-    path = os.path.join(directory, "fsync-probe")
+    """Append 4 KiB and fsync, ``count`` times, in the directory the journal lives in: p50 and p99 in ms (the
+    floor's fsync until the twelfth session, shown beside the floor for comparison)."""
+    path = os.path.join(directory, "fsync-append-probe")
     times = []
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:

@@ -1,6 +1,6 @@
-"""The measuring phases, run in this process on its own reactor against a running bridge: 1 terminal (direct
-and through the bridge, alternating), the floor, 50 terminals at once, and the throughput run, with the
-bridge's CPU and memory sampled around them."""
+"""The measuring phases, run in this process on its own reactor against a running bridge: 1 terminal (direct,
+through the bridge, and the floor's two parts, in turn), the floor apart, 50 terminals at once, and the
+throughput run, with the bridge's CPU and memory sampled around them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 from clients import BridgeClient, direct_payment
 from common import AMOUNT, CURRENCY, BenchError, percentile
 from floor import echo_client
+from machine import FsyncProbe
 from sampling import proc_cpu_seconds, proc_status, self_cpu_seconds
 
 
@@ -24,8 +25,10 @@ class Measurement:
 
     def __init__(self, reactor: Any, args: argparse.Namespace, url: str, fingerprint: str,
                  clients: list[dict[str, str]], sim_ports: list[int], bridge_pid: int, sim_pid: int,
-                 echo_port: int, log_size: Any = None) -> None:
+                 echo_port: int, log_size: Any = None, probe_dir: str = "") -> None:
         self.reactor, self.args, self.url, self.fingerprint = reactor, args, url, fingerprint
+        #: Where the floor's fsync is sampled: the directory the bridge's journal is in (its filesystem).
+        self.probe_dir = probe_dir
         self.credentials = clients
         self.sim_ports, self.bridge_pid, self.sim_pid = sim_ports, bridge_pid, sim_pid
         self.echo_port = echo_port
@@ -115,30 +118,55 @@ class Measurement:
         return direct_payment(self.reactor, self.sim_ports[index], self.payload).addCallback(checked)
 
     def one_terminal(self):
-        """Payments one after the other on terminal t0, alternating direct and through the bridge."""
+        """Payments one after the other on terminal t0, in turn with the floor's two parts: a direct payment, one
+        through the bridge, a round trip over the bare TLS WebSocket and an fsync of the journal's disk, again and
+        again.  The floor is then measured in the same seconds as the payments it is the floor of: this machine's
+        speed changes within minutes (docs/performance.md), and a floor measured apart from them is off by as much."""
         from twisted.internet.defer import inlineCallbacks
 
         @inlineCallbacks
         def run():
             client = self.clients[0]
-            self.progress(f"1 terminal: {self.args.warmup} warm-up + {self.args.payments} payments each way")
-            for _ in range(self.args.warmup):
-                yield self._direct(0)
-                yield self._bridge(client)
-            direct, bridged = [], []
-            cpu0 = proc_cpu_seconds(self.bridge_pid)
-            for _ in range(self.args.payments):
-                direct.append((yield self._direct(0)))
-                bridged.append((yield self._bridge(client)))
-            cpu = proc_cpu_seconds(self.bridge_pid) - cpu0
+            self.progress(f"1 terminal: {self.args.warmup} warm-up + {self.args.payments} payments each way, each "
+                          f"with an echo round trip and an fsync (the floor)")
+            echo = yield echo_client(self.reactor, self.echo_port)
+            message = self._echo_message()
+            probe = FsyncProbe(self.probe_dir)
+            try:
+                for _ in range(self.args.warmup):
+                    yield self._direct(0)
+                    yield self._bridge(client)
+                    yield echo.echo(message)
+                    probe.sample()
+                direct, bridged, echoes, fsyncs = [], [], [], []
+                cpu0 = proc_cpu_seconds(self.bridge_pid)
+                for _ in range(self.args.payments):
+                    direct.append((yield self._direct(0)))
+                    bridged.append((yield self._bridge(client)))
+                    echoes.append((yield echo.echo(message)) * 1000)
+                    fsyncs.append(probe.sample())
+                cpu = proc_cpu_seconds(self.bridge_pid) - cpu0
+            finally:
+                probe.close()
+                echo.sendClose()
             self._latencies("1", direct, bridged)
             self.results["bridge_cpu_ms_per_payment_1"] = cpu * 1000 / len(bridged)
+            self.results["floor_echo_p50_1"] = percentile(echoes, 50)
+            self.results["floor_fsync_p50_1"] = percentile(fsyncs, 50)
+            self.results["floor_fsync_p99_1"] = percentile(fsyncs, 99)
+            self.results["floor_n_1"] = len(echoes)
 
         return run()
 
+    @staticmethod
+    def _echo_message() -> bytes:
+        """What the floor's echo sends: a command the size of a payment's."""
+        return json.dumps({"id": str(uuid.uuid4()), "op": "payment.start", "args": {"x": "x" * 280}}).encode()
+
     def floor(self):
         """Round trips of a message the size of a payment's over a bare TLS WebSocket (autobahn, no bridge code):
-        the part of the added latency this stack costs on this machine before the bridge does anything."""
+        the part of the added latency this stack costs on this machine before the bridge does anything, measured
+        apart (the 1-terminal phase measures it too, between its payments), with the echo server's CPU."""
         from twisted.internet.defer import inlineCallbacks
 
         @inlineCallbacks
@@ -146,7 +174,7 @@ class Measurement:
             count = self.args.payments if self.args.quick else max(self.args.payments, 1000)
             self.progress(f"floor: {self.args.warmup} warm-up + {count} round trips over a bare TLS WebSocket")
             client = yield echo_client(self.reactor, self.echo_port)
-            message = json.dumps({"id": str(uuid.uuid4()), "op": "payment.start", "args": {"x": "x" * 280}}).encode()
+            message = self._echo_message()
             samples = []
             for _ in range(self.args.warmup):
                 yield client.echo(message)
@@ -233,7 +261,7 @@ class Measurement:
 
 def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[dict[str, str]],
             sim_ports: list[int], bridge_pid: int, sim_pid: int,
-            echo_port: int, log_size: Any = None) -> tuple[dict[str, Any], int, list[str]]:
+            echo_port: int, log_size: Any = None, probe_dir: str = "") -> tuple[dict[str, Any], int, list[str]]:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
@@ -247,7 +275,8 @@ def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[
                 print(event["log_failure"].getTraceback(), file=sys.stderr)
 
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    m = Measurement(reactor, args, url, fingerprint, clients, sim_ports, bridge_pid, sim_pid, echo_port, log_size)
+    m = Measurement(reactor, args, url, fingerprint, clients, sim_ports, bridge_pid, sim_pid, echo_port, log_size,
+                    probe_dir)
     outcome: dict[str, Any] = {}
 
     def finished(result: Any) -> None:

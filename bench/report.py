@@ -31,12 +31,17 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
                f"{info['memory_mib']} MiB RAM, Linux {info['kernel']}")
     out.append(f"software: Python {info['python']}, Twisted {info['twisted']}, autobahn {info['autobahn']}, "
                f"cryptography {info.get('cryptography', '?')}, {info['openssl']}, SQLite {info['sqlite']}")
-    out.append(f"journal disk: {info['filesystem']}; fsync of 4 KiB: p50 {info['fsync_p50_ms']:.3f} ms, "
+    out.append(f"journal disk: {info['filesystem']}; before the bridge starts, 4 KiB written in place + fdatasync "
+               f"(a journal's write at its cheapest, the floor's): p50 {info['probe_p50_ms']:.3f} ms, p99 "
+               f"{info['probe_p99_ms']:.3f} ms; 4 KiB appended + fsync: p50 {info['fsync_p50_ms']:.3f} ms, "
                f"p99 {info['fsync_p99_ms']:.3f} ms")
     n = TERMINALS if "direct_p50_50" in r else None
     rows: list[tuple[str, str, str]] = []
-    # the floor of the 1-terminal added latency (issue 18's): a bare TLS WebSocket round trip and 3 ordered fsyncs
-    r["floor_ms"] = floor = r["echo_p50"] + 3 * info["fsync_p50_ms"]
+    # the floor of the 1-terminal added latency (issue 18's): a bare TLS WebSocket round trip and 3 ordered fsyncs,
+    # both sampled between the 1-terminal payments (measurement.py); for comparison, the floor as measured until
+    # the twelfth session: the echo phase's round trip and an appended block's fsync, both measured apart
+    r["floor_apart_ms"] = r["echo_p50"] + 3 * info["fsync_p50_ms"]
+    r["floor_ms"] = floor = r["floor_echo_p50_1"] + 3 * r["floor_fsync_p50_1"]
 
     def ms(key: str) -> str:
         return f"{r[key]:.3f} ms"
@@ -49,9 +54,11 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
         rows.append((f"{what}: through the bridge p99", ms(f"bridge_p99_{suffix}"), ""))
         rows.append((f"{what}: added latency p50", ms(f"added_p50_{suffix}"), f"added_p50_{suffix}"))
         rows.append((f"{what}: added latency p99", ms(f"added_p99_{suffix}"), f"added_p99_{suffix}"))
-    rows.append(("floor: bare TLS WebSocket round trip p50", ms("echo_p50"), f"n={r['echo_n']}"))
-    rows.append(("floor: bare TLS WebSocket round trip p99", ms("echo_p99"), ""))
+    rows.append(("floor: bare TLS WebSocket round trip p50", ms("floor_echo_p50_1"),
+                 f"n={r.get('bridge_n_1', 0)}"))
+    rows.append(("floor: fsync of the journal's disk p50", ms("floor_fsync_p50_1"), ""))
     rows.append(("floor of the 1-terminal added latency (p50)", ms("floor_ms"), ""))
+    rows.append(("floor measured apart (echo phase, append+fsync)", ms("floor_apart_ms"), ""))
     rows.append(("throughput: payments per second", f"{r['throughput']:.0f}/s", "throughput"))
     rows.append(("bridge resident memory after load", f"{r['rss'] / 1e6:.1f} MB", "rss"))
     rows.append(("bridge resident memory when ready", f"{r['rss_ready'] / 1e6:.1f} MB", ""))
@@ -77,15 +84,20 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
                f"CPU (100 % = one core): bridge {r['cpu_bridge_pct']:.0f} %, measuring client "
                f"{r['cpu_client_pct']:.0f} %, simulators {r['cpu_sim_pct']:.0f} %")
     out.append(f"floor of the 1-terminal added latency on this machine: issue 18's, a bare TLS WebSocket round "
-               f"trip ({r['echo_bytes']} bytes, autobahn, nothing else) p50 {r['echo_p50']:.3f} ms + 3 journal "
-               f"fsyncs (a payment's three states, each journaled before told), p50 3 x "
-               f"{info['fsync_p50_ms']:.3f} ms = {floor:.3f} ms (the bridge's own work is the rest: "
+               f"trip ({r['echo_bytes']} bytes, autobahn, nothing else) p50 {r['floor_echo_p50_1']:.3f} ms + 3 "
+               f"journal fsyncs (a payment's three states, each journaled before told; 4 KiB written in place + "
+               f"fdatasync) p50 3 x {r['floor_fsync_p50_1']:.3f} ms = {floor:.3f} ms, both sampled between the "
+               f"1-terminal payments, one of each after each payment (the bridge's own work is the rest: "
                f"{r['added_p50_1'] - floor:.3f} ms at p50, target 1.0 ms; {r['added_p99_1'] - floor:.3f} ms at "
                f"p99, target 2.5 ms); a Caisse-AP TCP payment waits for 2 fsyncs, its accepted and in_progress "
                f"being written together: against a floor of 2 its own work is "
-               f"{r['added_p50_1'] - floor + info['fsync_p50_ms']:.3f} ms at p50, "
-               f"{r['added_p99_1'] - floor + info['fsync_p50_ms']:.3f} ms at p99; the echo "
-               f"server's CPU per round trip (one message in, one out): {r['echo_server_cpu_ms']:.3f} ms")
+               f"{r['added_p50_1'] - floor + r['floor_fsync_p50_1']:.3f} ms at p50, "
+               f"{r['added_p99_1'] - floor + r['floor_fsync_p50_1']:.3f} ms at p99; measured apart as until the "
+               f"twelfth session (an echo phase of {r['echo_n']} round trips, p50 {r['echo_p50']:.3f} ms, p99 "
+               f"{r['echo_p99']:.3f} ms, and 4 KiB appended + fsync before the bridge started) the floor is "
+               f"{r['floor_apart_ms']:.3f} ms and the own work {r['added_p50_1'] - r['floor_apart_ms']:.3f} ms at "
+               f"p50, {r['added_p99_1'] - r['floor_apart_ms']:.3f} ms at p99; the echo server's CPU "
+               f"per round trip (one message in, one out): {r['echo_server_cpu_ms']:.3f} ms")
     out.append(f"bridge CPU per payment: {r['bridge_cpu_ms_per_payment_1']:.2f} ms one at a time, "
                f"{r['bridge_cpu_ms_per_payment']:.2f} ms under load; peak resident memory "
                f"{r['rss_peak'] / 1e6:.1f} MB (after the load: {r['rss_anon'] / 1e6:.1f} MB heap, "

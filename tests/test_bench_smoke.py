@@ -28,13 +28,15 @@ FIGURES = [
     "50 terminals at once: added latency p50",
     "50 terminals at once: added latency p99",
     "floor: bare TLS WebSocket round trip p50",
-    "floor: bare TLS WebSocket round trip p99",
+    "floor: fsync of the journal's disk p50",
     "throughput: payments per second",
     "bridge resident memory after load",
     "start to ready, first start (new TLS key)",
     "start to ready, second start",
     "start to first TCP accept, first start",
     "start to first TCP accept, second start",
+    "floor of the 1-terminal added latency (p50)",
+    "floor measured apart (echo phase, append+fsync)",
 ]
 
 #: Figures with a target get a PASS or MISS verdict on their line (issue 18's targets; resident memory's is
@@ -69,6 +71,11 @@ class BenchSmokeTest(unittest.TestCase):
             self.assertGreater(figures["throughput_payments"], 0)
             self.assertGreater(figures["rss"], 0)
             self.assertGreater(figures["echo_p50"], 0)
+            # the floor the targets are judged against is sampled between the 1-terminal payments: one echo round
+            # trip and one fsync after each (the floor measured apart is shown beside it)
+            self.assertEqual(figures["floor_n_1"], figures["bridge_n_1"])
+            self.assertAlmostEqual(figures["floor_ms"],
+                                   figures["floor_echo_p50_1"] + 3 * figures["floor_fsync_p50_1"], places=9)
             # the bridge ran with the environment the systemd unit sets (read from its /proc/PID/environ); the
             # .deb's build runs the tests on a copy without the unit file: then without, and the report says so
             unit_path = os.path.join(ROOT, "systemd", "terminal-bridge.service")

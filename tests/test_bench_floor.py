@@ -1,0 +1,52 @@
+"""bench/machine.py's fsync probe, the floor's fsync (report.py): a journal write at its cheapest, measured in the
+journal's directory between the 1-terminal payments.  What is checked is what it does to the file, not its
+timing (a test machine's timings mean nothing)."""
+
+import os
+import sys
+from unittest import mock
+
+from twisted.trial.unittest import SynchronousTestCase
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import machine  # noqa: E402
+
+
+class FsyncProbeTests(SynchronousTestCase):
+    def setUp(self):
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+
+    def test_writes_in_place_into_blocks_already_on_disk_and_fdatasyncs(self):
+        """Every sample overwrites a block of a file already its full size (no size change, so nothing but the
+        data to flush), in turn, and flushes with fdatasync, not fsync."""
+        probe = machine.FsyncProbe(self.directory)
+        self.addCleanup(lambda: os.path.exists(probe.path) and probe.close())
+        size = os.path.getsize(probe.path)
+        self.assertEqual(size, machine.FsyncProbe.BLOCKS * 4096)
+        written = []
+        real_pwrite = os.pwrite
+
+        def pwrite(fd, data, offset):
+            written.append((len(data), offset))
+            return real_pwrite(fd, data, offset)
+
+        with mock.patch.object(machine.os, "pwrite", pwrite), \
+                mock.patch.object(machine.os, "fdatasync", wraps=os.fdatasync) as fdatasync, \
+                mock.patch.object(machine.os, "fsync", wraps=os.fsync) as fsync:
+            samples = [probe.sample() for _ in range(machine.FsyncProbe.BLOCKS + 2)]
+        self.assertTrue(all(s > 0 for s in samples))
+        self.assertEqual(fdatasync.call_count, len(samples))
+        self.assertEqual(fsync.call_count, 0)
+        offsets = [offset for _, offset in written]
+        self.assertEqual(offsets, [4096 * (i % machine.FsyncProbe.BLOCKS) for i in range(len(samples))])
+        self.assertEqual({length for length, _ in written}, {4096})
+        self.assertEqual(os.path.getsize(probe.path), size)
+        probe.close()
+        self.assertFalse(os.path.exists(probe.path))
+
+    def test_probe_cost_leaves_nothing_behind(self):
+        p50, p99 = machine._probe_cost(self.directory, count=5)
+        self.assertGreater(p50, 0)
+        self.assertGreaterEqual(p99, p50)
+        self.assertEqual(os.listdir(self.directory), [])
