@@ -11,15 +11,17 @@ One run on one machine prints:
 * the time from spawning ``terminal-bridge run`` to READY=1 on the sd_notify socket (first start, which makes
   the TLS key, and second start), with the first TCP connection accepted as a cross-check.
 
-Three processes take part, all on 127.0.0.1: this one (the measuring client: the WebSocket clients and the
+Four processes take part, all on 127.0.0.1: this one (the measuring client: the WebSocket clients and the
 direct TCP baseline), the bridge (``python -m bridge -c CONFIG run``, the real daemon with its real journal),
-and the simulators (``bench.py --serve-simulators N``, every terminal a port of that one process).  See
-docs/performance.md for why, how each figure is measured, and the figures of the reference machine.
+the simulators (``bench.py --serve-simulators N``, every terminal a port of that one process) and the floor's
+echo server (``bench.py --serve-simulators 0 --serve-echo``).  With two CPUs or more the bridge has its CPU to
+itself, shared only with the echo server (placement.py).  See docs/performance.md for why, how each figure is
+measured, and the figures of the reference machine.
 
 The pieces, one module each in bench/: common.py (what they share), processes.py (child processes),
-sampling.py (CPU and memory from /proc), machine.py (the machine and its fsync cost), simulators.py (the
-simulators' process), floor.py (the bare TLS WebSocket echo of the floor), bridge_process.py (the measured
-bridge), clients.py (the load generator's clients), measurement.py (the measuring phases), status_phase.py (the
+sampling.py (CPU and memory from /proc), machine.py (the machine and its fsync cost), placement.py (which
+CPUs the processes run on), simulators.py (the simulators' process), floor.py (the bare TLS WebSocket echo of
+the floor), bridge_process.py (the measured bridge), clients.py (the load generator's clients), measurement.py (the measuring phases), status_phase.py (the
 status page phase), report.py (the report and its PASS/MISS judging), runner.py (one run, start to end).  This
 file is the command line.
 
@@ -57,6 +59,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    "with a CPU quota)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds of measuring")
     p.add_argument("--serve-simulators", type=int, metavar="N", help=argparse.SUPPRESS)
+    p.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--poll-status-page", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     defaults = (20, 3, 1, 1.5) if args.quick else (300, 30, 20, 10.0)
@@ -70,10 +73,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    if args.serve_simulators:
+    if args.serve_simulators is not None:
         from simulators import serve_simulators
 
-        return serve_simulators(args.serve_simulators)
+        return serve_simulators(args.serve_simulators, echo=args.serve_echo)
     if args.poll_status_page:
         from status_phase import poll_status_page
 

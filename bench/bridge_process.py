@@ -22,10 +22,17 @@ from processes import child_env, set_parent_death_signal, stop_process, unit_env
 BRIDGE_CGROUP: Optional[str] = None
 
 
+#: The CPUs the bridge may use (placement.py: all the benchmark's, the bridge then keeps to the last), or None.
+BRIDGE_CPUS: Optional[frozenset[int]] = None
+
+
 def _bridge_preexec() -> None:
-    """In the bridge's process, before exec: the parent death signal, and the cgroup if one was given (joined
-    before the bridge runs a single instruction, so its start is under the quota too)."""
+    """In the bridge's process, before exec: the parent death signal, its CPUs (the measuring process keeps to
+    the others), and the cgroup if one was given (joined before the bridge runs a single instruction, so its start
+    is under the quota too)."""
     set_parent_death_signal()
+    if BRIDGE_CPUS is not None:
+        os.sched_setaffinity(0, BRIDGE_CPUS)
     if BRIDGE_CGROUP:
         with open(os.path.join(BRIDGE_CGROUP, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))

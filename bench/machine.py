@@ -7,7 +7,7 @@ import os
 import platform
 import sqlite3
 import time
-from typing import Any
+from typing import Any, Optional
 
 from common import percentile
 
@@ -70,7 +70,9 @@ class FsyncProbe:
 
     BLOCKS = 64
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, cpus: Optional[frozenset[int]] = None) -> None:
+        #: Where each sample's fdatasync runs (the bridge's CPU, where its journal's writer runs), then back.
+        self._cpus = cpus
         self.path = os.path.join(directory, "fsync-probe")
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._block = os.urandom(4096)
@@ -81,11 +83,18 @@ class FsyncProbe:
 
     def sample(self) -> float:
         """Write one block in place and fdatasync: the flush's time in ms."""
-        os.pwrite(self._fd, self._block, self._next * 4096)
-        self._next = (self._next + 1) % self.BLOCKS
-        t0 = time.perf_counter()
-        os.fdatasync(self._fd)
-        return (time.perf_counter() - t0) * 1000
+        home = os.sched_getaffinity(0) if self._cpus is not None else None
+        if self._cpus is not None:
+            os.sched_setaffinity(0, self._cpus)
+        try:
+            os.pwrite(self._fd, self._block, self._next * 4096)
+            self._next = (self._next + 1) % self.BLOCKS
+            t0 = time.perf_counter()
+            os.fdatasync(self._fd)
+            return (time.perf_counter() - t0) * 1000
+        finally:
+            if home is not None:
+                os.sched_setaffinity(0, home)
 
     def close(self) -> None:
         os.close(self._fd)

@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, Optional
 
 from clients import BridgeClient, direct_payment
 from common import AMOUNT, CURRENCY, BenchError, percentile
@@ -25,13 +25,16 @@ class Measurement:
 
     def __init__(self, reactor: Any, args: argparse.Namespace, url: str, fingerprint: str,
                  clients: list[dict[str, str]], sim_ports: list[int], bridge_pid: int, sim_pid: int,
-                 echo_port: int, log_size: Any = None, probe_dir: str = "") -> None:
+                 echo_port: int, log_size: Any = None, probe_dir: str = "", echo_pid: int = 0,
+                 probe_cpus: Optional[frozenset[int]] = None) -> None:
         self.reactor, self.args, self.url, self.fingerprint = reactor, args, url, fingerprint
         #: Where the floor's fsync is sampled: the directory the bridge's journal is in (its filesystem).
         self.probe_dir = probe_dir
+        #: The CPUs the fsync probe runs on: the bridge's, where its journal's writer thread fsyncs (placement.py).
+        self.probe_cpus = probe_cpus
         self.credentials = clients
         self.sim_ports, self.bridge_pid, self.sim_pid = sim_ports, bridge_pid, sim_pid
-        self.echo_port = echo_port
+        self.echo_port, self.echo_pid = echo_port, echo_pid
         #: Reads the bridge's log size when its memory is read (the modules it imported by then, baseline.py).
         self.log_size = log_size
         self.clients: list[BridgeClient] = []
@@ -131,7 +134,7 @@ class Measurement:
                           f"with an echo round trip and an fsync (the floor)")
             echo = yield echo_client(self.reactor, self.echo_port)
             message = self._echo_message()
-            probe = FsyncProbe(self.probe_dir)
+            probe = FsyncProbe(self.probe_dir, self.probe_cpus)
             try:
                 for _ in range(self.args.warmup):
                     yield self._direct(0)
@@ -178,12 +181,12 @@ class Measurement:
             samples = []
             for _ in range(self.args.warmup):
                 yield client.echo(message)
-            cpu0 = proc_cpu_seconds(self.sim_pid)  # the simulators' process is otherwise idle meanwhile
+            cpu0 = proc_cpu_seconds(self.echo_pid)  # the echo server's process
             # more round trips than payments: the CPU figure is counted in ticks of 10 ms
             for _ in range(count):
                 elapsed = yield client.echo(message)
                 samples.append(elapsed * 1000)
-            cpu = proc_cpu_seconds(self.sim_pid) - cpu0
+            cpu = proc_cpu_seconds(self.echo_pid) - cpu0
             client.sendClose()
             self.results["echo_p50"] = percentile(samples, 50)
             self.results["echo_p99"] = percentile(samples, 99)
@@ -261,7 +264,8 @@ class Measurement:
 
 def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[dict[str, str]],
             sim_ports: list[int], bridge_pid: int, sim_pid: int,
-            echo_port: int, log_size: Any = None, probe_dir: str = "") -> tuple[dict[str, Any], int, list[str]]:
+            echo_port: int, log_size: Any = None, probe_dir: str = "",
+            echo_pid: int = 0, probe_cpus: Optional[frozenset[int]] = None) -> tuple[dict[str, Any], int, list[str]]:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
@@ -276,7 +280,7 @@ def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[
 
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     m = Measurement(reactor, args, url, fingerprint, clients, sim_ports, bridge_pid, sim_pid, echo_port, log_size,
-                    probe_dir)
+                    probe_dir, echo_pid, probe_cpus)
     outcome: dict[str, Any] = {}
 
     def finished(result: Any) -> None:

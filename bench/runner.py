@@ -21,6 +21,7 @@ from bridge_process import BridgeProcess, write_config
 from common import TERMINALS, BenchError
 from machine import machine
 from measurement import measure
+from placement import confine, plan
 from processes import child_env, free_port, stop_process, unit_environment
 from report import TARGETS, journal_report, memory_report, report, status_report
 from sampling import environment_of, proc_cpu_seconds, proc_status, self_cpu_seconds, system_cpu_seconds
@@ -51,14 +52,21 @@ def run(args: argparse.Namespace) -> int:
     if base:
         os.makedirs(base, exist_ok=True)
     directory = tempfile.mkdtemp(prefix="tb-bench-", dir=base)
+    placement = plan()
+    bridge_process.BRIDGE_CPUS = placement.allowed
     simulators: Optional[subprocess.Popen] = None
+    echo: Optional[subprocess.Popen] = None
     bridges: list[BridgeProcess] = []
     ok = False
     try:
         print("terminal-bridge benchmark: measuring the machine and starting "
               f"{TERMINALS} simulated terminals", file=sys.stderr, flush=True)
         info = machine(directory)
-        simulators, sim_ports, echo_port = start_simulators(TERMINALS)
+        info["placement"] = placement.describe()
+        confine(placement.harness)  # this process and the simulators: off the bridge's CPU
+        simulators, sim_ports, _ = start_simulators(TERMINALS)
+        echo, _, echo_port = start_simulators(0, echo=True, cpus=placement.server)
+        assert echo_port is not None
         port = free_port()
         config = write_config(directory, port, sim_ports)
         with open(os.path.join(directory, "clients.json"), encoding="utf-8") as f:
@@ -87,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
             r["journal_check_seconds"] = wait_for_integrity_check(bridge.pid)
         r["rss_ready"] = proc_status(bridge.pid, "VmRSS")
+        r["bridge_cpus"] = sorted(os.sched_getaffinity(bridge.pid))
         unit = unit_environment()
         r["unit_environment"] = None if unit is None else environment_of(bridge.pid, unit)
 
@@ -96,15 +105,17 @@ def run(args: argparse.Namespace) -> int:
             fingerprint = fingerprint_of_pem(f.read())
         load_before = os.getloadavg()[0]
         busy0, steal0 = system_cpu_seconds()
-        ours0 = proc_cpu_seconds(bridge.pid) + proc_cpu_seconds(simulators.pid) + self_cpu_seconds()
+        ours0 = (proc_cpu_seconds(bridge.pid) + proc_cpu_seconds(simulators.pid) + proc_cpu_seconds(echo.pid)
+                 + self_cpu_seconds())
         t0 = time.perf_counter()
         figures, bridge_payments, not_approved = measure(
             args, f"wss://127.0.0.1:{port}", fingerprint, clients, sim_ports, bridge.pid, simulators.pid, echo_port,
-            bridge.log_size, probe_dir=directory)
+            bridge.log_size, probe_dir=directory, echo_pid=echo.pid, probe_cpus=placement.server)
         r.update(figures)
         elapsed = time.perf_counter() - t0
         busy1, steal1 = system_cpu_seconds()
-        ours1 = proc_cpu_seconds(bridge.pid) + proc_cpu_seconds(simulators.pid) + self_cpu_seconds()
+        ours1 = (proc_cpu_seconds(bridge.pid) + proc_cpu_seconds(simulators.pid) + proc_cpu_seconds(echo.pid)
+                 + self_cpu_seconds())
         r["measure_seconds"] = elapsed
         r["load_before"] = load_before
         r["other_cpu_pct"] = max(0.0, 100 * ((busy1 - busy0) - (ours1 - ours0)) / elapsed)
@@ -156,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
         for b in bridges:
             b.stop()
         stop_process(simulators)
+        stop_process(echo)
+        confine(placement.allowed)
         if args.keep or not ok and os.environ.get("TB_BENCH_KEEP"):
             print(f"kept {directory}", file=sys.stderr)
         else:

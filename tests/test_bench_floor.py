@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import machine  # noqa: E402
+import placement  # noqa: E402
 
 
 class FsyncProbeTests(SynchronousTestCase):
@@ -50,3 +51,50 @@ class FsyncProbeTests(SynchronousTestCase):
         self.assertGreater(p50, 0)
         self.assertGreaterEqual(p99, p50)
         self.assertEqual(os.listdir(self.directory), [])
+
+
+class PlacementTests(SynchronousTestCase):
+    def test_the_bridge_gets_the_last_cpu_and_the_harness_the_others(self):
+        p = placement.plan({0, 1})
+        self.assertEqual((p.bridge, p.harness, p.server), (1, frozenset({0}), frozenset({1})))
+        p = placement.plan({2, 5, 7})
+        self.assertEqual((p.bridge, p.harness, p.server), (7, frozenset({2, 5}), frozenset({7})))
+        self.assertIn("CPU 7", p.describe())
+        self.assertIn("CPU 2, 5", p.describe())
+
+    def test_one_cpu_is_shared_by_all(self):
+        p = placement.plan({3})
+        self.assertEqual((p.bridge, p.harness, p.server), (None, frozenset({3}), frozenset({3})))
+        self.assertIn("share", p.describe())
+
+    def test_the_bridge_keeps_to_the_cpu_the_placement_gives_it(self):
+        """The bridge's own choice ([bridge] cpu = auto: the last CPU it may use) is the placement's."""
+        from bridge.config import CPU_AUTO
+        from bridge.service.cpu import choose_cpu
+
+        allowed = {0, 1, 2, 3}
+        self.assertEqual(choose_cpu(CPU_AUTO, allowed)[0], placement.plan(allowed).bridge)
+
+
+class ProbeCpuTests(SynchronousTestCase):
+    def test_each_sample_flushes_from_the_cpus_given_and_comes_back(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        home = os.sched_getaffinity(0)
+        target = frozenset({max(home)})
+        seen = []
+        real = os.fdatasync
+
+        def fdatasync(fd):
+            seen.append(os.sched_getaffinity(0))
+            return real(fd)
+
+        probe = machine.FsyncProbe(directory, target)
+        try:
+            with mock.patch.object(machine.os, "fdatasync", fdatasync):
+                probe.sample()
+                probe.sample()
+        finally:
+            probe.close()
+        self.assertEqual(seen, [set(target), set(target)])
+        self.assertEqual(os.sched_getaffinity(0), home)

@@ -74,6 +74,11 @@ class BenchSmokeTest(unittest.TestCase):
             # the floor the targets are judged against is sampled between the 1-terminal payments: one echo round
             # trip and one fsync after each (the floor measured apart is shown beside it)
             self.assertEqual(figures["floor_n_1"], figures["bridge_n_1"])
+            # with two CPUs or more the bridge has the last to itself; the measuring client and simulators the rest
+            self.assertRegex(proc.stdout, r"\nCPUs: ")
+            allowed = os.sched_getaffinity(0)
+            if len(allowed) > 1:
+                self.assertEqual(figures["bridge_cpus"], [max(allowed)])
             self.assertAlmostEqual(figures["floor_ms"],
                                    figures["floor_echo_p50_1"] + 3 * figures["floor_fsync_p50_1"], places=9)
             # the bridge ran with the environment the systemd unit sets (read from its /proc/PID/environ); the
