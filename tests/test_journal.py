@@ -6,7 +6,7 @@ from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bridge.core import states
+from bridge.core import journal as journal_module, states
 from bridge.core.journal import ACK_WRITE_DELAY, SCHEMA_VERSION, Journal, PaymentRecord
 from bridge.core.states import IllegalTransition
 from bridge.errors import BridgeError
@@ -337,6 +337,21 @@ class JournalFaultTests(SynchronousTestCase):
                          "journal_unavailable")
 
 
+class RefusedSchedulingTests(TestCase):
+    def test_a_refused_scheduling_change_is_said_and_the_journal_writes_as_before(self):
+        """Under a system call filter without sched_setscheduler the writer keeps the usual scheduling."""
+        def refuse(*args):
+            raise PermissionError(1, "Operation not permitted")
+
+        self.patch(journal_module.os, "sched_setscheduler", refuse)
+        journal = Journal.open(os.path.join(self.mktemp(), "j.sqlite3"), reactor=reactor)
+        self.addCleanup(journal.close)
+        self.assertEqual(journal._writer.scheduling, "normal: [Errno 1] Operation not permitted")
+        self.assertEqual(os.sched_getscheduler(journal._writer._thread.native_id), os.SCHED_OTHER)
+        d = journal.create(record(1), {"i": 1}, actor="x")
+        return d.addCallback(lambda event: self.assertEqual(event.seq, 1))
+
+
 class ThreadedJournalTests(TestCase):
     """The daemon's configuration: a writer thread, results delivered on the reactor thread."""
 
@@ -359,6 +374,17 @@ class ThreadedJournalTests(TestCase):
             self.assertEqual(len(self.journal.events_after("cl_a", 0)), 200)
 
         return d.addCallback(check)
+
+    def test_the_writer_thread_waits_for_a_free_cpu_instead_of_preempting_the_reactor(self):
+        """SCHED_BATCH (Linux): woken by a write, the writer runs when the reactor waits, not at once
+        (journal._run_when_idle).  The reactor's thread keeps the usual scheduling."""
+        writer = self.journal._writer
+        self.assertEqual(writer.scheduling, "batch")
+        self.assertEqual(os.sched_getscheduler(writer._thread.native_id), os.SCHED_BATCH)
+        self.assertEqual(os.sched_getscheduler(0), os.SCHED_OTHER)
+
+        d = self.journal.create(record(1), {"i": 1}, actor="x")
+        return d.addCallback(lambda event: self.assertEqual(event.seq, 1))
 
     def test_closing_writes_the_acks_still_in_memory(self):
         # The daemon's stop (SIGTERM) closes the journal on the reactor thread while acks wait for their second.
