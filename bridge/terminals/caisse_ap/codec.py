@@ -138,6 +138,7 @@ class AnswerParser:
         self._buffer = bytearray()
         self._start = 0  # offset of the first byte of the field being read
         self._fields: list[tuple[str, str]] = []
+        self._tags: set[str] = set()  # the tags read, for "appears twice"
         self._line_end = False  # a CR or LF was seen: only CR/LF may follow
         self._error: MalformedAnswer | None = None
 
@@ -195,7 +196,7 @@ class AnswerParser:
             return False
         if not self._fields and tag != "CZ":
             raise MalformedAnswer(f"the first field is {tag}, not CZ")
-        if any(tag == seen for seen, _ in self._fields):
+        if tag in self._tags:
             raise MalformedAnswer(f"tag {tag} appears twice")
         digits = bytes(buf[start + 2 : start + 5]).decode("ascii")
         if not digits.isdigit() and digits:
@@ -207,10 +208,13 @@ class AnswerParser:
             raise MalformedAnswer(f"field {tag} has length 000")
         if available < 5 + length:
             return False
-        value = bytes(buf[start + 5 : start + 5 + length]).decode("ascii")
-        if not _printable(value):
+        raw = bytes(buf[start + 5 : start + 5 + length])
+        # _feed let in printable ASCII and CR/LF only: CR/LF are all a value must still be checked for
+        if b"\r" in raw or b"\n" in raw:
             raise MalformedAnswer(f"value of field {tag} contains a line end")
+        value = raw.decode("ascii")
         self._fields.append((tag, value))
+        self._tags.add(tag)
         self._start = start + 5 + length
         return True
 
