@@ -25,7 +25,8 @@ from bridge.core.contract import CHEQUE, DEBIT, REFUND, ITerminalDriver, Payment
 from bridge.terminals.caisse_ap.codec import encode_request
 from bridge.cli.simulators import add_simulator_arguments, start_simulator
 from bridge.terminals.caisse_ap.simulator import SimulatorFactory, SimulatorScript
-from bridge.terminals.caisse_ap.tcp import CaisseAPTCPDriver, parse_tcp_options, write_now
+from bridge.terminals.caisse_ap.tcp import (CLOSE_AFTER, CaisseAPTCPDriver, parse_tcp_options, peer_has_closed,
+                                            write_now)
 from tests.support import run_in_own_reactor
 
 EUR = CURRENCIES["EUR"]
@@ -77,6 +78,7 @@ class OwnReactor:
         settings = {"connect_timeout": 1.0, "answer_timeout": 1.0, "quiet_period": 0.05}
         settings.update(options)
         driver = CaisseAPTCPDriver("till-1", self.reactor, "127.0.0.1", port.getHost().port, **settings)
+        self.add_cleanup(driver.stop)  # the last payment's connection closes behind its outcome
         return driver, simulator
 
     def run(self, scenario, timeout: float = 5.0):
@@ -157,6 +159,7 @@ def test_a_terminal_at_an_ipv6_address_is_reached(own):
     own.add_cleanup(simulator.drop_connections)
     number = port.getHost().port
     driver = CaisseAPTCPDriver("till-1", own.reactor, "::1", number, quiet_period=0.05)
+    own.add_cleanup(driver.stop)
     outcome = own.run(lambda: driver.pay(REQUEST, SendRecorder(simulator)))
     assert (outcome.state, len(simulator.requests)) == (states.APPROVED, 1)
     assert driver.status().as_dict()["address"] == f"[::1]:{number}"
@@ -395,6 +398,7 @@ def test_simulator_started_from_the_command_line_options(own, tmp_path):
         port = yield start_simulator(own.reactor, args)
         own.add_cleanup(port.stopListening)
         driver = CaisseAPTCPDriver("till-1", own.reactor, "127.0.0.1", port.getHost().port, quiet_period=0.05)
+        own.add_cleanup(driver.stop)
         return (yield driver.pay(REQUEST, SendRecorder()))
 
     outcome = own.run(scenario)
@@ -587,6 +591,96 @@ class TestWithFakeReactor:
         assert terminal.recv(4096) == encode_request(REQUEST)
         assert transport.value() == b""
 
+    def connect_socket(self, transport_class=None):
+        """Connect the last payment over a real socket pair: (protocol, transport, the terminal's end)."""
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[-1]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        ours, terminal = socket.socketpair()
+        self.sockets = getattr(self, "sockets", ()) + (ours, terminal)
+        ours.setblocking(False)
+        transport = (transport_class or SocketTransport)(ours)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return protocol, transport, terminal
+
+    def test_a_whole_answer_from_a_terminal_that_has_closed_is_taken_at_once(self):
+        """The terminal wrote its answer and closed: the answer is taken as it is read, not a turn later when
+        the close is, and no quiet period runs.  The close is left unread, and our end closed a moment later
+        (after the outcome's write and event)."""
+        self.pay()
+        protocol, transport, terminal = self.connect_socket()
+        read_request_and_close(terminal)  # as if after its answer, which the reactor read and hands on:
+        protocol.dataReceived(APPROVAL)
+        assert self.only_outcome().state == states.APPROVED
+        assert transport.producerState == "paused" and transport.connected
+        (close,) = self.reactor.getDelayedCalls()
+        assert close.getTime() == pytest.approx(CLOSE_AFTER)
+        self.reactor.advance(CLOSE_AFTER)
+        assert not transport.connected
+        assert self.reactor.getDelayedCalls() == []
+
+    def test_a_whole_answer_from_a_terminal_still_open_waits_for_the_quiet_period(self):
+        self.pay()
+        protocol, _transport, _terminal = self.connect_socket()
+        protocol.dataReceived(APPROVAL)
+        assert self.outcomes == []
+        self.reactor.advance(0.3)
+        assert self.only_outcome().state == states.APPROVED
+
+    def test_more_bytes_behind_a_whole_answer_are_waited_for_even_if_the_terminal_then_closed(self):
+        self.pay()
+        protocol, _transport, terminal = self.connect_socket()
+        terminal.sendall(b"\r\n")  # not read yet: the answer may go on
+        read_request_and_close(terminal)
+        protocol.dataReceived(APPROVAL)
+        assert self.outcomes == []
+
+    def test_half_an_answer_from_a_terminal_that_has_closed_waits_for_the_close(self):
+        self.pay()
+        protocol, transport, terminal = self.connect_socket()
+        read_request_and_close(terminal)
+        protocol.dataReceived(APPROVAL[:-3])
+        assert self.outcomes == []
+        transport.loseConnection()
+        assert (self.only_outcome().state, self.only_outcome().code) == (states.UNKNOWN, "link_lost")
+
+    def test_the_next_payment_closes_the_last_ones_connection_and_connects_once_it_is_gone(self):
+        """One connection to the terminal at a time: a payment that starts while the last one's connection is
+        still open behind its outcome closes it at once, and connects once it is gone."""
+        self.pay()
+        protocol, transport, terminal = self.connect_socket(SlowCloseTransport)
+        read_request_and_close(terminal)
+        protocol.dataReceived(APPROVAL)
+        assert self.only_outcome().state == states.APPROVED
+        assert not transport.closing
+        self.pay()
+        assert transport.closing and len(self.reactor.tcpClients) == 1
+        transport.finish_closing()
+        assert len(self.reactor.tcpClients) == 2
+        assert self.reactor.getDelayedCalls() == []  # the close a moment later was called off
+
+    def test_stop_closes_the_last_payments_connection_and_waits_for_it(self):
+        self.pay()
+        protocol, transport, terminal = self.connect_socket(SlowCloseTransport)
+        read_request_and_close(terminal)
+        protocol.dataReceived(APPROVAL)
+        stopped = []
+        self.driver.stop().addCallback(stopped.append)
+        assert transport.closing and stopped == []
+        transport.finish_closing()
+        assert stopped == [None]
+        assert self.reactor.getDelayedCalls() == []
+        assert self.driver.stop() is None
+
+    def test_stop_with_no_connection_open_returns_none(self):
+        assert self.driver.stop() is None
+        self.pay()
+        protocol, transport, _terminal = self.connect_socket()
+        protocol.dataReceived(APPROVAL)
+        self.reactor.advance(0.3)  # the quiet period: the terminal kept its end open, the driver closes its own
+        assert self.only_outcome().state == states.APPROVED and not transport.connected
+        assert self.driver.stop() is None
+
     def teardown_method(self):
         for sock in getattr(self, "sockets", ()):
             sock.close()
@@ -603,6 +697,26 @@ class SocketTransport(StringTransportWithDisconnection):
 
     def getHandle(self):
         return self._handle
+
+
+def read_request_and_close(terminal: socket.socket) -> None:
+    """The terminal's end: take the request, then close (a socket closed with bytes unread resets instead)."""
+    terminal.settimeout(5)
+    assert terminal.recv(4096) == encode_request(REQUEST)
+    terminal.close()
+
+
+class SlowCloseTransport(SocketTransport):
+    """Closes only when told to (``finish_closing``), as Twisted's connection does a turn or two after
+    ``loseConnection``."""
+
+    closing = False
+
+    def loseConnection(self):
+        self.closing = True
+
+    def finish_closing(self):
+        super().loseConnection()
 
 
 class ShortSocket:
@@ -634,6 +748,24 @@ def test_write_now_hands_the_transport_what_the_socket_did_not_take(socket_optio
     write_now(transport, payload)
     assert handle.sent == in_socket
     assert handle.sent + transport.value() == payload
+
+
+def test_peer_has_closed_only_when_the_peer_closed_and_all_it_sent_was_read():
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        transport = SocketTransport(ours)
+        assert not peer_has_closed(transport)  # open, nothing sent
+        theirs.sendall(b"AB")
+        theirs.close()
+        assert not peer_has_closed(transport)  # closed, but bytes are still to be read
+        assert ours.recv(10) == b"AB"
+        assert peer_has_closed(transport)
+        assert peer_has_closed(transport)  # a peek: still closed
+    finally:
+        ours.close()
+    assert not peer_has_closed(SocketTransport(ours))  # our end closed: an error, left to the reactor's read
+    assert not peer_has_closed(StringTransportWithDisconnection())  # no socket
 
 
 def test_write_now_writes_to_a_transport_without_a_socket():

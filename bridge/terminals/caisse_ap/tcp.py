@@ -1,12 +1,14 @@
 """Caisse-AP over TCP: the terminal listens (port 8888 by default); one connection per payment.
 
 The wire has no terminator, so the answer is over when the bytes parse as a whole message and then either the
-line stays quiet for ``quiet_period`` seconds or the terminal closes.  Once the request is written, any trouble
+line stays quiet for ``quiet_period`` seconds or the terminal closes (seen with a peek at the socket as the
+answer is read, or when Twisted reads the close).  Once the request is written, any trouble
 (link lost, timeout, unreadable answer) ends the payment as ``unknown``: the customer may have paid.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Mapping, Optional, cast
 
 from twisted.internet.abstract import isIPv6Address
@@ -18,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bridge.core import safety, states
+from bridge.core.deferreds import follow
 from bridge.core.faults import checkpoint
 from bridge.errors import BridgeError
 from bridge.core.contract import BeforeSend, ITerminalDriver, Outcome, PaymentRequest, TerminalStatus
@@ -33,6 +36,11 @@ from bridge.terminals.caisse_ap.codec import (
 )
 
 DEFAULT_PORT = 8888
+#: Seconds our end of a payment's connection stays open after the terminal closed its end and the outcome was
+#: given: the outcome's write and event come first (half a millisecond to a few), the tear-down (a turn of the
+#: reactor and Twisted's connectionLost) in a quiet moment after, or while the journal's fsync is waited for.  A
+#: next payment on the terminal, or the bridge's stop, closes it at once.
+CLOSE_AFTER = 0.001
 
 _MESSAGES = {
     "terminal_busy": "The payment terminal is busy with another payment. Wait for it to finish.",
@@ -76,6 +84,19 @@ def write_now(transport: Transport, payload: bytes) -> None:
         transport.write(payload[sent:])
 
 
+def peer_has_closed(transport: Transport) -> bool:
+    """Whether the other end has closed the connection and everything it sent has been read: a peek at the
+    socket reads nothing only then (it would block while the peer is still open).  Twisted reads that close at
+    the reactor's next turn; this says so at once.  False for a transport without a socket, or on an error (the
+    reactor's own read meets it and says so)."""
+    if not ISystemHandle.providedBy(transport):
+        return False
+    try:
+        return cast(SystemHandle, transport).getHandle().recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except OSError:
+        return False
+
+
 class _AnswerReader(Protocol):
     """Writes one request and reads its answer.
 
@@ -90,6 +111,8 @@ class _AnswerReader(Protocol):
         self.linked: Deferred[None] = Deferred()
         self.answer: Deferred[_Answer] = Deferred()
         self.lost = False
+        #: The terminal had closed when its whole answer was read (``peer_has_closed``).
+        self.peer_closed = False
         self._clock = clock
         self._answer_timeout = answer_timeout
         self._quiet_period = quiet_period
@@ -122,7 +145,15 @@ class _AnswerReader(Protocol):
             return
         self._cancel_quiet()
         if self._parser.complete:
-            self._quiet = self._clock.callLater(self._quiet_period, self._take)
+            if peer_has_closed(cast(Transport, self.transport)):
+                # The terminal answered and closed, as most do: the answer is whole, no need to wait for the
+                # turn that reads the close (connectionLost would take it then).  The close is left unread
+                # until the driver closes its end (CaisseAPTCPDriver: after the outcome's write).
+                self.peer_closed = True
+                cast(Any, self.transport).pauseProducing()
+                self._take()
+            else:
+                self._quiet = self._clock.callLater(self._quiet_period, self._take)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
@@ -234,6 +265,12 @@ class CaisseAPTCPDriver:
         self._payment_id: str | None = None
         self._sent = False
         self._last_error: str | None = None
+        #: The last payment's connection, when its terminal closed after answering: our end is closed a moment
+        #: after the outcome was given (``CLOSE_AFTER``), or at once when the next payment starts or the bridge
+        #: stops; and the Deferred of that close.  The next payment connects once it is gone.
+        self._lingering: _AnswerReader | None = None
+        self._linger_call: DelayedCall | None = None
+        self._closing: Deferred[None] | None = None
 
     @property
     def address(self) -> str:
@@ -253,8 +290,24 @@ class CaisseAPTCPDriver:
     def start(self) -> None:
         """Nothing to open: each payment connects anew."""
 
-    def stop(self) -> None:
-        """Nothing to close: a payment's connection ends with the payment."""
+    def stop(self) -> "Optional[Deferred[None]]":
+        """Nothing to close but the last payment's connection, if it is still open behind its outcome: fires
+        once it is gone."""
+        closing = self._close_last()
+        return None if closing is None else follow(closing)
+
+    def _close_last(self) -> "Optional[Deferred[None]]":
+        """Close the last payment's connection now if it is still open: the Deferred of its close, None if gone."""
+        if self._linger_call is not None and self._linger_call.active():
+            self._linger_call.cancel()
+        self._linger_call = None
+        if self._lingering is not None:
+            reader, self._lingering = self._lingering, None
+            self._closing = reader.close()
+        if self._closing is None or self._closing.called:
+            self._closing = None
+            return None
+        return self._closing
 
     def cancel(self, payment_id: str) -> None:
         """Caisse-AP over TCP has no cancel message: the cashier cancels on the terminal itself."""
@@ -288,6 +341,9 @@ class CaisseAPTCPDriver:
         except ValueError:
             return _outcome(states.FAILED, "invalid_request")
 
+        closing = self._close_last()  # one connection to the terminal at a time
+        if closing is not None:
+            yield closing
         reader = _AnswerReader(self._reactor, self._answer_timeout, self._quiet_period)
         try:
             self._reactor.connectTCP(self._host, self._port, _OneConnection(reader), timeout=self._connect_timeout)
@@ -315,7 +371,13 @@ class CaisseAPTCPDriver:
             amount=request.amount, currency=request.currency.code,
         )
         answer = yield reader.answer
-        yield reader.close()
+        if reader.peer_closed and not reader.lost:
+            # The terminal closed after its answer: our end's close (a turn of the reactor and Twisted's tear-down)
+            # is left for a moment, so that the outcome is journaled and told first.
+            self._lingering = reader
+            self._linger_call = self._reactor.callLater(CLOSE_AFTER, self._close_last)
+        else:
+            yield reader.close()
         if isinstance(answer, Outcome):
             return answer
         return outcome_from_answer(request, answer, self._identity["pos_number"])
