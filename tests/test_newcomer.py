@@ -92,8 +92,10 @@ def test_make_run_to_an_approved_payment_with_the_readmes_commands(tmp_path):
     clone.mkdir()
     elsewhere.mkdir()
     env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    # Ctrl-C as from the installer's terminal: a shell's background job (`make test &` in a script) starts with
+    # SIGINT ignored, which a child inherits, and Twisted then leaves it so (it only replaces Python's default).
     demo = subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         banner = Lines(demo).until(r" pay --credentials ", time.monotonic() + 120)
         pay_line = banner[-1].strip()
