@@ -20,10 +20,10 @@ measured, and the figures of the reference machine.
 
 The pieces, one module each in bench/: common.py (what they share), processes.py (child processes),
 sampling.py (CPU and memory from /proc), machine.py (the machine and its fsync cost), placement.py (which
-CPUs the processes run on), simulators.py (the simulators' process), floor.py (the bare TLS WebSocket echo of
-the floor), bridge_process.py (the measured bridge), clients.py (the load generator's clients), measurement.py (the measuring phases), status_phase.py (the
-status page phase), report.py (the report and its PASS/MISS judging), runner.py (one run, start to end).  This
-file is the command line.
+CPUs the processes run on), simulators.py (the simulators' and the echo server's process), floor.py (the bare
+TLS WebSocket echo of the floor), bridge_process.py (the measured bridge), clients.py (the load generator's
+clients), measurement.py (the measuring phases), status_phase.py (the status page phase), report.py (the report
+and its PASS/MISS judging), runner.py (one run, start to end).  This file is the command line.
 
 Exit status: 0 when the benchmark ran (even if a target is missed: it is a report), 1 when it could not run
 or the bridge misbehaved (a payment that did not end approved, a journal that does not match).

@@ -25,8 +25,8 @@ class Measurement:
 
     def __init__(self, reactor: Any, args: argparse.Namespace, url: str, fingerprint: str,
                  clients: list[dict[str, str]], sim_ports: list[int], bridge_pid: int, sim_pid: int,
-                 echo_port: int, log_size: Any = None, probe_dir: str = "", echo_pid: int = 0,
-                 probe_cpus: Optional[frozenset[int]] = None) -> None:
+                 echo_port: int, echo_pid: int, probe_dir: str, probe_cpus: Optional[frozenset[int]],
+                 log_size: Any = None) -> None:
         self.reactor, self.args, self.url, self.fingerprint = reactor, args, url, fingerprint
         #: Where the floor's fsync is sampled: the directory the bridge's journal is in (its filesystem).
         self.probe_dir = probe_dir
@@ -264,8 +264,8 @@ class Measurement:
 
 def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[dict[str, str]],
             sim_ports: list[int], bridge_pid: int, sim_pid: int,
-            echo_port: int, log_size: Any = None, probe_dir: str = "",
-            echo_pid: int = 0, probe_cpus: Optional[frozenset[int]] = None) -> tuple[dict[str, Any], int, list[str]]:
+            echo_port: int, echo_pid: int, probe_dir: str, probe_cpus: Optional[frozenset[int]],
+            log_size: Any = None) -> tuple[dict[str, Any], int, list[str]]:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
@@ -279,8 +279,8 @@ def measure(args: argparse.Namespace, url: str, fingerprint: str, clients: list[
                 print(event["log_failure"].getTraceback(), file=sys.stderr)
 
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    m = Measurement(reactor, args, url, fingerprint, clients, sim_ports, bridge_pid, sim_pid, echo_port, log_size,
-                    probe_dir, echo_pid, probe_cpus)
+    m = Measurement(reactor, args, url, fingerprint, clients, sim_ports, bridge_pid, sim_pid, echo_port, echo_pid,
+                    probe_dir, probe_cpus, log_size)
     outcome: dict[str, Any] = {}
 
     def finished(result: Any) -> None:

@@ -34,7 +34,7 @@ class Placement:
         if self.bridge is None:
             return "one CPU: the bridge, the measuring client, the simulated terminals and the echo share it"
         return (f"the bridge on CPU {self.bridge} (its [bridge] cpu = auto) and the floor's echo server with it; "
-                f"the measuring client and the simulated terminals on CPU {_cpus(self.harness)}")
+                f"the measuring client and the simulated terminals on CPU {cpu_list(self.harness)}")
 
 
 def plan(allowed: Optional[set[int]] = None) -> Placement:
@@ -47,5 +47,6 @@ def confine(cpus: frozenset[int]) -> None:
     os.sched_setaffinity(0, cpus)
 
 
-def _cpus(cpus: frozenset[int]) -> str:
+def cpu_list(cpus: "frozenset[int] | list[int]") -> str:
+    """``0, 1``: CPU numbers as the report prints them."""
     return ", ".join(str(c) for c in sorted(cpus))

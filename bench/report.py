@@ -8,6 +8,7 @@ import math
 from typing import Any, Callable
 
 from common import TERMINALS
+from placement import cpu_list
 from status_phase import STATUS_PAGE_INTERVAL, STATUS_SCRAPE_INTERVAL
 
 
@@ -35,7 +36,7 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
                f"(a journal's write at its cheapest, the floor's): p50 {info['probe_p50_ms']:.3f} ms, p99 "
                f"{info['probe_p99_ms']:.3f} ms; 4 KiB appended + fsync: p50 {info['fsync_p50_ms']:.3f} ms, "
                f"p99 {info['fsync_p99_ms']:.3f} ms")
-    out.append(f"CPUs: {info['placement']}" + (f" (the bridge kept to CPU {_cpu_list(r['bridge_cpus'])})"
+    out.append(f"CPUs: {info['placement']}" + (f" (the bridge kept to CPU {cpu_list(r['bridge_cpus'])})"
                                                  if r.get("bridge_cpus") else ""))
     n = TERMINALS if "direct_p50_50" in r else None
     rows: list[tuple[str, str, str]] = []
@@ -112,10 +113,6 @@ def report(info: dict[str, Any], r: dict[str, Any], quick: bool) -> str:
     out.append("latency percentiles are nearest-rank over each path's own samples; added = bridge - direct at the "
                "same percentile. MB = 10^6 bytes.")
     return "\n".join(out)
-
-
-def _cpu_list(cpus: list[int]) -> str:
-    return ", ".join(str(c) for c in cpus)
 
 
 def status_report(r: dict[str, Any]) -> str:

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         figures, bridge_payments, not_approved = measure(
             args, f"wss://127.0.0.1:{port}", fingerprint, clients, sim_ports, bridge.pid, simulators.pid, echo_port,
-            bridge.log_size, probe_dir=directory, echo_pid=echo.pid, probe_cpus=placement.server)
+            echo_pid=echo.pid, probe_dir=directory, probe_cpus=placement.server, log_size=bridge.log_size)
         r.update(figures)
         elapsed = time.perf_counter() - t0
         busy1, steal1 = system_cpu_seconds()
