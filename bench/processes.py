@@ -13,10 +13,15 @@ from typing import Optional
 from common import ROOT
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(*avoid: int) -> int:
+    """A port of 127.0.0.1 free now, and none of ``avoid``: a port the benchmark's bridge listens on between its
+    starts is free too, and the kernel may hand it out again."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 #: The systemd unit the .deb installs: the benchmark's bridge runs with its ``Environment=`` settings.

@@ -100,7 +100,9 @@ def status_phase(args: argparse.Namespace, directory: str, config: str, port: in
     """Returns the figures and the number of payments made."""
     from bridge.status.auth import write_password_file
 
-    status_port, token = free_port(), uuid.uuid4().hex + uuid.uuid4().hex
+    # not the command port: the bridge is stopped between its starts, so that port is free now (the CI of c06005c
+    # met it: the third start could not listen twice on it)
+    status_port, token = free_port(port), uuid.uuid4().hex + uuid.uuid4().hex
     with open(config, "a", encoding="utf-8") as f:
         f.write(f"\n[status]\nlisten = 127.0.0.1:{status_port}\nmetrics_token = {token}\n")
     write_password_file(os.path.join(directory, "state", "status-page.password"), STATUS_PASSWORD)

@@ -98,3 +98,29 @@ class ProbeCpuTests(SynchronousTestCase):
             probe.close()
         self.assertEqual(seen, [set(target), set(target)])
         self.assertEqual(os.sched_getaffinity(0), home)
+
+
+class FreePortTests(SynchronousTestCase):
+    def test_a_port_to_avoid_is_never_handed_out(self):
+        """The status page's port is chosen while the bridge is stopped: its command port is free then."""
+        from unittest import mock
+
+        import processes
+
+        handed = iter([5001, 5002])
+
+        class Socket:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def bind(self, address):
+                self.port = next(handed)
+
+            def getsockname(self):
+                return ("127.0.0.1", self.port)
+
+        with mock.patch.object(processes.socket, "socket", Socket):
+            self.assertEqual(processes.free_port(5001), 5002)
